@@ -1,0 +1,35 @@
+"""Install sew_plugin. fairseq itself is installed separately (see README.md and the Makefile):
+every fairseq distribution for Python 3.11 requires torchaudio, which is not needed here and would
+pull a second, multi-GB torch, so fairseq goes in with ``--no-deps`` and its real needs are listed
+below."""
+
+from setuptools import find_packages, setup
+
+FAIRSEQ_RUNTIME_DEPS = [
+    "cffi",
+    "cython",
+    "hydra-core>=1.3,<1.4",
+    "omegaconf>=2.3,<2.4",
+    "numpy",
+    "regex",
+    "sacrebleu>=1.4.12",
+    "tqdm",
+    "bitarray",
+    "scikit-learn",
+    "packaging",
+]
+
+setup(
+    name="sew_plugin",
+    version="0.1.0",
+    description="SEW, SEW-D and St-SEW: efficient speech self-supervised models as a fairseq plugin",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["sew_plugin", "sew_plugin.*"]),
+    install_requires=["torch>=2.1", "soundfile>=0.12"] + FAIRSEQ_RUNTIME_DEPS,
+    extras_require={
+        "test": ["pytest>=7", "transformers>=4.40", "safetensors"],
+    },
+    entry_points={"console_scripts": ["sew=sew_plugin.cli:main"]},
+)

@@ -1,0 +1,71 @@
+"""Wave feature extractors expressed as fairseq ``conv_feature_layers`` strings.
+
+fairseq's ``ConvFeatureExtractionModel`` builds the convolutional front end from a string that
+evaluates to a list of ``(channels, kernel, stride)`` tuples. The SEW paper (section 3.2) compares
+the original wav2vec 2.0 extractor (WFE-O) with a compact one (WFE-C) whose channels grow as the
+time resolution shrinks, with ``l`` extra pointwise (kernel 1) convolutions after each strided one.
+"""
+
+from typing import List, Tuple
+
+ConvLayers = List[Tuple[int, int, int]]
+
+
+def wfe_o(channels: int = 512) -> str:
+    """wav2vec 2.0's extractor (WFE-O): 7 layers of ``channels`` channels, total stride 320."""
+    if channels < 1:
+        raise ValueError(f"WFE-O channel count must be >= 1, got {channels}")
+    return f"[({channels},10,5)] + [({channels},3,2)]*4 + [({channels},2,2)]*2"
+
+
+def wfe_c(channels: int, extra_layers: int = 1) -> str:
+    """The compact extractor WFE-C with channel base ``c`` and ``l`` extra pointwise layers.
+
+    The channel count doubles each time the time resolution is halved twice
+    (c, 2c, 2c, 4c, 4c, 8c, 8c); every strided layer after the first is followed by ``l``
+    kernel-1 layers of the same width. With l = 1 this is 13 layers, total stride 320 (20 ms).
+    """
+    if channels < 1:
+        raise ValueError(f"WFE-C channel base c must be >= 1, got {channels}")
+    if extra_layers < 0:
+        raise ValueError(f"WFE-C extra pointwise layers l must be >= 0, got {extra_layers}")
+    c, l = channels, extra_layers
+    parts = [f"[({c},10,5)]"]
+    for width, kernel in ((2 * c, 3), (2 * c, 3), (4 * c, 3), (4 * c, 3), (8 * c, 2), (8 * c, 2)):
+        parts.append(f"[({width},{kernel},2)]")
+        if l:
+            parts.append(f"[({width},1,1)]*{l}")
+    return " + ".join(parts)
+
+
+def parse_conv_layers(spec: str, key: str = "model.conv_feature_layers") -> ConvLayers:
+    """Evaluate a ``conv_feature_layers`` string, raising a ``ValueError`` that names ``key``.
+
+    fairseq itself ``eval``s the string; here it is evaluated without builtins and checked to be a
+    non-empty list of positive integer triples before fairseq sees it.
+    """
+    try:
+        layers = eval(spec, {"__builtins__": {}}, {})  # noqa: S307 - the format is fairseq's
+    except Exception as err:
+        raise ValueError(f"{key}={spec!r} is not a valid layer list: {err}") from None
+    if not isinstance(layers, (list, tuple)) or not layers:
+        raise ValueError(f"{key}={spec!r} must evaluate to a non-empty list, got {layers!r}")
+    for layer in layers:
+        if (
+            not isinstance(layer, tuple)
+            or len(layer) != 3
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in layer)
+        ):
+            raise ValueError(
+                f"{key}={spec!r}: every entry must be (channels, kernel, stride) of positive "
+                f"integers, got {layer!r}"
+            )
+    return [tuple(layer) for layer in layers]
+
+
+def total_stride(layers: ConvLayers) -> int:
+    """Samples per output frame of a conv stack (320 = 20 ms at 16 kHz for WFE-O and WFE-C)."""
+    stride = 1
+    for _, _, s in layers:
+        stride *= s
+    return stride

@@ -1,0 +1,1 @@
+"""Conversions between this plugin's checkpoints and other implementations."""

@@ -1,0 +1,91 @@
+"""Key and config maps from this plugin's SEW models to HuggingFace ``transformers`` ``SEWModel``.
+
+The maps follow the names of the original SEW release (sew.md sections 6 and 7). They are explicit
+tables: a key that no rule covers raises instead of being dropped, so a converted model can never
+be silently half random.
+"""
+
+import re
+from typing import Dict, Mapping
+
+import torch
+
+from ..feature_extractor import parse_conv_layers
+
+# Keys that exist only for pre-training; HF's base model has no counterpart.
+PRETRAINING_ONLY = re.compile(r"^(quantizer\.|project_q\.|final_proj\.|target_glu\.)")
+
+# (pattern, replacement) applied to fairseq SEW keys, first match wins.
+_SEW_RULES = [
+    (r"^mask_emb$", "masked_spec_embed"),
+    (r"^feature_extractor\.conv_layers\.(\d+)\.0\.weight$", r"feature_extractor.conv_layers.\1.conv.weight"),
+    (r"^feature_extractor\.conv_layers\.(\d+)\.0\.bias$", r"feature_extractor.conv_layers.\1.conv.bias"),
+    # GroupNorm of layer 0 (extractor_mode=default) and LayerNorm of every layer (layer_norm)
+    (r"^feature_extractor\.conv_layers\.(\d+)\.2\.(weight|bias)$", r"feature_extractor.conv_layers.\1.layer_norm.\2"),
+    (r"^feature_extractor\.conv_layers\.(\d+)\.2\.1\.(weight|bias)$", r"feature_extractor.conv_layers.\1.layer_norm.\2"),
+    (r"^layer_norm\.(weight|bias)$", r"layer_norm.\1"),
+    (r"^post_extract_proj\.(weight|bias)$", r"feature_projection.\1"),
+    (r"^encoder\.pos_conv\.0\.bias$", "encoder.pos_conv_embed.conv.bias"),
+    (r"^encoder\.pos_conv\.0\.weight_g$", "encoder.pos_conv_embed.conv.parametrizations.weight.original0"),
+    (r"^encoder\.pos_conv\.0\.weight_v$", "encoder.pos_conv_embed.conv.parametrizations.weight.original1"),
+    (r"^encoder\.layers\.(\d+)\.self_attn\.(k|v|q|out)_proj\.(weight|bias)$", r"encoder.layers.\1.attention.\2_proj.\3"),
+    (r"^encoder\.layers\.(\d+)\.self_attn_layer_norm\.(weight|bias)$", r"encoder.layers.\1.layer_norm.\2"),
+    (r"^encoder\.layers\.(\d+)\.fc1\.(weight|bias)$", r"encoder.layers.\1.feed_forward.intermediate_dense.\2"),
+    (r"^encoder\.layers\.(\d+)\.fc2\.(weight|bias)$", r"encoder.layers.\1.feed_forward.output_dense.\2"),
+    (r"^encoder\.layers\.(\d+)\.final_layer_norm\.(weight|bias)$", r"encoder.layers.\1.final_layer_norm.\2"),
+    (r"^encoder\.layer_norm\.(weight|bias)$", r"encoder.layer_norm.\1"),
+    (r"^encoder\.upsample\.0\.(weight|bias)$", r"encoder.upsample.projection.\1"),
+]
+
+
+def sew_state_dict_to_hf(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """Rename a SEW (``sew`` / ``squeeze_wav2vec2``) state dict to ``transformers`` ``SEWModel`` keys.
+
+    Pre-training heads are left out; any other key without a rule raises ``KeyError``.
+    """
+    out = {}
+    for key, value in state_dict.items():
+        if PRETRAINING_ONLY.match(key):
+            continue
+        for pattern, replacement in _SEW_RULES:
+            new_key, n = re.subn(pattern, replacement, key)
+            if n:
+                out[new_key] = value
+                break
+        else:
+            raise KeyError(f"no transformers SEWModel name for parameter {key!r}")
+    return out
+
+
+def sew_hf_config_kwargs(cfg) -> dict:
+    """``transformers.SEWConfig`` keyword arguments equivalent to a SEW model config (eval mode)."""
+    if cfg.layer_norm_first:
+        raise ValueError("transformers' SEWModel is post-LN only; model.layer_norm_first=true cannot be represented")
+    if cfg.squeeze_factor == 1:
+        raise ValueError(
+            "model.squeeze_factor=1 is wav2vec 2.0's context network without an upsampler; "
+            "transformers' SEWModel always has one, so it cannot represent this model"
+        )
+    layers = parse_conv_layers(cfg.conv_feature_layers)
+    return dict(
+        conv_dim=[c for c, _, _ in layers],
+        conv_kernel=[k for _, k, _ in layers],
+        conv_stride=[s for _, _, s in layers],
+        conv_bias=cfg.conv_bias,
+        feat_extract_norm="group" if str(cfg.extractor_mode) == "default" else "layer",
+        feat_extract_activation="gelu",
+        hidden_act=str(cfg.activation_fn),
+        hidden_size=cfg.encoder_embed_dim,
+        intermediate_size=cfg.encoder_ffn_embed_dim,
+        num_attention_heads=cfg.encoder_attention_heads,
+        num_hidden_layers=cfg.encoder_layers,
+        num_conv_pos_embeddings=cfg.conv_pos,
+        num_conv_pos_embedding_groups=cfg.conv_pos_groups,
+        squeeze_factor=cfg.squeeze_factor,
+        layerdrop=cfg.encoder_layerdrop,
+        hidden_dropout=cfg.dropout,
+        attention_dropout=cfg.attention_dropout,
+        activation_dropout=cfg.activation_dropout,
+        feat_proj_dropout=cfg.dropout_input,
+        layer_norm_eps=1e-5,
+    )

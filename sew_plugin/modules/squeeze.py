@@ -1,0 +1,99 @@
+"""The squeeze and upsample of SEW's squeezed context network (SEW paper, section 3.3).
+
+The transformer runs at a frame rate ``s`` times lower than the 20 ms feature rate:
+
+- squeeze: ``x' = AvgPool(s)(x) + GELU(StridedPosConv(x))``, both cropped to the shorter length;
+  the positional convolution of wav2vec 2.0 simply gets stride ``s``.
+- upsample: ``GELU(Linear(D, s * D))`` turns each squeezed frame into ``s`` frames of width D,
+  then the sequence is zero-padded back to the input length.
+
+Lengths are carried through both steps so that an utterance in a padded batch sees exactly what it
+would see alone: squeezed lengths come from the output-length formula of the pooling and of the
+convolution, and upsampled frames that stem from padding are zeroed.
+"""
+
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from fairseq.models.wav2vec.wav2vec2 import make_conv_pos
+
+
+def make_strided_pos_conv(dim: int, kernel: int, groups: int, stride: int) -> nn.Sequential:
+    """wav2vec 2.0's positional convolution (weight norm, SamePad, GELU) with stride ``stride``.
+
+    Built by fairseq's ``make_conv_pos`` so initialisation and parameter names
+    (``0.weight_g``, ``0.weight_v``, ``0.bias``) are those of wav2vec 2.0 and the original SEW.
+    """
+    pos_conv = make_conv_pos(dim, kernel, groups)
+    pos_conv[0].stride = (stride,)
+    return pos_conv
+
+
+def conv_output_lengths(lengths: torch.Tensor, kernel: int, stride: int, padding: int = 0) -> torch.Tensor:
+    """Output length of a 1-D convolution or pooling (PyTorch's formula, no dilation)."""
+    return torch.div(lengths + 2 * padding - kernel, stride, rounding_mode="floor") + 1
+
+
+def lengths_to_padding_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
+    """(B,) lengths -> (B, max_len) bool mask, True at padded positions."""
+    return torch.arange(max_len, device=lengths.device)[None, :] >= lengths[:, None]
+
+
+def padding_mask_to_lengths(padding_mask: Optional[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """(B, T) padding mask (or None: nothing padded) -> (B,) lengths."""
+    if padding_mask is None:
+        return torch.full((x.size(0),), x.size(1), dtype=torch.long, device=x.device)
+    return (~padding_mask).long().sum(-1)
+
+
+def squeeze(
+    x: torch.Tensor, pos_conv: nn.Sequential, factor: int, lengths: torch.Tensor
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Downsample (B, T, D) features by ``factor`` and add the positional convolution.
+
+    Args:
+        x: (B, T, D) features whose padded frames are already zero.
+        pos_conv: the strided positional convolution (``make_strided_pos_conv``).
+        factor: squeeze factor s >= 1; s = 1 is wav2vec 2.0's ``x + pos_conv(x)``.
+        lengths: (B,) valid frames per utterance.
+    Returns:
+        (B, L, D) squeezed features and their (B,) lengths, L = min(pool length, conv length).
+    """
+    x = x.transpose(1, 2)  # (B, D, T)
+    x_conv = pos_conv(x)
+    x_pool = F.avg_pool1d(x, factor, factor) if factor > 1 else x
+    out_len = min(x_conv.size(-1), x_pool.size(-1))
+    x = (x_pool[..., :out_len] + x_conv[..., :out_len]).transpose(1, 2)  # (B, L, D)
+
+    conv = pos_conv[0]
+    conv_len = conv_output_lengths(lengths, conv.kernel_size[0], factor, conv.padding[0])
+    conv_len = conv_len - pos_conv[1].remove  # SamePad drops the last frame for even kernels
+    new_lengths = torch.minimum(torch.div(lengths, factor, rounding_mode="floor"), conv_len)
+    return x, new_lengths.clamp(min=0)
+
+
+class Upsample(nn.Sequential):
+    """``GELU(Linear(D, s*D))`` reshaped to ``s`` frames per squeezed frame (SEW eq. in section 3.3).
+
+    Parameter names (``0.weight``, ``0.bias``) follow the original release's ``encoder.upsample``.
+    """
+
+    def __init__(self, dim: int, factor: int):
+        super().__init__(nn.Linear(dim, dim * factor), nn.GELU())
+        self.factor = factor
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor, target_len: int) -> torch.Tensor:
+        """(B, L, D) squeezed frames with (B,) lengths -> (B, target_len, D).
+
+        Frames produced from padded squeezed frames are zeroed, so a padded batch gives each
+        utterance the same output as running it alone (where those frames are the zero tail).
+        """
+        bsz, sq_len, dim = x.shape
+        x = super().forward(x).reshape(bsz, sq_len * self.factor, dim)  # (B, L*s, D)
+        valid = ~lengths_to_padding_mask(lengths * self.factor, x.size(1))
+        x = x * valid.unsqueeze(-1).to(x.dtype)
+        if x.size(1) < target_len:
+            x = F.pad(x, (0, 0, 0, target_len - x.size(1)))
+        return x[:, :target_len]

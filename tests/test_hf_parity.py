@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+import transformers  # a test-only dependency, declared in setup.py
 from omegaconf import OmegaConf
 
 import sew_plugin.models  # noqa: F401
@@ -10,7 +11,6 @@ from sew_plugin.models.sew import SEWConfig, SEWModel
 
 from conftest import TINY_SEW
 
-import transformers  # noqa: E402  (test-only dependency, declared in setup.py)
 
 
 def to_hf(model: SEWModel):

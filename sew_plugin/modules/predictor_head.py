@@ -18,24 +18,17 @@ class Fp32BatchNorm1d(nn.BatchNorm1d):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        running_mean = self.running_mean.float() if self.running_mean is not None else None
-        running_var = self.running_var.float() if self.running_var is not None else None
-        training = self.training or running_mean is None
-        if self.training and self.num_batches_tracked is not None:
+        stats_dtype = self.running_mean.dtype
+        mean, var = self.running_mean.float(), self.running_var.float()  # copies only if not fp32
+        if self.training:
             self.num_batches_tracked.add_(1)
         out = F.batch_norm(
-            x.float(),
-            running_mean,
-            running_var,
-            self.weight.float() if self.weight is not None else None,
-            self.bias.float() if self.bias is not None else None,
-            training,
-            self.momentum,
-            self.eps,
+            x.float(), mean, var, self.weight.float(), self.bias.float(),
+            self.training, self.momentum, self.eps,
         )
-        if running_mean is not None and running_mean is not self.running_mean:
-            self.running_mean.copy_(running_mean)
-            self.running_var.copy_(running_var)
+        if self.training and stats_dtype != torch.float32:  # write the fp32 update back
+            self.running_mean.copy_(mean)
+            self.running_var.copy_(var)
         return out.to(x.dtype)
 
 

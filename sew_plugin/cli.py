@@ -2,21 +2,74 @@
 
 Examples::
 
-    sew user-dir            # path to pass as common.user_dir
+    sew user-dir                                      # path to pass as common.user_dir
+    sew manifest /data/wavs --dest data --valid-percent 5
+    sew labels data/train.tsv /data/transcripts --dest data
+    sew labels data/valid.tsv /data/transcripts --dest data    # checked against data/dict.ltr.txt
+    sew lexicon data/train.wrd --dest data/lexicon.txt
     fairseq-hydra-train common.user_dir=$(sew user-dir) \\
-        --config-dir configs/pretraining --config-name sew_tiny task.data=/path/to/manifests
+        --config-dir configs/pretraining --config-name sew_tiny task.data=$PWD/data
+    sew infer checkpoints/checkpoint_best.pt data/valid.tsv --decoder kenlm \\
+        --lm lm.arpa --lexicon data/lexicon.txt
+
+Bad input stops a command with a message naming the file and line; counts of what went in and
+what came out are printed on success.
 """
 
 import argparse
 import sys
+from pathlib import Path
 from typing import List, Optional
 
 from . import USER_DIR
 
 
-def _user_dir(args: argparse.Namespace) -> int:
+def _user_dir(args) -> int:
     print(USER_DIR)
     return 0
+
+
+def _manifest(args) -> int:
+    from .data.manifest import write_manifests
+
+    report = write_manifests(
+        args.audio_dir, args.dest, args.ext, args.valid_percent, args.seed, args.sample_rate, args.skip_bad
+    )
+    for err in report.skipped:
+        print(f"skipped {err}", file=sys.stderr)
+    print(report.summary())
+    return 0
+
+
+def _labels(args) -> int:
+    from .data.labels import write_labels
+
+    report = write_labels(args.manifest, args.transcripts, args.dest, args.dict, args.upper, args.skip_bad)
+    for err in report.skipped:
+        print(f"skipped {err}", file=sys.stderr)
+    print(report.summary())
+    return 0
+
+
+def _lexicon(args) -> int:
+    from .data.labels import write_lexicon
+
+    count, path = write_lexicon(args.words, args.dest, args.dict)
+    print(f"{count} words written to {path}")
+    return 0
+
+
+def _infer(args) -> int:
+    from .infer import main as infer_main
+
+    return infer_main(args)
+
+
+def _percent(text: str) -> float:
+    value = float(text)
+    if not 0 <= value < 100:
+        raise argparse.ArgumentTypeError(f"must be in [0, 100), got {value}")
+    return value
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -24,14 +77,54 @@ def get_parser() -> argparse.ArgumentParser:
         prog="sew", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
     p = sub.add_parser("user-dir", help="print the path to pass as fairseq's common.user_dir")
     p.set_defaults(func=_user_dir)
+
+    p = sub.add_parser("manifest", help="write fairseq manifests (train.tsv, valid.tsv) for an audio folder")
+    p.add_argument("audio_dir", type=Path)
+    p.add_argument("--dest", type=Path, required=True)
+    p.add_argument("--ext", default="wav", choices=["wav", "flac"])
+    p.add_argument("--valid-percent", type=_percent, default=0.0, help="share of files for valid.tsv (0: none)")
+    p.add_argument("--seed", type=int, default=42, help="seed of the train/valid split")
+    p.add_argument("--sample-rate", type=int, default=16000, help="required sample rate")
+    p.add_argument("--skip-bad", action="store_true", help="leave bad files out (listed in DEST/skipped.tsv)")
+    p.set_defaults(func=_manifest)
+
+    p = sub.add_parser("labels", help="write <split>.wrd, <split>.ltr and dict.ltr.txt for a manifest")
+    p.add_argument("manifest", type=Path)
+    p.add_argument("transcripts", type=Path, nargs="+",
+                   help="'ID TEXT' files (or folders of *.trans.txt), or ID<TAB>TEXT .tsv files")
+    p.add_argument("--dest", type=Path, required=True)
+    p.add_argument("--dict", type=Path, help="letter dictionary to check against (default: DEST/dict.ltr.txt if it exists)")
+    p.add_argument("--upper", action="store_true", help="upper-case transcripts (LibriSpeech style)")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="leave bad utterances out of a rewritten DEST/<split>.tsv (listed in <split>.skipped.tsv)")
+    p.set_defaults(func=_labels)
+
+    p = sub.add_parser("lexicon", help="write a flashlight lexicon (WORD W O R D |) for word lists or .wrd files")
+    p.add_argument("words", type=Path, nargs="+")
+    p.add_argument("--dest", type=Path, required=True)
+    p.add_argument("--dict", type=Path, help="letter dictionary every spelling must fit")
+    p.set_defaults(func=_lexicon)
+
+    from .infer import add_arguments as add_infer_arguments
+
+    p = sub.add_parser("infer", help="transcribe a manifest with a CTC checkpoint; WER, UER and timing")
+    add_infer_arguments(p)
+    p.set_defaults(func=_infer)
     return parser
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    from .data.errors import DataError, DataErrors
+
     args = get_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (DataError, DataErrors) as err:
+        print(f"sew {args.command}: error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

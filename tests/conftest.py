@@ -1,6 +1,8 @@
 """Shared helpers: tiny model configs and real WAV corpora written with soundfile."""
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -55,3 +57,49 @@ def write_wav_corpus(root: Path, lengths, sample_rate: int = 16000, seed: int = 
 def write_manifest(path: Path, root: Path, rows):
     """fairseq's manifest: the root directory, then ``relative_path<TAB>num_samples`` lines."""
     path.write_text(os.fspath(root) + "\n" + "".join(f"{p}\t{n}\n" for p, n in rows))
+
+
+FAIRSEQ_HYDRA_TRAIN = str(Path(sys.executable).with_name("fairseq-hydra-train"))
+
+# Tiny sizes and a short schedule on top of the real configs/pretraining/sew_tiny.yaml.
+TINY_PRETRAINING = [
+    "common.cpu=true",
+    "common.fp16=false",
+    "common.log_interval=1",
+    "common.seed=3",
+    "distributed_training.distributed_world_size=1",
+    "optimization.update_freq=[1]",
+    "optimization.max_update=32",
+    "optimization.lr=[0.001]",
+    "lr_scheduler.warmup_updates=4",
+    "lr_scheduler.total_num_update=32",
+    "dataset.num_workers=0",
+    "dataset.max_tokens=120000",
+    "task.min_sample_size=16000",
+    "task.max_sample_size=40000",
+    "model.encoder_layers=2",
+    "model.encoder_embed_dim=64",
+    "model.encoder_ffn_embed_dim=128",
+    "model.encoder_attention_heads=2",
+    "model.encoder_layerdrop=0",
+    "model.wfe_c_channels=8",
+    "model.mlp_hidden_size=64",
+    "model.final_dim=32",
+    "model.latent_vars=16",
+    "model.num_negatives=10",
+]
+
+
+def hydra_train(tmp_path: Path, group: str, config: str, overrides):
+    """Run the real ``fairseq-hydra-train`` on ``configs/<group>/<config>.yaml`` in a subprocess."""
+    cmd = [
+        FAIRSEQ_HYDRA_TRAIN,
+        "--config-dir", str(REPO / "configs" / group),
+        "--config-name", config,
+        f"common.user_dir={REPO / 'sew_plugin'}",
+        f"checkpoint.save_dir={tmp_path / 'ckpt'}",
+        f"hydra.run.dir={tmp_path / 'hydra'}",
+        *overrides,
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)

@@ -1,60 +1,11 @@
 """SEW pre-training through the real ``fairseq-hydra-train`` entry point, on real WAV files."""
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import REPO, write_manifest, write_wav_corpus
-
-FAIRSEQ_HYDRA_TRAIN = str(Path(sys.executable).with_name("fairseq-hydra-train"))
-
-# Tiny sizes and a short schedule on top of the real configs/pretraining/sew_tiny.yaml.
-TINY_RUN = [
-    "common.cpu=true",
-    "common.fp16=false",
-    "common.log_interval=1",
-    "common.seed=3",
-    "distributed_training.distributed_world_size=1",
-    "optimization.update_freq=[1]",
-    "optimization.max_update=32",
-    "optimization.lr=[0.001]",
-    "lr_scheduler.warmup_updates=4",
-    "lr_scheduler.total_num_update=32",
-    "dataset.num_workers=0",
-    "dataset.max_tokens=120000",
-    "task.min_sample_size=16000",
-    "task.max_sample_size=40000",
-    "model.encoder_layers=2",
-    "model.encoder_embed_dim=64",
-    "model.encoder_ffn_embed_dim=128",
-    "model.encoder_attention_heads=2",
-    "model.encoder_layerdrop=0",
-    "model.wfe_c_channels=8",
-    "model.mlp_hidden_size=64",
-    "model.final_dim=32",
-    "model.latent_vars=16",
-    "model.num_negatives=10",
-]
-
-
-def hydra_train(tmp_path: Path, config: str, overrides):
-    cmd = [
-        FAIRSEQ_HYDRA_TRAIN,
-        "--config-dir", str(REPO / "configs" / "pretraining"),
-        "--config-name", config,
-        f"common.user_dir={REPO / 'sew_plugin'}",
-        f"checkpoint.save_dir={tmp_path / 'ckpt'}",
-        f"hydra.run.dir={tmp_path / 'hydra'}",
-        *overrides,
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "2"}
-    return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
-
+from conftest import TINY_PRETRAINING, hydra_train, write_manifest, write_wav_corpus
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
@@ -75,7 +26,7 @@ def train_losses(log: str):
 
 
 def test_pretrains_saves_and_reloads(tmp_path, corpus):
-    run = hydra_train(tmp_path, "sew_tiny", [f"task.data={corpus}", *TINY_RUN])
+    run = hydra_train(tmp_path, "pretraining", "sew_tiny", [f"task.data={corpus}", *TINY_PRETRAINING])
     assert run.returncode == 0, run.stderr[-4000:]
     log = run.stdout + run.stderr
 
@@ -121,11 +72,11 @@ def test_pretrains_saves_and_reloads(tmp_path, corpus):
     ],
 )
 def test_invalid_config_fails_naming_the_key(tmp_path, corpus, override, key):
-    overrides = [f"task.data={corpus}", *TINY_RUN, "optimization.max_update=1"]
+    overrides = [f"task.data={corpus}", *TINY_PRETRAINING, "optimization.max_update=1"]
     if "conv_feature_layers" in override:
         overrides.remove("model.wfe_c_channels=8")
         overrides.append("model.wfe_c_channels=0")
-    run = hydra_train(tmp_path, "sew_tiny", [*overrides, override])
+    run = hydra_train(tmp_path, "pretraining", "sew_tiny", [*overrides, override])
     assert run.returncode != 0
     assert key in run.stderr + run.stdout
     assert not (tmp_path / "ckpt" / "checkpoint_last.pt").exists()

@@ -1,0 +1,1 @@
+"""Data preparation in fairseq's formats: manifests, letter labels, dictionaries and lexicons."""

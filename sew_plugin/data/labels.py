@@ -1,0 +1,225 @@
+"""Transcripts to fairseq's letter targets (``.wrd``, ``.ltr``, ``dict.ltr.txt``) and lexicons.
+
+Formats (as fairseq's ``examples/wav2vec/libri_labels.py`` writes them):
+``.wrd`` one transcript per manifest line; ``.ltr`` its letters separated by spaces with ``|`` after
+every word (``HI THERE`` -> ``H I | T H E R E |``); ``dict.ltr.txt`` ``symbol count`` lines, most
+frequent first; a flashlight lexicon line is ``WORD W O R D |``.
+"""
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
+
+from .errors import DataError, DataErrors
+from .manifest import Manifest, format_manifest, read_manifest
+
+WORD_BOUNDARY = "|"
+
+
+def to_letters(words: str) -> str:
+    """``"HI THERE"`` -> ``"H I | T H E R E |"``."""
+    return " ".join(" ".join(word) + " " + WORD_BOUNDARY for word in words.split())
+
+
+def normalise(text: str, upper: bool) -> str:
+    text = " ".join(text.split())
+    return text.upper() if upper else text
+
+
+@dataclass
+class Transcript:
+    text: str
+    path: Path
+    line: int
+
+
+def transcript_files(sources: Sequence[Path]) -> List[Path]:
+    """Files as given; a directory stands for every ``*.trans.txt`` below it (LibriSpeech layout)."""
+    files = []
+    for src in map(Path, sources):
+        if src.is_dir():
+            found = sorted(src.rglob("*.trans.txt"))
+            if not found:
+                raise DataError(src, "no *.trans.txt transcript files in this directory")
+            files.extend(found)
+        elif src.is_file():
+            files.append(src)
+        else:
+            raise DataError(src, "transcript file not found")
+    return files
+
+
+def read_transcripts(sources: Sequence[Path], upper: bool = False) -> Dict[str, Transcript]:
+    """Utterance ID -> transcript, from ``ID TEXT`` lines, or ``ID<TAB>TEXT`` lines in ``.tsv`` files.
+
+    The ID is the audio file's name without extension (a path in a TSV is reduced to that).
+    """
+    out: Dict[str, Transcript] = {}
+    for path in transcript_files(sources):
+        tsv = path.suffix == ".tsv"
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            if not line.strip():
+                continue
+            cols = line.split("\t", 1) if tsv else line.strip().split(None, 1)
+            if len(cols) != 2 or not cols[1].strip():
+                raise DataError(path, "expected an utterance ID followed by its transcript", number)
+            utt_id, text = Path(cols[0].strip()).stem, normalise(cols[1], upper)
+            if WORD_BOUNDARY in text:
+                raise DataError(path, f"transcript contains {WORD_BOUNDARY!r}, the word-boundary symbol", number)
+            if utt_id in out:
+                prev = out[utt_id]
+                raise DataError(path, f"utterance {utt_id} is already transcribed at {prev.path}:{prev.line}", number)
+            out[utt_id] = Transcript(text, path, number)
+    return out
+
+
+def read_dictionary(path: Path) -> List[str]:
+    """Symbols of a fairseq dictionary file (``symbol count`` lines)."""
+    symbols = []
+    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
+        cols = line.split()
+        if len(cols) != 2 or not cols[1].lstrip("-").isdigit():
+            raise DataError(path, "expected 'symbol count'", number)
+        symbols.append(cols[0])
+    return symbols
+
+
+def format_dictionary(letter_lines: Iterable[str]) -> str:
+    counts = Counter(sym for line in letter_lines for sym in line.split())
+    return "".join(f"{sym} {n}\n" for sym, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def unknown_letters(text: str, symbols: Set[str]) -> List[str]:
+    return sorted({sym for sym in to_letters(text).split() if sym not in symbols})
+
+
+@dataclass
+class LabelReport:
+    split: str
+    utterances: int
+    labelled: int = 0
+    transcripts_read: int = 0
+    other_split_transcripts: int = 0
+    dictionary: str = ""
+    skipped: List[DataError] = field(default_factory=list)
+
+    def summary(self) -> str:
+        return (
+            f"{self.split}: {self.utterances} utterances in, {self.labelled} labelled out, "
+            f"{len(self.skipped)} skipped; {self.transcripts_read} transcripts read, "
+            f"{self.other_split_transcripts} belong to audio outside this manifest; {self.dictionary}"
+        )
+
+
+def _utterance_ids(manifest: Manifest) -> List[str]:
+    ids, seen = [], {}
+    for index, (rel, _) in enumerate(manifest.entries):
+        utt_id = Path(rel).stem
+        if utt_id in seen:
+            raise DataError(manifest.path, f"utterance ID {utt_id} also names line {seen[utt_id]}", index + 2)
+        seen[utt_id] = index + 2
+        ids.append(utt_id)
+    return ids
+
+
+def write_labels(
+    manifest_path: Path,
+    transcripts: Sequence[Path],
+    dest: Path,
+    dictionary: Optional[Path] = None,
+    upper: bool = False,
+    skip_bad: bool = False,
+) -> LabelReport:
+    """Write ``<split>.wrd`` and ``<split>.ltr`` aligned with the manifest, and the dictionary.
+
+    The dictionary is checked against, not rewritten, when given or when ``dest/dict.ltr.txt``
+    exists (the usual case for a valid or test split); otherwise it is built from this split.
+    Problems (an utterance with no transcript, a transcript whose audio does not exist under the
+    manifest's root, letters outside the dictionary) are collected and raised together, unless
+    ``skip_bad``: then the bad utterances are left out of a rewritten ``dest/<split>.tsv`` (the
+    original is kept as ``<split>.unfiltered.tsv``) and listed in ``dest/<split>.skipped.tsv``.
+    """
+    manifest_path, dest = Path(manifest_path), Path(dest)
+    manifest = read_manifest(manifest_path)
+    split = manifest_path.stem
+    ids = _utterance_ids(manifest)
+    texts = read_transcripts(transcripts, upper)
+    report = LabelReport(split, len(ids), transcripts_read=len(texts))
+
+    dict_path = Path(dictionary) if dictionary else dest / "dict.ltr.txt"
+    symbols = set(read_dictionary(dict_path)) if (dictionary or dict_path.is_file()) else None
+    report.dictionary = f"checked against {dict_path}" if symbols is not None else f"built {dict_path}"
+
+    errors: Dict[int, DataError] = {}
+    for index, utt_id in enumerate(ids):
+        if utt_id not in texts:
+            errors[index] = DataError(manifest_path, f"no transcript for utterance {utt_id}", index + 2)
+        elif symbols is not None:
+            t = texts[utt_id]
+            bad = unknown_letters(t.text, symbols)
+            if bad:
+                errors[index] = DataError(t.path, f"characters {bad} of {utt_id} are not in {dict_path}", t.line)
+
+    in_manifest = set(ids)
+    suffixes = {Path(rel).suffix for rel, _ in manifest.entries} or {".wav"}
+    audio_ids = {p.stem for s in suffixes for p in manifest.root.rglob(f"*{s}")}
+    orphans = [
+        DataError(t.path, f"transcript of {utt_id} has no audio file under {manifest.root}", t.line)
+        for utt_id, t in texts.items()
+        if utt_id not in audio_ids
+    ]
+    report.other_split_transcripts = sum(1 for u in texts if u in audio_ids and u not in in_manifest)
+
+    problems = list(errors.values()) + orphans
+    if problems and not skip_bad:
+        raise DataErrors("utterances or transcripts", problems, "fix them, or pass --skip-bad to leave them out")
+    report.skipped = problems
+
+    keep = [i for i in range(len(ids)) if i not in errors]
+    words = [texts[ids[i]].text for i in keep]
+    letters = [to_letters(w) for w in words]
+    dest.mkdir(parents=True, exist_ok=True)
+    if errors:
+        unfiltered = dest / f"{split}.unfiltered.tsv"
+        unfiltered.write_text(format_manifest(manifest), encoding="utf-8")
+        kept = Manifest(manifest.root, [manifest.entries[i] for i in keep])
+        (dest / f"{split}.tsv").write_text(format_manifest(kept), encoding="utf-8")
+    if problems:
+        (dest / f"{split}.skipped.tsv").write_text("".join(f"{e.where}\t{e.message}\n" for e in problems))
+    (dest / f"{split}.wrd").write_text("".join(w + "\n" for w in words), encoding="utf-8")
+    (dest / f"{split}.ltr").write_text("".join(l + "\n" for l in letters), encoding="utf-8")
+    if symbols is None:
+        dict_path.write_text(format_dictionary(letters), encoding="utf-8")
+    report.labelled = len(keep)
+    assert report.labelled + len(errors) == report.utterances
+    return report
+
+
+def write_lexicon(word_sources: Sequence[Path], dest: Path, dictionary: Optional[Path] = None) -> Tuple[int, Path]:
+    """Write a flashlight lexicon (``WORD W O R D |``) for every distinct word of the given files.
+
+    Word lists and ``.wrd`` files both work: every whitespace-separated token is a word. With a
+    dictionary, a word spelled with a letter outside it raises ``DataError`` at its first line.
+    """
+    symbols = set(read_dictionary(dictionary)) if dictionary else None
+    first_seen: Dict[str, Tuple[Path, int]] = {}
+    for path in map(Path, word_sources):
+        if not path.is_file():
+            raise DataError(path, "word list not found")
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            for word in line.split():
+                if WORD_BOUNDARY in word:
+                    raise DataError(path, f"word {word!r} contains the word-boundary symbol", number)
+                first_seen.setdefault(word, (path, number))
+    if not first_seen:
+        raise DataError(", ".join(map(str, word_sources)), "no words found")
+    if symbols is not None:
+        for word, (path, number) in first_seen.items():
+            bad = unknown_letters(word, symbols)
+            if bad:
+                raise DataError(path, f"word {word!r} has characters {bad} not in {dictionary}", number)
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_text("".join(f"{w} {to_letters(w)}\n" for w in sorted(first_seen)), encoding="utf-8")
+    return len(first_seen), dest

@@ -1,0 +1,123 @@
+"""CTC decoders behind one small interface: greedy (Viterbi) and flashlight-text's lexicon beam
+search with a KenLM language model (the wav2letter decoder of the SEW and St-SEW papers).
+
+Both take one utterance's (T, V) log-probabilities over fairseq's letter dictionary, whose blank
+is ``<s>`` (index 0) and whose word boundary is ``|``, and return the words.
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List
+
+import torch
+
+from .data.errors import DataError
+
+BLANK = "<s>"
+WORD_BOUNDARY = "|"
+
+
+def letters_to_words(symbols: List[str]) -> List[str]:
+    """Letter symbols (``H I | T H E R E |``) -> words (``HI THERE``)."""
+    return "".join(symbols).replace(WORD_BOUNDARY, " ").split()
+
+
+class ViterbiDecoder:
+    """Best path: argmax per frame, merge repeats, drop blanks."""
+
+    def __init__(self, tgt_dict):
+        self.tgt_dict = tgt_dict
+        self.blank = tgt_dict.index(BLANK)
+
+    def decode(self, emissions: torch.Tensor) -> List[str]:
+        ids = torch.unique_consecutive(emissions.argmax(-1))
+        return letters_to_words([self.tgt_dict[i] for i in ids.tolist() if i != self.blank])
+
+
+@dataclass
+class BeamOptions:
+    beam: int = 50
+    beam_size_token: int = 0  # 0: the whole vocabulary
+    beam_threshold: float = 25.0
+    lm_weight: float = 2.0
+    word_score: float = -1.0
+    unk_score: float = float("-inf")
+    sil_score: float = 0.0
+
+
+class KenLMLexiconDecoder:
+    """flashlight-text ``LexiconDecoder`` over a lexicon trie scored by a KenLM model.
+
+    The trie holds every lexicon spelling with its word's unigram LM score, smeared with MAX
+    (methods.md section 5); only lexicon words can be produced.
+    """
+
+    def __init__(self, tgt_dict, lexicon: Path, lm: Path, options: BeamOptions = BeamOptions()):
+        try:
+            from flashlight.lib.text.decoder import (
+                CriterionType, LexiconDecoder, LexiconDecoderOptions, SmearingMode, Trie,
+            )
+            from flashlight.lib.text.decoder.kenlm import KenLM
+            from flashlight.lib.text.dictionary import create_word_dict, load_words
+        except ImportError as err:
+            raise ImportError(f"the kenlm decoder needs flashlight-text (pip install flashlight-text): {err}") from err
+        for path, what in ((lexicon, "lexicon"), (lm, "language model")):
+            if not Path(path).is_file():
+                raise DataError(path, f"{what} not found")
+
+        self.tgt_dict = tgt_dict
+        self.blank = tgt_dict.index(BLANK)
+        silence = tgt_dict.index(WORD_BOUNDARY)
+        words = load_words(str(lexicon))
+        self.word_dict = create_word_dict(words)
+        try:
+            self.lm = KenLM(str(lm), self.word_dict)
+        except RuntimeError as err:  # KenLM reports format problems as C++ exceptions
+            raise DataError(lm, f"not a usable KenLM model (ARPA with n >= 2, or binary): {err}") from None
+        trie = Trie(len(tgt_dict), silence)
+        start = self.lm.start(False)
+        for word, spellings in words.items():
+            word_idx = self.word_dict.get_index(word)
+            _, score = self.lm.score(start, word_idx)
+            for spelling in spellings:
+                ids = [tgt_dict.index(symbol) for symbol in spelling]
+                if tgt_dict.unk() in ids:
+                    raise DataError(lexicon, f"spelling {' '.join(spelling)} of {word!r} uses symbols outside the model's dictionary")
+                trie.insert(ids, word_idx, score)
+        trie.smear(SmearingMode.MAX)
+        opts = LexiconDecoderOptions(
+            beam_size=options.beam,
+            beam_size_token=options.beam_size_token or len(tgt_dict),
+            beam_threshold=options.beam_threshold,
+            lm_weight=options.lm_weight,
+            word_score=options.word_score,
+            unk_score=options.unk_score,
+            sil_score=options.sil_score,
+            log_add=False,
+            criterion_type=CriterionType.CTC,
+        )
+        unk_word = self.word_dict.get_index("<unk>")
+        self.decoder = LexiconDecoder(opts, trie, self.lm, silence, self.blank, unk_word, [], False)
+
+    def decode_nbest(self, emissions: torch.Tensor):
+        """flashlight's hypotheses, best first (each has ``.score``, ``.words``, ``.tokens``)."""
+        emissions = emissions.float().contiguous().cpu()
+        frames, vocab = emissions.shape
+        return self.decoder.decode(emissions.data_ptr(), frames, vocab)
+
+    def decode(self, emissions: torch.Tensor) -> List[str]:
+        best = self.decode_nbest(emissions)[0]
+        return [self.word_dict.get_entry(w) for w in best.words if w >= 0]
+
+
+DECODERS = ("viterbi", "kenlm")
+
+
+def build_decoder(kind: str, tgt_dict, lexicon=None, lm=None, options: BeamOptions = BeamOptions()):
+    if kind == "viterbi":
+        return ViterbiDecoder(tgt_dict)
+    if kind == "kenlm":
+        if lexicon is None or lm is None:
+            raise ValueError("--decoder kenlm needs --lexicon and --lm")
+        return KenLMLexiconDecoder(tgt_dict, lexicon, lm, options)
+    raise ValueError(f"unknown decoder {kind!r}; choose from {DECODERS}")

@@ -1,0 +1,208 @@
+"""``sew infer``: transcribe a manifest with a CTC checkpoint; WER, UER, and where the time goes.
+
+Every utterance of the manifest is transcribed exactly once (batches never drop a remainder) and
+the count is checked. References come from the label file beside the manifest
+(``<split>.<labels>``, e.g. ``valid.ltr``) when it exists. Timing separates the model forward from
+decoding; the real-time factor is processing time over audio duration.
+"""
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import List, Optional
+
+import editdistance
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .data.audio import SAMPLE_RATE, read_audio
+from .data.errors import DataError
+from .data.manifest import read_manifest
+from .decoding import DECODERS, BeamOptions, build_decoder, letters_to_words
+
+
+def add_arguments(p) -> None:
+    p.add_argument("checkpoint", type=Path, help="fine-tuned CTC checkpoint (sew_ctc, wav2vec_ctc, ...)")
+    p.add_argument("manifest", type=Path, help="fairseq manifest (.tsv) to transcribe")
+    p.add_argument("--labels", default="ltr", help="reference label extension beside the manifest (ltr or wrd)")
+    p.add_argument("--decoder", default="viterbi", choices=DECODERS)
+    p.add_argument("--lm", type=Path, help="KenLM language model (ARPA or binary) for --decoder kenlm")
+    p.add_argument("--lexicon", type=Path, help="flashlight lexicon (WORD W O R D |) for --decoder kenlm")
+    p.add_argument("--lm-weight", type=float, default=2.0)
+    p.add_argument("--word-score", type=float, default=-1.0)
+    p.add_argument("--sil-score", type=float, default=0.0)
+    p.add_argument("--beam", type=int, default=50)
+    p.add_argument("--beam-size-token", type=int, default=0, help="0: the whole vocabulary")
+    p.add_argument("--beam-threshold", type=float, default=25.0)
+    p.add_argument("--batch-size", type=int, default=8, help="utterances per forward")
+    p.add_argument("--max-tokens", type=int, default=0, help="if > 0, cap on padded samples per batch instead")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--results-dir", type=Path, help="write per-utterance results and summary.json here")
+
+
+@dataclass
+class Utterance:
+    id: str
+    hyp: List[str]
+    ref: Optional[List[str]]
+    seconds: float
+
+
+@dataclass
+class Summary:
+    utterances_in_manifest: int
+    utterances_transcribed: int
+    audio_seconds: float
+    forward_seconds: float
+    decode_seconds: float
+    wer: Optional[float] = None
+    uer: Optional[float] = None
+    word_errors: int = 0
+    words: int = 0
+    rtf_forward: float = field(init=False)
+    rtf_total: float = field(init=False)
+
+    def __post_init__(self):
+        self.rtf_forward = self.forward_seconds / self.audio_seconds
+        self.rtf_total = (self.forward_seconds + self.decode_seconds) / self.audio_seconds
+
+    def report(self) -> str:
+        lines = [f"transcribed {self.utterances_transcribed} of {self.utterances_in_manifest} utterances "
+                 f"({self.audio_seconds:.1f} s of audio)"]
+        if self.wer is not None:
+            lines.append(f"WER {100 * self.wer:.2f}% ({self.word_errors} errors / {self.words} words), UER {100 * self.uer:.2f}%")
+        lines.append(
+            f"time: forward {self.forward_seconds:.2f} s ({1000 * self.rtf_forward:.1f} ms per second of audio), "
+            f"decoding {self.decode_seconds:.2f} s; real-time factor {self.rtf_total:.4f}"
+        )
+        return "\n".join(lines)
+
+
+def plan_batches(lengths: List[int], batch_size: int, max_tokens: int = 0) -> List[List[int]]:
+    """Group utterance indices, longest first, into batches; every index appears exactly once.
+
+    With ``max_tokens`` a batch holds as many utterances as fit ``count * longest <= max_tokens``
+    (at least one, so an utterance longer than the cap is still transcribed, alone).
+    """
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches, current = [], []
+    for i in order:
+        if current:
+            longest = lengths[current[0]]
+            if max_tokens:
+                full = (len(current) + 1) * longest > max_tokens
+            else:
+                full = len(current) >= batch_size
+            if full:
+                batches.append(current)
+                current = []
+        current.append(i)
+    if current:
+        batches.append(current)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    return batches
+
+
+def read_references(manifest_path: Path, labels: str, expected: int) -> Optional[List[List[str]]]:
+    path = manifest_path.with_suffix(f".{labels}")
+    if not path.is_file():
+        return None
+    lines = path.read_text(encoding="utf-8").splitlines()
+    if len(lines) != expected:
+        raise DataError(path, f"{len(lines)} label lines for {expected} manifest entries")
+    if labels == "ltr":
+        return [letters_to_words(line.split()) for line in lines]
+    return [line.split() for line in lines]
+
+
+def word_error_counts(utterances: List[Utterance]):
+    """(word errors, reference words, letter errors, reference letters) with editdistance."""
+    we = words = le = letters = 0
+    for u in utterances:
+        we += editdistance.eval(u.hyp, u.ref)
+        words += len(u.ref)
+        hyp_l, ref_l = list("|".join(u.hyp)), list("|".join(u.ref))
+        le += editdistance.eval(hyp_l, ref_l)
+        letters += len(ref_l)
+    return we, words, le, letters
+
+
+def collate(wavs: List[np.ndarray], normalize: bool):
+    """Zero-padded (B, S) batch and its (B, S) padding mask (True = padding)."""
+    longest = max(len(w) for w in wavs)
+    source = torch.zeros(len(wavs), longest)
+    padding = torch.ones(len(wavs), longest, dtype=torch.bool)
+    for i, wav in enumerate(wavs):
+        x = torch.from_numpy(wav)
+        if normalize:  # as fairseq's FileAudioDataset does for models pre-trained with normalize
+            x = F.layer_norm(x, x.shape)
+        source[i, : len(x)] = x
+        padding[i, : len(x)] = False
+    return source, padding
+
+
+def transcribe(model, tgt_dict, manifest_path: Path, decoder, args, normalize: bool):
+    manifest = read_manifest(manifest_path)
+    if not manifest.entries:
+        raise DataError(manifest_path, "manifest has no utterances")
+    refs = read_references(manifest_path, args.labels, len(manifest.entries))
+    lengths = [n for _, n in manifest.entries]
+    results: List[Optional[Utterance]] = [None] * len(lengths)
+    forward_s = decode_s = 0.0
+    device = torch.device(args.device)
+    for batch in plan_batches(lengths, args.batch_size, args.max_tokens):
+        wavs = [read_audio(manifest.audio_path(i), lengths[i], SAMPLE_RATE) for i in batch]
+        source, padding = collate(wavs, normalize)
+        start = time.perf_counter()
+        with torch.no_grad():
+            net_output = model(source=source.to(device), padding_mask=padding.to(device))
+            lprobs = model.get_normalized_probs(net_output, log_probs=True).transpose(0, 1).float().cpu()
+        forward_s += time.perf_counter() - start
+        out_mask = net_output["padding_mask"]
+        frames = (~out_mask).sum(-1).tolist() if out_mask is not None else [lprobs.size(1)] * len(batch)
+        start = time.perf_counter()
+        for row, i in enumerate(batch):
+            hyp = decoder.decode(lprobs[row, : frames[row]])
+            results[i] = Utterance(Path(manifest.entries[i][0]).stem, hyp, refs[i] if refs else None, lengths[i] / SAMPLE_RATE)
+        decode_s += time.perf_counter() - start
+
+    done = [u for u in results if u is not None]
+    if len(done) != len(lengths):
+        raise RuntimeError(f"transcribed {len(done)} of {len(lengths)} utterances of {manifest_path}")
+    summary = Summary(len(lengths), len(done), sum(lengths) / SAMPLE_RATE, forward_s, decode_s)
+    if refs is not None:
+        we, words, le, letters = word_error_counts(done)
+        summary.wer, summary.uer, summary.word_errors, summary.words = we / max(words, 1), le / max(letters, 1), we, words
+    return done, summary
+
+
+def write_results(results_dir: Path, utterances: List[Utterance], summary: Summary) -> None:
+    results_dir.mkdir(parents=True, exist_ok=True)
+    with open(results_dir / "hypotheses.tsv", "w", encoding="utf-8") as f:
+        f.write("id\thypothesis\treference\tword_errors\n")
+        for u in utterances:
+            ref = " ".join(u.ref) if u.ref is not None else ""
+            errors = editdistance.eval(u.hyp, u.ref) if u.ref is not None else ""
+            f.write(f"{u.id}\t{' '.join(u.hyp)}\t{ref}\t{errors}\n")
+    (results_dir / "summary.json").write_text(json.dumps(asdict(summary), indent=2) + "\n")
+
+
+def main(args) -> int:
+    from .checkpoint import load_checkpoint
+
+    if args.decoder == "kenlm" and (args.lm is None or args.lexicon is None):
+        raise SystemExit("sew infer: error: --decoder kenlm needs --lm and --lexicon")
+    model, cfg, task = load_checkpoint(args.checkpoint, {"data": str(args.manifest.parent)})
+    model.to(args.device)
+    tgt_dict = task.target_dictionary
+    options = BeamOptions(args.beam, args.beam_size_token, args.beam_threshold, args.lm_weight, args.word_score,
+                          sil_score=args.sil_score)
+    decoder = build_decoder(args.decoder, tgt_dict, args.lexicon, args.lm, options)
+    normalize = bool(cfg.task.get("normalize", False))
+    utterances, summary = transcribe(model, tgt_dict, args.manifest, decoder, args, normalize)
+    print(summary.report())
+    if args.results_dir:
+        write_results(args.results_dir, utterances, summary)
+    return 0

@@ -27,7 +27,8 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["sew_plugin", "sew_plugin.*"]),
-    install_requires=["torch>=2.1", "soundfile>=0.12"] + FAIRSEQ_RUNTIME_DEPS,
+    install_requires=["torch>=2.1", "soundfile>=0.12", "editdistance", "flashlight-text>=0.0.7"]
+    + FAIRSEQ_RUNTIME_DEPS,
     extras_require={
         "test": ["pytest>=7", "transformers>=4.40", "safetensors"],
     },

@@ -61,8 +61,8 @@ def write_manifest(path: Path, root: Path, rows):
 
 FAIRSEQ_HYDRA_TRAIN = str(Path(sys.executable).with_name("fairseq-hydra-train"))
 
-# Tiny sizes and a short schedule on top of the real configs/pretraining/sew_tiny.yaml.
-TINY_PRETRAINING = [
+# Tiny sizes and a short schedule on top of the real configs/pretraining/*.yaml.
+TINY_PRETRAINING_COMMON = [
     "common.cpu=true",
     "common.fp16=false",
     "common.log_interval=1",
@@ -82,16 +82,20 @@ TINY_PRETRAINING = [
     "model.encoder_ffn_embed_dim=128",
     "model.encoder_attention_heads=2",
     "model.encoder_layerdrop=0",
-    "model.wfe_c_channels=8",
-    "model.mlp_hidden_size=64",
     "model.final_dim=32",
     "model.latent_vars=16",
     "model.num_negatives=10",
+]
+TINY_PRETRAINING = TINY_PRETRAINING_COMMON + ["model.wfe_c_channels=8", "model.mlp_hidden_size=64"]
+TINY_W2V2_PRETRAINING = TINY_PRETRAINING_COMMON + [
+    "model.conv_feature_layers='[(32,10,5)] + [(32,3,2)]*4 + [(32,2,2)]*2'",
+    "model.conv_pos=16",
 ]
 
 
 def hydra_train(tmp_path: Path, group: str, config: str, overrides):
     """Run the real ``fairseq-hydra-train`` on ``configs/<group>/<config>.yaml`` in a subprocess."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
     cmd = [
         FAIRSEQ_HYDRA_TRAIN,
         "--config-dir", str(REPO / "configs" / group),

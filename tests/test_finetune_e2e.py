@@ -1,0 +1,159 @@
+"""From a folder of audio and transcripts to a WER: the real `sew` data commands, the real
+`fairseq-hydra-train` for pre-training and CTC fine-tuning, and `sew infer` with both decoders."""
+
+import json
+import math
+import pickle
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from conftest import TINY_PRETRAINING, TINY_W2V2_PRETRAINING, hydra_train
+
+SEW = str(Path(sys.executable).with_name("sew"))
+VOCAB = ["THE", "CAT", "SAT", "ON", "A", "MAT", "DOG", "RAN"]
+N_UTTERANCES, N_VALID = 37, 13  # 13 held out, transcribed in batches of 8 (8 + 5)
+
+TINY_FINETUNING = [
+    "common.cpu=true",
+    "common.fp16=false",
+    "common.log_interval=1",
+    "distributed_training.distributed_world_size=1",
+    "dataset.num_workers=0",
+    "dataset.max_tokens=120000",
+    "optimization.max_update=6",
+    "optimization.lr=[0.0005]",
+    "model.freeze_finetune_updates=2",
+    "model.mask_length=2",
+    "model.mask_prob=0.2",
+    "model.mask_channel_length=4",
+    "model.mask_channel_prob=0.1",
+    "model.layerdrop=0.05",
+]
+
+
+def sew_cli(*args):
+    run = subprocess.run([SEW, *map(str, args)], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return run.stdout
+
+
+def write_arpa_bigram(text_lines, path):
+    """A maximum-likelihood bigram ARPA model (no smoothing beyond a floor), written by hand."""
+    uni, bi = Counter(), Counter()
+    for line in text_lines:
+        words = ["<s>", *line.split(), "</s>"]
+        uni.update(words)
+        bi.update(zip(words, words[1:]))
+    total = sum(uni.values())
+    log10 = lambda p: math.log10(max(p, 1e-7))  # noqa: E731
+    unigrams = [f"{log10(uni[w] / total) if w != '<s>' else -99:.4f}\t{w}\t-0.3" for w in sorted(uni)]
+    unigrams.append("-7.0000\t<unk>\t0")
+    bigrams = [f"{log10(n / uni[a]):.4f}\t{a} {b}" for (a, b), n in sorted(bi.items())]
+    path.write_text(
+        f"\\data\\\nngram 1={len(unigrams)}\nngram 2={len(bigrams)}\n\n\\1-grams:\n" + "\n".join(unigrams)
+        + "\n\n\\2-grams:\n" + "\n".join(bigrams) + "\n\n\\end\\\n"
+    )
+    return path
+
+
+@pytest.fixture(scope="module")
+def labelled(tmp_path_factory):
+    """Audio with LibriSpeech-style transcripts, prepared with the `sew` commands."""
+    root = tmp_path_factory.mktemp("labelled")
+    rng = np.random.default_rng(1)
+    lines = []
+    for i in range(N_UTTERANCES):
+        words = rng.choice(VOCAB, size=3)
+        n = 16000 + 400 * i
+        t = np.arange(n) / 16000
+        x = 0.3 * np.sin(2 * np.pi * (110 + 7 * i) * t) + 0.05 * rng.standard_normal(n)
+        sf.write(_mkdir(root / "audio") / f"utt{i:02d}.wav", x.astype(np.float32), 16000)
+        lines.append(f"utt{i:02d} {' '.join(words)}")
+    (root / "audio" / "all.trans.txt").write_text("\n".join(lines) + "\n")
+    data = root / "data"
+    sew_cli("manifest", root / "audio", "--dest", data, "--valid-percent", 100 * N_VALID / N_UTTERANCES)
+    sew_cli("labels", data / "train.tsv", root / "audio", "--dest", data)
+    sew_cli("labels", data / "valid.tsv", root / "audio", "--dest", data)
+    sew_cli("lexicon", data / "train.wrd", "--dest", data / "lexicon.txt", "--dict", data / "dict.ltr.txt")
+    write_arpa_bigram((data / "train.wrd").read_text().splitlines(), root / "lm.arpa")
+    return root
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+ENCODERS = {
+    # pre-training config, its tiny overrides, CTC model
+    "sew": ("sew_tiny", TINY_PRETRAINING, "sew_ctc"),
+    "wav2vec2": ("w2v2_base", TINY_W2V2_PRETRAINING, "wav2vec_ctc"),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(ENCODERS))
+def finetuned(request, tmp_path_factory, labelled):
+    config, tiny, ctc_model = ENCODERS[request.param]
+    work = tmp_path_factory.mktemp(f"ft_{request.param}")
+    pre = hydra_train(work / "pre", "pretraining", config, [f"task.data={labelled / 'data'}", *tiny, "optimization.max_update=4"])
+    assert pre.returncode == 0, pre.stderr[-3000:]
+    overrides = [
+        f"task.data={labelled / 'data'}",
+        f"model.w2v_path={work / 'pre' / 'ckpt' / 'checkpoint_last.pt'}",
+        *TINY_FINETUNING,
+    ]
+    if ctc_model != "sew_ctc":
+        overrides.append(f"model._name={ctc_model}")
+    ft = hydra_train(work / "ft", "finetuning", "10m", overrides)
+    assert ft.returncode == 0, ft.stderr[-3000:]
+    assert "valid_wer" in ft.stdout + ft.stderr  # fairseq's ctc criterion scored the valid split
+    return request.param, work / "ft" / "ckpt" / "checkpoint_last.pt"
+
+
+def test_infer_transcribes_every_utterance_with_both_decoders(finetuned, labelled, tmp_path):
+    _, ckpt = finetuned
+    data = labelled / "data"
+    lexicon_words = {line.split()[0] for line in (data / "lexicon.txt").read_text().splitlines()}
+
+    out = sew_cli("infer", ckpt, data / "valid.tsv", "--batch-size", 8, "--results-dir", tmp_path / "greedy")
+    assert f"transcribed {N_VALID} of {N_VALID} utterances" in out
+    assert "WER" in out and "ms per second of audio" in out
+    summary = json.loads((tmp_path / "greedy" / "summary.json").read_text())
+    assert summary["utterances_transcribed"] == N_VALID and summary["words"] == 3 * N_VALID
+    assert summary["forward_seconds"] > 0 and 0 <= summary["wer"]
+    rows = (tmp_path / "greedy" / "hypotheses.tsv").read_text().splitlines()[1:]
+    assert len(rows) == N_VALID
+
+    out = sew_cli(
+        "infer", ckpt, data / "valid.tsv", "--batch-size", 8, "--decoder", "kenlm",
+        "--lm", labelled / "lm.arpa", "--lexicon", data / "lexicon.txt", "--beam", 20, "--results-dir", tmp_path / "lm",
+    )
+    assert f"transcribed {N_VALID} of {N_VALID} utterances" in out
+    hyps = [row.split("\t")[1].split() for row in (tmp_path / "lm" / "hypotheses.tsv").read_text().splitlines()[1:]]
+    assert len(hyps) == N_VALID
+    assert all(set(h) <= lexicon_words for h in hyps)  # the lexicon decoder only says lexicon words
+
+
+def test_fine_tuned_checkpoint_loads_only_through_the_allow_list(finetuned):
+    name, ckpt = finetuned
+    with pytest.raises(pickle.UnpicklingError):
+        torch.load(ckpt, map_location="cpu")  # torch's safe default refuses fairseq's Dictionary
+
+    from sew_plugin.checkpoint import load_checkpoint
+
+    model, cfg, task = load_checkpoint(ckpt)
+    assert len(task.target_dictionary) > 4
+    encoder = model.w2v_encoder.w2v_model
+    assert type(encoder).__name__ == {"sew": "SEWModel", "wav2vec2": "Wav2Vec2Model"}[name]
+    # the fine-tuning overrides were applied to the rebuilt pre-training model
+    assert encoder.encoder.layerdrop == 0.05
+    assert encoder.mask_channel_prob == 0.1 and encoder.mask_length == 2
+    assert encoder.feature_grad_mult == 0.0
+    assert encoder.quantizer is None and encoder.final_proj is None

@@ -1,4 +1,5 @@
-"""Key and config maps from this plugin's SEW models to HuggingFace ``transformers`` ``SEWModel``.
+"""Key and config maps from this plugin's SEW / SEW-D models to HuggingFace ``transformers``
+(``SEWModel``, ``SEWDModel``).
 
 The maps follow the names of the original SEW release (sew.md sections 6 and 7). They are explicit
 tables: a key that no rule covers raises instead of being dropped, so a converted model can never
@@ -35,11 +36,13 @@ _SEW_RULES = [
     (r"^encoder\.layers\.(\d+)\.final_layer_norm\.(weight|bias)$", r"encoder.layers.\1.final_layer_norm.\2"),
     (r"^encoder\.layer_norm\.(weight|bias)$", r"encoder.layer_norm.\1"),
     (r"^encoder\.upsample\.0\.(weight|bias)$", r"encoder.upsample.projection.\1"),
+    # SEW-D: the DeBERTa stack already carries HF's names
+    (r"^(encoder\.encoder\.(layer\.\d+\.|rel_embeddings\.|LayerNorm\.).+)$", r"\1"),
 ]
 
 
 def sew_state_dict_to_hf(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-    """Rename a SEW (``sew`` / ``squeeze_wav2vec2``) state dict to ``transformers`` ``SEWModel`` keys.
+    """Rename a SEW or SEW-D state dict to ``transformers`` ``SEWModel`` / ``SEWDModel`` keys.
 
     Pre-training heads are left out; any other key without a rule raises ``KeyError``.
     """
@@ -89,3 +92,21 @@ def sew_hf_config_kwargs(cfg) -> dict:
         feat_proj_dropout=cfg.dropout_input,
         layer_norm_eps=1e-5,
     )
+
+
+def sew_d_hf_config_kwargs(cfg) -> dict:
+    """``transformers.SEWDConfig`` keyword arguments equivalent to a SEW-D model config (eval mode)."""
+    kwargs = sew_hf_config_kwargs(cfg)
+    kwargs.update(
+        hidden_act="gelu_python",  # exact GELU in the DeBERTa layers
+        layer_norm_eps=1e-7,
+        feature_layer_norm_eps=1e-5,
+        max_position_embeddings=cfg.max_position_embeddings,
+        position_buckets=cfg.position_buckets,
+        share_att_key=cfg.share_att_key,
+        relative_attention=cfg.relative_attention,
+        position_biased_input=cfg.position_biased_input,
+        pos_att_type=tuple(t.strip() for t in cfg.pos_att_type.split("|")),
+        norm_rel_ebd=cfg.norm_rel_ebd,
+    )
+    return kwargs

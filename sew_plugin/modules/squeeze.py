@@ -74,6 +74,22 @@ def squeeze(
     return x, new_lengths.clamp(min=0)
 
 
+def squeeze_padded(
+    x: torch.Tensor, padding_mask: Optional[torch.Tensor], pos_conv: nn.Sequential, factor: int
+) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+    """``squeeze`` for a padded batch: (B, T, D) and (B, T) mask (True = padding, or None).
+
+    Zeroes the padded frames first, so an utterance's squeezed frames do not depend on what pads it.
+    Returns (B, L, D) squeezed frames, their (B,) lengths, and the (B, L) mask (None if unpadded).
+    """
+    lengths = padding_mask_to_lengths(padding_mask, x)
+    if padding_mask is not None:
+        x = x.masked_fill(padding_mask.unsqueeze(-1), 0.0)
+    x, sq_lengths = squeeze(x, pos_conv, factor, lengths)
+    sq_mask = lengths_to_padding_mask(sq_lengths, x.size(1)) if padding_mask is not None else None
+    return x, sq_lengths, sq_mask
+
+
 class Upsample(nn.Sequential):
     """``GELU(Linear(D, s*D))`` reshaped to ``s`` frames per squeezed frame (SEW eq. in section 3.3).
 

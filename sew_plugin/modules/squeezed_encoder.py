@@ -8,13 +8,7 @@ import torch.nn.functional as F
 from fairseq.models.wav2vec.wav2vec2 import TransformerEncoder, Wav2Vec2Config
 from fairseq.modules.transformer_sentence_encoder import init_bert_params
 
-from .squeeze import (
-    Upsample,
-    lengths_to_padding_mask,
-    make_strided_pos_conv,
-    padding_mask_to_lengths,
-    squeeze,
-)
+from .squeeze import Upsample, make_strided_pos_conv, squeeze_padded
 
 
 class SqueezedTransformerEncoder(TransformerEncoder):
@@ -52,12 +46,7 @@ class SqueezedTransformerEncoder(TransformerEncoder):
         that layer is upsampled and returned instead of the last one.
         """
         target_len = x.size(1)
-        lengths = padding_mask_to_lengths(padding_mask, x)
-        if padding_mask is not None:
-            x = x.masked_fill(padding_mask.unsqueeze(-1), 0.0)
-
-        x, sq_lengths = squeeze(x, self.pos_conv, self.squeeze_factor, lengths)  # (B, L, D)
-        sq_mask = lengths_to_padding_mask(sq_lengths, x.size(1)) if padding_mask is not None else None
+        x, sq_lengths, sq_mask = squeeze_padded(x, padding_mask, self.pos_conv, self.squeeze_factor)  # (B, L, D)
 
         if not self.layer_norm_first:
             x = self.layer_norm(x)

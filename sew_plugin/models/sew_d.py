@@ -1,0 +1,88 @@
+"""SEW-D: SEW with a DeBERTa-v2 disentangled-attention encoder (SEW paper, section 3.5).
+
+The front end, squeeze and upsample are SEW's; the transformer is ``DebertaEncoder``. Unlike SEW
+there is no LayerNorm or dropout between the squeeze and the first layer (as in the original).
+"""
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+from torch import nn
+
+from ..modules.deberta_encoder import DebertaEncoder
+from ..modules.squeeze import Upsample, make_strided_pos_conv, squeeze_padded
+from .registry import register_models
+from .sew import SEWConfig, SEWModel
+
+
+@dataclass
+class SEWDConfig(SEWConfig):
+    max_position_embeddings: int = field(default=512, metadata={"help": "largest distance the log buckets cover"})
+    position_buckets: int = field(default=256, metadata={"help": "relative-position buckets per direction"})
+    share_att_key: bool = field(default=True, metadata={"help": "project positions with the content query/key projections"})
+    relative_attention: bool = field(default=True, metadata={"help": "use relative-position attention terms"})
+    position_biased_input: bool = field(default=False, metadata={"help": "add absolute positions to the input (unsupported)"})
+    pos_att_type: str = field(default="p2c|c2p", metadata={"help": "position terms: 'c2p', 'p2c' or 'p2c|c2p'"})
+    norm_rel_ebd: str = field(default="layer_norm", metadata={"help": "normalisation of the relative table"})
+
+
+def check_sew_d_config(cfg: SEWDConfig) -> None:
+    """The original SEW-D settings are the only ones implemented; refuse others by key."""
+    expected = dict(share_att_key=True, relative_attention=True, position_biased_input=False, norm_rel_ebd="layer_norm")
+    for key, value in expected.items():
+        if getattr(cfg, key) != value:
+            raise ValueError(f"model.{key}={getattr(cfg, key)!r} is not supported (SEW-D uses {value!r})")
+    if not 0 < cfg.position_buckets < cfg.max_position_embeddings:
+        raise ValueError(
+            f"model.position_buckets={cfg.position_buckets} must be in (0, model.max_position_embeddings="
+            f"{cfg.max_position_embeddings})"
+        )
+
+
+class SqueezedDebertaEncoder(nn.Module):
+    """Squeeze -> DeBERTa stack (``encoder``) -> upsample; fairseq's encoder call signature.
+
+    Parameter names: ``pos_conv.0.*``, ``encoder.*`` (see ``DebertaEncoder``), ``upsample.0.*``.
+    """
+
+    def __init__(self, cfg: SEWDConfig):
+        super().__init__()
+        self.squeeze_factor = cfg.squeeze_factor
+        self.pos_conv = make_strided_pos_conv(cfg.encoder_embed_dim, cfg.conv_pos, cfg.conv_pos_groups, cfg.squeeze_factor)
+        self.encoder = DebertaEncoder(
+            cfg.encoder_layers, cfg.encoder_embed_dim, cfg.encoder_ffn_embed_dim, cfg.encoder_attention_heads,
+            cfg.attention_dropout, cfg.activation_dropout, cfg.encoder_layerdrop, cfg.pos_att_type,
+            cfg.position_buckets, cfg.max_position_embeddings,
+        )
+        self.upsample = Upsample(cfg.encoder_embed_dim, cfg.squeeze_factor) if cfg.squeeze_factor > 1 else None
+        self.apply(_init_linear)
+
+    def forward(self, x: torch.Tensor, padding_mask: Optional[torch.Tensor] = None, layer: Optional[int] = None, corpus_key=None):
+        """(B, T, D) features at 20 ms and (B, T) padding mask -> (B, T, D) and per-layer results."""
+        target_len = x.size(1)
+        x, sq_lengths, sq_mask = squeeze_padded(x, padding_mask, self.pos_conv, self.squeeze_factor)
+        x, layer_results = self.encoder(x, sq_mask, tgt_layer=layer)
+        if self.upsample is not None:
+            x = self.upsample(x, sq_lengths, target_len)
+        return x, layer_results
+
+
+def _init_linear(module: nn.Module) -> None:
+    """BERT initialisation (normal, std 0.02) of linear and embedding weights, as in DeBERTa."""
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(module.weight, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+
+class SEWDModel(SEWModel):
+    """SEW with disentangled attention; everything but the encoder is ``SEWModel``'s."""
+
+    def __init__(self, cfg: SEWDConfig):
+        check_sew_d_config(cfg)
+        super().__init__(cfg)
+        self.encoder = SqueezedDebertaEncoder(cfg)
+
+
+register_models(SEWDModel, SEWDConfig, "sew_d", "squeeze_wav2vec2_deberta")

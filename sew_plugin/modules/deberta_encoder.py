@@ -1,0 +1,126 @@
+"""The DeBERTa-v2 transformer stack of SEW-D (sew.md section 5): post-LN layers around
+``DisentangledSelfAttention``, a shared LayerNorm'd relative-position table, layerdrop.
+
+Module names mirror the original SEW-D release (and HF ``SEWDModel``) so checkpoints map by name:
+``layer.{i}.attention.self.{query,key,value}_proj``, ``layer.{i}.attention.output.{dense,LayerNorm}``,
+``layer.{i}.intermediate.dense``, ``layer.{i}.output.{dense,LayerNorm}``, ``rel_embeddings``,
+``LayerNorm``.
+"""
+
+from typing import List, Optional, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .disentangled_attention import DisentangledSelfAttention, RelativePositions
+
+LAYER_NORM_EPS = 1e-7  # DeBERTa's, used by every LayerNorm of the SEW-D encoder
+
+
+class ResidualOutput(nn.Module):
+    """``LayerNorm(x + dropout(dense(h)))``: the post-LN residual of both sub-layers."""
+
+    def __init__(self, in_dim: int, dim: int, dropout: float):
+        super().__init__()
+        self.dense = nn.Linear(in_dim, dim)
+        self.LayerNorm = nn.LayerNorm(dim, eps=LAYER_NORM_EPS)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, h: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(residual + self.dropout(self.dense(h)))
+
+
+class Attention(nn.Module):
+    def __init__(self, dim, heads, attention_dropout, hidden_dropout, c2p, p2c):
+        super().__init__()
+        self.self = DisentangledSelfAttention(dim, heads, attention_dropout, c2p, p2c)
+        self.output = ResidualOutput(dim, dim, hidden_dropout)
+
+
+class Intermediate(nn.Module):
+    def __init__(self, dim: int, ffn_dim: int):
+        super().__init__()
+        self.dense = nn.Linear(dim, ffn_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.gelu(self.dense(x))  # exact (erf) GELU, as DeBERTa's "gelu_python"
+
+
+class DebertaLayer(nn.Module):
+    def __init__(self, dim, ffn_dim, heads, attention_dropout, hidden_dropout, c2p, p2c):
+        super().__init__()
+        self.attention = Attention(dim, heads, attention_dropout, hidden_dropout, c2p, p2c)
+        self.intermediate = Intermediate(dim, ffn_dim)
+        self.output = ResidualOutput(ffn_dim, dim, hidden_dropout)
+
+    def forward(self, x, key_padding_mask, rel_embeddings, positions, rel_key=None) -> torch.Tensor:
+        """(B, L, D) -> (B, L, D)."""
+        att = self.attention.self(x, key_padding_mask, rel_embeddings, positions, rel_key)
+        x = self.attention.output(att, x)
+        return self.output(self.intermediate(x), x)
+
+
+class DebertaEncoder(nn.Module):
+    """A stack of ``DebertaLayer`` sharing one relative-position table.
+
+    Args mirror the original config: ``position_buckets`` (256) log buckets per direction up to
+    ``max_position`` (512); ``pos_att_type`` "c2p", "p2c" or "p2c|c2p"; hidden dropout is the
+    original's ``activation_dropout``.
+    """
+
+    def __init__(
+        self, layers: int, dim: int, ffn_dim: int, heads: int, attention_dropout: float,
+        hidden_dropout: float, layerdrop: float, pos_att_type: str, position_buckets: int, max_position: int,
+    ):
+        super().__init__()
+        kinds = {t.strip() for t in pos_att_type.split("|") if t.strip()}
+        if not kinds <= {"c2p", "p2c"}:
+            raise ValueError(f"model.pos_att_type must combine 'c2p' and 'p2c' with '|', got {pos_att_type!r}")
+        self.position_buckets, self.max_position = position_buckets, max_position
+        self.layerdrop, self.hidden_dropout = layerdrop, hidden_dropout
+        self.layer = nn.ModuleList(
+            DebertaLayer(dim, ffn_dim, heads, attention_dropout, hidden_dropout, "c2p" in kinds, "p2c" in kinds)
+            for _ in range(layers)
+        )
+        self.rel_embeddings = nn.Embedding(2 * position_buckets, dim)
+        self.LayerNorm = nn.LayerNorm(dim, eps=LAYER_NORM_EPS)
+        self._positions: dict = {}
+        self._table: Optional[Tuple[tuple, torch.Tensor]] = None
+
+    def relative_positions(self, length: int, device: torch.device) -> RelativePositions:
+        """Bucket index for ``length`` frames, built once per (length, device)."""
+        key = (length, str(device))
+        if key not in self._positions:
+            if len(self._positions) > 64:  # lengths vary; keep the cache bounded
+                self._positions.clear()
+            self._positions[key] = RelativePositions(length, self.position_buckets, self.max_position, device)
+        return self._positions[key]
+
+    def position_table(self) -> Tuple[torch.Tensor, Optional[tuple]]:
+        """R = LayerNorm(rel_embeddings), and a key that identifies it when it can be reused."""
+        params = (self.rel_embeddings.weight, self.LayerNorm.weight, self.LayerNorm.bias)
+        reusable = not torch.is_grad_enabled() and not (self.training and self.hidden_dropout > 0)
+        if not reusable:
+            table = F.dropout(self.LayerNorm(self.rel_embeddings.weight), self.hidden_dropout, self.training)
+            return table, None
+        key = tuple((p.data_ptr(), p._version) for p in params)
+        if self._table is None or self._table[0] != key:
+            self._table = (key, self.LayerNorm(self.rel_embeddings.weight))
+        return self._table[1], key
+
+    def forward(
+        self, x: torch.Tensor, padding_mask: Optional[torch.Tensor], tgt_layer: Optional[int] = None
+    ) -> Tuple[torch.Tensor, List[tuple]]:
+        """(B, L, D) -> (B, L, D) and fairseq-style ``layer_results`` [(x as (L, B, D), None, None)]."""
+        positions = self.relative_positions(x.size(1), x.device)
+        table, rel_key = self.position_table()
+        layer_results = []
+        for i, layer in enumerate(self.layer):
+            if not (self.training and self.layerdrop > 0 and np.random.random() <= self.layerdrop):
+                x = layer(x, padding_mask, table, positions, rel_key)
+                layer_results.append((x.transpose(0, 1), None, None))
+            if i == tgt_layer:
+                break
+        return x, layer_results

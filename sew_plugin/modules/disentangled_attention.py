@@ -1,0 +1,138 @@
+"""DeBERTa-v2 disentangled self-attention with log-bucketed relative positions (SEW-D).
+
+Scores (sew.md section 5), with d the head size and s = 1 + [c2p] + [p2c]:
+
+    A_ij = (Q_i . K_j + Q_i . K_r[idx(i - j)] + K_j . Q_r[idx(i - j)]) / sqrt(s * d)
+
+where ``K_r = key_proj(R)`` and ``Q_r = query_proj(R)`` project the LayerNorm'd relative-position
+table ``R`` (2 * 256 buckets) with the content projections (``share_att_key``), and
+``idx(r) = clamp(bucket(r) + 256, 0, 511)`` maps a distance to its log bucket.
+
+How this is made fast (the public implementation computes the same function more slowly):
+
+- the projected tables K_r, Q_r depend only on weights: without autograd they are computed once
+  and reused until a weight changes (tracked with the tensors' version counters);
+- only the buckets a length can reach are used (distances below L), and the (L, L) bucket index
+  is built once per length;
+- both position terms are gathered into one additive bias for
+  ``torch.nn.functional.scaled_dot_product_attention``; Q is scaled before the products, so
+  nothing of size (B, H, L, L) is rescaled and fp16 scores stay small;
+- no Python loop over heads or positions.
+"""
+
+import math
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def log_bucket(relative: torch.Tensor, buckets: int, max_position: int) -> torch.Tensor:
+    """DeBERTa-v2's log bucketing of relative distances: exact within +-buckets/2, log beyond.
+
+    Computed in float32 like the reference implementations, so bucket boundaries agree exactly.
+    """
+    mid = buckets // 2
+    sign = torch.sign(relative)
+    abs_pos = torch.where((relative < mid) & (relative > -mid), torch.full_like(relative, mid - 1), relative.abs())
+    log_ratio = torch.log(abs_pos.float() / mid) / torch.log(torch.tensor((max_position - 1) / mid))
+    log_pos = torch.ceil(log_ratio * (mid - 1)) + mid
+    return torch.where(abs_pos <= mid, relative.float(), log_pos * sign).long()
+
+
+class RelativePositions:
+    """The (L, L) bucket index of a length, and which rows of the position table it uses.
+
+    ``index[i, j]`` points into rows ``[first, first + rows)`` of the 2 * buckets table, already
+    offset so that it indexes the sliced table directly.
+    """
+
+    def __init__(self, length: int, buckets: int, max_position: int, device: torch.device):
+        span = buckets  # the table has 2 * buckets rows; distance 0 sits at row `buckets`
+        distances = torch.arange(-(length - 1), length, device=device)  # (2L - 1,)
+        rows = (log_bucket(distances, buckets, max_position) + span).clamp(0, 2 * span - 1)
+        self.first = int(rows.min())
+        self.rows = int(rows.max()) - self.first + 1
+        i = torch.arange(length, device=device)
+        self.index = (rows - self.first)[i[:, None] - i[None, :] + length - 1]  # (L, L)
+        self.index_t = self.index.t().contiguous()
+
+
+class DisentangledSelfAttention(nn.Module):
+    """Multi-head disentangled self-attention; parameters ``query_proj``, ``key_proj``, ``value_proj``."""
+
+    def __init__(self, dim: int, heads: int, dropout: float, c2p: bool, p2c: bool):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"encoder_embed_dim {dim} is not a multiple of encoder_attention_heads {heads}")
+        self.heads, self.head_dim = heads, dim // heads
+        self.c2p, self.p2c = c2p, p2c
+        self.scale = 1.0 / math.sqrt(self.head_dim * (1 + c2p + p2c))
+        self.dropout = dropout
+        self.query_proj = nn.Linear(dim, dim)
+        self.key_proj = nn.Linear(dim, dim)
+        self.value_proj = nn.Linear(dim, dim)
+        self._tables: Optional[Tuple[tuple, torch.Tensor, torch.Tensor]] = None
+
+    def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        bsz, length, _ = x.shape  # (B, L, D) -> (B, H, L, d)
+        return x.view(bsz, length, self.heads, self.head_dim).transpose(1, 2)
+
+    def position_tables(self, rel_embeddings: torch.Tensor, rel_key: Optional[tuple]) -> Tuple:
+        """(H, 2 * buckets, d) tables: ``key_proj(R)`` and ``query_proj(R) * scale``.
+
+        ``rel_key`` identifies R (None: R may change, e.g. under dropout or autograd); with it the
+        tables are reused until R or a projection weight changes (tensor version counters).
+        """
+        key = None
+        if rel_key is not None:
+            params = (self.query_proj.weight, self.query_proj.bias, self.key_proj.weight, self.key_proj.bias)
+            key = (rel_key, *((p.data_ptr(), p._version) for p in params),
+                   torch.is_autocast_enabled("cpu"), torch.is_autocast_enabled("cuda"))
+            if self._tables is not None and self._tables[0] == key:
+                return self._tables[1], self._tables[2]
+        pos_key = self._split_heads(self.key_proj(rel_embeddings)[None])[0] if self.c2p else None
+        pos_query = self._split_heads(self.query_proj(rel_embeddings)[None])[0] * self.scale if self.p2c else None
+        self._tables = (key, pos_key, pos_query) if key is not None else None
+        return pos_key, pos_query
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        key_padding_mask: Optional[torch.Tensor],
+        rel_embeddings: torch.Tensor,
+        positions: RelativePositions,
+        rel_key: Optional[tuple] = None,
+    ) -> torch.Tensor:
+        """(B, L, D) -> (B, L, D). ``key_padding_mask``: (B, L), True at padded frames;
+        ``rel_embeddings``: the (2 * buckets, D) normalised table R, identified by ``rel_key``."""
+        q = self._split_heads(self.query_proj(x)) * self.scale
+        k = self._split_heads(self.key_proj(x))
+        v = self._split_heads(self.value_proj(x))
+        bsz, _, length, _ = q.shape
+
+        bias = None
+        pos_key, pos_query = self.position_tables(rel_embeddings, rel_key)
+        rows = slice(positions.first, positions.first + positions.rows)
+        index = positions.index.expand(bsz, self.heads, length, length)
+        if self.c2p:  # content of i -> position of (i - j): Q_i . K_r[idx]
+            bias = torch.matmul(q, pos_key[:, rows].transpose(-1, -2)).gather(-1, index)
+        if self.p2c:  # position of (i - j) -> content of j: K_j . Q_r[idx]
+            p2c = torch.matmul(k, pos_query[:, rows].transpose(-1, -2))
+            p2c = p2c.gather(-1, positions.index_t.expand(bsz, self.heads, length, length)).transpose(-1, -2)
+            bias = p2c if bias is None else bias + p2c
+        if key_padding_mask is not None:
+            masked = key_padding_mask[:, None, None, :]
+            min_value = torch.finfo(q.dtype).min
+            bias = (torch.zeros_like(masked, dtype=q.dtype) if bias is None else bias).masked_fill(masked, min_value)
+        if bias is not None:
+            bias = bias.to(q.dtype)
+
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=bias, dropout_p=self.dropout if self.training else 0.0, scale=1.0
+        )  # (B, H, L, d)
+        out = out.transpose(1, 2).reshape(bsz, length, -1)
+        if key_padding_mask is not None:  # an utterance with no frames at all attends to nothing
+            out = out.masked_fill(key_padding_mask.all(-1)[:, None, None], 0.0)
+        return out

@@ -72,6 +72,12 @@ def _percent(text: str) -> float:
     return value
 
 
+def _bench(args) -> int:
+    from .bench import main as bench_main
+
+    return bench_main(args)
+
+
 def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sew", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -113,6 +119,13 @@ def get_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("infer", help="transcribe a manifest with a CTC checkpoint; WER, UER and timing")
     add_infer_arguments(p)
     p.set_defaults(func=_infer)
+
+    from .bench import __doc__ as bench_doc, add_arguments as add_bench_arguments
+
+    p = sub.add_parser("bench", help="forward time, MACs and memory of models side by side",
+                       description=bench_doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_bench_arguments(p)
+    p.set_defaults(func=_bench)
     return parser
 
 

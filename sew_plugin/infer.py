@@ -194,7 +194,10 @@ def main(args) -> int:
 
     if args.decoder == "kenlm" and (args.lm is None or args.lexicon is None):
         raise SystemExit("sew infer: error: --decoder kenlm needs --lm and --lexicon")
+    from .modules import keep_layer_results
+
     model, cfg, task = load_checkpoint(args.checkpoint, {"data": str(args.manifest.parent)})
+    keep_layer_results(model, False)  # only the last layer feeds the CTC head
     model.to(args.device)
     tgt_dict = task.target_dictionary
     options = BeamOptions(args.beam, args.beam_size_token, args.beam_threshold, args.lm_weight, args.word_score,

@@ -176,3 +176,34 @@ def test_wfe_c_config_expands_into_conv_feature_layers():
 def test_invalid_config_names_the_key(overrides, key):
     with pytest.raises(ValueError, match=key.replace(".", r"\.")):
         tiny_sew(**overrides)
+
+
+def test_grouped_in_place_feature_extractor_equals_fairseqs():
+    """The cache-friendly, in-place inference path computes fairseq's extractor."""
+    from fairseq.models.wav2vec.wav2vec2 import ConvFeatureExtractionModel
+
+    for mode in ("default", "layer_norm"):
+        extractor = tiny_sew(extractor_mode=mode).feature_extractor
+        source = torch.randn(3, 4000)
+        reference = ConvFeatureExtractionModel.forward(extractor, source).detach()
+        one_by_one = torch.cat([ConvFeatureExtractionModel.forward(extractor, s[None]).detach() for s in source])
+        with torch.no_grad():
+            assert torch.equal(extractor(source), reference)  # in-place GELU: bit-identical
+            extractor.GROUP_BYTES = 1  # one utterance per group
+            assert torch.equal(extractor(source), one_by_one)
+        assert torch.equal(extractor(source).detach(), one_by_one)  # with autograd, grouped
+        # a batched convolution and a per-utterance one round differently, within float precision
+        assert torch.allclose(one_by_one, reference, atol=1e-5, rtol=1e-5)
+
+
+def test_layer_results_can_be_dropped_for_inference():
+    from sew_plugin.modules import keep_layer_results
+
+    model = tiny_sew()
+    source, padding = batch([8000, 5000])
+    with torch.no_grad():
+        full = model(source, padding_mask=padding, mask=False, features_only=True)
+        keep_layer_results(model, False)
+        lean = model(source, padding_mask=padding, mask=False, features_only=True)
+    assert len(full["layer_results"]) == TINY_SEW["encoder_layers"] and lean["layer_results"] == []
+    assert torch.equal(full["x"], lean["x"])

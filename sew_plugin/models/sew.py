@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from fairseq.models.wav2vec.wav2vec2 import Wav2Vec2Config, Wav2Vec2Model
 from omegaconf import DictConfig, open_dict
 
-from ..feature_extractor import parse_conv_layers, wfe_c
+from ..feature_extractor import GroupedConvFeatureExtractor, parse_conv_layers, wfe_c
 from ..modules.predictor_head import MLPPredictorHead
 from ..modules.squeezed_encoder import SqueezedTransformerEncoder
 from .registry import register_models
@@ -90,6 +90,7 @@ class SEWModel(Wav2Vec2Model):
 
     def __init__(self, cfg: SEWConfig):
         super().__init__(resolve_config(cfg))
+        self.feature_extractor = GroupedConvFeatureExtractor.from_config(cfg)
         self.encoder = SqueezedTransformerEncoder(cfg, cfg.squeeze_factor)
         if cfg.use_mlp:
             final_dim = cfg.final_dim if cfg.final_dim > 0 else cfg.encoder_embed_dim

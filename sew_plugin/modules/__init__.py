@@ -1,1 +1,16 @@
 """Building blocks that the models in ``sew_plugin.models`` compose."""
+
+from torch import nn
+
+
+def keep_layer_results(model: nn.Module, keep: bool) -> None:
+    """Whether this plugin's encoders return every layer's output in ``layer_results``.
+
+    fairseq's wav2vec 2.0 encoder always does (probing and layer-weighting recipes read them), so
+    that is the default; inference that only needs the last layer turns it off and no longer holds
+    one (B, L, D) tensor per layer until the forward ends (about half of SEW-D-mid's peak
+    activation memory at batch 1).
+    """
+    for module in model.modules():
+        if hasattr(module, "keep_layer_results"):
+            module.keep_layer_results = keep

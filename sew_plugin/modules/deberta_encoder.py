@@ -86,6 +86,7 @@ class DebertaEncoder(nn.Module):
         )
         self.rel_embeddings = nn.Embedding(2 * position_buckets, dim)
         self.LayerNorm = nn.LayerNorm(dim, eps=LAYER_NORM_EPS)
+        self.keep_layer_results = True  # fairseq's contract; see sew_plugin.modules.keep_layer_results
         self._positions: dict = {}
         self._table: Optional[Tuple[tuple, torch.Tensor]] = None
 
@@ -120,7 +121,8 @@ class DebertaEncoder(nn.Module):
         for i, layer in enumerate(self.layer):
             if not (self.training and self.layerdrop > 0 and np.random.random() <= self.layerdrop):
                 x = layer(x, padding_mask, table, positions, rel_key)
-                layer_results.append((x.transpose(0, 1), None, None))
+                if self.keep_layer_results:
+                    layer_results.append((x.transpose(0, 1), None, None))
             if i == tgt_layer:
                 break
         return x, layer_results

@@ -75,6 +75,7 @@ class DisentangledSelfAttention(nn.Module):
         self.value_proj = nn.Linear(dim, dim)
         self._tables: Optional[Tuple[tuple, torch.Tensor, torch.Tensor]] = None
 
+    CACHE_BYTES = 4 << 20  # working set of one attention group (about one 10 s utterance)
     def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
         bsz, length, _ = x.shape  # (B, L, D) -> (B, H, L, d)
         return x.view(bsz, length, self.heads, self.head_dim).transpose(1, 2)
@@ -97,6 +98,27 @@ class DisentangledSelfAttention(nn.Module):
         self._tables = (key, pos_key, pos_query) if key is not None else None
         return pos_key, pos_query
 
+    def _attend(self, q, k, v, pos_key, pos_query, positions, key_padding_mask) -> torch.Tensor:
+        """Scores with the disentangled bias and their softmax-weighted values, (B, H, L, d)."""
+        bsz, _, length, _ = q.shape
+        bias = None
+        index = positions.index.expand(bsz, self.heads, length, length)
+        if self.c2p:  # content of i -> position of (i - j): Q_i . K_r[idx]
+            bias = torch.matmul(q, pos_key.transpose(-1, -2)).gather(-1, index)
+        if self.p2c:  # position of (i - j) -> content of j: K_j . Q_r[idx], gathered as (j, i)
+            p2c = torch.matmul(k, pos_query.transpose(-1, -2))
+            p2c = p2c.gather(-1, positions.index_t.expand(bsz, self.heads, length, length)).transpose(-1, -2)
+            bias = p2c if bias is None else bias.add_(p2c)
+        if key_padding_mask is not None:
+            masked = key_padding_mask[:, None, None, :]
+            min_value = torch.finfo(q.dtype).min
+            bias = (torch.zeros_like(masked, dtype=q.dtype) if bias is None else bias).masked_fill(masked, min_value)
+        if bias is not None:
+            bias = bias.to(q.dtype)
+        return F.scaled_dot_product_attention(
+            q, k, v, attn_mask=bias, dropout_p=self.dropout if self.training else 0.0, scale=1.0
+        )
+
     def forward(
         self,
         x: torch.Tensor,
@@ -112,26 +134,17 @@ class DisentangledSelfAttention(nn.Module):
         v = self._split_heads(self.value_proj(x))
         bsz, _, length, _ = q.shape
 
-        bias = None
         pos_key, pos_query = self.position_tables(rel_embeddings, rel_key)
         rows = slice(positions.first, positions.first + positions.rows)
-        index = positions.index.expand(bsz, self.heads, length, length)
-        if self.c2p:  # content of i -> position of (i - j): Q_i . K_r[idx]
-            bias = torch.matmul(q, pos_key[:, rows].transpose(-1, -2)).gather(-1, index)
-        if self.p2c:  # position of (i - j) -> content of j: K_j . Q_r[idx]
-            p2c = torch.matmul(k, pos_query[:, rows].transpose(-1, -2))
-            p2c = p2c.gather(-1, positions.index_t.expand(bsz, self.heads, length, length)).transpose(-1, -2)
-            bias = p2c if bias is None else bias + p2c
-        if key_padding_mask is not None:
-            masked = key_padding_mask[:, None, None, :]
-            min_value = torch.finfo(q.dtype).min
-            bias = (torch.zeros_like(masked, dtype=q.dtype) if bias is None else bias).masked_fill(masked, min_value)
-        if bias is not None:
-            bias = bias.to(q.dtype)
-
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=bias, dropout_p=self.dropout if self.training else 0.0, scale=1.0
-        )  # (B, H, L, d)
+        pos_key = pos_key[:, rows] if self.c2p else None
+        pos_query = pos_query[:, rows] if self.p2c else None
+        # Attention in groups of utterances whose (H, L, L) score tensors fit in the cache together.
+        group = max(1, self.CACHE_BYTES // (self.heads * length * max(length, positions.rows) * q.element_size()))
+        out = torch.cat([
+            self._attend(q[b : b + group], k[b : b + group], v[b : b + group], pos_key, pos_query, positions,
+                         None if key_padding_mask is None else key_padding_mask[b : b + group])
+            for b in range(0, bsz, group)
+        ]) if group < bsz else self._attend(q, k, v, pos_key, pos_query, positions, key_padding_mask)
         out = out.transpose(1, 2).reshape(bsz, length, -1)
         if key_padding_mask is not None:  # an utterance with no frames at all attends to nothing
             out = out.masked_fill(key_padding_mask.all(-1)[:, None, None], 0.0)

@@ -23,6 +23,7 @@ class SqueezedTransformerEncoder(TransformerEncoder):
     def __init__(self, cfg: Wav2Vec2Config, squeeze_factor: int):
         super().__init__(cfg, skip_pos_conv=True)
         self.squeeze_factor = squeeze_factor
+        self.keep_layer_results = True  # fairseq's contract; see sew_plugin.modules.keep_layer_results
         self.pos_conv = make_strided_pos_conv(
             cfg.encoder_embed_dim, cfg.conv_pos, cfg.conv_pos_groups, squeeze_factor
         )
@@ -58,7 +59,7 @@ class SqueezedTransformerEncoder(TransformerEncoder):
             dropped = self.training and self.layerdrop > 0 and np.random.random() <= self.layerdrop
             if not dropped:
                 x, (attn, ffn_out) = layer(x, self_attn_padding_mask=sq_mask, need_weights=False)
-                if i >= min_layer:
+                if i >= min_layer and self.keep_layer_results:
                     layer_results.append((x, attn, ffn_out))
             if i == tgt_layer:
                 break

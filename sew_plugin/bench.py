@@ -1,0 +1,246 @@
+"""``sew bench``: forward time, real-time factor, MACs, peak memory and parameters, side by side.
+
+All rows run in one process, in interleaved order that rotates every repeat, so drift of the
+machine (frequency, other load) hits every row alike. Times are medians over ``--repeat`` runs
+after warm-up, with the spread (min-max) beside them; every row gets its speed-up over a named
+baseline row measured in the same run.
+
+Rows are named models at full size with random weights (``sew bench --list``):
+``w2v2_base``/``w2v2_large`` (fairseq's own wav2vec 2.0), this plugin's configs in
+``configs/pretraining`` (``sew_tiny`` ... ``sew_d_base_plus``), and ``hf:NAME``, the same model and
+weights in HuggingFace ``transformers`` (the independent peer; SEW and SEW-D).
+
+Examples::
+
+    sew bench --models sew_d_mid hf:sew_d_mid w2v2_base --seconds 10 30 --batch-size 1 8
+    sew bench --models sew_d_tiny sew_tiny w2v2_base --device cuda --dtype fp16
+"""
+
+import csv
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Dict, List
+
+import torch
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class Row:
+    model: str
+    batch: int
+    seconds: float
+    params_m: float
+    median_ms: float
+    min_ms: float
+    max_ms: float
+    rtf: float
+    speedup: float
+    gmacs: float
+    peak_mb: float
+
+
+def _plugin_model(name: str):
+    from . import presets
+
+    from .modules import keep_layer_results
+
+    model = presets.build_model(name)
+    model.remove_pretraining_modules()
+    keep_layer_results(model, False)  # like transformers without output_hidden_states
+    return model, lambda x: model(x, mask=False, features_only=True)["x"]
+
+
+def _hf_model(name: str):
+    import transformers
+
+    from .interop.hf import sew_d_hf_config_kwargs, sew_hf_config_kwargs, sew_state_dict_to_hf
+    from .models.sew_d import SEWDModel
+
+    ours, _ = _plugin_model(name)
+    if isinstance(ours, SEWDModel):
+        model = transformers.SEWDModel(transformers.SEWDConfig(**sew_d_hf_config_kwargs(ours.cfg)))
+    else:
+        model = transformers.SEWModel(transformers.SEWConfig(**sew_hf_config_kwargs(ours.cfg)))
+    model.load_state_dict(sew_state_dict_to_hf(ours.state_dict()), strict=True)
+    return model, lambda x: model(x).last_hidden_state
+
+
+def available_models() -> List[str]:
+    from . import presets
+
+    names = presets.available("pretraining")
+    return names + [f"hf:{n}" for n in names if n.startswith("sew")] + ["w2v2_large"]
+
+
+def build(name: str):
+    """(module, forward) for a row name; the module is in eval mode."""
+    if name.startswith("hf:"):
+        model, forward = _hf_model(name[3:])
+    elif name == "w2v2_large":
+        model, forward = _plugin_model("w2v2_base")
+        from . import presets
+        from fairseq.models.wav2vec.wav2vec2 import Wav2Vec2Model
+
+        cfg = presets.model_config("w2v2_base", encoder_layers=24, encoder_embed_dim=1024,
+                                   encoder_ffn_embed_dim=4096, encoder_attention_heads=16)
+        model = Wav2Vec2Model(cfg)
+        model.remove_pretraining_modules()
+        forward = lambda x: model(x, mask=False, features_only=True)["x"]  # noqa: E731
+    else:
+        if name not in available_models():
+            raise ValueError(f"unknown model {name!r}; available: {', '.join(available_models())}")
+        model, forward = _plugin_model(name)
+    return model.eval(), forward
+
+
+def count_macs(model: torch.nn.Module, forward: Callable, x: torch.Tensor) -> float:
+    """Multiply-accumulates of one forward, counted by torch's FlopCounterMode (FLOPs / 2).
+
+    Fused CPU attention is not in torch's table; it is counted with torch's own SDPA formula.
+    transformers' weight-norm parametrization breaks the counter, so it is folded first.
+    """
+    from torch.nn.utils import parametrize
+    from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+
+    for module in model.modules():
+        if parametrize.is_parametrized(module, "weight"):
+            parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
+
+    def cpu_flash(query, key, value, *args, out_shape=None, **kwargs):
+        return sdpa_flop_count(query, key, value)
+
+    mapping = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: cpu_flash}
+    with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=mapping) as counter:
+        forward(x)
+    return counter.get_total_flops() / 2
+
+
+def peak_memory_bytes(forward: Callable, x: torch.Tensor) -> int:
+    """Peak bytes allocated by tensors during one forward (above what existed before it)."""
+    if x.is_cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        start = torch.cuda.memory_allocated()
+        with torch.no_grad():
+            forward(x)
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - start
+    from torch.profiler import ProfilerActivity, profile
+
+    with torch.no_grad(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        forward(x)
+    deltas = sorted(
+        (e.time_range.start, e.cpu_memory_usage if e.name == "[memory]" else e.self_cpu_memory_usage)
+        for e in prof.events()
+    )
+    current = peak = 0
+    for _, delta in deltas:
+        current += delta
+        peak = max(peak, current)
+    return peak
+
+
+def _timed(forward: Callable, x: torch.Tensor) -> float:
+    if x.is_cuda:
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    with torch.no_grad():
+        forward(x)
+    if x.is_cuda:
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def run(models: List[str], seconds: List[float], batch_sizes: List[int], device: str = "cpu",
+        dtype: str = "fp32", repeat: int = 5, warmup: int = 1, baseline: str = "w2v2_base",
+        log: Callable[[str], None] = print) -> List[Row]:
+    if baseline not in models:
+        models = models + [baseline]
+    built: Dict[str, tuple] = {}
+    for name in models:
+        log(f"building {name}")
+        model, forward = build(name)
+        built[name] = (model.to(device), forward)
+
+    rows = []
+    for secs in seconds:
+        for bsz in batch_sizes:
+            x = torch.randn(bsz, int(16000 * secs), device=device)
+            autocast = torch.autocast(torch.device(device).type, dtype=DTYPES[dtype], enabled=dtype != "fp32")
+            times: Dict[str, List[float]] = {name: [] for name in models}
+            with autocast:
+                for name in models:
+                    for _ in range(warmup):
+                        _timed(built[name][1], x)
+                for r in range(repeat):
+                    order = models[r % len(models):] + models[: r % len(models)]
+                    for name in order:
+                        times[name].append(_timed(built[name][1], x))
+            base = statistics.median(times[baseline])
+            for name in models:
+                model, forward = built[name]
+                med = statistics.median(times[name])
+                with autocast:
+                    peak = peak_memory_bytes(forward, x)
+                macs = count_macs(model, forward, x)
+                rows.append(Row(
+                    name, bsz, secs, sum(p.numel() for p in model.parameters()) / 1e6, 1000 * med,
+                    1000 * min(times[name]), 1000 * max(times[name]), med / (bsz * secs), base / med,
+                    macs / 1e9, peak / 2**20,
+                ))
+                log(f"{name} batch {bsz} {secs:g} s: {1000 * med:.0f} ms, x{base / med:.2f} vs {baseline}")
+    return rows
+
+
+def to_markdown(rows: List[Row], baseline: str) -> str:
+    head = ("| model | batch | audio (s) | params (M) | forward median (ms) | min-max (ms) | RTF | "
+            f"speed-up vs {baseline} | GMACs | peak memory (MB) |\n|---|---|---|---|---|---|---|---|---|---|\n")
+    return head + "".join(
+        f"| {r.model} | {r.batch} | {r.seconds:g} | {r.params_m:.1f} | {r.median_ms:.0f} | "
+        f"{r.min_ms:.0f}-{r.max_ms:.0f} | {r.rtf:.4f} | {r.speedup:.2f}x | {r.gmacs:.1f} | {r.peak_mb:.0f} |\n"
+        for r in rows
+    )
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--models", nargs="+", default=["sew_d_mid", "hf:sew_d_mid", "w2v2_base"])
+    p.add_argument("--seconds", nargs="+", type=float, default=[10.0])
+    p.add_argument("--batch-size", nargs="+", type=int, default=[1, 8])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="fp32", choices=sorted(DTYPES))
+    p.add_argument("--repeat", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--baseline", default="w2v2_base")
+    p.add_argument("--out", type=Path, help="write bench.md and bench.csv here")
+    p.add_argument("--list", action="store_true", help="list the model names and exit")
+
+
+def main(args) -> int:
+    import warnings
+
+    import sew_plugin.models  # noqa: F401
+
+    if args.list:
+        print("\n".join(available_models()))
+        return 0
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    rows = run(args.models, args.seconds, args.batch_size, args.device, args.dtype, args.repeat,
+               args.warmup, args.baseline)
+    table = to_markdown(rows, args.baseline)
+    machine = f"{torch.get_num_threads()} threads, torch {torch.__version__}, device {args.device}, {args.dtype}"
+    print(f"\n{machine}\n\n{table}")
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "bench.md").write_text(f"{machine}\n\n{table}")
+        with open(args.out / "bench.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(asdict(rows[0])))
+            writer.writeheader()
+            writer.writerows(asdict(r) for r in rows)
+    return 0

@@ -90,11 +90,14 @@ class DebertaEncoder(nn.Module):
         self._positions: dict = {}
         self._table: Optional[Tuple[tuple, torch.Tensor]] = None
 
+    POSITIONS_CACHE_BYTES = 64 << 20  # bucket indices kept for recent lengths
+
     def relative_positions(self, length: int, device: torch.device) -> RelativePositions:
-        """Bucket index for ``length`` frames, built once per (length, device)."""
+        """Bucket index for ``length`` frames, built once per (length, device) while the cache has room."""
         key = (length, str(device))
         if key not in self._positions:
-            if len(self._positions) > 64:  # lengths vary; keep the cache bounded
+            held = sum(2 * p.index.numel() * p.index.element_size() for p in self._positions.values())
+            if held + 16 * length * length > self.POSITIONS_CACHE_BYTES:
                 self._positions.clear()
             self._positions[key] = RelativePositions(length, self.position_buckets, self.max_position, device)
         return self._positions[key]

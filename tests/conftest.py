@@ -54,6 +54,24 @@ def write_wav_corpus(root: Path, lengths, sample_rate: int = 16000, seed: int = 
     return rows
 
 
+def max_diff_to_transformers(model, hf, frames):
+    """Run a padded batch of utterances with ``frames`` 20 ms frames each through this plugin's
+    model and its transformers twin; return the largest difference over valid frames."""
+    lengths = [320 * f + 80 for f in frames]
+    source = torch.zeros(len(lengths), max(lengths))
+    attention = torch.zeros(len(lengths), max(lengths), dtype=torch.long)
+    for i, n in enumerate(lengths):
+        source[i, :n] = torch.randn(n)
+        attention[i, :n] = 1
+    with torch.no_grad():
+        ours = model(source, padding_mask=attention == 0, mask=False, features_only=True)
+        theirs = hf(source, attention_mask=attention).last_hidden_state
+    assert ours["x"].shape == theirs.shape
+    valid = ~ours["padding_mask"]
+    assert valid.sum(1).tolist() == list(frames)
+    return (ours["x"] - theirs).abs()[valid].max()
+
+
 def write_manifest(path: Path, root: Path, rows):
     """fairseq's manifest: the root directory, then ``relative_path<TAB>num_samples`` lines."""
     path.write_text(os.fspath(root) + "\n" + "".join(f"{p}\t{n}\n" for p, n in rows))

@@ -9,7 +9,7 @@ import sew_plugin.models  # noqa: F401
 from sew_plugin.interop.hf import sew_hf_config_kwargs, sew_state_dict_to_hf
 from sew_plugin.models.sew import SEWConfig, SEWModel
 
-from conftest import TINY_SEW
+from conftest import TINY_SEW, max_diff_to_transformers
 
 
 
@@ -32,21 +32,7 @@ def test_matches_transformers_sew_on_a_padded_batch(squeeze_factor, extractor_mo
     # Frame counts of the shorter utterances are multiples of s: transformers >= 5 pools the
     # attention mask with ceil(T / s), while the original SEW (and this plugin, matching an
     # utterance run alone) keeps floor(T / s) squeezed frames. Frames 20 ms = 320 samples.
-    frames = [60, 12 * squeeze_factor, 8 * squeeze_factor]
-    lengths = [320 * f + 80 for f in frames]
-    source = torch.zeros(len(lengths), max(lengths))
-    attention = torch.zeros(len(lengths), max(lengths), dtype=torch.long)
-    for i, n in enumerate(lengths):
-        source[i, :n] = torch.randn(n)
-        attention[i, :n] = 1
-
-    with torch.no_grad():
-        ours = model(source, padding_mask=attention == 0, mask=False, features_only=True)
-        theirs = hf(source, attention_mask=attention).last_hidden_state
-    assert ours["x"].shape == theirs.shape
-    valid = ~ours["padding_mask"]
-    assert valid.sum(1).tolist() == frames
-    diff = (ours["x"] - theirs).abs()[valid].max()
+    diff = max_diff_to_transformers(model, hf, [60, 12 * squeeze_factor, 8 * squeeze_factor])
     assert diff < 1e-4, diff
 
 

@@ -11,7 +11,7 @@ from sew_plugin.interop.hf import sew_d_hf_config_kwargs, sew_state_dict_to_hf
 from sew_plugin.models.sew_d import SEWDConfig, SEWDModel
 from sew_plugin.modules.disentangled_attention import RelativePositions, log_bucket
 
-from conftest import TINY_SEW
+from conftest import TINY_SEW, max_diff_to_transformers
 
 
 def tiny_sew_d(**overrides) -> SEWDModel:
@@ -85,19 +85,7 @@ def test_matches_transformers_sew_d_beyond_512_squeezed_frames(pos_att_type):
 
     # 1100 frames -> 550 squeezed frames (> 512: distances beyond the log buckets' range).
     # Shorter utterances have even frame counts (transformers >= 5 pools masks with ceil, see SEW).
-    frames = [1100, 700, 420]
-    lengths = [320 * f + 80 for f in frames]
-    source = torch.zeros(len(lengths), max(lengths))
-    attention = torch.zeros(len(lengths), max(lengths), dtype=torch.long)
-    for i, n in enumerate(lengths):
-        source[i, :n] = torch.randn(n)
-        attention[i, :n] = 1
-    with torch.no_grad():
-        ours = model(source, padding_mask=attention == 0, mask=False, features_only=True)
-        theirs = hf(source, attention_mask=attention).last_hidden_state
-    valid = ~ours["padding_mask"]
-    assert valid.sum(1).tolist() == frames
-    diff = (ours["x"] - theirs).abs()[valid].max()
+    diff = max_diff_to_transformers(model, hf, [1100, 700, 420])
     assert diff < 1e-4, diff
 
 

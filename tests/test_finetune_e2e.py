@@ -94,6 +94,7 @@ def _mkdir(path: Path) -> Path:
 ENCODERS = {
     # pre-training config, its tiny overrides, CTC model
     "sew": ("sew_tiny", TINY_PRETRAINING, "sew_ctc"),
+    "sew_d": ("sew_d_tiny", TINY_PRETRAINING, "sew_ctc"),
     "wav2vec2": ("w2v2_base", TINY_W2V2_PRETRAINING, "wav2vec_ctc"),
 }
 
@@ -151,9 +152,9 @@ def test_fine_tuned_checkpoint_loads_only_through_the_allow_list(finetuned):
     model, cfg, task = load_checkpoint(ckpt)
     assert len(task.target_dictionary) > 4
     encoder = model.w2v_encoder.w2v_model
-    assert type(encoder).__name__ == {"sew": "SEWModel", "wav2vec2": "Wav2Vec2Model"}[name]
+    assert type(encoder).__name__ == {"sew": "SEWModel", "sew_d": "SEWDModel", "wav2vec2": "Wav2Vec2Model"}[name]
     # the fine-tuning overrides were applied to the rebuilt pre-training model
-    assert encoder.encoder.layerdrop == 0.05
+    assert {m.layerdrop for m in encoder.modules() if hasattr(m, "layerdrop")} == {0.05}
     assert encoder.mask_channel_prob == 0.1 and encoder.mask_length == 2
     assert encoder.feature_grad_mult == 0.0
     assert encoder.quantizer is None and encoder.final_proj is None

@@ -164,3 +164,14 @@ def test_training_mode_recomputes_with_gradients_to_the_position_weights():
 def test_unsupported_settings_name_the_key(overrides, key):
     with pytest.raises(ValueError, match=key.replace(".", r"\.")):
         tiny_sew_d(**overrides)
+
+
+def test_attention_in_cache_sized_groups_equals_the_whole_batch():
+    model = tiny_sew_d()
+    feats, padding = features_batch([61, 47, 30, 59, 12], TINY_SEW["encoder_embed_dim"])
+    with torch.no_grad():
+        whole, _ = model.encoder(feats, padding_mask=padding)
+        for layer in model.encoder.encoder.layer:
+            layer.attention.self.CACHE_BYTES = 1  # one utterance per group
+        grouped, _ = model.encoder(feats, padding_mask=padding)
+    assert torch.allclose(whole, grouped, atol=1e-6, rtol=0)

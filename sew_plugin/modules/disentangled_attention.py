@@ -17,6 +17,8 @@ How this is made fast (the public implementation computes the same function more
 - both position terms are gathered into one additive bias for
   ``torch.nn.functional.scaled_dot_product_attention``; Q is scaled before the products, so
   nothing of size (B, H, L, L) is rescaled and fp16 scores stay small;
+- utterances are attended in groups whose score tensors fit in the CPU caches (at batch 8 the
+  whole batch's scores would not);
 - no Python loop over heads or positions.
 """
 
@@ -62,6 +64,8 @@ class RelativePositions:
 class DisentangledSelfAttention(nn.Module):
     """Multi-head disentangled self-attention; parameters ``query_proj``, ``key_proj``, ``value_proj``."""
 
+    CACHE_BYTES = 4 << 20  # score tensors of one attention group (about one 10 s utterance)
+
     def __init__(self, dim: int, heads: int, dropout: float, c2p: bool, p2c: bool):
         super().__init__()
         if dim % heads:
@@ -75,7 +79,6 @@ class DisentangledSelfAttention(nn.Module):
         self.value_proj = nn.Linear(dim, dim)
         self._tables: Optional[Tuple[tuple, torch.Tensor, torch.Tensor]] = None
 
-    CACHE_BYTES = 4 << 20  # working set of one attention group (about one 10 s utterance)
     def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
         bsz, length, _ = x.shape  # (B, L, D) -> (B, H, L, d)
         return x.view(bsz, length, self.heads, self.head_dim).transpose(1, 2)
@@ -138,13 +141,13 @@ class DisentangledSelfAttention(nn.Module):
         rows = slice(positions.first, positions.first + positions.rows)
         pos_key = pos_key[:, rows] if self.c2p else None
         pos_query = pos_query[:, rows] if self.p2c else None
-        # Attention in groups of utterances whose (H, L, L) score tensors fit in the cache together.
+        # Attend in groups of utterances whose (H, L, L) score tensors fit in the cache together.
         group = max(1, self.CACHE_BYTES // (self.heads * length * max(length, positions.rows) * q.element_size()))
-        out = torch.cat([
-            self._attend(q[b : b + group], k[b : b + group], v[b : b + group], pos_key, pos_query, positions,
-                         None if key_padding_mask is None else key_padding_mask[b : b + group])
-            for b in range(0, bsz, group)
-        ]) if group < bsz else self._attend(q, k, v, pos_key, pos_query, positions, key_padding_mask)
+        outs = []
+        for b in range(0, bsz, group):
+            mask = None if key_padding_mask is None else key_padding_mask[b : b + group]
+            outs.append(self._attend(q[b : b + group], k[b : b + group], v[b : b + group], pos_key, pos_query, positions, mask))
+        out = outs[0] if len(outs) == 1 else torch.cat(outs)
         out = out.transpose(1, 2).reshape(bsz, length, -1)
         if key_padding_mask is not None:  # an utterance with no frames at all attends to nothing
             out = out.masked_fill(key_padding_mask.all(-1)[:, None, None], 0.0)

@@ -8,12 +8,14 @@ baseline row measured in the same run.
 Rows are named models at full size with random weights (``sew bench --list``):
 ``w2v2_base``/``w2v2_large`` (fairseq's own wav2vec 2.0), this plugin's configs in
 ``configs/pretraining`` (``sew_tiny`` ... ``sew_d_base_plus``), and ``hf:NAME``, the same model and
-weights in HuggingFace ``transformers`` (the independent peer; SEW and SEW-D).
+weights in HuggingFace ``transformers`` (the independent peer; SEW and SEW-D), and St-SEW at an
+operating point, ``st_sew_base@S_f,S_k,S_q`` (e.g. ``st_sew_base@2,2,1``).
 
 Examples::
 
     sew bench --models sew_d_mid hf:sew_d_mid w2v2_base --seconds 10 30 --batch-size 1 8
     sew bench --models sew_d_tiny sew_tiny w2v2_base --device cuda --dtype fp16
+    sew bench --models st_sew_base@1,1,1 st_sew_base@2,1,1 st_sew_base@2,2,1 st_sew_base@2,2,2 w2v2_base
 """
 
 import csv
@@ -90,6 +92,10 @@ def build(name: str):
         model = Wav2Vec2Model(cfg)
         model.remove_pretraining_modules()
         forward = lambda x: model(x, mask=False, features_only=True)["x"]  # noqa: E731
+    elif "@" in name:  # St-SEW at a fixed operating point
+        base, point = name.split("@", 1)
+        model, forward = _plugin_model(base)
+        model.encoder.set_operating_point(point)
     else:
         if name not in available_models():
             raise ValueError(f"unknown model {name!r}; available: {', '.join(available_models())}")

@@ -40,6 +40,7 @@ def add_arguments(p) -> None:
     p.add_argument("--max-tokens", type=int, default=0, help="if > 0, cap on padded samples per batch instead")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--results-dir", type=Path, help="write per-utterance results and summary.json here")
+    p.add_argument("--operating-point", help="St-SEW: fixed 'S_f,S_k,S_q' to run at, e.g. 2,2,1")
 
 
 @dataclass
@@ -198,6 +199,10 @@ def main(args) -> int:
 
     model, cfg, task = load_checkpoint(args.checkpoint, {"data": str(args.manifest.parent)})
     keep_layer_results(model, False)  # only the last layer feeds the CTC head
+    if args.operating_point:
+        from .models.sew_ctc import set_operating_point
+
+        set_operating_point(model, args.operating_point)
     model.to(args.device)
     tgt_dict = task.target_dictionary
     options = BeamOptions(args.beam, args.beam_size_token, args.beam_threshold, args.lm_weight, args.word_score,

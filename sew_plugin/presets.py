@@ -25,7 +25,7 @@ def load_config(name: str, group: str = "pretraining") -> DictConfig:
     own = OmegaConf.load(path)
     parts = []
     for entry in own.pop("defaults", ["_self_"]):
-        parts.append(own if entry == "_self_" else OmegaConf.load(path.parent / f"{entry}.yaml"))
+        parts.append(own if entry == "_self_" else load_config(entry, group))
     return OmegaConf.merge(*parts)
 
 

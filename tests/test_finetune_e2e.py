@@ -14,7 +14,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from conftest import TINY_PRETRAINING, TINY_W2V2_PRETRAINING, hydra_train
+from conftest import TINY_PRETRAINING, TINY_PRETRAINING_COMMON, TINY_W2V2_PRETRAINING, hydra_train
 
 SEW = str(Path(sys.executable).with_name("sew"))
 VOCAB = ["THE", "CAT", "SAT", "ON", "A", "MAT", "DOG", "RAN"]
@@ -92,16 +92,18 @@ def _mkdir(path: Path) -> Path:
 
 
 ENCODERS = {
-    # pre-training config, its tiny overrides, CTC model
-    "sew": ("sew_tiny", TINY_PRETRAINING, "sew_ctc"),
-    "sew_d": ("sew_d_tiny", TINY_PRETRAINING, "sew_ctc"),
-    "wav2vec2": ("w2v2_base", TINY_W2V2_PRETRAINING, "wav2vec_ctc"),
+    # pre-training config, its tiny overrides, CTC model, fine-tuning config
+    "sew": ("sew_tiny", TINY_PRETRAINING, "sew_ctc", "10m"),
+    "sew_d": ("sew_d_tiny", TINY_PRETRAINING, "sew_ctc", "10m"),
+    # stochastic pre-training (S_f, S_k, S_q sampled from {1,2}), deterministic fine-tuning at 2,2,1
+    "st_sew": ("st_sew_base", TINY_PRETRAINING_COMMON + ["model.wfe_c_channels=8"], "sew_ctc", "10h_st_sew_deterministic"),
+    "wav2vec2": ("w2v2_base", TINY_W2V2_PRETRAINING, "wav2vec_ctc", "10m"),
 }
 
 
 @pytest.fixture(scope="module", params=sorted(ENCODERS))
 def finetuned(request, tmp_path_factory, labelled):
-    config, tiny, ctc_model = ENCODERS[request.param]
+    config, tiny, ctc_model, finetuning = ENCODERS[request.param]
     work = tmp_path_factory.mktemp(f"ft_{request.param}")
     pre = hydra_train(work / "pre", "pretraining", config, [f"task.data={labelled / 'data'}", *tiny, "optimization.max_update=4"])
     assert pre.returncode == 0, pre.stderr[-3000:]
@@ -112,18 +114,19 @@ def finetuned(request, tmp_path_factory, labelled):
     ]
     if ctc_model != "sew_ctc":
         overrides.append(f"model._name={ctc_model}")
-    ft = hydra_train(work / "ft", "finetuning", "10m", overrides)
+    ft = hydra_train(work / "ft", "finetuning", finetuning, overrides)
     assert ft.returncode == 0, ft.stderr[-3000:]
     assert "valid_wer" in ft.stdout + ft.stderr  # fairseq's ctc criterion scored the valid split
     return request.param, work / "ft" / "ckpt" / "checkpoint_last.pt"
 
 
 def test_infer_transcribes_every_utterance_with_both_decoders(finetuned, labelled, tmp_path):
-    _, ckpt = finetuned
+    name, ckpt = finetuned
     data = labelled / "data"
     lexicon_words = {line.split()[0] for line in (data / "lexicon.txt").read_text().splitlines()}
 
-    out = sew_cli("infer", ckpt, data / "valid.tsv", "--batch-size", 8, "--results-dir", tmp_path / "greedy")
+    point = ["--operating-point", "2,2,1"] if name == "st_sew" else []
+    out = sew_cli("infer", ckpt, data / "valid.tsv", "--batch-size", 8, "--results-dir", tmp_path / "greedy", *point)
     assert f"transcribed {N_VALID} of {N_VALID} utterances" in out
     assert "WER" in out and "ms per second of audio" in out
     summary = json.loads((tmp_path / "greedy" / "summary.json").read_text())
@@ -152,7 +155,9 @@ def test_fine_tuned_checkpoint_loads_only_through_the_allow_list(finetuned):
     model, cfg, task = load_checkpoint(ckpt)
     assert len(task.target_dictionary) > 4
     encoder = model.w2v_encoder.w2v_model
-    assert type(encoder).__name__ == {"sew": "SEWModel", "sew_d": "SEWDModel", "wav2vec2": "Wav2Vec2Model"}[name]
+    assert type(encoder).__name__ == {"sew": "SEWModel", "sew_d": "SEWDModel", "st_sew": "StSEWModel", "wav2vec2": "Wav2Vec2Model"}[name]
+    if name == "st_sew":  # deterministic fine-tuning stored its operating point with the model
+        assert encoder.encoder.fixed == (2, [2, 2], [1, 1])
     # the fine-tuning overrides were applied to the rebuilt pre-training model
     assert {m.layerdrop for m in encoder.modules() if hasattr(m, "layerdrop")} == {0.05}
     assert encoder.mask_channel_prob == 0.1 and encoder.mask_length == 2

@@ -65,6 +65,11 @@ class SqueezedTransformerEncoder(TransformerEncoder):
                 break
         x = x.transpose(0, 1)  # (B, L, D)
 
-        if self.upsample is not None:
-            x = self.upsample(x, sq_lengths, target_len)
+        upsample = self.current_upsampler()
+        if upsample is not None:
+            x = upsample(x, sq_lengths, target_len)
         return x, layer_results
+
+    def current_upsampler(self):
+        """The upsampler for the squeeze factor in use (None when s = 1)."""
+        return self.upsample

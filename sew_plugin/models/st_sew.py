@@ -1,0 +1,142 @@
+"""St-SEW: stochastic compression of wav2vec 2.0 (Vyas et al., Interspeech 2022).
+
+One model, many operating points (S_f, S_k, S_q): the squeeze factor S_f of SEW's squeezed
+context network and, in every transformer layer, the key-value and query mean-pooling factors
+(``sew_plugin.modules.pooled_attention``). Training samples them (S_f once per step, S_k and S_q
+per layer, uniformly from their sets); an ``operating_point`` fixes them for inference or for
+deterministic fine-tuning. The configuration of the last forward is in ``encoder.last_config``.
+
+Upsampler: SEW's ``Linear(D, s * D)`` only fits one factor, so every factor s > 1 of the set has
+its own (``encoder.upsamplers.{s}``, SEW's parameterisation, trained on the steps that sample s),
+and S_f = 1 has none. With S_f fixed this makes (S_f, 1, 1) exactly SEW's computation and (1, 1, 1)
+exactly wav2vec 2.0's; a shared projection after repetition would match neither.
+"""
+
+import ast
+from dataclasses import dataclass, field
+from typing import List, Optional, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..modules.pooled_attention import PooledTransformerLayer
+from ..modules.squeeze import Upsample, squeeze_padded
+from ..modules.squeezed_encoder import SqueezedTransformerEncoder
+from .registry import register_models
+from .sew import SEWConfig, SEWModel
+
+
+@dataclass
+class StSEWConfig(SEWConfig):
+    squeeze_factors: str = field(default="1,2", metadata={"help": "set S_f is sampled from (comma list)"})
+    kv_pool_factors: str = field(default="1,2", metadata={"help": "set S_k is sampled from, per layer"})
+    query_pool_factors: str = field(default="1,2", metadata={"help": "set S_q is sampled from, per layer"})
+    pool_layers: str = field(default="all", metadata={"help": "layers that may pool: 'all' or a comma list of indices"})
+    operating_point: Optional[str] = field(
+        default=None,
+        metadata={"help": "fixed 'S_f,S_k,S_q' (S_k / S_q may be per-layer lists, e.g. '2,[1,2,...],1'); "
+                  "unset: sample in training and in evaluation"},
+    )
+
+
+def _factor_set(text: str, key: str) -> List[int]:
+    try:
+        values = sorted({int(v) for v in str(text).split(",")})
+    except ValueError:
+        raise ValueError(f"model.{key}={text!r} must be a comma list of integers") from None
+    if not values or values[0] < 1:
+        raise ValueError(f"model.{key}={text!r} must hold integers >= 1")
+    return values
+
+
+def parse_operating_point(text: str, layers: int) -> Tuple[int, List[int], List[int]]:
+    """'S_f,S_k,S_q' -> (S_f, [S_k per layer], [S_q per layer]); S_k and S_q may be lists."""
+    try:
+        s_f, s_k, s_q = ast.literal_eval(f"({text})")
+    except (ValueError, SyntaxError, TypeError):
+        raise ValueError(f"model.operating_point={text!r} must be 'S_f,S_k,S_q', e.g. '2,2,1'") from None
+    per_layer = []
+    for name, value in (("S_k", s_k), ("S_q", s_q)):
+        value = [value] * layers if isinstance(value, int) else list(value)
+        if len(value) != layers or not all(isinstance(v, int) and v >= 1 for v in value):
+            raise ValueError(f"model.operating_point={text!r}: {name} must be an integer >= 1 or a list of {layers}")
+        per_layer.append(value)
+    if not isinstance(s_f, int) or s_f < 1:
+        raise ValueError(f"model.operating_point={text!r}: S_f must be an integer >= 1")
+    return s_f, per_layer[0], per_layer[1]
+
+
+class StochasticSqueezedEncoder(SqueezedTransformerEncoder):
+    """SEW's squeezed encoder with a per-step squeeze factor and pooled-attention layers."""
+
+    def __init__(self, cfg: StSEWConfig):
+        self.squeeze_set = _factor_set(cfg.squeeze_factors, "squeeze_factors")
+        self.kv_set = _factor_set(cfg.kv_pool_factors, "kv_pool_factors")
+        self.query_set = _factor_set(cfg.query_pool_factors, "query_pool_factors")
+        super().__init__(cfg, squeeze_factor=1)  # no single upsampler: one per factor below
+        self.upsamplers = nn.ModuleDict({str(s): Upsample(cfg.encoder_embed_dim, s) for s in self.squeeze_set if s > 1})
+        self.pooling_layers = self._pooling_layers(cfg.pool_layers, len(self.layers))
+        self.set_operating_point(cfg.operating_point)
+        self.last_config: Optional[Tuple[int, List[int], List[int]]] = None
+
+    def build_encoder_layer(self, args, **kwargs):
+        return PooledTransformerLayer(
+            embedding_dim=self.embedding_dim, ffn_embedding_dim=args.encoder_ffn_embed_dim,
+            num_attention_heads=args.encoder_attention_heads, dropout=self.dropout,
+            attention_dropout=args.attention_dropout, activation_dropout=args.activation_dropout,
+            activation_fn=args.activation_fn, layer_norm_first=args.layer_norm_first,
+        )
+
+    @staticmethod
+    def _pooling_layers(text: str, layers: int) -> List[int]:
+        if str(text).strip() == "all":
+            return list(range(layers))
+        try:
+            chosen = sorted({int(v) for v in str(text).split(",")})
+        except ValueError:
+            raise ValueError(f"model.pool_layers={text!r} must be 'all' or a comma list of layer indices") from None
+        if chosen and not 0 <= chosen[0] <= chosen[-1] < layers:
+            raise ValueError(f"model.pool_layers={text!r}: indices must be in [0, {layers})")
+        return chosen
+
+    def sample_config(self) -> Tuple[int, List[int], List[int]]:
+        """Uniform draws: S_f once, and S_k, S_q for each layer allowed to pool (others: 1)."""
+        layers = len(self.layers)
+        s_k, s_q = [1] * layers, [1] * layers
+        for i in self.pooling_layers:
+            s_k[i] = int(np.random.choice(self.kv_set))
+            s_q[i] = int(np.random.choice(self.query_set))
+        return int(np.random.choice(self.squeeze_set)), s_k, s_q
+
+    def current_upsampler(self):
+        return self.upsamplers[str(self.squeeze_factor)] if self.squeeze_factor > 1 else None
+
+    def set_operating_point(self, point: Optional[str]) -> None:
+        """Fix (S_f, S_k, S_q) from now on ('2,2,1'), or go back to sampling (None)."""
+        fixed = parse_operating_point(point, len(self.layers)) if point else None
+        if fixed and fixed[0] not in self.squeeze_set:
+            raise ValueError(f"model.operating_point={point!r}: S_f={fixed[0]} is not one of model.squeeze_factors {self.squeeze_set}")
+        self.fixed = fixed
+
+    def extract_features(self, x, padding_mask=None, tgt_layer=None, min_layer=0, corpus_key=None):
+        """(B, T, D) at 20 ms -> (B, T, D) at 20 ms, under a fixed or freshly sampled configuration."""
+        s_f, s_k, s_q = self.fixed if self.fixed else self.sample_config()
+        self.last_config = (s_f, s_k, s_q)
+        for layer, kv, q in zip(self.layers, s_k, s_q):
+            layer.pooling = (q, kv)
+        self.squeeze_factor = s_f
+        self.pos_conv[0].stride = (s_f,)  # the positional convolution is the squeeze's strided conv
+        return super().extract_features(x, padding_mask, tgt_layer, min_layer, corpus_key)
+
+
+class StSEWModel(SEWModel):
+    """SEW whose squeeze and per-layer attention pooling are sampled (training) or fixed."""
+
+    def __init__(self, cfg: StSEWConfig):
+        super().__init__(cfg)
+        self.encoder = StochasticSqueezedEncoder(cfg)
+
+
+register_models(StSEWModel, StSEWConfig, "st_sew")

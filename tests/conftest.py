@@ -54,6 +54,17 @@ def write_wav_corpus(root: Path, lengths, sample_rate: int = 16000, seed: int = 
     return rows
 
 
+def waveform_batch(lengths, seed=0):
+    """Zero-padded (B, S) random waveforms of the given lengths and their (B, S) padding mask."""
+    g = torch.Generator().manual_seed(seed)
+    source = torch.zeros(len(lengths), max(lengths))
+    padding = torch.ones(len(lengths), max(lengths), dtype=torch.bool)
+    for i, n in enumerate(lengths):
+        source[i, :n] = torch.randn(n, generator=g)
+        padding[i, :n] = False
+    return source, padding
+
+
 def max_diff_to_transformers(model, hf, frames):
     """Run a padded batch of utterances with ``frames`` 20 ms frames each through this plugin's
     model and its transformers twin; return the largest difference over valid frames."""

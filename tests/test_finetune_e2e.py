@@ -96,7 +96,12 @@ ENCODERS = {
     "sew": ("sew_tiny", TINY_PRETRAINING, "sew_ctc", "10m"),
     "sew_d": ("sew_d_tiny", TINY_PRETRAINING, "sew_ctc", "10m"),
     # stochastic pre-training (S_f, S_k, S_q sampled from {1,2}), deterministic fine-tuning at 2,2,1
-    "st_sew": ("st_sew_base", TINY_PRETRAINING_COMMON + ["model.wfe_c_channels=8"], "sew_ctc", "10h_st_sew_deterministic"),
+    "st_sew": (
+        "st_sew_base",
+        TINY_PRETRAINING_COMMON + ["model.wfe_c_channels=8", "criterion.log_keys=[prob_perplexity,squeeze_factor,kv_pool,query_pool]"],
+        "sew_ctc",
+        "10h_st_sew_deterministic",
+    ),
     "wav2vec2": ("w2v2_base", TINY_W2V2_PRETRAINING, "wav2vec_ctc", "10m"),
 }
 
@@ -107,6 +112,8 @@ def finetuned(request, tmp_path_factory, labelled):
     work = tmp_path_factory.mktemp(f"ft_{request.param}")
     pre = hydra_train(work / "pre", "pretraining", config, [f"task.data={labelled / 'data'}", *tiny, "optimization.max_update=4"])
     assert pre.returncode == 0, pre.stderr[-3000:]
+    if request.param == "st_sew":  # each step's sampled configuration is in the training log
+        assert '"squeeze_factor"' in pre.stdout and '"kv_pool"' in pre.stdout
     overrides = [
         f"task.data={labelled / 'data'}",
         f"model.w2v_path={work / 'pre' / 'ckpt' / 'checkpoint_last.pt'}",

@@ -11,7 +11,7 @@ from sew_plugin.interop.hf import sew_d_hf_config_kwargs, sew_state_dict_to_hf
 from sew_plugin.models.sew_d import SEWDConfig, SEWDModel
 from sew_plugin.modules.disentangled_attention import RelativePositions, log_bucket
 
-from conftest import TINY_SEW, max_diff_to_transformers
+from conftest import TINY_SEW, max_diff_to_transformers, waveform_batch
 
 
 def tiny_sew_d(**overrides) -> SEWDModel:
@@ -104,11 +104,7 @@ def test_padding_exactness(squeeze_factor):
 def test_padding_exactness_of_the_whole_model():
     model = tiny_sew_d(extractor_mode="layer_norm")
     lengths = [9000, 6730, 4321]
-    source = torch.zeros(3, max(lengths))
-    padding = torch.ones(3, max(lengths), dtype=torch.bool)
-    for i, n in enumerate(lengths):
-        source[i, :n] = torch.randn(n)
-        padding[i, :n] = False
+    source, padding = waveform_batch(lengths)
     with torch.no_grad():
         batch = model(source, padding_mask=padding, mask=False, features_only=True)["x"]
         for i, n in enumerate(lengths):

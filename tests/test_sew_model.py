@@ -11,7 +11,7 @@ from sew_plugin.models.sew import SEWConfig, SEWModel
 from sew_plugin.modules.predictor_head import MLPPredictorHead
 from sew_plugin.modules.squeeze import Upsample
 
-from conftest import TINY_SEW
+from conftest import TINY_SEW, waveform_batch as batch
 
 
 def tiny_sew(**overrides) -> SEWModel:
@@ -36,16 +36,6 @@ def test_registered_under_the_original_release_name():
     assert MODEL_REGISTRY["sew"] is SEWModel
     assert MODEL_REGISTRY["squeeze_wav2vec2"] is SEWModel
     assert MODEL_DATACLASS_REGISTRY["squeeze_wav2vec2"] is SEWConfig
-
-
-def batch(lengths, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    source = torch.zeros(len(lengths), max(lengths))
-    padding = torch.ones(len(lengths), max(lengths), dtype=torch.bool)
-    for i, n in enumerate(lengths):
-        source[i, :n] = torch.randn(n, generator=g)
-        padding[i, :n] = False
-    return source, padding
 
 
 def encode(model, source, padding):

@@ -12,7 +12,7 @@ from sew_plugin.models.sew import SEWConfig, SEWModel
 from sew_plugin.models.st_sew import StSEWConfig, StSEWModel
 from sew_plugin.modules.pooled_attention import mean_pool, repeat_upsample
 
-from conftest import TINY_SEW
+from conftest import TINY_SEW, waveform_batch as batch
 
 
 def tiny_st_sew(**overrides) -> StSEWModel:
@@ -37,16 +37,6 @@ def test_repeat_upsample_by_hand():
     x = torch.tensor([[[1.0], [2.0], [3.0]]])
     assert repeat_upsample(x, 2, 5).squeeze(-1).tolist() == [[1.0, 1.0, 2.0, 2.0, 3.0]]
     assert repeat_upsample(x, 3, 7).squeeze(-1).tolist() == [[1.0, 1.0, 1.0, 2.0, 2.0, 2.0, 3.0]]
-
-
-def batch(lengths, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    source = torch.zeros(len(lengths), max(lengths))
-    padding = torch.ones(len(lengths), max(lengths), dtype=torch.bool)
-    for i, n in enumerate(lengths):
-        source[i, :n] = torch.randn(n, generator=g)
-        padding[i, :n] = False
-    return source, padding
 
 
 def encode(model, source, padding=None):
@@ -155,3 +145,10 @@ def test_configs_follow_table_1_of_the_paper(name, layers, dim):
     assert (cfg.encoder_layers, cfg.encoder_embed_dim) == (layers, dim)
     assert (cfg.squeeze_factors, cfg.kv_pool_factors, cfg.query_pool_factors) == ("1,2", "1,2", "1,2")
     assert cfg.wfe_c_channels == 64
+
+
+def test_each_steps_configuration_reaches_the_training_log():
+    model = tiny_st_sew(operating_point="2,[1,2],1").train()
+    source, _ = batch([16000, 16000])
+    out = model(source)
+    assert (out["squeeze_factor"], out["kv_pool"], out["query_pool"]) == (2.0, 1.5, 1.0)

@@ -138,5 +138,14 @@ class StSEWModel(SEWModel):
         super().__init__(cfg)
         self.encoder = StochasticSqueezedEncoder(cfg)
 
+    def forward(self, *args, **kwargs):
+        """fairseq's wav2vec 2.0 forward; the result also carries this step's configuration
+        (``squeeze_factor``, ``kv_pool``, ``query_pool``: the mean over layers), which fairseq's
+        ``wav2vec`` criterion logs when named in ``criterion.log_keys``."""
+        result = super().forward(*args, **kwargs)
+        s_f, s_k, s_q = self.encoder.last_config
+        result.update(squeeze_factor=float(s_f), kv_pool=float(np.mean(s_k)), query_pool=float(np.mean(s_q)))
+        return result
+
 
 register_models(StSEWModel, StSEWConfig, "st_sew")

@@ -82,10 +82,10 @@ def build(name: str):
     """(module, forward) for a row name; the module is in eval mode."""
     if name.startswith("hf:"):
         model, forward = _hf_model(name[3:])
-    elif name == "w2v2_large":
-        model, forward = _plugin_model("w2v2_base")
-        from . import presets
+    elif name == "w2v2_large":  # wav2vec 2.0 large (24 x 1024) with the base recipe's front end
         from fairseq.models.wav2vec.wav2vec2 import Wav2Vec2Model
+
+        from . import presets
 
         cfg = presets.model_config("w2v2_base", encoder_layers=24, encoder_embed_dim=1024,
                                    encoder_ffn_embed_dim=4096, encoder_attention_heads=16)

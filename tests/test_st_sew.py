@@ -132,6 +132,7 @@ def test_stochastic_training_step_reaches_every_upsampler():
         ({"operating_point": "3,1,1"}, "model.operating_point"),
         ({"operating_point": "2,[1,2,2],1"}, "model.operating_point"),
         ({"pool_layers": "5"}, "model.pool_layers"),
+        ({"squeeze_factor": 2}, "model.squeeze_factor"),
     ],
 )
 def test_invalid_settings_name_the_key(overrides, key):

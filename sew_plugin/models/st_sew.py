@@ -30,6 +30,7 @@ from .sew import SEWConfig, SEWModel
 
 @dataclass
 class StSEWConfig(SEWConfig):
+    squeeze_factor: int = field(default=1, metadata={"help": "unused by st_sew (see squeeze_factors, operating_point)"})
     squeeze_factors: str = field(default="1,2", metadata={"help": "set S_f is sampled from (comma list)"})
     kv_pool_factors: str = field(default="1,2", metadata={"help": "set S_k is sampled from, per layer"})
     query_pool_factors: str = field(default="1,2", metadata={"help": "set S_q is sampled from, per layer"})
@@ -135,6 +136,11 @@ class StSEWModel(SEWModel):
     """SEW whose squeeze and per-layer attention pooling are sampled (training) or fixed."""
 
     def __init__(self, cfg: StSEWConfig):
+        if cfg.squeeze_factor != 1:
+            raise ValueError(
+                f"model.squeeze_factor={cfg.squeeze_factor} is SEW's fixed factor; st_sew samples from "
+                "model.squeeze_factors or uses model.operating_point"
+            )
         super().__init__(cfg)
         self.encoder = StochasticSqueezedEncoder(cfg)
 

@@ -7,6 +7,7 @@ Examples::
     sew labels data/train.tsv /data/transcripts --dest data
     sew labels data/valid.tsv /data/transcripts --dest data    # checked against data/dict.ltr.txt
     sew lexicon data/train.wrd --dest data/lexicon.txt
+    sew lm data/train.wrd --dest data/lm.arpa --order 3
     fairseq-hydra-train common.user_dir=$(sew user-dir) \\
         --config-dir configs/pretraining --config-name sew_tiny task.data=$PWD/data
     sew infer checkpoints/checkpoint_best.pt data/valid.tsv --decoder kenlm \\
@@ -56,6 +57,14 @@ def _lexicon(args) -> int:
 
     count, path = write_lexicon(args.words, args.dest, args.dict)
     print(f"{count} words written to {path}")
+    return 0
+
+
+def _lm(args) -> int:
+    from .data.ngram import write_arpa
+
+    sentences, vocab = write_arpa(args.text, args.dest, args.order)
+    print(f"{args.order}-gram ARPA model from {sentences} sentences, {vocab} words: {args.dest}")
     return 0
 
 
@@ -113,6 +122,12 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--dest", type=Path, required=True)
     p.add_argument("--dict", type=Path, help="letter dictionary every spelling must fit")
     p.set_defaults(func=_lexicon)
+
+    p = sub.add_parser("lm", help="write a word n-gram ARPA language model (Witten-Bell) from text")
+    p.add_argument("text", type=Path, nargs="+", help="one sentence per line, e.g. train.wrd")
+    p.add_argument("--dest", type=Path, required=True)
+    p.add_argument("--order", type=int, default=3)
+    p.set_defaults(func=_lm)
 
     from .infer import add_arguments as add_infer_arguments
 

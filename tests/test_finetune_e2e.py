@@ -2,11 +2,9 @@
 `fairseq-hydra-train` for pre-training and CTC fine-tuning, and `sew infer` with both decoders."""
 
 import json
-import math
 import pickle
 import subprocess
 import sys
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -44,25 +42,6 @@ def sew_cli(*args):
     return run.stdout
 
 
-def write_arpa_bigram(text_lines, path):
-    """A maximum-likelihood bigram ARPA model (no smoothing beyond a floor), written by hand."""
-    uni, bi = Counter(), Counter()
-    for line in text_lines:
-        words = ["<s>", *line.split(), "</s>"]
-        uni.update(words)
-        bi.update(zip(words, words[1:]))
-    total = sum(uni.values())
-    log10 = lambda p: math.log10(max(p, 1e-7))  # noqa: E731
-    unigrams = [f"{log10(uni[w] / total) if w != '<s>' else -99:.4f}\t{w}\t-0.3" for w in sorted(uni)]
-    unigrams.append("-7.0000\t<unk>\t0")
-    bigrams = [f"{log10(n / uni[a]):.4f}\t{a} {b}" for (a, b), n in sorted(bi.items())]
-    path.write_text(
-        f"\\data\\\nngram 1={len(unigrams)}\nngram 2={len(bigrams)}\n\n\\1-grams:\n" + "\n".join(unigrams)
-        + "\n\n\\2-grams:\n" + "\n".join(bigrams) + "\n\n\\end\\\n"
-    )
-    return path
-
-
 @pytest.fixture(scope="module")
 def labelled(tmp_path_factory):
     """Audio with LibriSpeech-style transcripts, prepared with the `sew` commands."""
@@ -82,7 +61,7 @@ def labelled(tmp_path_factory):
     sew_cli("labels", data / "train.tsv", root / "audio", "--dest", data)
     sew_cli("labels", data / "valid.tsv", root / "audio", "--dest", data)
     sew_cli("lexicon", data / "train.wrd", "--dest", data / "lexicon.txt", "--dict", data / "dict.ltr.txt")
-    write_arpa_bigram((data / "train.wrd").read_text().splitlines(), root / "lm.arpa")
+    sew_cli("lm", data / "train.wrd", "--dest", root / "lm.arpa", "--order", 2)
     return root
 
 

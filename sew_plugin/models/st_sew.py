@@ -17,12 +17,10 @@ from dataclasses import dataclass, field
 from typing import List, Optional, Tuple
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..modules.pooled_attention import PooledTransformerLayer
-from ..modules.squeeze import Upsample, squeeze_padded
+from ..modules.squeeze import Upsample
 from ..modules.squeezed_encoder import SqueezedTransformerEncoder
 from .registry import register_models
 from .sew import SEWConfig, SEWModel

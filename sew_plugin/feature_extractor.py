@@ -74,7 +74,6 @@ def total_stride(layers: ConvLayers) -> int:
     return stride
 
 
-
 class GroupedConvFeatureExtractor(ConvFeatureExtractionModel):
     """fairseq's conv feature extractor, run so that it stays in the CPU caches and, in inference,
     holds fewer activations at once. Parameters, their names and the outputs are fairseq's.

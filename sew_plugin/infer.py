@@ -202,7 +202,10 @@ def main(args) -> int:
     if args.operating_point:
         from .models.sew_ctc import set_operating_point
 
-        set_operating_point(model, args.operating_point)
+        try:
+            set_operating_point(model, args.operating_point)
+        except ValueError as err:
+            raise SystemExit(f"sew infer: error: --operating-point {args.operating_point}: {err}") from None
     model.to(args.device)
     tgt_dict = task.target_dictionary
     options = BeamOptions(args.beam, args.beam_size_token, args.beam_threshold, args.lm_weight, args.word_score,

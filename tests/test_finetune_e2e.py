@@ -112,6 +112,9 @@ def test_infer_transcribes_every_utterance_with_both_decoders(finetuned, labelle
     lexicon_words = {line.split()[0] for line in (data / "lexicon.txt").read_text().splitlines()}
 
     point = ["--operating-point", "2,2,1"] if name == "st_sew" else []
+    bad = subprocess.run([SEW, "infer", str(ckpt), str(data / "valid.tsv"), "--operating-point", "3,1,1"],
+                         capture_output=True, text=True)
+    assert bad.returncode != 0 and "--operating-point 3,1,1" in bad.stderr and "Traceback" not in bad.stderr
     out = sew_cli("infer", ckpt, data / "valid.tsv", "--batch-size", 8, "--results-dir", tmp_path / "greedy", *point)
     assert f"transcribed {N_VALID} of {N_VALID} utterances" in out
     assert "WER" in out and "ms per second of audio" in out

@@ -41,3 +41,5 @@ def test_order_one_and_empty_text_are_refused(tmp_path, capsys):
     (tmp_path / "empty.wrd").write_text("\n")
     assert sew(["lm", str(tmp_path / "empty.wrd"), "--dest", str(tmp_path / "lm.arpa")]) == 2
     assert "no sentences found" in capsys.readouterr().err
+    assert sew(["lm", str(tmp_path / "missing.wrd"), "--dest", str(tmp_path / "lm.arpa")]) == 2
+    assert "missing.wrd: text file not found" in capsys.readouterr().err

@@ -126,7 +126,6 @@ class StochasticSqueezedEncoder(SqueezedTransformerEncoder):
         for layer, kv, q in zip(self.layers, s_k, s_q):
             layer.pooling = (q, kv)
         self.squeeze_factor = s_f
-        self.pos_conv[0].stride = (s_f,)  # the positional convolution is the squeeze's strided conv
         return super().extract_features(x, padding_mask, tgt_layer, min_layer, corpus_key)
 
 

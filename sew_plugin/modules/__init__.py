@@ -1,6 +1,13 @@
 """Building blocks that the models in ``sew_plugin.models`` compose."""
 
+import numpy as np
 from torch import nn
+
+
+def layer_dropped(training: bool, layerdrop: float) -> bool:
+    """LayerDrop: skip this layer on this step? Drawn from numpy's RNG, which fairseq seeds, as
+    fairseq's wav2vec 2.0 encoder does."""
+    return training and layerdrop > 0 and np.random.random() <= layerdrop
 
 
 def keep_layer_results(model: nn.Module, keep: bool) -> None:

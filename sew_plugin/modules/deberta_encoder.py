@@ -9,12 +9,12 @@ Module names mirror the original SEW-D release (and HF ``SEWDModel``) so checkpo
 
 from typing import List, Optional, Tuple
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .disentangled_attention import DisentangledSelfAttention, RelativePositions
+from . import layer_dropped
+from .disentangled_attention import DisentangledSelfAttention, RelativePositions, weights_key
 
 LAYER_NORM_EPS = 1e-7  # DeBERTa's, used by every LayerNorm of the SEW-D encoder
 
@@ -104,12 +104,11 @@ class DebertaEncoder(nn.Module):
 
     def position_table(self) -> Tuple[torch.Tensor, Optional[tuple]]:
         """R = LayerNorm(rel_embeddings), and a key that identifies it when it can be reused."""
-        params = (self.rel_embeddings.weight, self.LayerNorm.weight, self.LayerNorm.bias)
         reusable = not torch.is_grad_enabled() and not (self.training and self.hidden_dropout > 0)
         if not reusable:
             table = F.dropout(self.LayerNorm(self.rel_embeddings.weight), self.hidden_dropout, self.training)
             return table, None
-        key = tuple((p.data_ptr(), p._version) for p in params)
+        key = weights_key(self.rel_embeddings.weight, self.LayerNorm.weight, self.LayerNorm.bias)
         if self._table is None or self._table[0] != key:
             self._table = (key, self.LayerNorm(self.rel_embeddings.weight))
         return self._table[1], key
@@ -122,7 +121,7 @@ class DebertaEncoder(nn.Module):
         table, rel_key = self.position_table()
         layer_results = []
         for i, layer in enumerate(self.layer):
-            if not (self.training and self.layerdrop > 0 and np.random.random() <= self.layerdrop):
+            if not layer_dropped(self.training, self.layerdrop):
                 x = layer(x, padding_mask, table, positions, rel_key)
                 if self.keep_layer_results:
                     layer_results.append((x.transpose(0, 1), None, None))

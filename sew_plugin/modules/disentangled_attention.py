@@ -43,6 +43,15 @@ def log_bucket(relative: torch.Tensor, buckets: int, max_position: int) -> torch
     return torch.where(abs_pos <= mid, relative.float(), log_pos * sign).long()
 
 
+def weights_key(*tensors: torch.Tensor) -> tuple:
+    """Identifies the current contents of ``tensors``: storage and in-place version counters.
+
+    An optimizer step or ``load_state_dict`` bumps the version, so a cache keyed on this is
+    invalidated exactly when a weight it was computed from changes.
+    """
+    return tuple((t.data_ptr(), t._version) for t in tensors)
+
+
 class RelativePositions:
     """The (L, L) bucket index of a length, and which rows of the position table it uses.
 
@@ -91,9 +100,8 @@ class DisentangledSelfAttention(nn.Module):
         """
         key = None
         if rel_key is not None:
-            params = (self.query_proj.weight, self.query_proj.bias, self.key_proj.weight, self.key_proj.bias)
-            key = (rel_key, *((p.data_ptr(), p._version) for p in params),
-                   torch.is_autocast_enabled("cpu"), torch.is_autocast_enabled("cuda"))
+            weights = weights_key(self.query_proj.weight, self.query_proj.bias, self.key_proj.weight, self.key_proj.bias)
+            key = (rel_key, weights, torch.is_autocast_enabled("cpu"), torch.is_autocast_enabled("cuda"))
             if self._tables is not None and self._tables[0] == key:
                 return self._tables[1], self._tables[2]
         pos_key = self._split_heads(self.key_proj(rel_embeddings)[None])[0] if self.c2p else None

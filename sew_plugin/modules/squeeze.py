@@ -55,19 +55,21 @@ def squeeze(
 
     Args:
         x: (B, T, D) features whose padded frames are already zero.
-        pos_conv: the strided positional convolution (``make_strided_pos_conv``).
+        pos_conv: the positional convolution (``make_strided_pos_conv``); it is run at stride
+            ``factor``, so one module serves every factor (St-SEW samples it per step).
         factor: squeeze factor s >= 1; s = 1 is wav2vec 2.0's ``x + pos_conv(x)``.
         lengths: (B,) valid frames per utterance.
     Returns:
         (B, L, D) squeezed features and their (B,) lengths, L = min(pool length, conv length).
     """
+    conv = pos_conv[0]
+    conv.stride = (factor,)
     x = x.transpose(1, 2)  # (B, D, T)
     x_conv = pos_conv(x)
     x_pool = F.avg_pool1d(x, factor, factor) if factor > 1 else x
     out_len = min(x_conv.size(-1), x_pool.size(-1))
     x = (x_pool[..., :out_len] + x_conv[..., :out_len]).transpose(1, 2)  # (B, L, D)
 
-    conv = pos_conv[0]
     conv_len = conv_output_lengths(lengths, conv.kernel_size[0], factor, conv.padding[0])
     conv_len = conv_len - pos_conv[1].remove  # SamePad drops the last frame for even kernels
     new_lengths = torch.minimum(torch.div(lengths, factor, rounding_mode="floor"), conv_len)

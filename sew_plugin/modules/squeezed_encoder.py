@@ -2,12 +2,12 @@
 
 from typing import List, Optional, Tuple
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from fairseq.models.wav2vec.wav2vec2 import TransformerEncoder, Wav2Vec2Config
 from fairseq.modules.transformer_sentence_encoder import init_bert_params
 
+from . import layer_dropped
 from .squeeze import Upsample, make_strided_pos_conv, squeeze_padded
 
 
@@ -56,8 +56,7 @@ class SqueezedTransformerEncoder(TransformerEncoder):
 
         layer_results = []
         for i, layer in enumerate(self.layers):
-            dropped = self.training and self.layerdrop > 0 and np.random.random() <= self.layerdrop
-            if not dropped:
+            if not layer_dropped(self.training, self.layerdrop):
                 x, (attn, ffn_out) = layer(x, self_attn_padding_mask=sq_mask, need_weights=False)
                 if i >= min_layer and self.keep_layer_results:
                     layer_results.append((x, attn, ffn_out))

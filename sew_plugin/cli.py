@@ -34,7 +34,7 @@ def _manifest(args) -> int:
     from .data.manifest import write_manifests
 
     report = write_manifests(
-        args.audio_dir, args.dest, args.ext, args.valid_percent, args.seed, args.sample_rate, args.skip_bad
+        args.audio_dir, args.dest, args.ext, args.valid_percent, args.seed, args.sample_rate, args.skip_bad, args.split
     )
     for err in report.skipped:
         print(f"skipped {err}", file=sys.stderr)
@@ -103,7 +103,9 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--valid-percent", type=_percent, default=0.0, help="share of files for valid.tsv (0: none)")
     p.add_argument("--seed", type=int, default=42, help="seed of the train/valid split")
     p.add_argument("--sample-rate", type=int, default=16000, help="required sample rate")
-    p.add_argument("--skip-bad", action="store_true", help="leave bad files out (listed in DEST/skipped.tsv)")
+    p.add_argument("--split", default="train", help="name of the main manifest, e.g. test for held-out audio")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="leave bad files out (listed in DEST/<split>.skipped_audio.tsv)")
     p.set_defaults(func=_manifest)
 
     p = sub.add_parser("labels", help="write <split>.wrd, <split>.ltr and dict.ltr.txt for a manifest")

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from conftest import write_wav_corpus
 from sew_plugin.cli import main as sew
 from sew_plugin.data.errors import DataError, DataErrors
 from sew_plugin.data.labels import write_labels
@@ -95,11 +96,20 @@ def test_manifest_skip_bad_leaves_them_out_and_lists_them(tmp_path, capsys):
     expected = bad_audio_cases(tmp_path / "audio")
     assert sew(["manifest", str(tmp_path / "audio"), "--dest", str(tmp_path / "data"), "--skip-bad"]) == 0
     assert read_manifest(tmp_path / "data" / "train.tsv").entries == [("good.wav", 4000)]
-    skipped = (tmp_path / "data" / "skipped.tsv").read_text().splitlines()
+    skipped = (tmp_path / "data" / "train.skipped_audio.tsv").read_text().splitlines()
     assert sorted(Path(line.split("\t")[0]).name for line in skipped) == sorted(expected)
     captured = capsys.readouterr()
     assert "5 audio files found; written: train 1; skipped: 4" in captured.out
     assert captured.err.count("skipped ") == 4
+
+
+def test_manifest_split_names_a_held_out_manifest_beside_train(tmp_path):
+    rows = write_wav_corpus(tmp_path / "test_audio", [4000, 5000])
+    write_wav_corpus(tmp_path / "train_audio", [6000])
+    assert sew(["manifest", str(tmp_path / "train_audio"), "--dest", str(tmp_path / "data")]) == 0
+    assert sew(["manifest", str(tmp_path / "test_audio"), "--dest", str(tmp_path / "data"), "--split", "test"]) == 0
+    assert read_manifest(tmp_path / "data" / "test.tsv").entries == rows
+    assert len(read_manifest(tmp_path / "data" / "train.tsv").entries) == 1  # left as it was
 
 
 def test_manifest_of_an_empty_folder_is_an_error(tmp_path, capsys):
@@ -239,3 +249,10 @@ def test_a_split_that_would_be_empty_is_refused(tmp_path, capsys):
     assert "leaves an empty split" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         sew(["manifest", str(tmp_path / "audio"), "--dest", str(tmp_path / "d"), "--valid-percent", "100"])
+
+
+@pytest.mark.parametrize("command", ["lexicon", "lm"])
+def test_a_directory_as_dest_is_refused_by_name(tmp_path, capsys, command):
+    (tmp_path / "a.wrd").write_text("THE CAT\n")
+    assert sew([command, str(tmp_path / "a.wrd"), "--dest", str(tmp_path)]) == 2
+    assert f"{tmp_path}: is a directory" in capsys.readouterr().err

@@ -21,3 +21,12 @@ class DataErrors(ValueError):
         shown = "\n".join(f"  {e}" for e in errors[:20])
         more = f"\n  ... and {len(errors) - 20} more" if len(errors) > 20 else ""
         super().__init__(f"{len(errors)} bad {what}:\n{shown}{more}" + (f"\n{hint}" if hint else ""))
+
+
+def output_file(dest: Union[str, Path]) -> Path:
+    """``dest`` as a file to write, its folder created; a directory is refused, not crashed on."""
+    dest = Path(dest)
+    if dest.is_dir():
+        raise DataError(dest, "is a directory: --dest names the file to write")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    return dest

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
-from .errors import DataError, DataErrors
+from .errors import DataError, DataErrors, output_file
 from .manifest import Manifest, format_manifest, read_manifest
 
 WORD_BOUNDARY = "|"
@@ -219,7 +219,6 @@ def write_lexicon(word_sources: Sequence[Path], dest: Path, dictionary: Optional
             bad = unknown_letters(word, symbols)
             if bad:
                 raise DataError(path, f"word {word!r} has characters {bad} not in {dictionary}", number)
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest = output_file(dest)
     dest.write_text("".join(f"{w} {to_letters(w)}\n" for w in sorted(first_seen)), encoding="utf-8")
     return len(first_seen), dest

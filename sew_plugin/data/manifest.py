@@ -71,13 +71,15 @@ def write_manifests(
     seed: int = 42,
     sample_rate: int = SAMPLE_RATE,
     skip_bad: bool = False,
+    split: str = "train",
 ) -> ManifestReport:
-    """Write ``dest/train.tsv`` (and ``dest/valid.tsv`` when ``valid_percent`` > 0).
+    """Write ``dest/<split>.tsv`` (and ``dest/valid.tsv`` when ``valid_percent`` > 0).
 
+    ``split`` names the main manifest: ``train``, or e.g. ``test`` for a folder of held-out audio.
     Files are found recursively and sorted by relative path; the validation split is a seeded
     random sample of ``round(N * valid_percent / 100)`` files, each split written in sorted order.
     Bad files raise ``DataErrors`` listing every one, unless ``skip_bad``, which leaves them out and
-    lists them in ``dest/skipped.tsv``.
+    lists them in ``dest/<split>.skipped_audio.tsv``.
     """
     audio_dir = Path(audio_dir).resolve()
     if not audio_dir.is_dir():
@@ -102,7 +104,9 @@ def write_manifests(
     order = list(range(len(good)))
     random.Random(seed).shuffle(order)
     valid_ids = set(order[:n_valid])
-    splits = {"train": [e for i, e in enumerate(good) if i not in valid_ids]}
+    if split == "valid" and n_valid:
+        raise DataError(audio_dir, "--split valid clashes with the --valid-percent split")
+    splits = {split: [e for i, e in enumerate(good) if i not in valid_ids]}
     if n_valid:
         splits["valid"] = [e for i, e in enumerate(good) if i in valid_ids]
 
@@ -112,6 +116,6 @@ def write_manifests(
         (dest / f"{split}.tsv").write_text(format_manifest(Manifest(audio_dir, entries)), encoding="utf-8")
         report.written[split] = len(entries)
     if report.skipped:
-        (dest / "skipped.tsv").write_text("".join(f"{e.where}\t{e.message}\n" for e in report.skipped))
+        (dest / f"{split}.skipped_audio.tsv").write_text("".join(f"{e.where}\t{e.message}\n" for e in report.skipped))
     assert sum(report.written.values()) + len(report.skipped) == report.found
     return report

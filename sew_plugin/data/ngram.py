@@ -14,7 +14,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Dict, Iterable, List, Sequence, Tuple
 
-from .errors import DataError
+from .errors import DataError, output_file
 
 BOS, EOS, UNK = "<s>", "</s>", "<unk>"
 
@@ -99,7 +99,6 @@ def write_arpa(text_files: Sequence[Path], dest: Path, order: int = 3) -> Tuple[
     if not sentences:
         raise DataError(", ".join(map(str, text_files)), "no sentences found")
     lm = WittenBellLM(sentences, order)
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest = output_file(dest)
     dest.write_text(lm.to_arpa(), encoding="utf-8")
     return len(sentences), len(lm.counts[1])

@@ -16,6 +16,7 @@ import editdistance
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from .data.audio import SAMPLE_RATE, read_audio
 from .data.errors import DataError
@@ -39,6 +40,7 @@ def add_arguments(p) -> None:
     p.add_argument("--batch-size", type=int, default=8, help="utterances per forward")
     p.add_argument("--max-tokens", type=int, default=0, help="if > 0, cap on padded samples per batch instead")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--results-dir", type=Path, help="write per-utterance results and summary.json here")
     p.add_argument("--operating-point", help="St-SEW: fixed 'S_f,S_k,S_q' to run at, e.g. 2,2,1")
 
@@ -62,6 +64,7 @@ class Summary:
     uer: Optional[float] = None
     word_errors: int = 0
     words: int = 0
+    parameters: int = 0
     rtf_forward: float = field(init=False)
     rtf_total: float = field(init=False)
 
@@ -74,6 +77,7 @@ class Summary:
                  f"({self.audio_seconds:.1f} s of audio)"]
         if self.wer is not None:
             lines.append(f"WER {100 * self.wer:.2f}% ({self.word_errors} errors / {self.words} words), UER {100 * self.uer:.2f}%")
+        lines.append(f"model: {self.parameters / 1e6:.2f}M parameters")
         lines.append(
             f"time: forward {self.forward_seconds:.2f} s ({1000 * self.rtf_forward:.1f} ms per second of audio), "
             f"decoding {self.decode_seconds:.2f} s; real-time factor {self.rtf_total:.4f}"
@@ -153,7 +157,8 @@ def transcribe(model, tgt_dict, manifest_path: Path, decoder, args, normalize: b
     results: List[Optional[Utterance]] = [None] * len(lengths)
     forward_s = decode_s = 0.0
     device = torch.device(args.device)
-    for batch in plan_batches(lengths, args.batch_size, args.max_tokens):
+    batches = plan_batches(lengths, args.batch_size, args.max_tokens)
+    for batch in tqdm(batches, desc="transcribing", unit="batch", disable=None, leave=False):
         wavs = [read_audio(manifest.audio_path(i), lengths[i], SAMPLE_RATE) for i in batch]
         source, padding = collate(wavs, normalize)
         start = time.perf_counter()
@@ -172,7 +177,8 @@ def transcribe(model, tgt_dict, manifest_path: Path, decoder, args, normalize: b
     done = [u for u in results if u is not None]
     if len(done) != len(lengths):
         raise RuntimeError(f"transcribed {len(done)} of {len(lengths)} utterances of {manifest_path}")
-    summary = Summary(len(lengths), len(done), sum(lengths) / SAMPLE_RATE, forward_s, decode_s)
+    parameters = sum(p.numel() for p in model.parameters())
+    summary = Summary(len(lengths), len(done), sum(lengths) / SAMPLE_RATE, forward_s, decode_s, parameters=parameters)
     if refs is not None:
         we, words, le, letters = word_error_counts(done)
         summary.wer, summary.uer, summary.word_errors, summary.words = we / max(words, 1), le / max(letters, 1), we, words
@@ -195,6 +201,8 @@ def main(args) -> int:
 
     if args.decoder == "kenlm" and (args.lm is None or args.lexicon is None):
         raise SystemExit("sew infer: error: --decoder kenlm needs --lm and --lexicon")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     from .modules import keep_layer_results
 
     model, cfg, task = load_checkpoint(args.checkpoint, {"data": str(args.manifest.parent)})

@@ -107,6 +107,17 @@ def test_upsample_zeroes_frames_that_come_from_padding():
     assert (out[1, :2] != 0).any()
 
 
+@pytest.mark.parametrize("name", ["sew_tiny", "sew_d_tiny", "st_sew_base"])
+def test_a_fresh_upsampler_starts_as_frame_repetition(name):
+    # a random projection here kept CTC training on the all-blank plateau (see Upsample.reset_parameters)
+    encoder = presets.build_model(name, encoder_layers=1).encoder
+    up = encoder.upsamplers["2"] if name == "st_sew_base" else encoder.upsample
+    weight, dim = up[0].weight, up[0].in_features
+    noise = weight - torch.eye(dim).repeat(2, 1)
+    assert noise.abs().max() < 0.15 and 0.015 < noise.std() < 0.025
+    assert (up[0].bias == 0).all()
+
+
 def test_pretraining_forward_and_criterion_inputs():
     model = tiny_sew(use_mlp=True, num_negatives=5).train()
     source, padding = batch([16000, 16000])

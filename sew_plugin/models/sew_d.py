@@ -55,8 +55,9 @@ class SqueezedDebertaEncoder(nn.Module):
             cfg.attention_dropout, cfg.activation_dropout, cfg.encoder_layerdrop, cfg.pos_att_type,
             cfg.position_buckets, cfg.max_position_embeddings,
         )
-        self.upsample = Upsample(cfg.encoder_embed_dim, cfg.squeeze_factor) if cfg.squeeze_factor > 1 else None
         self.apply(_init_linear)
+        # built after the BERT init, which would overwrite its frame-repetition start (see Upsample)
+        self.upsample = Upsample(cfg.encoder_embed_dim, cfg.squeeze_factor) if cfg.squeeze_factor > 1 else None
 
     def forward(self, x: torch.Tensor, padding_mask: Optional[torch.Tensor] = None, layer: Optional[int] = None, corpus_key=None):
         """(B, T, D) features at 20 ms and (B, T) padding mask -> (B, T, D) and per-layer results."""

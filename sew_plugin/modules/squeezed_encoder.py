@@ -5,7 +5,6 @@ from typing import List, Optional, Tuple
 import torch
 import torch.nn.functional as F
 from fairseq.models.wav2vec.wav2vec2 import TransformerEncoder, Wav2Vec2Config
-from fairseq.modules.transformer_sentence_encoder import init_bert_params
 
 from . import layer_dropped
 from .squeeze import Upsample, make_strided_pos_conv, squeeze_padded
@@ -30,7 +29,6 @@ class SqueezedTransformerEncoder(TransformerEncoder):
         self.upsample = None
         if squeeze_factor > 1:
             self.upsample = Upsample(cfg.encoder_embed_dim, squeeze_factor)
-            self.upsample.apply(init_bert_params)  # BERT init, like every other linear layer here
 
     def extract_features(
         self,

@@ -16,6 +16,9 @@ Examples::
     sew bench --models sew_d_mid hf:sew_d_mid w2v2_base --seconds 10 30 --batch-size 1 8
     sew bench --models sew_d_tiny sew_tiny w2v2_base --device cuda --dtype fp16
     sew bench --models st_sew_base@1,1,1 st_sew_base@2,1,1 st_sew_base@2,2,1 st_sew_base@2,2,2 w2v2_base
+
+``--out DIR`` writes ``bench.md``, ``bench.csv`` and ``bench.png`` (forward time against MACs; with
+``--wer MODEL=summary.json ...`` from ``sew infer --results-dir``, WER against forward time).
 """
 
 import csv
@@ -212,6 +215,40 @@ def to_markdown(rows: List[Row], baseline: str) -> str:
     )
 
 
+def read_wer(specs: List[str]) -> Dict[str, float]:
+    """``--wer MODEL=summary.json`` pairs (``sew infer --results-dir`` output) -> {model: WER}."""
+    import json
+
+    wer = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            raise SystemExit(f"sew bench: error: --wer {spec!r}: expected MODEL=path/to/summary.json")
+        try:
+            value = json.loads(Path(path).read_text())["wer"]
+        except (OSError, ValueError, KeyError) as err:
+            raise SystemExit(f"sew bench: error: --wer {spec!r}: no WER read from {path} ({err})") from None
+        if value is None:
+            raise SystemExit(f"sew bench: error: --wer {spec!r}: {path} has no WER (no references)")
+        wer[name] = value
+    return wer
+
+
+def plot(rows: List[Row], path: Path, wer: Dict[str, float] = None) -> None:
+    """Forward time against GMACs, or, given WERs, WER against forward time; one colour per setting."""
+    from .plots import scatter_png
+
+    def series(r):
+        return f"batch {r.batch}, {r.seconds:g} s"
+
+    if wer:
+        points = [(series(r), r.model, r.median_ms, 100 * wer[r.model]) for r in rows if r.model in wer]
+        scatter_png(points, path, "forward time, median (ms)", "WER (%)")
+    else:
+        points = [(series(r), r.model, r.gmacs, r.median_ms) for r in rows]
+        scatter_png(points, path, "multiply-accumulates (G)", "forward time, median (ms)")
+
+
 def add_arguments(p) -> None:
     p.add_argument("--models", nargs="+", default=["sew_d_mid", "hf:sew_d_mid", "w2v2_base"])
     p.add_argument("--seconds", nargs="+", type=float, default=[10.0])
@@ -222,7 +259,9 @@ def add_arguments(p) -> None:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--baseline", default="w2v2_base")
-    p.add_argument("--out", type=Path, help="write bench.md and bench.csv here")
+    p.add_argument("--out", type=Path, help="write bench.md, bench.csv and bench.png here")
+    p.add_argument("--wer", nargs="+", default=[], metavar="MODEL=SUMMARY",
+                   help="WER of a row from `sew infer --results-dir` (summary.json): bench.png plots WER vs time")
     p.add_argument("--list", action="store_true", help="list the model names and exit")
 
 
@@ -237,6 +276,10 @@ def main(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", category=FutureWarning)
+    wer = read_wer(args.wer)
+    unknown = sorted(set(wer) - set(args.models) - {args.baseline})
+    if unknown:  # checked before the (long) measurement
+        raise SystemExit(f"sew bench: error: --wer names models that are not benchmarked: {', '.join(unknown)}")
     rows = run(args.models, args.seconds, args.batch_size, args.device, args.dtype, args.repeat,
                args.warmup, args.baseline)
     table = to_markdown(rows, args.baseline)
@@ -249,4 +292,5 @@ def main(args) -> int:
             writer = csv.DictWriter(f, fieldnames=list(asdict(rows[0])))
             writer.writeheader()
             writer.writerows(asdict(r) for r in rows)
+        plot(rows, args.out / "bench.png", wer)
     return 0

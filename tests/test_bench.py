@@ -1,5 +1,6 @@
 """The measuring parts of `sew bench` (the figures themselves come from the benchmark, not tests)."""
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -46,3 +47,33 @@ def test_markdown_table_and_model_names():
     assert "| sew_d_mid | 1 | 10 | 78.8 | 400 | 390-420 | 0.0400 | 2.50x | 30.0 | 100 |" in table
     names = available_models()
     assert {"w2v2_base", "sew_d_mid", "hf:sew_d_mid", "sew_tiny", "hf:sew_tiny"} <= set(names)
+
+
+def test_sew_bench_writes_table_csv_and_plots_with_ratios_to_the_named_baseline(tmp_path, capsys):
+    import csv
+    import json
+
+    from sew_plugin.cli import main as sew
+
+    (tmp_path / "summary.json").write_text(json.dumps({"wer": 0.25}))
+    argv = ["bench", "--models", "sew_d_tiny", "sew_tiny", "--baseline", "sew_tiny", "--seconds", "0.5",
+            "--batch-size", "1", "--repeat", "2", "--warmup", "0", "--threads", "1", "--out", str(tmp_path / "out")]
+    assert sew(argv) == 0
+    with open(tmp_path / "out" / "bench.csv") as f:
+        rows = {r["model"]: r for r in csv.DictReader(f)}
+    assert set(rows) == {"sew_d_tiny", "sew_tiny"}
+    base = float(rows["sew_tiny"]["median_ms"])
+    for r in rows.values():
+        assert abs(float(r["speedup"]) - base / float(r["median_ms"])) < 1e-6
+    assert float(rows["sew_tiny"]["speedup"]) == 1.0
+    assert "speed-up vs sew_tiny" in (tmp_path / "out" / "bench.md").read_text()
+    png = (tmp_path / "out" / "bench.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # WER against time: the WER comes from sew infer's summary.json; a name not benchmarked is refused
+    assert sew(argv + ["--wer", f"sew_tiny={tmp_path / 'summary.json'}"]) == 0
+    assert (tmp_path / "out" / "bench.png").read_bytes() != png
+    with pytest.raises(SystemExit, match="not benchmarked: w2v2_base"):
+        sew(argv + ["--wer", f"w2v2_base={tmp_path / 'summary.json'}"])
+    with pytest.raises(SystemExit, match="expected MODEL=path"):
+        sew(argv + ["--wer", "sew_tiny"])

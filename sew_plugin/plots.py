@@ -1,0 +1,39 @@
+"""Labelled scatter plots as PNG files (matplotlib's Agg backend: no display needed).
+
+``sew bench`` plots time against MACs (or WER against time) and the demo WER against time; both
+go through ``scatter_png`` so every figure of this project reads the same way.
+"""
+
+from pathlib import Path
+from typing import Iterable, Tuple
+
+Point = Tuple[str, str, float, float]  # (series, label, x, y)
+
+
+def scatter_png(points: Iterable[Point], path: Path, xlabel: str, ylabel: str, title: str = "") -> None:
+    """One colour per series; every point annotated with its label; axes start at zero."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = list(points)
+    if not points:
+        raise ValueError(f"nothing to plot in {path}")
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for series in dict.fromkeys(p[0] for p in points):  # first-seen order
+        mine = [p for p in points if p[0] == series]
+        ax.scatter([p[2] for p in mine], [p[3] for p in mine], label=series)
+        for _, label, x, y in mine:
+            ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_xlim(0, 1.2 * max(p[2] for p in points) or 1)  # room for the labels
+    ax.set_ylim(0, 1.15 * max(p[3] for p in points) or 1)
+    ax.grid(alpha=0.3)
+    if title:
+        ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

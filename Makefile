@@ -1,4 +1,5 @@
-# Set-up and the project's jobs. `make test` and `make demo` create .venv and install what they need.
+# Set-up and the project's jobs. `make demo` and `make test` create .venv and install what they need
+# (and espeak-ng from Debian's packages, which the demo's corpus and its smoke test speak with).
 #
 #   TORCH=torch==2.13.0   the CPU build that lies on these machines' disk; on a GPU machine run
 #                         `make TORCH= install` inside an environment that already has CUDA torch.
@@ -10,7 +11,7 @@ TORCH ?= torch==2.13.0
 FAIRSEQ ?= ve-fairseq==0.12.3
 BIN := $(VENV)/bin
 
-.PHONY: install test clean
+.PHONY: install espeak test demo clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -18,13 +19,24 @@ $(BIN)/python:
 $(VENV)/.installed: $(BIN)/python setup.py
 	$(if $(TORCH),$(BIN)/pip install $(TORCH))
 	$(BIN)/pip install --no-deps $(FAIRSEQ)
-	$(BIN)/pip install -e '.[test]'
+	$(BIN)/pip install -e '.[test,demo]'
 	touch $@
 
 install: $(VENV)/.installed
 
-test: install
+# The demo's speech synthesiser, from Debian's packages (sudo when not root).
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+espeak:
+	@command -v espeak-ng >/dev/null || $(SUDO) apt-get install -y espeak-ng \
+		|| ($(SUDO) apt-get update && $(SUDO) apt-get install -y espeak-ng)
+
+test: install espeak
 	$(BIN)/python -m pytest -q tests
+
+# The end-to-end recipe (examples/demo/run.py); reruns resume from the finished steps.
+DEMO_OUT ?= demo_out
+demo: install espeak
+	$(BIN)/python examples/demo/run.py --out $(DEMO_OUT)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

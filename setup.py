@@ -27,10 +27,12 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["sew_plugin", "sew_plugin.*"]),
-    install_requires=["torch>=2.1", "soundfile>=0.12", "editdistance", "flashlight-text>=0.0.7"]
+    install_requires=["torch>=2.1", "soundfile>=0.12", "editdistance", "flashlight-text>=0.0.7", "matplotlib"]
     + FAIRSEQ_RUNTIME_DEPS,
     extras_require={
         "test": ["pytest>=7", "transformers>=4.40", "safetensors"],
+        # examples/demo: espeak-ng's 22.05 kHz speech is resampled to 16 kHz with scipy
+        "demo": ["scipy"],
     },
     entry_points={"console_scripts": ["sew=sew_plugin.cli:main"]},
 )

@@ -12,6 +12,8 @@ Examples::
         --config-dir configs/pretraining --config-name sew_tiny task.data=$PWD/data
     sew infer checkpoints/checkpoint_best.pt data/valid.tsv --decoder kenlm \\
         --lm lm.arpa --lexicon data/lexicon.txt
+    sew sweep checkpoints/checkpoint_best.pt data/valid.tsv --points 1,1,1 2,1,1 2,2,1 --out sweep
+    sew bench --models sew_d_mid w2v2_base --seconds 10 --batch-size 1 8 --out bench
 
 Bad input stops a command with a message naming the file and line; counts of what went in and
 what came out are printed on success.
@@ -81,6 +83,12 @@ def _percent(text: str) -> float:
     return value
 
 
+def _sweep(args) -> int:
+    from .sweep import main as sweep_main
+
+    return sweep_main(args)
+
+
 def _bench(args) -> int:
     from .bench import main as bench_main
 
@@ -136,6 +144,13 @@ def get_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("infer", help="transcribe a manifest with a CTC checkpoint; WER, UER and timing")
     add_infer_arguments(p)
     p.set_defaults(func=_infer)
+
+    from .sweep import __doc__ as sweep_doc, add_arguments as add_sweep_arguments
+
+    p = sub.add_parser("sweep", help="WER, time and MACs of a St-SEW checkpoint at several operating points",
+                       description=sweep_doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_sweep_arguments(p)
+    p.set_defaults(func=_sweep)
 
     from .bench import __doc__ as bench_doc, add_arguments as add_bench_arguments
 

@@ -27,6 +27,13 @@ from .decoding import DECODERS, BeamOptions, build_decoder, letters_to_words
 def add_arguments(p) -> None:
     p.add_argument("checkpoint", type=Path, help="fine-tuned CTC checkpoint (sew_ctc, wav2vec_ctc, ...)")
     p.add_argument("manifest", type=Path, help="fairseq manifest (.tsv) to transcribe")
+    add_decoding_arguments(p)
+    p.add_argument("--results-dir", type=Path, help="write per-utterance results and summary.json here")
+    p.add_argument("--operating-point", help="St-SEW: fixed 'S_f,S_k,S_q' to run at, e.g. 2,2,1")
+
+
+def add_decoding_arguments(p) -> None:
+    """Decoder, batching and device options, shared by ``sew infer`` and ``sew sweep``."""
     p.add_argument("--labels", default="ltr", help="reference label extension beside the manifest (ltr or wrd)")
     p.add_argument("--decoder", default="viterbi", choices=DECODERS)
     p.add_argument("--lm", type=Path, help="KenLM language model (ARPA or binary) for --decoder kenlm")
@@ -41,8 +48,6 @@ def add_arguments(p) -> None:
     p.add_argument("--max-tokens", type=int, default=0, help="if > 0, cap on padded samples per batch instead")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    p.add_argument("--results-dir", type=Path, help="write per-utterance results and summary.json here")
-    p.add_argument("--operating-point", help="St-SEW: fixed 'S_f,S_k,S_q' to run at, e.g. 2,2,1")
 
 
 @dataclass
@@ -196,30 +201,40 @@ def write_results(results_dir: Path, utterances: List[Utterance], summary: Summa
     (results_dir / "summary.json").write_text(json.dumps(asdict(summary), indent=2) + "\n")
 
 
-def main(args) -> int:
+def load_for_inference(args, command: str = "sew infer"):
+    """The CTC model (eval, on ``args.device``), its target dictionary, the decoder, and whether the
+    checkpoint's task normalised the audio."""
     from .checkpoint import load_checkpoint
-
-    if args.decoder == "kenlm" and (args.lm is None or args.lexicon is None):
-        raise SystemExit("sew infer: error: --decoder kenlm needs --lm and --lexicon")
-    if args.threads:
-        torch.set_num_threads(args.threads)
     from .modules import keep_layer_results
 
+    if args.decoder == "kenlm" and (args.lm is None or args.lexicon is None):
+        raise SystemExit(f"{command}: error: --decoder kenlm needs --lm and --lexicon")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     model, cfg, task = load_checkpoint(args.checkpoint, {"data": str(args.manifest.parent)})
     keep_layer_results(model, False)  # only the last layer feeds the CTC head
-    if args.operating_point:
-        from .models.sew_ctc import set_operating_point
-
-        try:
-            set_operating_point(model, args.operating_point)
-        except ValueError as err:
-            raise SystemExit(f"sew infer: error: --operating-point {args.operating_point}: {err}") from None
     model.to(args.device)
     tgt_dict = task.target_dictionary
     options = BeamOptions(args.beam, args.beam_size_token, args.beam_threshold, args.lm_weight, args.word_score,
                           sil_score=args.sil_score)
     decoder = build_decoder(args.decoder, tgt_dict, args.lexicon, args.lm, options)
-    normalize = bool(cfg.task.get("normalize", False))
+    return model, tgt_dict, decoder, bool(cfg.task.get("normalize", False))
+
+
+def operating_point(model, point: Optional[str], command: str = "sew infer") -> None:
+    """Fix a St-SEW model at ``point``; a bad or inapplicable point exits with a message."""
+    from .models.sew_ctc import set_operating_point
+
+    try:
+        set_operating_point(model, point)
+    except ValueError as err:
+        raise SystemExit(f"{command}: error: --operating-point {point}: {err}") from None
+
+
+def main(args) -> int:
+    model, tgt_dict, decoder, normalize = load_for_inference(args)
+    if args.operating_point:
+        operating_point(model, args.operating_point)
     utterances, summary = transcribe(model, tgt_dict, args.manifest, decoder, args, normalize)
     print(summary.report())
     if args.results_dir:

@@ -1,6 +1,7 @@
 """From a folder of audio and transcripts to a WER: the real `sew` data commands, the real
 `fairseq-hydra-train` for pre-training and CTC fine-tuning, and `sew infer` with both decoders."""
 
+import csv
 import json
 import pickle
 import subprocess
@@ -152,3 +153,25 @@ def test_fine_tuned_checkpoint_loads_only_through_the_allow_list(finetuned):
     assert encoder.mask_channel_prob == 0.1 and encoder.mask_length == 2
     assert encoder.feature_grad_mult == 0.0
     assert encoder.quantizer is None and encoder.final_proj is None
+
+
+def test_sweep_measures_every_operating_point_as_infer_does(finetuned, labelled, tmp_path):
+    name, ckpt = finetuned
+    data = labelled / "data"
+    if name != "st_sew":
+        bad = subprocess.run([SEW, "sweep", str(ckpt), str(data / "valid.tsv"), "--points", "2,1,1"],
+                             capture_output=True, text=True)
+        assert bad.returncode != 0 and "applies to St-SEW encoders" in bad.stderr and "Traceback" not in bad.stderr
+        return
+    sew_cli("sweep", ckpt, data / "valid.tsv", "--points", "1,1,1", "2,1,1", "2,2,2", "--out", tmp_path / "sweep")
+    with open(tmp_path / "sweep" / "sweep.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["point"] for r in rows] == ["1,1,1", "2,1,1", "2,2,2"]
+    macs = [float(r["gmacs_per_10s"]) for r in rows]
+    assert macs[0] > macs[1] > macs[2] > 0  # squeezing and pooling remove compute
+    assert any(r["pareto"] == "True" for r in rows)
+    # each point's WER is what sew infer reports at that point
+    sew_cli("infer", ckpt, data / "valid.tsv", "--operating-point", "2,1,1", "--results-dir", tmp_path / "infer")
+    assert json.loads((tmp_path / "infer" / "summary.json").read_text())["wer"] == float(rows[1]["wer"])
+    assert (tmp_path / "sweep" / "sweep.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| 2,2,2 |" in (tmp_path / "sweep" / "sweep.md").read_text()

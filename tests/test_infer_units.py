@@ -55,3 +55,12 @@ def test_word_and_letter_error_counts():
     we, words, le, letters = word_error_counts(utts)
     assert (we, words) == (2, 3)
     assert (le, letters) == (1 + 2, 7 + 2)  # 'THE|CAT' vs 'THE|HAT'; '' vs 'HI'
+
+
+def test_pareto_front_keeps_only_undominated_points():
+    from sew_plugin.sweep import Point, mark_pareto
+
+    points = [Point("a", 0.10, 0, 10.0, 1), Point("b", 0.12, 0, 6.0, 1), Point("c", 0.15, 0, 7.0, 1),
+              Point("d", 0.10, 0, 12.0, 1), Point("e", 0.30, 0, 5.0, 1)]
+    mark_pareto(points)
+    assert [p.point for p in points if p.pareto] == ["a", "b", "e"]  # c: b is faster and better; d: a

@@ -11,7 +11,8 @@ import torch
 from torch import nn
 
 from ..modules.deberta_encoder import DebertaEncoder
-from ..modules.squeeze import Upsample, make_strided_pos_conv, squeeze_padded
+from ..modules.layerwise import LayerState, run_layers
+from ..modules.squeeze import Upsample, make_strided_pos_conv, padding_mask_to_lengths, squeeze_padded
 from .registry import register_models
 from .sew import SEWConfig, SEWModel
 
@@ -49,24 +50,44 @@ class SqueezedDebertaEncoder(nn.Module):
     def __init__(self, cfg: SEWDConfig):
         super().__init__()
         self.squeeze_factor = cfg.squeeze_factor
+        self.layerdrop = cfg.encoder_layerdrop
+        self.keep_layer_results = True  # fairseq's contract; see sew_plugin.modules.keep_layer_results
         self.pos_conv = make_strided_pos_conv(cfg.encoder_embed_dim, cfg.conv_pos, cfg.conv_pos_groups, cfg.squeeze_factor)
         self.encoder = DebertaEncoder(
             cfg.encoder_layers, cfg.encoder_embed_dim, cfg.encoder_ffn_embed_dim, cfg.encoder_attention_heads,
-            cfg.attention_dropout, cfg.activation_dropout, cfg.encoder_layerdrop, cfg.pos_att_type,
+            cfg.attention_dropout, cfg.activation_dropout, cfg.pos_att_type,
             cfg.position_buckets, cfg.max_position_embeddings,
         )
         self.apply(_init_linear)
         # built after the BERT init, which would overwrite its frame-repetition start (see Upsample)
         self.upsample = Upsample(cfg.encoder_embed_dim, cfg.squeeze_factor) if cfg.squeeze_factor > 1 else None
 
+    @property
+    def num_layers(self) -> int:
+        return len(self.encoder.layer)
+
+    def begin(self, x: torch.Tensor, padding_mask: Optional[torch.Tensor]) -> LayerState:
+        """(B, T, D) features at 20 ms -> squeezed state, batch first, with the position tables."""
+        target_len, frames = x.size(1), padding_mask_to_lengths(padding_mask, x)
+        x, sq_lengths, sq_mask = squeeze_padded(x, padding_mask, self.pos_conv, self.squeeze_factor)
+        context = {"layer_args": self.encoder.layer_context(x.size(1), x.device)}
+        return LayerState(x, sq_mask, sq_lengths, target_len, frames, time_first=False, context=context)
+
+    def run_layer(self, i: int, state: LayerState):
+        state.x = self.encoder.layer[i](state.x, state.padding_mask, *state.context["layer_args"])
+        return None, None
+
+    def finish(self, state: LayerState) -> torch.Tensor:
+        if self.upsample is None:
+            return state.x
+        return self.upsample(state.x, state.lengths, state.target_len)
+
+    def final_norm(self, x: torch.Tensor) -> torch.Tensor:
+        return x  # every DeBERTa layer ends in its own layer norm
+
     def forward(self, x: torch.Tensor, padding_mask: Optional[torch.Tensor] = None, layer: Optional[int] = None, corpus_key=None):
         """(B, T, D) features at 20 ms and (B, T) padding mask -> (B, T, D) and per-layer results."""
-        target_len = x.size(1)
-        x, sq_lengths, sq_mask = squeeze_padded(x, padding_mask, self.pos_conv, self.squeeze_factor)
-        x, layer_results = self.encoder(x, sq_mask, tgt_layer=layer)
-        if self.upsample is not None:
-            x = self.upsample(x, sq_lengths, target_len)
-        return x, layer_results
+        return run_layers(self, x, padding_mask, tgt_layer=layer)
 
 
 def _init_linear(module: nn.Module) -> None:

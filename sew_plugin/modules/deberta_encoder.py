@@ -1,5 +1,5 @@
 """The DeBERTa-v2 transformer stack of SEW-D (sew.md section 5): post-LN layers around
-``DisentangledSelfAttention``, a shared LayerNorm'd relative-position table, layerdrop.
+``DisentangledSelfAttention``, a shared LayerNorm'd relative-position table.
 
 Module names mirror the original SEW-D release (and HF ``SEWDModel``) so checkpoints map by name:
 ``layer.{i}.attention.self.{query,key,value}_proj``, ``layer.{i}.attention.output.{dense,LayerNorm}``,
@@ -7,13 +7,12 @@ Module names mirror the original SEW-D release (and HF ``SEWDModel``) so checkpo
 ``LayerNorm``.
 """
 
-from typing import List, Optional, Tuple
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import layer_dropped
 from .disentangled_attention import DisentangledSelfAttention, RelativePositions, weights_key
 
 LAYER_NORM_EPS = 1e-7  # DeBERTa's, used by every LayerNorm of the SEW-D encoder
@@ -72,21 +71,20 @@ class DebertaEncoder(nn.Module):
 
     def __init__(
         self, layers: int, dim: int, ffn_dim: int, heads: int, attention_dropout: float,
-        hidden_dropout: float, layerdrop: float, pos_att_type: str, position_buckets: int, max_position: int,
+        hidden_dropout: float, pos_att_type: str, position_buckets: int, max_position: int,
     ):
         super().__init__()
         kinds = {t.strip() for t in pos_att_type.split("|") if t.strip()}
         if not kinds <= {"c2p", "p2c"}:
             raise ValueError(f"model.pos_att_type must combine 'c2p' and 'p2c' with '|', got {pos_att_type!r}")
         self.position_buckets, self.max_position = position_buckets, max_position
-        self.layerdrop, self.hidden_dropout = layerdrop, hidden_dropout
+        self.hidden_dropout = hidden_dropout
         self.layer = nn.ModuleList(
             DebertaLayer(dim, ffn_dim, heads, attention_dropout, hidden_dropout, "c2p" in kinds, "p2c" in kinds)
             for _ in range(layers)
         )
         self.rel_embeddings = nn.Embedding(2 * position_buckets, dim)
         self.LayerNorm = nn.LayerNorm(dim, eps=LAYER_NORM_EPS)
-        self.keep_layer_results = True  # fairseq's contract; see sew_plugin.modules.keep_layer_results
         self._positions: dict = {}
         self._table: Optional[Tuple[tuple, torch.Tensor]] = None
 
@@ -113,18 +111,8 @@ class DebertaEncoder(nn.Module):
             self._table = (key, self.LayerNorm(self.rel_embeddings.weight))
         return self._table[1], key
 
-    def forward(
-        self, x: torch.Tensor, padding_mask: Optional[torch.Tensor], tgt_layer: Optional[int] = None
-    ) -> Tuple[torch.Tensor, List[tuple]]:
-        """(B, L, D) -> (B, L, D) and fairseq-style ``layer_results`` [(x as (L, B, D), None, None)]."""
-        positions = self.relative_positions(x.size(1), x.device)
+    def layer_context(self, length: int, device: torch.device) -> tuple:
+        """What every layer takes besides its input and mask: (table, positions, table key)."""
+        positions = self.relative_positions(length, device)
         table, rel_key = self.position_table()
-        layer_results = []
-        for i, layer in enumerate(self.layer):
-            if not layer_dropped(self.training, self.layerdrop):
-                x = layer(x, padding_mask, table, positions, rel_key)
-                if self.keep_layer_results:
-                    layer_results.append((x.transpose(0, 1), None, None))
-            if i == tgt_layer:
-                break
-        return x, layer_results
+        return table, positions, rel_key

@@ -1,0 +1,4 @@
+"""Registered fairseq criteria (imported with ``sew_plugin.models``: fairseq imports only the
+``models`` and ``tasks`` folders of a user dir)."""
+
+from . import ctc_exits  # noqa: F401

@@ -1,0 +1,188 @@
+"""Early exit (papers 000 and 004): CTC heads after intermediate encoder layers, and per-utterance
+policies that stop an utterance's forward at the first head confident enough.
+
+The heads read 20 ms frames: an intermediate layer's output goes through the encoder's own
+``finish`` and ``final_norm`` (for squeezed encoders, the encoder's upsampler, shared with the
+final exit) before the head. ``ExitRunner`` is installed as the encoder's ``layer_hook``
+(``sew_plugin.modules.layerwise``): in training it collects every exit's logits; in inference with a
+policy it removes exited utterances from the batch, so later layers run only for the others.
+"""
+
+import math
+from typing import Dict, List, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .layerwise import LayerState
+
+HEAD_TYPES = ("linear", "mlp")
+POLICIES = ("layer", "entropy", "similarity", "nbest")
+
+
+def parse_exit_layers(text: str, num_layers: int) -> List[int]:
+    """``"2,4"`` -> [2, 4]: exits after those layers (1-based); the last layer is always the final exit."""
+    if not str(text or "").strip():
+        return []
+    try:
+        layers = sorted({int(v) for v in str(text).split(",")})
+    except ValueError:
+        raise ValueError(f"model.exit_layers={text!r} must be a comma list of layer numbers") from None
+    if not 1 <= layers[0] <= layers[-1] < num_layers:
+        raise ValueError(f"model.exit_layers={text!r}: layer numbers must be in [1, {num_layers - 1}] "
+                         f"(the encoder has {num_layers} layers; the last one feeds the final head)")
+    return layers
+
+
+def parse_exit_weights(text: str, count: int) -> List[float]:
+    """Loss weights of the exits, the final one last; equal (1.0 each) when ``text`` is empty."""
+    if not str(text or "").strip():
+        return [1.0] * count
+    try:
+        weights = [float(v) for v in str(text).split(",")]
+    except ValueError:
+        raise ValueError(f"model.exit_loss_weights={text!r} must be a comma list of numbers") from None
+    if len(weights) != count or any(w < 0 for w in weights):
+        raise ValueError(f"model.exit_loss_weights={text!r}: need {count} non-negative weights "
+                         "(one per exit layer, then the final exit)")
+    return weights
+
+
+def exit_head(dim: int, vocab: int, kind: str) -> nn.Module:
+    """A CTC head: ``linear``, or ``mlp`` (Linear-LeakyReLU-Linear, as in paper 000)."""
+    if kind == "linear":
+        head = nn.Linear(dim, vocab)
+    elif kind == "mlp":
+        head = nn.Sequential(nn.Linear(dim, dim), nn.LeakyReLU(), nn.Linear(dim, vocab))
+    else:
+        raise ValueError(f"model.exit_head={kind!r} must be one of {HEAD_TYPES}")
+    for m in head.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight)
+            nn.init.zeros_(m.bias)
+    return head
+
+
+def valid_mean(values: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
+    """(B, T) per-frame values -> (B,) mean over each utterance's first ``frames`` frames."""
+    valid = torch.arange(values.size(1), device=values.device)[None, :] < frames[:, None]
+    return (values * valid).sum(1) / frames.clamp(min=1)
+
+
+class ExitPolicy:
+    """When an utterance leaves: ``decide`` gets its exit's log-probabilities and returns (B,) bool."""
+
+    name = "layer"
+
+    def __init__(self, threshold: float = math.inf, layer: Optional[int] = None, nbest: int = 0, decoder=None):
+        self.threshold, self.layer, self.nbest, self.decoder = threshold, layer, nbest, decoder
+
+    def decide(self, layer: int, lprobs: torch.Tensor, frames: torch.Tensor, similarity: torch.Tensor) -> torch.Tensor:
+        """Fixed exit: everyone leaves at ``self.layer``."""
+        return torch.full((lprobs.size(0),), layer == self.layer, dtype=torch.bool)
+
+
+class EntropyExit(ExitPolicy):
+    """Leave when the mean per-frame entropy of the exit's posteriors is below the threshold."""
+
+    name = "entropy"
+
+    def decide(self, layer, lprobs, frames, similarity):
+        entropy = -(lprobs.exp() * lprobs).sum(-1)  # (B, T)
+        return valid_mean(entropy, frames) < self.threshold
+
+
+class SimilarityExit(ExitPolicy):
+    """Leave when the mean cosine similarity of this layer's and the previous layer's outputs is
+    above the threshold (the representation stopped changing)."""
+
+    name = "similarity"
+
+    def decide(self, layer, lprobs, frames, similarity):
+        return similarity > self.threshold
+
+
+class NBestExit(ExitPolicy):
+    """Leave when the beam search's best hypothesis holds at least ``threshold`` of the posterior
+    mass of its N-best list: exp(S_1) / sum_k exp(S_k) (paper 004)."""
+
+    name = "nbest"
+
+    def decide(self, layer, lprobs, frames, similarity):
+        confident = []
+        for row in range(lprobs.size(0)):
+            scores = torch.tensor([score for _, score in self.decoder.decode_nbest(lprobs[row, : frames[row]], self.nbest)])
+            confident.append(bool(scores.numel()) and float(torch.softmax(scores, 0)[0]) >= self.threshold)
+        return torch.tensor(confident, dtype=torch.bool)
+
+
+def make_policy(name: str, threshold: float = math.inf, layer: Optional[int] = None, nbest: int = 300, decoder=None):
+    kinds = {c.name: c for c in (ExitPolicy, EntropyExit, SimilarityExit, NBestExit)}
+    if name not in kinds:
+        raise ValueError(f"exit policy {name!r} must be one of {POLICIES}")
+    if name == "nbest" and decoder is None:
+        raise ValueError("the nbest exit policy needs the beam decoder (--decoder kenlm)")
+    return kinds[name](threshold, layer, nbest, decoder)
+
+
+class ExitRunner:
+    """The encoder's ``layer_hook``: at each exit layer, the head's log-probabilities for the
+    utterances still running; with a policy, exited utterances leave the batch.
+
+    After a forward: ``logits`` {layer: (T, B', V) for the rows ``rows[layer]``} (training: every
+    row at every exit), and with a policy ``exit_layer`` (B,) (the final layer number for those that
+    never left).
+    """
+
+    def __init__(self, encoder, heads: Dict[str, nn.Module], layers: List[int], dropout: nn.Module):
+        self.encoder, self.heads, self.layers, self.dropout = encoder, heads, layers, dropout
+        self.policy: Optional[ExitPolicy] = None
+        self.reset(0)
+
+    def reset(self, batch: int) -> None:
+        self.logits: Dict[int, torch.Tensor] = {}
+        self.rows: Dict[int, torch.Tensor] = {}
+        self.remaining_rows = torch.arange(batch)
+        self.exit_layer = torch.full((batch,), self.encoder.num_layers, dtype=torch.long)
+        self.previous: Optional[torch.Tensor] = None
+
+    def head_logits(self, layer: int, state: LayerState) -> torch.Tensor:
+        """(T, B', V) logits of the head after ``layer`` for the rows in ``state``.
+
+        In training the heads learn even while fairseq runs a frozen backbone under no_grad
+        (``freeze_finetune_updates``), like the final head does.
+        """
+        head = self.heads[str(layer)]
+        hidden = self.encoder.final_norm(self.encoder.finish(state))  # (B', T, D) at 20 ms
+        with torch.set_grad_enabled(torch.is_grad_enabled() or head.training):
+            return head(self.dropout(hidden)).transpose(0, 1)
+
+    def __call__(self, index: int, state: LayerState) -> None:
+        layer = index + 1
+        if index == 0:
+            self.reset(state.rows.numel())
+        if layer in self.layers:
+            self.exit(layer, state)
+        self.remaining_rows = state.rows
+        if self.policy is not None and self.policy.name == "similarity" and layer + 1 in self.layers:
+            self.previous = state.batch_first()  # after this layer's exits: the rows still running
+
+    def exit(self, layer: int, state: LayerState) -> None:
+        logits = self.head_logits(layer, state)
+        if self.policy is None:  # training, or every exit wanted
+            self.logits[layer], self.rows[layer] = logits, state.rows
+            return
+        similarity = None
+        if self.policy.name == "similarity" and self.previous is None:  # an exit after layer 1
+            similarity = torch.full((state.rows.numel(),), -1.0)
+        elif self.policy.name == "similarity":
+            current = state.batch_first()
+            per_frame = F.cosine_similarity(current, self.previous, dim=-1)  # (B', L)
+            similarity = valid_mean(per_frame, state.lengths)
+        lprobs = F.log_softmax(logits.float(), -1).transpose(0, 1)  # (B', T, V)
+        leave = self.policy.decide(layer, lprobs, state.frames, similarity).to(state.rows.device)
+        if leave.any():
+            self.logits[layer], self.rows[layer] = logits[:, leave], state.rows[leave]
+            self.exit_layer[state.rows[leave].cpu()] = layer
+            state.keep(~leave)

@@ -7,10 +7,12 @@ decoding; the real-time factor is processing time over audio duration.
 """
 
 import json
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import List, Optional
+from collections import Counter
+from typing import Dict, List, Optional
 
 import editdistance
 import numpy as np
@@ -22,6 +24,7 @@ from .data.audio import SAMPLE_RATE, read_audio
 from .data.errors import DataError
 from .data.manifest import read_manifest
 from .decoding import DECODERS, BeamOptions, build_decoder, letters_to_words
+from .modules.early_exit import POLICIES, make_policy
 
 
 def add_arguments(p) -> None:
@@ -30,6 +33,7 @@ def add_arguments(p) -> None:
     add_decoding_arguments(p)
     p.add_argument("--results-dir", type=Path, help="write per-utterance results and summary.json here")
     p.add_argument("--operating-point", help="St-SEW: fixed 'S_f,S_k,S_q' to run at, e.g. 2,2,1")
+    p.add_argument("--threshold", type=float, help="--exit-policy entropy/similarity/nbest: the exit threshold")
 
 
 def add_decoding_arguments(p) -> None:
@@ -48,6 +52,12 @@ def add_decoding_arguments(p) -> None:
     p.add_argument("--max-tokens", type=int, default=0, help="if > 0, cap on padded samples per batch instead")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--exit-policy", choices=POLICIES,
+                   help="early-exit models: leave at --exit-layer (layer), or at the first exit whose mean "
+                   "posterior entropy is below --threshold (entropy), whose cosine similarity to the previous "
+                   "layer is above it (similarity), or whose N-best confidence reaches it (nbest, --decoder kenlm)")
+    p.add_argument("--exit-layer", type=int, help="--exit-policy layer: the exit layer")
+    p.add_argument("--nbest", type=int, default=300, help="--exit-policy nbest: hypotheses in the confidence")
 
 
 @dataclass
@@ -56,6 +66,7 @@ class Utterance:
     hyp: List[str]
     ref: Optional[List[str]]
     seconds: float
+    exit_layer: Optional[int] = None  # early-exit models under an exit policy
 
 
 @dataclass
@@ -70,6 +81,9 @@ class Summary:
     word_errors: int = 0
     words: int = 0
     parameters: int = 0
+    exit_policy: Optional[str] = None
+    mean_exit_layer: Optional[float] = None
+    exit_histogram: Optional[Dict[int, int]] = None  # exit layer -> utterances
     rtf_forward: float = field(init=False)
     rtf_total: float = field(init=False)
 
@@ -83,6 +97,9 @@ class Summary:
         if self.wer is not None:
             lines.append(f"WER {100 * self.wer:.2f}% ({self.word_errors} errors / {self.words} words), UER {100 * self.uer:.2f}%")
         lines.append(f"model: {self.parameters / 1e6:.2f}M parameters")
+        if self.exit_policy:
+            histogram = ", ".join(f"layer {k}: {v}" for k, v in sorted(self.exit_histogram.items()))
+            lines.append(f"early exit ({self.exit_policy}): mean exit layer {self.mean_exit_layer:.2f}; {histogram}")
         lines.append(
             f"time: forward {self.forward_seconds:.2f} s ({1000 * self.rtf_forward:.1f} ms per second of audio), "
             f"decoding {self.decode_seconds:.2f} s; real-time factor {self.rtf_total:.4f}"
@@ -174,9 +191,11 @@ def transcribe(model, tgt_dict, manifest_path: Path, decoder, args, normalize: b
         out_mask = net_output["padding_mask"]
         frames = (~out_mask).sum(-1).tolist() if out_mask is not None else [lprobs.size(1)] * len(batch)
         start = time.perf_counter()
+        exits = net_output["exit_layer"].tolist() if "exit_layer" in net_output else [None] * len(batch)
         for row, i in enumerate(batch):
             hyp = decoder.decode(lprobs[row, : frames[row]])
-            results[i] = Utterance(Path(manifest.entries[i][0]).stem, hyp, refs[i] if refs else None, lengths[i] / SAMPLE_RATE)
+            results[i] = Utterance(Path(manifest.entries[i][0]).stem, hyp, refs[i] if refs else None,
+                                   lengths[i] / SAMPLE_RATE, exits[row])
         decode_s += time.perf_counter() - start
 
     done = [u for u in results if u is not None]
@@ -184,6 +203,12 @@ def transcribe(model, tgt_dict, manifest_path: Path, decoder, args, normalize: b
         raise RuntimeError(f"transcribed {len(done)} of {len(lengths)} utterances of {manifest_path}")
     parameters = sum(p.numel() for p in model.parameters())
     summary = Summary(len(lengths), len(done), sum(lengths) / SAMPLE_RATE, forward_s, decode_s, parameters=parameters)
+    runner = getattr(model, "exit_runner", None)
+    if runner is not None and runner.policy is not None:
+        layers = [u.exit_layer for u in done]
+        summary.exit_policy = describe_policy(runner.policy)
+        summary.mean_exit_layer = sum(layers) / len(layers)
+        summary.exit_histogram = dict(sorted(Counter(layers).items()))
     if refs is not None:
         we, words, le, letters = word_error_counts(done)
         summary.wer, summary.uer, summary.word_errors, summary.words = we / max(words, 1), le / max(letters, 1), we, words
@@ -193,11 +218,12 @@ def transcribe(model, tgt_dict, manifest_path: Path, decoder, args, normalize: b
 def write_results(results_dir: Path, utterances: List[Utterance], summary: Summary) -> None:
     results_dir.mkdir(parents=True, exist_ok=True)
     with open(results_dir / "hypotheses.tsv", "w", encoding="utf-8") as f:
-        f.write("id\thypothesis\treference\tword_errors\n")
+        f.write("id\thypothesis\treference\tword_errors\texit_layer\n")
         for u in utterances:
             ref = " ".join(u.ref) if u.ref is not None else ""
             errors = editdistance.eval(u.hyp, u.ref) if u.ref is not None else ""
-            f.write(f"{u.id}\t{' '.join(u.hyp)}\t{ref}\t{errors}\n")
+            exit_layer = u.exit_layer if u.exit_layer is not None else ""
+            f.write(f"{u.id}\t{' '.join(u.hyp)}\t{ref}\t{errors}\t{exit_layer}\n")
     (results_dir / "summary.json").write_text(json.dumps(asdict(summary), indent=2) + "\n")
 
 
@@ -231,10 +257,37 @@ def operating_point(model, point: Optional[str], command: str = "sew infer") -> 
         raise SystemExit(f"{command}: error: --operating-point {point}: {err}") from None
 
 
+def exit_policy(model, args, decoder, threshold: Optional[float], command: str = "sew infer") -> None:
+    """Put an early-exit model under ``args.exit_policy`` at ``threshold``; misuse exits with a message."""
+    runner = getattr(model, "exit_runner", None)
+    if runner is None:
+        raise SystemExit(f"{command}: error: --exit-policy needs a model fine-tuned with exits (model.exit_layers)")
+    if args.exit_policy == "layer":
+        if args.exit_layer not in runner.layers + [runner.encoder.num_layers]:
+            raise SystemExit(f"{command}: error: --exit-layer must be one of the model's exits "
+                             f"{runner.layers + [runner.encoder.num_layers]}, got {args.exit_layer}")
+    elif threshold is None:
+        raise SystemExit(f"{command}: error: --exit-policy {args.exit_policy} needs --threshold")
+    try:
+        runner.policy = make_policy(args.exit_policy, threshold if threshold is not None else math.inf,
+                                    args.exit_layer, args.nbest, decoder if args.decoder == "kenlm" else None)
+    except ValueError as err:
+        raise SystemExit(f"{command}: error: {err}") from None
+
+
+def describe_policy(policy) -> str:
+    if policy.name == "layer":
+        return f"layer {policy.layer}"
+    extra = f", N-best {policy.nbest}" if policy.name == "nbest" else ""
+    return f"{policy.name} threshold {policy.threshold:g}{extra}"
+
+
 def main(args) -> int:
     model, tgt_dict, decoder, normalize = load_for_inference(args)
     if args.operating_point:
         operating_point(model, args.operating_point)
+    if args.exit_policy:
+        exit_policy(model, args, decoder, args.threshold)
     utterances, summary = transcribe(model, tgt_dict, args.manifest, decoder, args, normalize)
     print(summary.report())
     if args.results_dir:

@@ -4,6 +4,7 @@
 import csv
 import json
 import pickle
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -175,3 +176,75 @@ def test_sweep_measures_every_operating_point_as_infer_does(finetuned, labelled,
     assert json.loads((tmp_path / "infer" / "summary.json").read_text())["wer"] == float(rows[1]["wer"])
     assert (tmp_path / "sweep" / "sweep.png").read_bytes()[:4] == b"\x89PNG"
     assert "| 2,2,2 |" in (tmp_path / "sweep" / "sweep.md").read_text()
+
+
+# ---- early exit: joint and two-step fine-tuning with fairseq-hydra-train, then exit policies ----
+
+EXITS = ["criterion._name=ctc_exits", "model.exit_layers='1,3'"]
+
+
+@pytest.fixture(scope="module")
+def exit_models(tmp_path_factory, labelled):
+    """A 4-layer SEW fine-tuned with exits after layers 1 and 3: jointly, and in two steps."""
+    work = tmp_path_factory.mktemp("exits")
+    tiny = [o for o in TINY_PRETRAINING if not o.startswith("model.encoder_layers=")]
+    pre = hydra_train(work / "pre", "pretraining", "sew_tiny",
+                      [f"task.data={labelled / 'data'}", *tiny, "model.encoder_layers=4", "optimization.max_update=2"])
+    assert pre.returncode == 0, pre.stderr[-3000:]
+    base = [f"task.data={labelled / 'data'}", f"model.w2v_path={work / 'pre' / 'ckpt' / 'checkpoint_last.pt'}", *TINY_FINETUNING]
+    joint = hydra_train(work / "joint", "finetuning", "10h", base + EXITS)
+    assert joint.returncode == 0, joint.stderr[-3000:]
+    step1 = hydra_train(work / "step1", "finetuning", "10h", base)  # the backbone alone
+    assert step1.returncode == 0, step1.stderr[-3000:]
+    step1_ckpt = work / "step1" / "ckpt" / "checkpoint_last.pt"
+    step2 = hydra_train(work / "step2", "finetuning", "10h",
+                        base + EXITS + ["model.exit_training=exits_only", f"model.exit_init={step1_ckpt}"])
+    assert step2.returncode == 0, step2.stderr[-3000:]
+    return {"joint": (work / "joint" / "ckpt" / "checkpoint_last.pt", joint),
+            "step1": (step1_ckpt, step1), "step2": (work / "step2" / "ckpt" / "checkpoint_last.pt", step2)}
+
+
+def _weights(path):
+    from sew_plugin.checkpoint import fairseq_safe_globals
+
+    with torch.serialization.safe_globals(fairseq_safe_globals()):
+        return torch.load(path, map_location="cpu")["model"]
+
+
+def test_fine_tuning_with_exits_logs_every_exit(exit_models):
+    for mode in ("joint", "step2"):
+        log = exit_models[mode][1].stdout + exit_models[mode][1].stderr
+        for key in ("exit1_loss", "exit3_loss", "final_loss", "exit1_wer", "exit3_wer"):
+            assert key in log, (mode, key)
+
+
+def test_two_step_training_changes_only_the_exit_heads(exit_models):
+    step1, step2 = _weights(exit_models["step1"][0]), _weights(exit_models["step2"][0])
+    assert {k.split(".")[1] for k in step2 if k.startswith("exit_heads.")} == {"1", "3"}
+    assert set(step2) - set(step1) == {k for k in step2 if k.startswith("exit_heads.")}
+    assert all(torch.equal(step1[k], step2[k]) for k in step1)  # backbone and final head frozen
+    log = exit_models["step2"][1].stdout + exit_models["step2"][1].stderr
+    losses = [float(v) for v in re.findall(r'"exit1_loss": "([0-9.]+)"', log)]
+    assert len(losses) >= 2 and losses[-1] != losses[0]  # while the exits trained
+
+
+def test_infer_with_exit_policies(exit_models, labelled, tmp_path):
+    ckpt = exit_models["joint"][0]
+    data = labelled / "data"
+
+    def summary(name, *policy):
+        sew_cli("infer", ckpt, data / "valid.tsv", "--results-dir", tmp_path / name, *policy)
+        return json.loads((tmp_path / name / "summary.json").read_text())
+
+    first = summary("layer1", "--exit-policy", "layer", "--exit-layer", 1)
+    assert first["exit_histogram"] == {"1": N_VALID} and first["mean_exit_layer"] == 1
+    never = summary("never", "--exit-policy", "entropy", "--threshold=-inf")
+    full = summary("full")
+    assert never["exit_histogram"] == {"4": N_VALID} and never["wer"] == full["wer"]
+    always = summary("always", "--exit-policy", "entropy", "--threshold", "inf")
+    assert always["exit_histogram"] == {"1": N_VALID} and always["wer"] == first["wer"]
+    rows = (tmp_path / "always" / "hypotheses.tsv").read_text().splitlines()
+    assert rows[0].endswith("\texit_layer") and all(r.endswith("\t1") for r in rows[1:])
+    bad = subprocess.run([SEW, "infer", str(ckpt), str(data / "valid.tsv"), "--exit-policy", "entropy"],
+                         capture_output=True, text=True)
+    assert bad.returncode != 0 and "needs --threshold" in bad.stderr and "Traceback" not in bad.stderr

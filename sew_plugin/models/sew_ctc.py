@@ -75,9 +75,6 @@ class SEWCtc(Wav2VecCtc):
         encoder = make_steppable(self.w2v_encoder.w2v_model.encoder)
         self.exit_layers = parse_exit_layers(cfg.exit_layers, encoder.num_layers)
         self.exit_weights = parse_exit_weights(cfg.exit_loss_weights, len(self.exit_layers) + 1)
-        if encoder.layerdrop > 0:
-            raise ValueError(f"model.exit_layers={cfg.exit_layers!r} needs every layer: set model.layerdrop=0 "
-                             f"(it is {encoder.layerdrop})")
         if cfg.exit_training not in EXIT_TRAINING:
             raise ValueError(f"model.exit_training={cfg.exit_training!r} must be one of {EXIT_TRAINING}")
         dim = self.w2v_encoder.proj.in_features

@@ -9,13 +9,14 @@ policy it removes exited utterances from the batch, so later layers run only for
 """
 
 import math
-from typing import Dict, List, Optional
+from typing import TYPE_CHECKING, Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layerwise import LayerState
+if TYPE_CHECKING:  # importing layerwise pulls in fairseq, which the `sew` command line avoids at start-up
+    from .layerwise import LayerState
 
 HEAD_TYPES = ("linear", "mlp")
 POLICIES = ("layer", "entropy", "similarity", "nbest")
@@ -112,7 +113,8 @@ class NBestExit(ExitPolicy):
     def decide(self, layer, lprobs, frames, similarity):
         confident = []
         for row in range(lprobs.size(0)):
-            scores = torch.tensor([score for _, score in self.decoder.decode_nbest(lprobs[row, : frames[row]], self.nbest)])
+            hypotheses = self.decoder.decode_nbest(lprobs[row, : frames[row]])[: self.nbest]
+            scores = torch.tensor([h.score for h in hypotheses], dtype=torch.float64)
             confident.append(bool(scores.numel()) and float(torch.softmax(scores, 0)[0]) >= self.threshold)
         return torch.tensor(confident, dtype=torch.bool)
 
@@ -147,7 +149,7 @@ class ExitRunner:
         self.exit_layer = torch.full((batch,), self.encoder.num_layers, dtype=torch.long)
         self.previous: Optional[torch.Tensor] = None
 
-    def head_logits(self, layer: int, state: LayerState) -> torch.Tensor:
+    def head_logits(self, layer: int, state: "LayerState") -> torch.Tensor:
         """(T, B', V) logits of the head after ``layer`` for the rows in ``state``.
 
         In training the heads learn even while fairseq runs a frozen backbone under no_grad
@@ -158,7 +160,7 @@ class ExitRunner:
         with torch.set_grad_enabled(torch.is_grad_enabled() or head.training):
             return head(self.dropout(hidden)).transpose(0, 1)
 
-    def __call__(self, index: int, state: LayerState) -> None:
+    def __call__(self, index: int, state: "LayerState") -> None:
         layer = index + 1
         if index == 0:
             self.reset(state.rows.numel())
@@ -168,7 +170,7 @@ class ExitRunner:
         if self.policy is not None and self.policy.name == "similarity" and layer + 1 in self.layers:
             self.previous = state.batch_first()  # after this layer's exits: the rows still running
 
-    def exit(self, layer: int, state: LayerState) -> None:
+    def exit(self, layer: int, state: "LayerState") -> None:
         logits = self.head_logits(layer, state)
         if self.policy is None:  # training, or every exit wanted
             self.logits[layer], self.rows[layer] = logits, state.rows

@@ -1,11 +1,15 @@
 """``sew sweep``: one checkpoint at several operating points: WER, forward time and MACs, and the Pareto set.
 
-The model is loaded once; each point fixes the St-SEW configuration (S_f, S_k, S_q) and transcribes
-the whole manifest as ``sew infer`` does (same decoders, every utterance counted). MACs are counted
-with torch's ``FlopCounterMode`` on 10 s of audio at each point. A point is on the Pareto front when
-no other point is at least as fast and at least as accurate, and strictly better in one of them.
+The model is loaded once; each point fixes a St-SEW configuration (S_f, S_k, S_q) with ``--points``,
+or an early-exit threshold with ``--exit-policy`` and ``--thresholds`` (the layout of paper 000's
+table: threshold, mean exit layer, WER, time), and transcribes the whole manifest as ``sew infer``
+does (same decoders, every utterance counted). MACs are counted with torch's ``FlopCounterMode`` on
+10 s of audio at each St-SEW point (an exit policy's compute depends on the utterance: its mean exit
+layer says it). A point is on the Pareto front when no other point is at least as fast and at least
+as accurate, and strictly better in one of them.
 
     sew sweep ckpt.pt data/dev_other.tsv --points 1,1,1 2,1,1 2,2,1 2,2,2 --out sweep/
+    sew sweep ckpt.pt data/dev_other.tsv --exit-policy entropy --thresholds 0.01 0.03 0.06 --out sweep/
 
 writes ``sweep.md``, ``sweep.csv`` and ``sweep.png`` (WER against forward time) in ``--out``.
 """
@@ -13,7 +17,7 @@ writes ``sweep.md``, ``sweep.csv`` and ``sweep.png`` (WER against forward time) 
 import csv
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import List
+from typing import List, Optional
 
 import torch
 
@@ -28,7 +32,8 @@ class Point:
     wer: float
     uer: float
     forward_ms_per_s: float
-    gmacs_per_10s: float
+    gmacs_per_10s: Optional[float] = None  # St-SEW points
+    mean_exit_layer: Optional[float] = None  # early-exit thresholds
     speedup: float = 1.0  # forward time of the first point over this one's
     pareto: bool = False
 
@@ -43,12 +48,14 @@ def mark_pareto(points: List[Point]) -> None:
         )
 
 
-def to_markdown(points: List[Point]) -> str:
-    head = (f"| operating point | WER | letter error | forward ms per s of audio | speed-up vs {points[0].point} | "
-            "GMACs per 10 s | Pareto |\n|---|---|---|---|---|---|---|\n")
+def to_markdown(points: List[Point], setting: str) -> str:
+    exits = points[0].mean_exit_layer is not None
+    extra = "mean exit layer" if exits else "GMACs per 10 s"
+    head = (f"| {setting} | {extra} | WER | letter error | forward ms per s of audio | speed-up vs {points[0].point} | "
+            "Pareto |\n|---|---|---|---|---|---|---|\n")
     return head + "".join(
-        f"| {p.point} | {100 * p.wer:.2f}% | {100 * p.uer:.2f}% | {p.forward_ms_per_s:.1f} | {p.speedup:.2f}x | "
-        f"{p.gmacs_per_10s:.2f} | {'*' if p.pareto else ''} |\n"
+        f"| {p.point} | {p.mean_exit_layer if exits else p.gmacs_per_10s:.2f} | {100 * p.wer:.2f}% | "
+        f"{100 * p.uer:.2f}% | {p.forward_ms_per_s:.1f} | {p.speedup:.2f}x | {'*' if p.pareto else ''} |\n"
         for p in points
     )
 
@@ -56,31 +63,44 @@ def to_markdown(points: List[Point]) -> str:
 def add_arguments(p) -> None:
     p.add_argument("checkpoint", type=Path, help="fine-tuned CTC checkpoint of a St-SEW model")
     p.add_argument("manifest", type=Path, help="fairseq manifest (.tsv) with labels beside it")
-    p.add_argument("--points", nargs="+", required=True, help="St-SEW operating points 'S_f,S_k,S_q'")
+    group = p.add_mutually_exclusive_group(required=True)
+    group.add_argument("--points", nargs="+", help="St-SEW operating points 'S_f,S_k,S_q'")
+    group.add_argument("--thresholds", nargs="+", type=float, help="early-exit thresholds of --exit-policy")
     p.add_argument("--out", type=Path, help="write sweep.md, sweep.csv and sweep.png here")
     add_decoding_arguments(p)
 
 
 def main(args) -> int:
     from .bench import count_macs
+    from .infer import exit_policy
     from .plots import scatter_png
 
     model, tgt_dict, decoder, normalize = load_for_inference(args, "sew sweep")
+    if args.thresholds and not args.exit_policy:
+        raise SystemExit("sew sweep: error: --thresholds needs --exit-policy (entropy, similarity or nbest)")
     x = torch.randn(1, int(16000 * MAC_SECONDS), device=args.device)
+    settings = args.points or args.thresholds
     points = []
-    for point in args.points:
-        operating_point(model, point, "sew sweep")
+    for setting in settings:
+        if args.points:
+            operating_point(model, setting, "sew sweep")
+        else:
+            exit_policy(model, args, decoder, setting, "sew sweep")
         _, summary = transcribe(model, tgt_dict, args.manifest, decoder, args, normalize)
         if summary.wer is None:
             raise SystemExit(f"sew sweep: error: no references beside {args.manifest} (.{args.labels})")
-        macs = count_macs(model, lambda wav: model(source=wav, padding_mask=None), x)
-        points.append(Point(point, summary.wer, summary.uer, 1000 * summary.rtf_forward, macs / 1e9))
-        print(f"{point}: WER {100 * summary.wer:.2f}%, forward {1000 * summary.rtf_forward:.1f} ms per s, "
-              f"{macs / 1e9:.2f} GMACs per {MAC_SECONDS:g} s", flush=True)
+        point = Point(f"{setting:g}" if args.thresholds else setting, summary.wer, summary.uer, 1000 * summary.rtf_forward)
+        if args.points:
+            point.gmacs_per_10s = count_macs(model, lambda wav: model(source=wav, padding_mask=None), x) / 1e9
+        else:
+            point.mean_exit_layer = summary.mean_exit_layer
+        points.append(point)
+        print(f"{point.point}: WER {100 * point.wer:.2f}%, forward {point.forward_ms_per_s:.1f} ms per s", flush=True)
     for p in points:
         p.speedup = points[0].forward_ms_per_s / p.forward_ms_per_s
     mark_pareto(points)
-    table = to_markdown(points)
+    setting_name = "operating point" if args.points else f"{args.exit_policy} threshold"
+    table = to_markdown(points, setting_name)
     print(f"\n{table}")
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
@@ -91,5 +111,5 @@ def main(args) -> int:
             writer.writerows(asdict(p) for p in points)
         scatter_png([("Pareto front" if p.pareto else "dominated", p.point, p.forward_ms_per_s, 100 * p.wer)
                      for p in points], args.out / "sweep.png",
-                    "forward time per second of audio (ms)", "WER (%)", f"{args.checkpoint.name}: operating points")
+                    "forward time per second of audio (ms)", "WER (%)", f"{args.checkpoint.name}: {setting_name}s")
     return 0

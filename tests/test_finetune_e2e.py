@@ -180,7 +180,7 @@ def test_sweep_measures_every_operating_point_as_infer_does(finetuned, labelled,
 
 # ---- early exit: joint and two-step fine-tuning with fairseq-hydra-train, then exit policies ----
 
-EXITS = ["criterion._name=ctc_exits", "model.exit_layers='1,3'"]
+EXITS = ["criterion._name=ctc_exits", "+model.exit_layers='1,3'"]
 
 
 @pytest.fixture(scope="module")
@@ -198,7 +198,7 @@ def exit_models(tmp_path_factory, labelled):
     assert step1.returncode == 0, step1.stderr[-3000:]
     step1_ckpt = work / "step1" / "ckpt" / "checkpoint_last.pt"
     step2 = hydra_train(work / "step2", "finetuning", "10h",
-                        base + EXITS + ["model.exit_training=exits_only", f"model.exit_init={step1_ckpt}"])
+                        base + EXITS + ["+model.exit_training=exits_only", f"+model.exit_init={step1_ckpt}"])
     assert step2.returncode == 0, step2.stderr[-3000:]
     return {"joint": (work / "joint" / "ckpt" / "checkpoint_last.pt", joint),
             "step1": (step1_ckpt, step1), "step2": (work / "step2" / "ckpt" / "checkpoint_last.pt", step2)}
@@ -248,3 +248,14 @@ def test_infer_with_exit_policies(exit_models, labelled, tmp_path):
     bad = subprocess.run([SEW, "infer", str(ckpt), str(data / "valid.tsv"), "--exit-policy", "entropy"],
                          capture_output=True, text=True)
     assert bad.returncode != 0 and "needs --threshold" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_sweep_of_exit_thresholds(exit_models, labelled, tmp_path):
+    ckpt, data = exit_models["joint"][0], labelled / "data"
+    sew_cli("sweep", ckpt, data / "valid.tsv", "--exit-policy", "entropy", "--thresholds", 0, 100,
+            "--out", tmp_path / "sweep")
+    with open(tmp_path / "sweep" / "sweep.csv") as f:
+        rows = list(csv.DictReader(f))
+    # entropy is never below 0 (no one leaves early) and always below 100 (everyone leaves at layer 1)
+    assert [(r["point"], float(r["mean_exit_layer"])) for r in rows] == [("0", 4.0), ("100", 1.0)]
+    assert "| entropy threshold | mean exit layer |" in (tmp_path / "sweep" / "sweep.md").read_text()

@@ -21,10 +21,9 @@ Examples::
 ``--wer MODEL=summary.json ...`` from ``sew infer --results-dir``, WER against forward time).
 """
 
-import csv
 import statistics
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List
 
@@ -236,7 +235,7 @@ def read_wer(specs: List[str]) -> Dict[str, float]:
 
 def plot(rows: List[Row], path: Path, wer: Dict[str, float] = None) -> None:
     """Forward time against GMACs, or, given WERs, WER against forward time; one colour per setting."""
-    from .plots import scatter_png
+    from .reports import scatter_png
 
     def series(r):
         return f"batch {r.batch}, {r.seconds:g} s"
@@ -286,11 +285,8 @@ def main(args) -> int:
     machine = f"{torch.get_num_threads()} threads, torch {torch.__version__}, device {args.device}, {args.dtype}"
     print(f"\n{machine}\n\n{table}")
     if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "bench.md").write_text(f"{machine}\n\n{table}")
-        with open(args.out / "bench.csv", "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(asdict(rows[0])))
-            writer.writeheader()
-            writer.writerows(asdict(r) for r in rows)
+        from .reports import write_tables
+
+        write_tables(args.out, "bench", machine, table, rows)
         plot(rows, args.out / "bench.png", wer)
     return 0

@@ -14,8 +14,7 @@ as accurate, and strictly better in one of them.
 writes ``sweep.md``, ``sweep.csv`` and ``sweep.png`` (WER against forward time) in ``--out``.
 """
 
-import csv
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
 
@@ -73,7 +72,7 @@ def add_arguments(p) -> None:
 def main(args) -> int:
     from .bench import count_macs
     from .infer import exit_policy
-    from .plots import scatter_png
+    from .reports import scatter_png, write_tables
 
     model, tgt_dict, decoder, normalize = load_for_inference(args, "sew sweep")
     if args.thresholds and not args.exit_policy:
@@ -103,12 +102,7 @@ def main(args) -> int:
     table = to_markdown(points, setting_name)
     print(f"\n{table}")
     if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "sweep.md").write_text(f"{args.checkpoint} on {args.manifest} ({args.decoder})\n\n{table}")
-        with open(args.out / "sweep.csv", "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(asdict(points[0])))
-            writer.writeheader()
-            writer.writerows(asdict(p) for p in points)
+        write_tables(args.out, "sweep", f"{args.checkpoint} on {args.manifest} ({args.decoder})", table, points)
         scatter_png([("Pareto front" if p.pareto else "dominated", p.point, p.forward_ms_per_s, 100 * p.wer)
                      for p in points], args.out / "sweep.png",
                     "forward time per second of audio (ms)", "WER (%)", f"{args.checkpoint.name}: {setting_name}s")

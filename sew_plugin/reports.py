@@ -1,11 +1,13 @@
-"""Labelled scatter plots as PNG files (matplotlib's Agg backend: no display needed).
+"""Result files of ``sew bench``, ``sew sweep`` and the demo: markdown + CSV tables, PNG plots.
 
-``sew bench`` plots time against MACs (or WER against time) and the demo WER against time; both
-go through ``scatter_png`` so every figure of this project reads the same way.
+Plots are labelled scatter plots (matplotlib's Agg backend: no display needed), so every figure of
+this project reads the same way.
 """
 
+import csv
+from dataclasses import asdict
 from pathlib import Path
-from typing import Iterable, Tuple
+from typing import Iterable, List, Tuple
 
 Point = Tuple[str, str, float, float]  # (series, label, x, y)
 
@@ -37,3 +39,13 @@ def scatter_png(points: Iterable[Point], path: Path, xlabel: str, ylabel: str, t
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def write_tables(out: Path, stem: str, preamble: str, markdown: str, rows: List) -> None:
+    """``out/<stem>.md`` (preamble, blank line, table) and ``out/<stem>.csv`` (one line per dataclass row)."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.md").write_text(f"{preamble}\n\n{markdown}")
+    with open(out / f"{stem}.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(asdict(rows[0])))
+        writer.writeheader()
+        writer.writerows(asdict(r) for r in rows)

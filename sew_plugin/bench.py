@@ -8,8 +8,9 @@ baseline row measured in the same run.
 Rows are named models at full size with random weights (``sew bench --list``):
 ``w2v2_base``/``w2v2_large`` (fairseq's own wav2vec 2.0), this plugin's configs in
 ``configs/pretraining`` (``sew_tiny`` ... ``sew_d_base_plus``), and ``hf:NAME``, the same model and
-weights in HuggingFace ``transformers`` (the independent peer; SEW and SEW-D), and St-SEW at an
-operating point, ``st_sew_base@S_f,S_k,S_q`` (e.g. ``st_sew_base@2,2,1``).
+weights in HuggingFace ``transformers`` (the independent peer; SEW and SEW-D), St-SEW at an
+operating point, ``st_sew_base@S_f,S_k,S_q`` (e.g. ``st_sew_base@2,2,1``), and early exit after
+layer K, ``NAME:exitK`` (e.g. ``sew_d_mid:exit12``: the forward of an utterance that exits there).
 
 Examples::
 
@@ -94,6 +95,11 @@ def build(name: str):
         model = Wav2Vec2Model(cfg)
         model.remove_pretraining_modules()
         forward = lambda x: model(x, mask=False, features_only=True)["x"]  # noqa: E731
+    elif ":exit" in name:  # early exit after layer K: the layers above it are not run
+        base, k = name.split(":exit", 1)
+        model, _ = _plugin_model(base)
+        layer = int(k) - 1
+        forward = lambda x: model(x, mask=False, features_only=True, layer=layer)["x"]  # noqa: E731
     elif "@" in name:  # St-SEW at a fixed operating point
         base, point = name.split("@", 1)
         model, forward = _plugin_model(base)

@@ -77,3 +77,14 @@ def test_sew_bench_writes_table_csv_and_plots_with_ratios_to_the_named_baseline(
         sew(argv + ["--wer", f"w2v2_base={tmp_path / 'summary.json'}"])
     with pytest.raises(SystemExit, match="expected MODEL=path"):
         sew(argv + ["--wer", "sew_tiny"])
+
+
+def test_early_exit_rows_stop_after_layer_k():
+    from sew_plugin.bench import build
+
+    x = torch.randn(1, 16000)
+    full_model, full = build("sew_d_tiny")
+    half_model, half = build("sew_d_tiny:exit6")
+    full_macs, half_macs = count_macs(full_model, full, x), count_macs(half_model, half, x)
+    assert half(x).shape == full(x).shape
+    assert 0.3 < half_macs / full_macs < 0.9  # 6 of 12 layers, the same front end and upsampler

@@ -68,8 +68,8 @@ LETTERS = list("|ETAONS")
 
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory):
-    """Tiny SEW and fairseq wav2vec 2.0 checkpoints (4 layers, padding-exact front end)."""
-    from conftest import TINY_PRETRAINING, TINY_W2V2_PRETRAINING
+    """Tiny SEW, SEW-D, St-SEW and fairseq wav2vec 2.0 checkpoints (4 layers, padding-exact front end)."""
+    from conftest import TINY_PRETRAINING, TINY_PRETRAINING_COMMON, TINY_W2V2_PRETRAINING
 
     root = tmp_path_factory.mktemp("exits")
     rows = write_wav_corpus(root / "audio", [16000 + 800 * i for i in range(6)])
@@ -78,7 +78,10 @@ def pretrained(tmp_path_factory):
         write_manifest(root / "data" / f"{split}.tsv", root / "audio", rows)
     four = ["model.encoder_layers=4", "+model.extractor_mode=layer_norm", "optimization.max_update=2"]
     out = {}
-    for name, config, tiny in (("sew", "sew_tiny", TINY_PRETRAINING), ("wav2vec2", "w2v2_base", TINY_W2V2_PRETRAINING)):
+    configs = (("sew", "sew_tiny", TINY_PRETRAINING), ("sew_d", "sew_d_tiny", TINY_PRETRAINING),
+               ("st_sew", "st_sew_base", TINY_PRETRAINING_COMMON + ["model.wfe_c_channels=8", "+model.operating_point='2,2,1'"]),
+               ("wav2vec2", "w2v2_base", TINY_W2V2_PRETRAINING))
+    for name, config, tiny in configs:
         tiny = [o for o in tiny if not o.startswith(("model.encoder_layers=", "optimization.max_update="))]
         run = hydra_train(root / name, "pretraining", config, [f"task.data={root / 'data'}", *tiny, *four])
         assert run.returncode == 0, run.stderr[-3000:]
@@ -109,7 +112,7 @@ def layer_calls(model):
     return counts
 
 
-@pytest.mark.parametrize("name", ["sew", "wav2vec2"])
+@pytest.mark.parametrize("name", ["sew", "sew_d", "st_sew", "wav2vec2"])
 def test_joint_loss_is_the_weighted_sum_of_per_exit_ctc_losses(pretrained, name):
     from sew_plugin.criterions.ctc_exits import CtcExitsCriterion
     from fairseq.criterions.ctc import CtcCriterionConfig

@@ -249,6 +249,14 @@ def test_infer_with_exit_policies(exit_models, labelled, tmp_path):
                          capture_output=True, text=True)
     assert bad.returncode != 0 and "needs --threshold" in bad.stderr and "Traceback" not in bad.stderr
 
+    # N-best confidence from the beam decoder: the best hypothesis always holds >= 0 of the mass,
+    # and never more than all of it
+    lm = ["--decoder", "kenlm", "--lm", labelled / "lm.arpa", "--lexicon", data / "lexicon.txt", "--beam", 20]
+    sure = summary("nbest0", "--exit-policy", "nbest", "--threshold", 0, "--nbest", 10, *lm)
+    unsure = summary("nbest2", "--exit-policy", "nbest", "--threshold", 2, "--nbest", 10, *lm)
+    assert sure["exit_histogram"] == {"1": N_VALID} and unsure["exit_histogram"] == {"4": N_VALID}
+    assert unsure["exit_policy"] == "nbest threshold 2, N-best 10"
+
 
 def test_sweep_of_exit_thresholds(exit_models, labelled, tmp_path):
     ckpt, data = exit_models["joint"][0], labelled / "data"

@@ -38,8 +38,20 @@ LM_DECODING = ["--lm-weight", "0.5", "--word-score", "0", "--beam", "50"]
 # --smoke: a few updates of each step on a few utterances, to check that the recipe runs
 SMOKE_CORPUS = dict(n_valid=4, n_test=6, max_train=24)
 SMOKE_TRAINING = ["optimization.max_update=3", "checkpoint.save_interval_updates=2", "common.log_interval=1"]
-# fairseq's log lines worth showing while training (all of them go to the step's log file)
-PROGRESS = re.compile(r"\[(train_inner|train|valid)\]|Saved checkpoint|done training|Error|error:")
+# fairseq's log lines worth showing while training (all of them go to the step's log file), and
+# the figures of them worth a glance
+PROGRESS = re.compile(r"\[(train_inner|train|valid)\]|done training|Error|error:")
+FIGURES = ("num_updates", "loss", "accuracy", "uer", "wer", "lr")
+
+
+def progress(line: str) -> str:
+    """A compact form of a fairseq log line: its stage and the figures in ``FIGURES``."""
+    stage = re.search(r"\[(train_inner|train|valid)\]", line)
+    pairs = dict(re.findall(r"(\w+)[= ]([-0-9.e]+)(?:,| \||$)", line.split("] - ")[-1]))
+    shown = [f"{k} {pairs[k]}" for k in FIGURES if k in pairs]
+    if stage and shown:
+        return f"{stage.group(1)}: " + ", ".join(shown)
+    return line.split("] - ")[-1].rstrip()[:160]
 
 
 def stream(cmd, log: Path, prefix: str, threads: int):
@@ -51,7 +63,7 @@ def stream(cmd, log: Path, prefix: str, threads: int):
         for line in proc.stdout:
             f.write(line)
             if PROGRESS.search(line):
-                print(f"{prefix} {line.split('] - ')[-1].rstrip()[:180]}", flush=True)
+                print(f"{prefix} {progress(line)}", flush=True)
     if proc.returncode != 0:
         raise RuntimeError(f"{prefix} failed (exit {proc.returncode}); the full log is {log}")
 

@@ -14,8 +14,11 @@ Point = Tuple[str, str, float, float]  # (series, label, x, y)
 
 def scatter_png(points: Iterable[Point], path: Path, xlabel: str, ylabel: str, title: str = "") -> None:
     """One colour per series; every point annotated with its label; axes start at zero."""
+    import logging
+
     import matplotlib
 
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)  # fairseq's root logger may be at DEBUG
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

@@ -72,15 +72,24 @@ def valid_mean(values: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
 
 
 class ExitPolicy:
-    """When an utterance leaves: ``decide`` gets its exit's log-probabilities and returns (B,) bool."""
+    """When an utterance leaves. ``decide(layer, lprobs (B, T, V), frames (B,), similarity (B,) or
+    None)`` returns (B,) bool: True for the utterances that leave at this exit."""
 
-    name = "layer"
+    name = ""
 
     def __init__(self, threshold: float = math.inf, layer: Optional[int] = None, nbest: int = 0, decoder=None):
         self.threshold, self.layer, self.nbest, self.decoder = threshold, layer, nbest, decoder
 
-    def decide(self, layer: int, lprobs: torch.Tensor, frames: torch.Tensor, similarity: torch.Tensor) -> torch.Tensor:
-        """Fixed exit: everyone leaves at ``self.layer``."""
+    def decide(self, layer: int, lprobs: torch.Tensor, frames: torch.Tensor, similarity) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class FixedExit(ExitPolicy):
+    """Everyone leaves at ``layer``."""
+
+    name = "layer"
+
+    def decide(self, layer, lprobs, frames, similarity):
         return torch.full((lprobs.size(0),), layer == self.layer, dtype=torch.bool)
 
 
@@ -120,7 +129,7 @@ class NBestExit(ExitPolicy):
 
 
 def make_policy(name: str, threshold: float = math.inf, layer: Optional[int] = None, nbest: int = 300, decoder=None):
-    kinds = {c.name: c for c in (ExitPolicy, EntropyExit, SimilarityExit, NBestExit)}
+    kinds = {c.name: c for c in (FixedExit, EntropyExit, SimilarityExit, NBestExit)}
     if name not in kinds:
         raise ValueError(f"exit policy {name!r} must be one of {POLICIES}")
     if name == "nbest" and decoder is None:

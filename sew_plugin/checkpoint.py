@@ -25,6 +25,12 @@ def fairseq_safe_globals():
     return [Dictionary, argparse.Namespace]
 
 
+def read_weights(path: Path) -> dict:
+    """The ``model`` state dict of a fairseq checkpoint, through the same allow-listed unpickler."""
+    with torch.serialization.safe_globals(fairseq_safe_globals()):
+        return torch.load(path, map_location="cpu")["model"]
+
+
 def load_checkpoint(path: Path, arg_overrides: Optional[dict] = None, quiet: bool = True):
     """``(model, cfg, task)`` of a checkpoint, loaded in eval mode on the CPU.
 

@@ -147,7 +147,7 @@ def get_parser() -> argparse.ArgumentParser:
 
     from .sweep import __doc__ as sweep_doc, add_arguments as add_sweep_arguments
 
-    p = sub.add_parser("sweep", help="WER, time and MACs of a St-SEW checkpoint at several operating points",
+    p = sub.add_parser("sweep", help="WER and time of one checkpoint at several St-SEW points or early-exit thresholds",
                        description=sweep_doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_sweep_arguments(p)
     p.set_defaults(func=_sweep)

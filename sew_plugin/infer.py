@@ -10,8 +10,8 @@ import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from collections import Counter
+from pathlib import Path
 from typing import Dict, List, Optional
 
 import editdistance
@@ -206,7 +206,7 @@ def transcribe(model, tgt_dict, manifest_path: Path, decoder, args, normalize: b
     runner = getattr(model, "exit_runner", None)
     if runner is not None and runner.policy is not None:
         layers = [u.exit_layer for u in done]
-        summary.exit_policy = describe_policy(runner.policy)
+        summary.exit_policy = str(runner.policy)
         summary.mean_exit_layer = sum(layers) / len(layers)
         summary.exit_histogram = dict(sorted(Counter(layers).items()))
     if refs is not None:
@@ -273,13 +273,6 @@ def exit_policy(model, args, decoder, threshold: Optional[float], command: str =
                                     args.exit_layer, args.nbest, decoder if args.decoder == "kenlm" else None)
     except ValueError as err:
         raise SystemExit(f"{command}: error: {err}") from None
-
-
-def describe_policy(policy) -> str:
-    if policy.name == "layer":
-        return f"layer {policy.layer}"
-    extra = f", N-best {policy.nbest}" if policy.name == "nbest" else ""
-    return f"{policy.name} threshold {policy.threshold:g}{extra}"
 
 
 def main(args) -> int:

@@ -60,7 +60,7 @@ def to_markdown(points: List[Point], setting: str) -> str:
 
 
 def add_arguments(p) -> None:
-    p.add_argument("checkpoint", type=Path, help="fine-tuned CTC checkpoint of a St-SEW model")
+    p.add_argument("checkpoint", type=Path, help="fine-tuned CTC checkpoint: St-SEW (--points) or with exits (--thresholds)")
     p.add_argument("manifest", type=Path, help="fairseq manifest (.tsv) with labels beside it")
     group = p.add_mutually_exclusive_group(required=True)
     group.add_argument("--points", nargs="+", help="St-SEW operating points 'S_f,S_k,S_q'")
@@ -74,9 +74,11 @@ def main(args) -> int:
     from .infer import exit_policy
     from .reports import scatter_png, write_tables
 
+    if args.thresholds and args.exit_policy in (None, "layer"):
+        raise SystemExit("sew sweep: error: --thresholds needs --exit-policy entropy, similarity or nbest")
+    if args.points and args.exit_policy:
+        raise SystemExit("sew sweep: error: --exit-policy goes with --thresholds, not --points")
     model, tgt_dict, decoder, normalize = load_for_inference(args, "sew sweep")
-    if args.thresholds and not args.exit_policy:
-        raise SystemExit("sew sweep: error: --thresholds needs --exit-policy (entropy, similarity or nbest)")
     x = torch.randn(1, int(16000 * MAC_SECONDS), device=args.device)
     settings = args.points or args.thresholds
     points = []

@@ -9,7 +9,7 @@ import pytest
 from conftest import REPO
 
 sys.path.insert(0, str(REPO / "examples" / "demo"))
-from corpus import split_sentences  # noqa: E402
+from corpus import build_corpus, split_sentences  # noqa: E402
 from report import markdown, table_rows  # noqa: E402
 
 
@@ -23,6 +23,13 @@ def test_held_out_sentences_are_unseen_and_use_training_words_only():
         assert all(w in vocabulary for s in splits[split] for w in s.split())
     assert not set(splits["valid"]) & set(splits["test"])
     assert all(3 <= len(s.split()) <= 10 for s in train)
+
+
+def test_a_corpus_folder_is_not_reused_with_other_parameters(tmp_path):
+    (tmp_path / "corpus.json").write_text('{"n_valid": 1}')
+    with pytest.raises(SystemExit, match="holds a corpus made with other parameters"):
+        build_corpus(tmp_path, n_valid=4, n_test=6, max_train=24)
+    assert not list(tmp_path.glob("audio"))  # refused before anything was written
 
 
 def summary(wer, uer, rtf, params=1_500_000):

@@ -14,7 +14,7 @@ from sew_plugin.models.sew import SEWConfig, SEWModel
 from sew_plugin.models.sew_ctc import SEWCtc, SEWCtcConfig
 from sew_plugin.models.sew_d import SEWDConfig, SEWDModel
 from sew_plugin.models.st_sew import StSEWConfig, StSEWModel
-from sew_plugin.modules.early_exit import make_policy, parse_exit_layers, parse_exit_weights
+from sew_plugin.modules.early_exit import exit_head, make_policy, parse_exit_layers, parse_exit_weights
 from sew_plugin.modules.layerwise import make_steppable
 
 from conftest import TINY_SEW, hydra_train, waveform_batch, write_manifest, write_wav_corpus
@@ -59,6 +59,8 @@ def test_exit_layer_and_weight_parsing_name_the_key():
     assert parse_exit_weights("", 3) == [1.0, 1.0, 1.0]
     with pytest.raises(ValueError, match="model.exit_loss_weights='1,2'"):
         parse_exit_weights("1,2", 3)
+    with pytest.raises(ValueError, match="model.exit_head='conv'"):
+        exit_head(8, 5, "conv")
 
 
 # ---- CTC models with exits, built from a real (tiny) fairseq pre-training checkpoint ----
@@ -187,6 +189,14 @@ def test_exit_decisions_are_per_utterance(pretrained):
             assert alone["exit_layer"].item() == together["exit_layer"][b].item()
             t = alone["encoder_out"].size(0)
             assert (alone["encoder_out"][:, 0] - together["encoder_out"][:t, b]).abs().max() < 1e-4
+
+
+def test_exit_init_must_exist_and_match_the_model(pretrained, tmp_path):
+    with pytest.raises(FileNotFoundError, match="model.exit_init="):
+        ctc_model(pretrained, exit_layers="2", exit_init=str(tmp_path / "missing.pt"))
+    # a pre-training checkpoint is not a fine-tuned CTC model of this backbone
+    with pytest.raises(ValueError, match="does not match this model"):
+        ctc_model(pretrained, exit_layers="2", exit_init=str(pretrained[1]["sew"]))
 
 
 def test_exits_refuse_an_unknown_training_mode(pretrained):

@@ -204,13 +204,6 @@ def exit_models(tmp_path_factory, labelled):
             "step1": (step1_ckpt, step1), "step2": (work / "step2" / "ckpt" / "checkpoint_last.pt", step2)}
 
 
-def _weights(path):
-    from sew_plugin.checkpoint import fairseq_safe_globals
-
-    with torch.serialization.safe_globals(fairseq_safe_globals()):
-        return torch.load(path, map_location="cpu")["model"]
-
-
 def test_fine_tuning_with_exits_logs_every_exit(exit_models):
     for mode in ("joint", "step2"):
         log = exit_models[mode][1].stdout + exit_models[mode][1].stderr
@@ -219,7 +212,9 @@ def test_fine_tuning_with_exits_logs_every_exit(exit_models):
 
 
 def test_two_step_training_changes_only_the_exit_heads(exit_models):
-    step1, step2 = _weights(exit_models["step1"][0]), _weights(exit_models["step2"][0])
+    from sew_plugin.checkpoint import read_weights
+
+    step1, step2 = read_weights(exit_models["step1"][0]), read_weights(exit_models["step2"][0])
     assert {k.split(".")[1] for k in step2 if k.startswith("exit_heads.")} == {"1", "3"}
     assert set(step2) - set(step1) == {k for k in step2 if k.startswith("exit_heads.")}
     assert all(torch.equal(step1[k], step2[k]) for k in step1)  # backbone and final head frozen

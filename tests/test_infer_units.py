@@ -64,3 +64,15 @@ def test_pareto_front_keeps_only_undominated_points():
               Point("d", 0.10, 0, 12.0, 1), Point("e", 0.30, 0, 5.0, 1)]
     mark_pareto(points)
     assert [p.point for p in points if p.pareto] == ["a", "b", "e"]  # c: b is faster and better; d: a
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--thresholds", "0.1"], "--thresholds needs --exit-policy"),
+    (["--thresholds", "0.1", "--exit-policy", "layer"], "--thresholds needs --exit-policy"),
+    (["--points", "2,1,1", "--exit-policy", "entropy"], "--exit-policy goes with --thresholds"),
+])
+def test_sweep_refuses_mixed_settings_before_loading_anything(tmp_path, argv, message):
+    from sew_plugin.cli import main as sew
+
+    with pytest.raises(SystemExit, match=message):  # the checkpoint does not even exist
+        sew(["sweep", str(tmp_path / "none.pt"), str(tmp_path / "none.tsv"), *argv])

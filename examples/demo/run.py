@@ -30,6 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from corpus import build_corpus  # noqa: E402
 from report import write_report  # noqa: E402
 
+from sew_plugin import USER_DIR  # noqa: E402
+
 HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
 MODELS = {"sew_d": "SEW-D tiny (this plugin)", "w2v2": "wav2vec 2.0 tiny (fairseq)"}
@@ -79,14 +81,10 @@ def train(step_dir: Path, config: str, overrides, prefix: str, threads: int):
         return
     step_dir.mkdir(parents=True, exist_ok=True)
     cmd = [BIN / "fairseq-hydra-train", "--config-dir", HERE / "configs", "--config-name", config,
-           f"common.user_dir={user_dir()}", f"checkpoint.save_dir={step_dir}",
+           f"common.user_dir={USER_DIR}", f"checkpoint.save_dir={step_dir}",
            f"hydra.run.dir={step_dir / 'hydra'}", *overrides]
     stream(cmd, step_dir / "train.log", prefix, threads)
     (step_dir / "DONE").touch()
-
-
-def user_dir() -> str:
-    return subprocess.run([BIN / "sew", "user-dir"], check=True, capture_output=True, text=True).stdout.strip()
 
 
 def sew(*args):

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-import torch
 from fairseq.models.wav2vec.wav2vec2_asr import Wav2Vec2CtcConfig, Wav2VecCtc
 from torch import nn
 
@@ -89,12 +88,11 @@ class SEWCtc(Wav2VecCtc):
 
     def load_backbone(self, path: str) -> None:
         """Every weight but the exit heads from a fine-tuned CTC checkpoint (refusing a mismatch)."""
-        from ..checkpoint import fairseq_safe_globals
+        from ..checkpoint import read_weights
 
         if not Path(path).is_file():
             raise FileNotFoundError(f"model.exit_init={path!r}: fine-tuned checkpoint not found")
-        with torch.serialization.safe_globals(fairseq_safe_globals()):
-            state = torch.load(path, map_location="cpu")["model"]
+        state = read_weights(path)
         own = {k for k in self.state_dict() if not k.startswith("exit_heads.")}
         if set(state) != own:
             raise ValueError(f"model.exit_init={path!r} does not match this model: missing "

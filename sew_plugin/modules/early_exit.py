@@ -83,6 +83,10 @@ class ExitPolicy:
     def decide(self, layer: int, lprobs: torch.Tensor, frames: torch.Tensor, similarity) -> torch.Tensor:
         raise NotImplementedError
 
+    def __str__(self) -> str:
+        extra = f", N-best {self.nbest}" if self.name == "nbest" else ""
+        return f"{self.name} threshold {self.threshold:g}{extra}"
+
 
 class FixedExit(ExitPolicy):
     """Everyone leaves at ``layer``."""
@@ -91,6 +95,9 @@ class FixedExit(ExitPolicy):
 
     def decide(self, layer, lprobs, frames, similarity):
         return torch.full((lprobs.size(0),), layer == self.layer, dtype=torch.bool)
+
+    def __str__(self) -> str:
+        return f"layer {self.layer}"
 
 
 class EntropyExit(ExitPolicy):

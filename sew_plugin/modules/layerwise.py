@@ -15,7 +15,7 @@ An optional ``layer_hook(i, state)``, called after each layer, sees (and may nar
 """
 
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -54,9 +54,6 @@ class LayerState:
 
     def batch_first(self) -> torch.Tensor:
         return self.x.transpose(0, 1) if self.time_first else self.x
-
-
-LayerHook = Callable[[int, LayerState], None]
 
 
 def run_layers(encoder, x: torch.Tensor, padding_mask, tgt_layer=None, min_layer=0):

@@ -22,7 +22,6 @@ class SqueezedTransformerEncoder(SteppableTransformerEncoder):
     def __init__(self, cfg: Wav2Vec2Config, squeeze_factor: int):
         super().__init__(cfg, skip_pos_conv=True)
         self.squeeze_factor = squeeze_factor
-        self.keep_layer_results = True  # fairseq's contract; see sew_plugin.modules.keep_layer_results
         self.pos_conv = make_strided_pos_conv(
             cfg.encoder_embed_dim, cfg.conv_pos, cfg.conv_pos_groups, squeeze_factor
         )

@@ -33,6 +33,7 @@ def add_arguments(p) -> None:
     add_decoding_arguments(p)
     p.add_argument("--results-dir", type=Path, help="write per-utterance results and summary.json here")
     p.add_argument("--operating-point", help="St-SEW: fixed 'S_f,S_k,S_q' to run at, e.g. 2,2,1")
+    p.add_argument("--cif-lambda", type=float, help="CIF models: the lambda in [0, 2) to run at (sets the frame period)")
     p.add_argument("--threshold", type=float, help="--exit-policy entropy/similarity/nbest: the exit threshold")
 
 
@@ -84,6 +85,8 @@ class Summary:
     exit_policy: Optional[str] = None
     mean_exit_layer: Optional[float] = None
     exit_histogram: Optional[Dict[int, int]] = None  # exit layer -> utterances
+    cif_lambda: Optional[float] = None
+    frame_period_ms: Optional[float] = None  # CIF models: mean period of the compressed frames
     rtf_forward: float = field(init=False)
     rtf_total: float = field(init=False)
 
@@ -97,6 +100,8 @@ class Summary:
         if self.wer is not None:
             lines.append(f"WER {100 * self.wer:.2f}% ({self.word_errors} errors / {self.words} words), UER {100 * self.uer:.2f}%")
         lines.append(f"model: {self.parameters / 1e6:.2f}M parameters")
+        if self.frame_period_ms is not None:
+            lines.append(f"CIF lambda {self.cif_lambda:.3f}: mean frame period {self.frame_period_ms:.1f} ms")
         if self.exit_policy:
             histogram = ", ".join(f"layer {k}: {v}" for k, v in sorted(self.exit_histogram.items()))
             lines.append(f"early exit ({self.exit_policy}): mean exit layer {self.mean_exit_layer:.2f}; {histogram}")
@@ -178,6 +183,8 @@ def transcribe(model, tgt_dict, manifest_path: Path, decoder, args, normalize: b
     lengths = [n for _, n in manifest.entries]
     results: List[Optional[Utterance]] = [None] * len(lengths)
     forward_s = decode_s = 0.0
+    cif_frames = cif_outputs = 0  # 20 ms frames in, compressed frames out
+    encoder = model.w2v_encoder.w2v_model
     device = torch.device(args.device)
     batches = plan_batches(lengths, args.batch_size, args.max_tokens)
     for batch in tqdm(batches, desc="transcribing", unit="batch", disable=None, leave=False):
@@ -188,6 +195,9 @@ def transcribe(model, tgt_dict, manifest_path: Path, decoder, args, normalize: b
             net_output = model(source=source.to(device), padding_mask=padding.to(device))
             lprobs = model.get_normalized_probs(net_output, log_probs=True).transpose(0, 1).float().cpu()
         forward_s += time.perf_counter() - start
+        if getattr(encoder, "last_cif", None) is not None:
+            cif_frames += int(encoder.last_cif.frames.sum())
+            cif_outputs += int(encoder.last_cif.lengths.sum())
         out_mask = net_output["padding_mask"]
         frames = (~out_mask).sum(-1).tolist() if out_mask is not None else [lprobs.size(1)] * len(batch)
         start = time.perf_counter()
@@ -209,6 +219,9 @@ def transcribe(model, tgt_dict, manifest_path: Path, decoder, args, normalize: b
         summary.exit_policy = str(runner.policy)
         summary.mean_exit_layer = sum(layers) / len(layers)
         summary.exit_histogram = dict(sorted(Counter(layers).items()))
+    if cif_outputs:
+        summary.cif_lambda = encoder.last_cif.lam
+        summary.frame_period_ms = 20.0 * cif_frames / cif_outputs
     if refs is not None:
         we, words, le, letters = word_error_counts(done)
         summary.wer, summary.uer, summary.word_errors, summary.words = we / max(words, 1), le / max(letters, 1), we, words
@@ -257,6 +270,23 @@ def operating_point(model, point: Optional[str], command: str = "sew infer") -> 
         raise SystemExit(f"{command}: error: --operating-point {point}: {err}") from None
 
 
+def cif_lambda(model, lam: Optional[float], command: str = "sew infer") -> None:
+    """Run a CIF model at lambda ``lam``; a model without CIF, a bad value, or no value for a model
+    fine-tuned with a sampled lambda exits with a message."""
+    from .models.sew_ctc import set_cif_lambda
+
+    cif = getattr(model.w2v_encoder.w2v_model, "cif", None)
+    if lam is None:
+        if cif is not None and cif.fixed_lambda is None:
+            raise SystemExit(f"{command}: error: this CIF model samples lambda (none was fixed in fine-tuning): "
+                             "pass --cif-lambda")
+        return
+    try:
+        set_cif_lambda(model, lam)
+    except ValueError as err:
+        raise SystemExit(f"{command}: error: --cif-lambda {lam}: {err}") from None
+
+
 def exit_policy(model, args, decoder, threshold: Optional[float], command: str = "sew infer") -> None:
     """Put an early-exit model under ``args.exit_policy`` at ``threshold``; misuse exits with a message."""
     runner = getattr(model, "exit_runner", None)
@@ -279,6 +309,7 @@ def main(args) -> int:
     model, tgt_dict, decoder, normalize = load_for_inference(args)
     if args.operating_point:
         operating_point(model, args.operating_point)
+    cif_lambda(model, args.cif_lambda)
     if args.exit_policy:
         exit_policy(model, args, decoder, args.threshold)
     utterances, summary = transcribe(model, tgt_dict, args.manifest, decoder, args, normalize)

@@ -1,7 +1,8 @@
 """``sew sweep``: one checkpoint at several operating points: WER, forward time and MACs, and the Pareto set.
 
 The model is loaded once; each point fixes a St-SEW configuration (S_f, S_k, S_q) with ``--points``,
-or an early-exit threshold with ``--exit-policy`` and ``--thresholds`` (the layout of paper 000's
+a CIF lambda with ``--cif-lambdas`` (the table gives the resulting mean frame period), or an
+early-exit threshold with ``--exit-policy`` and ``--thresholds`` (the layout of paper 000's
 table: threshold, mean exit layer, WER, time), and transcribes the whole manifest as ``sew infer``
 does (same decoders, every utterance counted). MACs are counted with torch's ``FlopCounterMode`` on
 10 s of audio at each St-SEW point (an exit policy's compute depends on the utterance: its mean exit
@@ -9,6 +10,7 @@ layer says it). A point is on the Pareto front when no other point is at least a
 as accurate, and strictly better in one of them.
 
     sew sweep ckpt.pt data/dev_other.tsv --points 1,1,1 2,1,1 2,2,1 2,2,2 --out sweep/
+    sew sweep ckpt.pt data/dev_other.tsv --cif-lambdas 0 0.5 1 1.5 --out sweep/
     sew sweep ckpt.pt data/dev_other.tsv --exit-policy entropy --thresholds 0.01 0.03 0.06 --out sweep/
 
 writes ``sweep.md``, ``sweep.csv`` and ``sweep.png`` (WER against forward time) in ``--out``.
@@ -20,7 +22,7 @@ from typing import List, Optional
 
 import torch
 
-from .infer import add_decoding_arguments, load_for_inference, operating_point, transcribe
+from .infer import add_decoding_arguments, cif_lambda, load_for_inference, operating_point, transcribe
 
 MAC_SECONDS = 10.0
 
@@ -33,6 +35,7 @@ class Point:
     forward_ms_per_s: float
     gmacs_per_10s: Optional[float] = None  # St-SEW points
     mean_exit_layer: Optional[float] = None  # early-exit thresholds
+    frame_period_ms: Optional[float] = None  # CIF lambdas
     speedup: float = 1.0  # forward time of the first point over this one's
     pareto: bool = False
 
@@ -47,13 +50,16 @@ def mark_pareto(points: List[Point]) -> None:
         )
 
 
+EXTRA_COLUMNS = (("mean_exit_layer", "mean exit layer"), ("frame_period_ms", "mean frame period (ms)"),
+                 ("gmacs_per_10s", "GMACs per 10 s"))
+
+
 def to_markdown(points: List[Point], setting: str) -> str:
-    exits = points[0].mean_exit_layer is not None
-    extra = "mean exit layer" if exits else "GMACs per 10 s"
+    key, extra = next((k, name) for k, name in EXTRA_COLUMNS if getattr(points[0], k) is not None)
     head = (f"| {setting} | {extra} | WER | letter error | forward ms per s of audio | speed-up vs {points[0].point} | "
             "Pareto |\n|---|---|---|---|---|---|---|\n")
     return head + "".join(
-        f"| {p.point} | {p.mean_exit_layer if exits else p.gmacs_per_10s:.2f} | {100 * p.wer:.2f}% | "
+        f"| {p.point} | {getattr(p, key):.2f} | {100 * p.wer:.2f}% | "
         f"{100 * p.uer:.2f}% | {p.forward_ms_per_s:.1f} | {p.speedup:.2f}x | {'*' if p.pareto else ''} |\n"
         for p in points
     )
@@ -64,6 +70,7 @@ def add_arguments(p) -> None:
     p.add_argument("manifest", type=Path, help="fairseq manifest (.tsv) with labels beside it")
     group = p.add_mutually_exclusive_group(required=True)
     group.add_argument("--points", nargs="+", help="St-SEW operating points 'S_f,S_k,S_q'")
+    group.add_argument("--cif-lambdas", nargs="+", type=float, help="CIF lambdas in [0, 2)")
     group.add_argument("--thresholds", nargs="+", type=float, help="early-exit thresholds of --exit-policy")
     p.add_argument("--out", type=Path, help="write sweep.md, sweep.csv and sweep.png here")
     add_decoding_arguments(p)
@@ -76,23 +83,27 @@ def main(args) -> int:
 
     if args.thresholds and args.exit_policy in (None, "layer"):
         raise SystemExit("sew sweep: error: --thresholds needs --exit-policy entropy, similarity or nbest")
-    if args.points and args.exit_policy:
-        raise SystemExit("sew sweep: error: --exit-policy goes with --thresholds, not --points")
+    if args.exit_policy and not args.thresholds:
+        raise SystemExit("sew sweep: error: --exit-policy goes with --thresholds")
     model, tgt_dict, decoder, normalize = load_for_inference(args, "sew sweep")
     x = torch.randn(1, int(16000 * MAC_SECONDS), device=args.device)
-    settings = args.points or args.thresholds
+    settings = args.points or args.cif_lambdas or args.thresholds
     points = []
     for setting in settings:
         if args.points:
             operating_point(model, setting, "sew sweep")
+        elif args.cif_lambdas:
+            cif_lambda(model, setting, "sew sweep")
         else:
             exit_policy(model, args, decoder, setting, "sew sweep")
         _, summary = transcribe(model, tgt_dict, args.manifest, decoder, args, normalize)
         if summary.wer is None:
             raise SystemExit(f"sew sweep: error: no references beside {args.manifest} (.{args.labels})")
-        point = Point(f"{setting:g}" if args.thresholds else setting, summary.wer, summary.uer, 1000 * summary.rtf_forward)
+        point = Point(setting if args.points else f"{setting:g}", summary.wer, summary.uer, 1000 * summary.rtf_forward)
         if args.points:
             point.gmacs_per_10s = count_macs(model, lambda wav: model(source=wav, padding_mask=None), x) / 1e9
+        elif args.cif_lambdas:  # compression depends on the audio: its rate on this manifest
+            point.frame_period_ms = summary.frame_period_ms
         else:
             point.mean_exit_layer = summary.mean_exit_layer
         points.append(point)
@@ -100,7 +111,8 @@ def main(args) -> int:
     for p in points:
         p.speedup = points[0].forward_ms_per_s / p.forward_ms_per_s
     mark_pareto(points)
-    setting_name = "operating point" if args.points else f"{args.exit_policy} threshold"
+    setting_name = ("operating point" if args.points else "CIF lambda" if args.cif_lambdas
+                    else f"{args.exit_policy} threshold")
     table = to_markdown(points, setting_name)
     print(f"\n{table}")
     if args.out:

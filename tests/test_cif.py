@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from sew_plugin.modules.cif import AlphaPredictor, cif, scale_alpha
+from sew_plugin.modules.cif import AlphaPredictor, cif, guidance_loss, rate_loss, scale_alpha, upsample_by_durations
 
 
 def sequential_cif(h, alpha, keep_tail=False, min_frames=1):
@@ -84,3 +84,42 @@ def test_alpha_predictor_is_zero_on_padding_and_in_0_1():
     assert ((alpha[~padding] > 0) & (alpha[~padding] < 1)).all()
     alpha.sum().backward()
     assert predictor.conv.weight.grad is not None
+
+
+def test_upsampling_by_durations_repeats_each_output():
+    x = torch.tensor([[[1.0], [2.0], [3.0]], [[4.0], [5.0], [0.0]]])  # (B=2, L=3, 1), second has 2 outputs
+    durations = torch.tensor([[2, 1, 3], [1, 2, 0]])
+    out, lengths = upsample_by_durations(x, durations)
+    assert lengths.tolist() == [6, 3]
+    assert out[..., 0].tolist() == [[1, 1, 2, 3, 3, 3], [4, 5, 5, 0, 0, 0]]
+
+
+def test_upsampled_cif_output_covers_the_input_frames():
+    """Repeating CIF outputs by their durations gives one frame per integrated input frame (a frame
+    split between two outputs counts in both)."""
+    torch.manual_seed(1)
+    alpha = torch.rand(3, 40) * 0.6
+    alpha[1, 30:] = 0  # padding
+    out, lengths, durations = cif(torch.randn(3, 40, 4), alpha, keep_tail=True)
+    up, up_lengths = upsample_by_durations(out, durations)
+    assert torch.equal(up_lengths, durations.sum(1))
+    assert (up_lengths >= lengths).all() and up_lengths[1] <= 30 + lengths[1]
+    first = torch.repeat_interleave(out[0, : lengths[0]], durations[0, : lengths[0]], dim=0)
+    assert torch.equal(up[0, : up_lengths[0]], first)
+
+
+def test_rate_loss_is_the_distance_of_each_mean_alpha_to_the_target():
+    alpha = torch.tensor([[0.5, 0.5, 0.0], [0.1, 0.2, 0.3]])
+    frames = torch.tensor([2, 3])
+    assert rate_loss(alpha, frames, 0.25).item() == pytest.approx((0.25 + 0.05) / 2)
+
+
+def test_guidance_loss_is_zero_exactly_at_one_output_per_segment():
+    boundaries = torch.tensor([[2, 5, 6], [4, -1, -1]])  # segments [0,2) [2,5) [5,6) and [0,4)
+    ideal = torch.tensor([[1 / 2, 1 / 2, 1 / 3, 1 / 3, 1 / 3, 1.0, 0.3], [0.25] * 4 + [0.0] * 3])
+    assert guidance_loss(ideal, boundaries).item() == pytest.approx(0.0, abs=1e-6)
+    shifted = ideal.clone()
+    shifted[0, 1] += 0.5  # a segment integrating to 1.5: both frame and boundary terms see it
+    frame_term = 0.5 / 10  # mean over the 10 segmented frames
+    boundary_term = (0.5 + 0.5 + 0.5) / 4  # every later cumulative count is off by 0.5
+    assert guidance_loss(shifted, boundaries).item() == pytest.approx(frame_term + boundary_term)

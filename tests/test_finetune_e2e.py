@@ -262,3 +262,82 @@ def test_sweep_of_exit_thresholds(exit_models, labelled, tmp_path):
     # entropy is never below 0 (no one leaves early) and always below 100 (everyone leaves at layer 1)
     assert [(r["point"], float(r["mean_exit_layer"])) for r in rows] == [("0", 4.0), ("100", 1.0)]
     assert "| entropy threshold | mean exit layer |" in (tmp_path / "sweep" / "sweep.md").read_text()
+
+
+@pytest.fixture(scope="module")
+def compressed_models(tmp_path_factory, labelled):
+    """wav2vec 2.0 with CIF pre-trained (lambda sampled) and CTC fine-tuned at lambda 1; a SEW fine-tuned
+    on 4x downsampled input (learned conv) with 2 CTC frames per encoder frame."""
+    work = tmp_path_factory.mktemp("compressed")
+    data = labelled / "data"
+    pre = hydra_train(work / "cif_pre", "pretraining", "w2v2_base_cif",
+                      [f"task.data={data}", *TINY_W2V2_PRETRAINING, "optimization.max_update=4"])
+    assert pre.returncode == 0, pre.stderr[-3000:]
+    cif = hydra_train(work / "cif_ft", "finetuning", "10h",
+                      [f"task.data={data}", f"model.w2v_path={work / 'cif_pre' / 'ckpt' / 'checkpoint_last.pt'}",
+                       *TINY_FINETUNING, "+model.cif_lambda=1.0"])
+    assert cif.returncode == 0, cif.stderr[-3000:]
+    pre_sew = hydra_train(work / "sew_pre", "pretraining", "sew_tiny",
+                          [f"task.data={data}", *TINY_PRETRAINING, "optimization.max_update=2"])
+    assert pre_sew.returncode == 0, pre_sew.stderr[-3000:]
+    down = hydra_train(work / "down_ft", "finetuning", "10h",
+                       [f"task.data={data}", f"model.w2v_path={work / 'sew_pre' / 'ckpt' / 'checkpoint_last.pt'}",
+                        *TINY_FINETUNING, "+model.input_downsample=conv", "+model.input_downsample_factor=4",
+                        "+model.ctc_frames_per_step=2"])
+    assert down.returncode == 0, down.stderr[-3000:]
+    return {"cif_pre": pre, "cif": (work / "cif_ft" / "ckpt" / "checkpoint_last.pt", cif),
+            "down": (work / "down_ft" / "ckpt" / "checkpoint_last.pt", down)}
+
+
+def test_cif_pretraining_logs_lambda_frame_period_and_rate_loss(compressed_models):
+    log = compressed_models["cif_pre"].stdout + compressed_models["cif_pre"].stderr
+    lambdas = [float(v) for v in re.findall(r'"cif_lambda": "([0-9.]+)"', log)]
+    periods = [float(v) for v in re.findall(r'"frame_period": "([0-9.]+)"', log)]
+    assert len(lambdas) >= 4 and len(set(lambdas)) > 1 and all(0 <= v < 1 for v in lambdas)
+    assert all(20 <= p <= 20 / 0.05 for p in periods) and max(periods) > 25  # compressed, not 20 ms
+    assert '"loss_2"' in log  # the rate loss, the third extra loss
+
+
+def test_cif_fine_tuned_model_runs_at_any_lambda(compressed_models, labelled, tmp_path):
+    from sew_plugin.checkpoint import read_weights
+
+    ckpt, run = compressed_models["cif"]
+    assert "valid_wer" in run.stdout + run.stderr
+    assert any(k.startswith("w2v_encoder.w2v_model.cif.alpha.") for k in read_weights(ckpt))
+    data = labelled / "data"
+    summaries = {}
+    for lam in ("0", "1.0", "1.5"):
+        sew_cli("infer", ckpt, data / "valid.tsv", "--cif-lambda", lam, "--results-dir", tmp_path / lam)
+        summaries[lam] = json.loads((tmp_path / lam / "summary.json").read_text())
+        assert summaries[lam]["utterances_transcribed"] == N_VALID
+    assert summaries["0"]["frame_period_ms"] == pytest.approx(20.0)  # lambda 0: every frame fires
+    assert 20.0 < summaries["1.0"]["frame_period_ms"] < summaries["1.5"]["frame_period_ms"]
+    bad = subprocess.run([SEW, "infer", str(ckpt), str(data / "valid.tsv"), "--cif-lambda", "2"],
+                         capture_output=True, text=True)
+    assert bad.returncode != 0 and "--cif-lambda 2" in bad.stderr and "Traceback" not in bad.stderr
+
+    sew_cli("sweep", ckpt, data / "valid.tsv", "--cif-lambdas", 0, 1.5, "--out", tmp_path / "sweep")
+    with open(tmp_path / "sweep" / "sweep.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["point"] for r in rows] == ["0", "1.5"]
+    assert float(rows[1]["frame_period_ms"]) == pytest.approx(summaries["1.5"]["frame_period_ms"])
+    assert float(rows[0]["wer"]) == pytest.approx(summaries["0"]["wer"])
+
+
+def test_downsampled_model_emits_two_ctc_frames_per_encoder_frame(compressed_models, labelled, tmp_path):
+    from sew_plugin.checkpoint import load_checkpoint
+
+    ckpt, run = compressed_models["down"]
+    assert "valid_wer" in run.stdout + run.stderr
+    model, _, _ = load_checkpoint(ckpt, {"data": str(labelled / "data")})
+    model.eval()
+    assert model.input_downsampler.conv.weight.shape == (1, 1, 161)
+    source = torch.randn(2, 32000)
+    padding = torch.zeros(2, 32000, dtype=torch.bool)
+    padding[1, 20000:] = True
+    with torch.no_grad():
+        out = model(source=source, padding_mask=padding)
+        encoder_frames = model.w2v_encoder.w2v_model._get_feat_extract_output_lengths(torch.tensor([8000, 5000]))
+    assert ((~out["padding_mask"]).sum(-1) == 2 * encoder_frames).all()
+    sew_cli("infer", ckpt, labelled / "data" / "valid.tsv", "--results-dir", tmp_path / "infer")
+    assert json.loads((tmp_path / "infer" / "summary.json").read_text())["utterances_transcribed"] == N_VALID

@@ -70,6 +70,7 @@ def test_pareto_front_keeps_only_undominated_points():
     (["--thresholds", "0.1"], "--thresholds needs --exit-policy"),
     (["--thresholds", "0.1", "--exit-policy", "layer"], "--thresholds needs --exit-policy"),
     (["--points", "2,1,1", "--exit-policy", "entropy"], "--exit-policy goes with --thresholds"),
+    (["--cif-lambdas", "0.5", "--exit-policy", "entropy"], "--exit-policy goes with --thresholds"),
 ])
 def test_sweep_refuses_mixed_settings_before_loading_anything(tmp_path, argv, message):
     from sew_plugin.cli import main as sew

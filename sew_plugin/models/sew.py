@@ -8,19 +8,28 @@ SEW is wav2vec 2.0 with three changes, each in its own module:
   ``squeeze_factor`` times slower than the 20 ms features;
 - MLP predictor heads with BatchNorm (``sew_plugin.modules.predictor_head``) for pre-training.
 
+``compressor: cif`` replaces the fixed squeeze by once-for-all CIF compression (paper 003;
+``sew_plugin.modules.cif``, ``sew_plugin.models.cif_forward``): the context network runs on
+variable-length compressed frames whose rate lambda sets, sampled per batch in pre-training.
+
 Everything else (quantizer, masking, negatives, contrastive logits, the ``wav2vec`` criterion) is
 fairseq's wav2vec 2.0, inherited unchanged.
 """
 
 from dataclasses import dataclass, field
+from typing import Optional
 
 from fairseq.models.wav2vec.wav2vec2 import Wav2Vec2Config, Wav2Vec2Model
 from omegaconf import DictConfig, open_dict
 
+from ..modules.cif import CifCompressor
 from ..feature_extractor import GroupedConvFeatureExtractor, parse_conv_layers, wfe_c
 from ..modules.predictor_head import MLPPredictorHead
 from ..modules.squeezed_encoder import SqueezedTransformerEncoder
+from .cif_forward import compressed_forward
 from .registry import register_models
+
+COMPRESSORS = ("squeeze", "cif")
 
 
 @dataclass
@@ -44,6 +53,20 @@ class SEWConfig(Wav2Vec2Config):
         metadata={"help": "MLP predictor heads with BatchNorm instead of linear final_proj/project_q"},
     )
     mlp_hidden_size: int = field(default=4096, metadata={"help": "hidden width of the MLP heads"})
+    compressor: str = field(
+        default="squeeze",
+        metadata={"help": "squeeze: SEW's fixed factor; cif: once-for-all CIF compression (squeeze_factor 1)"},
+    )
+    cif_lambda_max: float = field(
+        default=1.0, metadata={"help": "cif: lambda is sampled per batch from [0, cif_lambda_max), at most 2"}
+    )
+    cif_lambda: Optional[float] = field(
+        default=None, metadata={"help": "cif: fixed lambda in [0, 2) (unset: sample in training and evaluation)"}
+    )
+    cif_rate_target: float = field(
+        default=0.25,
+        metadata={"help": "cif: target mean of the unmodified alpha (rate loss; 0.25 = 80 ms at lambda 1)"},
+    )
 
 
 def resolve_config(cfg: SEWConfig) -> SEWConfig:
@@ -72,6 +95,17 @@ def resolve_config(cfg: SEWConfig) -> SEWConfig:
         else:
             cfg.conv_feature_layers = derived
     parse_conv_layers(cfg.conv_feature_layers)
+    if cfg.compressor not in COMPRESSORS:
+        raise ValueError(f"model.compressor={cfg.compressor!r} must be one of {COMPRESSORS}")
+    if cfg.compressor == "cif":
+        if cfg.squeeze_factor != 1:
+            raise ValueError(f"model.compressor=cif replaces the squeeze: set model.squeeze_factor=1 "
+                             f"(got {cfg.squeeze_factor})")
+        unsupported = dict(negatives_from_everywhere=False, codebook_negatives=0, quantize_input=False,
+                           crop_seq_to_multiple=1)
+        for key, value in unsupported.items():
+            if getattr(cfg, key) != value:
+                raise ValueError(f"model.{key}={getattr(cfg, key)!r} is not supported with model.compressor=cif")
     if cfg.use_mlp and cfg.negatives_from_everywhere:
         raise ValueError(
             "model.use_mlp with model.negatives_from_everywhere would put unmasked frames into the "
@@ -97,6 +131,24 @@ class SEWModel(Wav2Vec2Model):
             target_dim = self.project_q.in_features
             self.project_q = MLPPredictorHead(target_dim, final_dim, cfg.mlp_hidden_size)
             self.final_proj = MLPPredictorHead(cfg.encoder_embed_dim, final_dim, cfg.mlp_hidden_size)
+        self.cif = None
+        if cfg.compressor == "cif":
+            self.cif = CifCompressor(self.embed, cfg.cif_lambda_max, cfg.cif_lambda, cfg.cif_rate_target)
+            self.last_cif = None  # the last compression (lengths, durations, frame period)
+
+    def forward(self, source, padding_mask=None, *args, **kwargs):
+        """fairseq's wav2vec 2.0 forward, or its CIF-compressed version (``compressed_forward``)."""
+        if self.cif is None:
+            return super().forward(source, padding_mask, *args, **kwargs)
+        return compressed_forward(self, source, padding_mask, *args, **kwargs)
+
+    def get_extra_losses(self, net_output):
+        """fairseq's (diversity, feature penalty), then CIF's rate or guidance loss: a CIF recipe
+        gives ``criterion.loss_weights`` three entries."""
+        losses = super().get_extra_losses(net_output)
+        if "cif_loss" in net_output:
+            losses.append(net_output["cif_loss"])
+        return losses
 
 
 register_models(SEWModel, SEWConfig, "sew", "squeeze_wav2vec2")

@@ -6,19 +6,26 @@ encoders) as readily as wav2vec 2.0, and it writes the fine-tuning overrides (dr
 layerdrop, ``feature_grad_mult``) into that cfg before building. This class keeps that machinery,
 registers it under this plugin's names (``sew_ctc``, and ``wav2vec_ctc_v2`` of the original SEW
 release), fails early with the config key when ``w2v_path`` is missing, fixes the operating
-point of a St-SEW encoder for deterministic fine-tuning (``operating_point``), and adds early-exit
-CTC heads after chosen layers (``exit_layers``; ``sew_plugin.modules.early_exit``).
+point of a St-SEW encoder for deterministic fine-tuning (``operating_point``), fixes (or learns) the
+lambda of a CIF-compressed encoder (``cif_lambda``) and repeats its compressed frames by their durations
+before CTC (``cif_upsample``), shortens the waveform before the encoder (``input_downsample``, paper
+000; ``sew_plugin.modules.input_downsample``) with a head that may emit several frames per encoder
+frame (``ctc_frames_per_step``), and adds early-exit CTC heads after chosen layers (``exit_layers``;
+``sew_plugin.modules.early_exit``).
 """
 
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from fairseq.models.wav2vec.wav2vec2_asr import Wav2Vec2CtcConfig, Wav2VecCtc
+from fairseq.models.wav2vec.wav2vec2_asr import Linear, Wav2Vec2CtcConfig, Wav2VecCtc
 from torch import nn
 
+from ..modules.cif import upsample_by_durations
 from ..modules.early_exit import ExitRunner, exit_head, parse_exit_layers, parse_exit_weights
+from ..modules.input_downsample import InputDownsampler, expand_ctc_frames, expand_padding_mask
 from ..modules.layerwise import make_steppable
+from ..modules.squeeze import lengths_to_padding_mask
 from .registry import register_models
 
 EXIT_TRAINING = ("joint", "exits_only")
@@ -49,6 +56,30 @@ class SEWCtcConfig(Wav2Vec2CtcConfig):
         default=None,
         metadata={"help": "fine-tuned CTC checkpoint (same backbone, no exits) whose weights start this model"},
     )
+    cif_lambda: Optional[float] = field(
+        default=None,
+        metadata={"help": "CIF encoders: fixed lambda in [0, 2) to fine-tune at; unset: keep sampling"},
+    )
+    cif_learn_lambda: bool = field(
+        default=False,
+        metadata={"help": "CIF encoders: learn lambda, starting at cif_lambda, through a sigmoid onto "
+                  "[0, cif_lambda_max) of pre-training"},
+    )
+    cif_upsample: bool = field(
+        default=True,
+        metadata={"help": "CIF encoders: repeat each compressed frame by the 20 ms frames it integrated before "
+                  "CTC (needed when compressed frames can be fewer than the labels, e.g. letters above ~60 ms); "
+                  "false: CTC on the compressed frames"},
+    )
+    input_downsample: str = field(
+        default="none",
+        metadata={"help": "shorten the waveform before the encoder: none, conv (learned, kernel 161), "
+                  "avgpool (kernel 10) or resample (to 16/f kHz)"},
+    )
+    input_downsample_factor: int = field(default=1, metadata={"help": "input_downsample factor f: 2, 3 or 4"})
+    ctc_frames_per_step: int = field(
+        default=1, metadata={"help": "CTC frames the head emits per encoder frame (2 for input_downsample_factor 4)"}
+    )
 
 
 class SEWCtc(Wav2VecCtc):
@@ -58,6 +89,21 @@ class SEWCtc(Wav2VecCtc):
     encoder's frame rate and the (B, T) ``padding_mask``.
     """
 
+    def __init__(self, cfg: SEWCtcConfig, w2v_encoder):
+        super().__init__(cfg, w2v_encoder)
+        self.input_downsampler = None
+        if cfg.input_downsample != "none":
+            self.input_downsampler = InputDownsampler(cfg.input_downsample, cfg.input_downsample_factor)
+        elif cfg.input_downsample_factor != 1:
+            raise ValueError(f"model.input_downsample_factor={cfg.input_downsample_factor} needs model.input_downsample")
+        if cfg.ctc_frames_per_step < 1:
+            raise ValueError(f"model.ctc_frames_per_step must be >= 1, got {cfg.ctc_frames_per_step}")
+        if cfg.ctc_frames_per_step > 1:
+            if str(cfg.exit_layers or "").strip():
+                raise ValueError("model.ctc_frames_per_step > 1 is not supported with model.exit_layers")
+            proj = w2v_encoder.proj
+            w2v_encoder.proj = Linear(proj.in_features, proj.out_features * cfg.ctc_frames_per_step)
+
     @classmethod
     def build_model(cls, cfg: SEWCtcConfig, task):
         if cfg.w2v_args is None and not Path(cfg.w2v_path).is_file():
@@ -65,6 +111,8 @@ class SEWCtc(Wav2VecCtc):
         model = super().build_model(cfg, task)
         if cfg.operating_point:
             set_operating_point(model, cfg.operating_point)
+        if cfg.cif_lambda is not None or cfg.cif_learn_lambda:
+            set_cif_lambda(model, cfg.cif_lambda, cfg.cif_learn_lambda)
         if str(cfg.exit_layers or "").strip():
             model.add_exits(cfg, len(task.target_dictionary))
         return model
@@ -102,7 +150,21 @@ class SEWCtc(Wav2VecCtc):
     def forward(self, **kwargs):
         """fairseq's CTC forward; with exits, also ``exit_logits`` {layer: (T, B, V)} (training, or no
         policy) or, under an exit policy, the logits of each utterance's exit in ``encoder_out`` and
-        its exit layer in ``exit_layer`` (B,)."""
+        its exit layer in ``exit_layer`` (B,). CIF encoders with ``cif_upsample``: logits repeated by
+        the compressed frames' durations. With ``input_downsample`` the waveform is shortened first;
+        with ``ctc_frames_per_step`` k, each encoder frame gives k CTC frames."""
+        if self.input_downsampler is not None:
+            kwargs["source"], kwargs["padding_mask"] = self.input_downsampler(kwargs["source"], kwargs.get("padding_mask"))
+        out = self._exit_forward(**kwargs)
+        compressed = getattr(self.w2v_encoder.w2v_model, "last_cif", None)
+        if compressed is not None and self.cfg.cif_upsample:
+            out = _upsample_output(out, compressed.durations)
+        if self.cfg.ctc_frames_per_step > 1:
+            out["encoder_out"] = expand_ctc_frames(out["encoder_out"], self.cfg.ctc_frames_per_step)
+            out["padding_mask"] = expand_padding_mask(out["padding_mask"], self.cfg.ctc_frames_per_step)
+        return out
+
+    def _exit_forward(self, **kwargs):
         runner = getattr(self, "exit_runner", None)
         out = super().forward(**kwargs)
         if runner is None:
@@ -118,6 +180,27 @@ class SEWCtc(Wav2VecCtc):
             logits[:, rows] = runner.logits[layer]
         out["encoder_out"], out["exit_layer"] = logits, runner.exit_layer.clone()
         return out
+
+
+def _upsample_output(out: dict, durations) -> dict:
+    """Logits (and exit logits) repeated by the CIF durations; the padding mask follows."""
+    def upsample(logits):
+        x, lengths = upsample_by_durations(logits.transpose(0, 1), durations)
+        return x.transpose(0, 1), lengths
+
+    out["encoder_out"], lengths = upsample(out["encoder_out"])
+    out["padding_mask"] = lengths_to_padding_mask(lengths, out["encoder_out"].size(0))
+    if "exit_logits" in out:
+        out["exit_logits"] = {k: upsample(v)[0] for k, v in out["exit_logits"].items()}
+    return out
+
+
+def set_cif_lambda(model, lam: Optional[float], learnable: bool = False) -> None:
+    """Fix (or learn, starting at ``lam``) the lambda of a CTC model's CIF encoder; None: sample again."""
+    cif = getattr(model.w2v_encoder.w2v_model, "cif", None)
+    if cif is None:
+        raise ValueError("model.cif_lambda applies to encoders pre-trained with model.compressor=cif")
+    cif.set_lambda(lam, learnable)
 
 
 def set_operating_point(model, point: Optional[str]) -> None:

@@ -138,6 +138,8 @@ class StSEWModel(SEWModel):
                 f"model.squeeze_factor={cfg.squeeze_factor} is SEW's fixed factor; st_sew samples from "
                 "model.squeeze_factors or uses model.operating_point"
             )
+        if cfg.compressor != "squeeze":
+            raise ValueError(f"model.compressor={cfg.compressor!r}: st_sew compresses with its own sampled squeeze")
         super().__init__(cfg)
         self.encoder = StochasticSqueezedEncoder(cfg)
 

@@ -5,12 +5,24 @@ Every input frame t carries a weight alpha_t; the weighted frames are integrated
 sum reaches the next integer, where one output frame fires. A frame whose weight crosses an integer
 is split between the two outputs. Vectorised over time with the cumulative sum (no Python loop over
 frames; the only loop is over the number of integers one frame crosses, 1 for alpha <= 1).
+
+``CifCompressor`` is what a model holds: the alpha predictor, the choice of lambda (sampled per
+batch from [0, lambda_max) in pre-training, fixed, or learned through a sigmoid onto that range),
+and the losses that keep the unmodified alpha at a useful rate (a target rate, or segment guidance
+when phone-like boundaries are given).
 """
 
-from typing import Optional, Tuple
+import math
+from dataclasses import dataclass
+from typing import Optional, Tuple, Union
 
+import numpy as np
 import torch
 from torch import nn
+
+from .squeeze import lengths_to_padding_mask, padding_mask_to_lengths
+
+FRAME_MS = 20.0  # frame period of the convolutional front end
 
 
 class AlphaPredictor(nn.Module):
@@ -23,7 +35,9 @@ class AlphaPredictor(nn.Module):
         self.proj = nn.Linear(dim, 1)
 
     def forward(self, x: torch.Tensor, padding_mask: Optional[torch.Tensor]) -> torch.Tensor:
-        """(B, T, C) -> (B, T) weights; padded frames get 0."""
+        """(B, T, C) -> (B, T) weights; padded frames get 0 and are not seen by the convolution."""
+        if padding_mask is not None:
+            x = x.masked_fill(padding_mask.unsqueeze(-1), 0.0)
         h = self.conv(x.transpose(1, 2)).transpose(1, 2)
         alpha = torch.sigmoid(self.proj(torch.relu(self.norm(h)))).squeeze(-1)
         return alpha.masked_fill(padding_mask, 0.0) if padding_mask is not None else alpha
@@ -91,3 +105,126 @@ def cif(
     valid = torch.arange(length, device=h.device)[None, :] < lengths[:, None]
     out = out * valid.unsqueeze(-1)
     return out.to(h.dtype), lengths, (durations * valid).long()
+
+
+def upsample_by_durations(x: torch.Tensor, durations: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Repeat each of the (B, L, ...) outputs ``durations`` (B, L) times: back to about the input rate.
+
+    What CTC needs when the compressed frames are fewer than the labels. Returns (B, T', ...) frames
+    (zero beyond each utterance) and their (B,) lengths, T' = max total duration.
+    """
+    ends = durations.cumsum(1)  # (B, L): exclusive end of each output's run
+    lengths = ends[:, -1] if durations.size(1) else durations.new_zeros(durations.size(0))
+    total = int(lengths.max()) if lengths.numel() else 0
+    steps = torch.arange(total, device=x.device).expand(x.size(0), total).contiguous()
+    source = torch.searchsorted(ends, steps, right=True).clamp(max=max(x.size(1) - 1, 0))
+    index = source.view(*source.shape, *([1] * (x.dim() - 2))).expand(-1, -1, *x.shape[2:])
+    out = x.gather(1, index)
+    valid = steps < lengths[:, None]
+    return out * valid.view(*valid.shape, *([1] * (x.dim() - 2))).to(out.dtype), lengths
+
+
+def rate_loss(alpha: torch.Tensor, frames: torch.Tensor, target: float) -> torch.Tensor:
+    """Mean over utterances of |mean alpha - target| (unmodified alpha, valid frames only)."""
+    mean = alpha.sum(1) / frames.clamp(min=1).to(alpha.dtype)
+    return (mean - target).abs().mean()
+
+
+def guidance_loss(alpha: torch.Tensor, boundaries: torch.Tensor) -> torch.Tensor:
+    """Segment guidance on the unmodified alpha: frame loss + boundary loss.
+
+    ``boundaries`` (B, K) holds the exclusive end frame of each segment (e.g. unsupervised phone
+    segments), ascending, padded with -1. Frame loss: mean |alpha - 1 / segment length| over the
+    segmented frames (each segment should integrate to one output); boundary loss: mean
+    |cumsum(alpha) at a segment end - segments so far|.
+    """
+    bsz, frames = alpha.shape
+    valid = boundaries >= 0
+    ends = boundaries.clamp(min=0)
+    starts = torch.cat([ends.new_zeros(bsz, 1), ends[:, :-1]], 1)
+    seg_len = (ends - starts).clamp(min=1).to(alpha.dtype)
+    # segment index of each frame: number of segment ends at or before it
+    t = torch.arange(frames, device=alpha.device)
+    seg = (t[None, :, None] >= torch.where(valid, ends, frames + 1)[:, None, :]).sum(-1)  # (B, T)
+    inside = seg < valid.sum(1, keepdim=True)
+    pseudo = seg_len.gather(1, seg.clamp(max=boundaries.size(1) - 1)).reciprocal()
+    frame_loss = ((alpha - pseudo).abs() * inside).sum() / inside.sum().clamp(min=1)
+    csum = alpha.cumsum(1).gather(1, (ends - 1).clamp(min=0))
+    count = torch.arange(1, boundaries.size(1) + 1, device=alpha.device, dtype=alpha.dtype).expand(bsz, -1)
+    boundary_loss = ((csum - count).abs() * valid).sum() / valid.sum().clamp(min=1)
+    return frame_loss + boundary_loss
+
+
+@dataclass
+class CifResult:
+    """One compression of a batch (kept by the model as ``last_cif`` for logging and CTC)."""
+
+    x: torch.Tensor  # (B, L, C) compressed frames
+    padding_mask: torch.Tensor  # (B, L), True at padding
+    lengths: torch.Tensor  # (B,) compressed frames per utterance
+    durations: torch.Tensor  # (B, L) input frames integrated by each output
+    alpha: torch.Tensor  # (B, T) unmodified weights, 0 on padding
+    frames: torch.Tensor  # (B,) valid input frames
+    lam: float
+
+    @property
+    def frame_period_ms(self) -> float:
+        """Mean frame period of the batch: input duration over compressed frames."""
+        return FRAME_MS * float(self.frames.sum()) / max(float(self.lengths.sum()), 1.0)
+
+
+class CifCompressor(nn.Module):
+    """Alpha predictor + lambda + CIF, between the front end and the context network.
+
+    Parameter names: ``alpha.conv.*``, ``alpha.norm.*``, ``alpha.proj.*`` and, with a learnable
+    lambda, ``lambda_logit``.
+    """
+
+    def __init__(self, dim: int, lambda_max: float = 1.0, lam: Optional[float] = None, rate_target: float = 0.25):
+        super().__init__()
+        if not 0 < lambda_max <= 2:
+            raise ValueError(f"model.cif_lambda_max must be in (0, 2], got {lambda_max}")
+        if not 0 < rate_target < 1:
+            raise ValueError(f"model.cif_rate_target must be in (0, 1), got {rate_target}")
+        self.alpha = AlphaPredictor(dim)
+        # start at the target rate, so compression is already near it before training moves it
+        nn.init.constant_(self.alpha.proj.bias, math.log(rate_target / (1 - rate_target)))
+        self.lambda_max, self.rate_target = lambda_max, rate_target
+        self.lambda_logit: Optional[nn.Parameter] = None
+        self.set_lambda(lam)
+
+    def set_lambda(self, lam: Optional[float], learnable: bool = False) -> None:
+        """Fix lambda (any value in [0, 2)), learn it starting there, or sample it per batch (None)."""
+        if lam is not None and not 0 <= lam < 2:
+            raise ValueError(f"CIF lambda must be in [0, 2), got {lam}")
+        if learnable:
+            if lam is None or not 0 < lam < self.lambda_max:
+                raise ValueError(f"a learnable CIF lambda starts inside (0, model.cif_lambda_max="
+                                 f"{self.lambda_max}), got {lam}")
+            p = lam / self.lambda_max
+            self.lambda_logit = nn.Parameter(torch.tensor(math.log(p / (1 - p))))
+        else:
+            self.lambda_logit = None
+        self.fixed_lambda = lam
+
+    def current_lambda(self) -> Union[float, torch.Tensor]:
+        if self.lambda_logit is not None:
+            return self.lambda_max * torch.sigmoid(self.lambda_logit)
+        if self.fixed_lambda is not None:
+            return self.fixed_lambda
+        return min(float(np.random.uniform(0.0, self.lambda_max)), 2 - 1e-6)  # lambda = 2 is excluded
+
+    def forward(self, x: torch.Tensor, padding_mask: Optional[torch.Tensor], min_frames: int = 1) -> CifResult:
+        """(B, T, C) frames at 20 ms -> compressed frames; the tail is kept (>= 0.5) only in evaluation."""
+        alpha = self.alpha(x, padding_mask)
+        lam = self.current_lambda()
+        out, lengths, durations = cif(x, scale_alpha(alpha, lam), keep_tail=not self.training, min_frames=min_frames)
+        frames = padding_mask_to_lengths(padding_mask, x)
+        return CifResult(out, lengths_to_padding_mask(lengths, out.size(1)), lengths, durations, alpha, frames,
+                         float(lam.detach()) if torch.is_tensor(lam) else lam)
+
+    def loss(self, result: CifResult, boundaries: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The loss on the unmodified alpha: segment guidance when boundaries are given, else the rate loss."""
+        if boundaries is not None:
+            return guidance_loss(result.alpha, boundaries)
+        return rate_loss(result.alpha, result.frames, self.rate_target)

@@ -10,13 +10,21 @@ Rows are named models at full size with random weights (``sew bench --list``):
 ``configs/pretraining`` (``sew_tiny`` ... ``sew_d_base_plus``), and ``hf:NAME``, the same model and
 weights in HuggingFace ``transformers`` (the independent peer; SEW and SEW-D), St-SEW at an
 operating point, ``st_sew_base@S_f,S_k,S_q`` (e.g. ``st_sew_base@2,2,1``), and early exit after
-layer K, ``NAME:exitK`` (e.g. ``sew_d_mid:exit12``: the forward of an utterance that exits there).
+layer K, ``NAME:exitK`` (e.g. ``sew_d_mid:exit12``: the forward of an utterance that exits there),
+a CIF model at lambda L, ``NAME@L`` (e.g. ``w2v2_base_cif@1.1``) or at the lambda that gives a mean
+frame period of P ms, ``NAME@Pms`` (e.g. ``w2v2_base_cif@90ms``, found on 10 s of noise), and input downsampling by f before
+the model, ``NAME:down{f}{method}`` (e.g. ``w2v2_base:down2resample``; methods conv, avgpool, resample).
+
+Besides the whole forward's MACs, ``context GMACs`` counts the context network (the transformer with
+its squeeze/upsample, and the CIF module: what paper 003 reports), and ``frame ms`` is the period of
+the frames the transformer runs on (measured on the input for CIF).
 
 Examples::
 
     sew bench --models sew_d_mid hf:sew_d_mid w2v2_base --seconds 10 30 --batch-size 1 8
     sew bench --models sew_d_tiny sew_tiny w2v2_base --device cuda --dtype fp16
     sew bench --models st_sew_base@1,1,1 st_sew_base@2,1,1 st_sew_base@2,2,1 st_sew_base@2,2,2 w2v2_base
+    sew bench --models w2v2_base_cif@0 w2v2_base_cif@1.1 w2v2_base_cif@90ms w2v2_base:down2resample w2v2_base
 
 ``--out DIR`` writes ``bench.md``, ``bench.csv`` and ``bench.png`` (forward time against MACs; with
 ``--wer MODEL=summary.json ...`` from ``sew infer --results-dir``, WER against forward time).
@@ -46,6 +54,8 @@ class Row:
     speedup: float
     gmacs: float
     peak_mb: float
+    context_gmacs: float = 0.0
+    frame_ms: float = 20.0
 
 
 def _plugin_model(name: str):
@@ -82,7 +92,9 @@ def available_models() -> List[str]:
 
 
 def build(name: str):
-    """(module, forward) for a row name; the module is in eval mode."""
+    """(module, forward) for a row name; the module is in eval mode. Random weights are seeded, so
+    rows of one model at different settings share them."""
+    torch.manual_seed(0)
     if name.startswith("hf:"):
         model, forward = _hf_model(name[3:])
     elif name == "w2v2_large":  # wav2vec 2.0 large (24 x 1024) with the base recipe's front end
@@ -100,19 +112,71 @@ def build(name: str):
         model, _ = _plugin_model(base)
         layer = int(k) - 1
         forward = lambda x: model(x, mask=False, features_only=True, layer=layer)["x"]  # noqa: E731
-    elif "@" in name:  # St-SEW at a fixed operating point
+    elif ":down" in name:  # the waveform shortened by f before the model
+        from .modules.input_downsample import InputDownsampler
+
+        base, spec = name.split(":down", 1)
+        model, inner = _plugin_model(base)
+        downsample = InputDownsampler(spec[1:], int(spec[0])).eval()
+        forward = lambda x: inner(downsample(x, None)[0])  # noqa: E731
+    elif "@" in name:  # St-SEW at a fixed operating point, or a CIF model at a lambda
         base, point = name.split("@", 1)
         model, forward = _plugin_model(base)
-        model.encoder.set_operating_point(point)
+        if getattr(model, "cif", None) is None:
+            model.encoder.set_operating_point(point)
+        elif point.endswith("ms"):
+            model.cif.set_lambda(lambda_for_period(model, forward, float(point[:-2])))
+        else:
+            model.cif.set_lambda(float(point))
     else:
         if name not in available_models():
             raise ValueError(f"unknown model {name!r}; available: {', '.join(available_models())}")
         model, forward = _plugin_model(name)
+        if getattr(model, "cif", None) is not None:
+            raise ValueError(f"{name} samples its CIF lambda: name one, e.g. {name}@1.0")
     return model.eval(), forward
 
 
+def lambda_for_period(model, forward: Callable, period_ms: float, seconds: float = 10.0) -> float:
+    """The CIF lambda whose mean frame period on ``seconds`` of noise is ``period_ms`` (bisection:
+    the period grows with lambda)."""
+    x = torch.randn(1, int(16000 * seconds), generator=torch.Generator().manual_seed(0))
+    model.eval()
+    low, high = 0.0, 2.0 - 1e-6
+    for _ in range(30):
+        middle = (low + high) / 2
+        model.cif.set_lambda(middle)
+        with torch.no_grad():
+            forward(x)
+        if model.last_cif.frame_period_ms < period_ms:
+            low = middle
+        else:
+            high = middle
+    return (low + high) / 2
+
+
 def count_macs(model: torch.nn.Module, forward: Callable, x: torch.Tensor) -> float:
-    """Multiply-accumulates of one forward, counted by torch's FlopCounterMode (FLOPs / 2).
+    """Multiply-accumulates of one forward, counted by torch's FlopCounterMode (FLOPs / 2)."""
+    return mac_counts(model, forward, x)["Global"]
+
+
+def context_macs(model: torch.nn.Module, counts: Dict[str, float]) -> float:
+    """MACs of the context network: the module ``encoder`` and, for CIF models, ``cif``."""
+    root = type(model).__name__
+    return counts.get(f"{root}.encoder", 0.0) + counts.get(f"{root}.cif", 0.0)
+
+
+def frame_period_ms(model: torch.nn.Module) -> float:
+    """Period of the frames the transformer ran on in the last forward (20 ms times the squeeze)."""
+    if getattr(model, "last_cif", None) is not None:
+        return model.last_cif.frame_period_ms
+    config = getattr(model, "config", None)  # transformers models
+    squeeze = getattr(config, "squeeze_factor", None) or getattr(getattr(model, "encoder", None), "squeeze_factor", 1)
+    return 20.0 * squeeze
+
+
+def mac_counts(model: torch.nn.Module, forward: Callable, x: torch.Tensor) -> Dict[str, float]:
+    """Multiply-accumulates of one forward per module path (``Global``: all), by FlopCounterMode.
 
     Fused CPU attention is not in torch's table; it is counted with torch's own SDPA formula.
     transformers' weight-norm parametrization breaks the counter, so it is folded first.
@@ -130,7 +194,7 @@ def count_macs(model: torch.nn.Module, forward: Callable, x: torch.Tensor) -> fl
     mapping = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: cpu_flash}
     with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=mapping) as counter:
         forward(x)
-    return counter.get_total_flops() / 2
+    return {name: sum(ops.values()) / 2 for name, ops in counter.get_flop_counts().items()}
 
 
 def peak_memory_bytes(forward: Callable, x: torch.Tensor) -> int:
@@ -200,11 +264,11 @@ def run(models: List[str], seconds: List[float], batch_sizes: List[int], device:
                 med = statistics.median(times[name])
                 with autocast:
                     peak = peak_memory_bytes(forward, x)
-                macs = count_macs(model, forward, x)
+                macs = mac_counts(model, forward, x)
                 rows.append(Row(
                     name, bsz, secs, sum(p.numel() for p in model.parameters()) / 1e6, 1000 * med,
                     1000 * min(times[name]), 1000 * max(times[name]), med / (bsz * secs), base / med,
-                    macs / 1e9, peak / 2**20,
+                    macs["Global"] / 1e9, peak / 2**20, context_macs(model, macs) / 1e9, frame_period_ms(model),
                 ))
                 log(f"{name} batch {bsz} {secs:g} s: {1000 * med:.0f} ms, x{base / med:.2f} vs {baseline}")
     return rows
@@ -212,10 +276,12 @@ def run(models: List[str], seconds: List[float], batch_sizes: List[int], device:
 
 def to_markdown(rows: List[Row], baseline: str) -> str:
     head = ("| model | batch | audio (s) | params (M) | forward median (ms) | min-max (ms) | RTF | "
-            f"speed-up vs {baseline} | GMACs | peak memory (MB) |\n|---|---|---|---|---|---|---|---|---|---|\n")
+            f"speed-up vs {baseline} | GMACs | context GMACs | frame ms | peak memory (MB) |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|---|\n")
     return head + "".join(
         f"| {r.model} | {r.batch} | {r.seconds:g} | {r.params_m:.1f} | {r.median_ms:.0f} | "
-        f"{r.min_ms:.0f}-{r.max_ms:.0f} | {r.rtf:.4f} | {r.speedup:.2f}x | {r.gmacs:.1f} | {r.peak_mb:.0f} |\n"
+        f"{r.min_ms:.0f}-{r.max_ms:.0f} | {r.rtf:.4f} | {r.speedup:.2f}x | {r.gmacs:.1f} | "
+        f"{r.context_gmacs:.1f} | {r.frame_ms:.0f} | {r.peak_mb:.0f} |\n"
         for r in rows
     )
 

@@ -16,9 +16,9 @@ def scatter_png(points: Iterable[Point], path: Path, xlabel: str, ylabel: str, t
     """One colour per series; every point annotated with its label; axes start at zero."""
     import logging
 
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)  # fairseq's root logger may be at DEBUG
     import matplotlib
 
-    logging.getLogger("matplotlib").setLevel(logging.WARNING)  # fairseq's root logger may be at DEBUG
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

@@ -44,7 +44,7 @@ def test_peak_memory_follows_live_tensors():
 def test_markdown_table_and_model_names():
     row = Row("sew_d_mid", 1, 10.0, 78.8, 400.0, 390.0, 420.0, 0.04, 2.5, 30.0, 100.0)
     table = to_markdown([row], "w2v2_base")
-    assert "| sew_d_mid | 1 | 10 | 78.8 | 400 | 390-420 | 0.0400 | 2.50x | 30.0 | 100 |" in table
+    assert "| sew_d_mid | 1 | 10 | 78.8 | 400 | 390-420 | 0.0400 | 2.50x | 30.0 | 0.0 | 20 | 100 |" in table
     names = available_models()
     assert {"w2v2_base", "sew_d_mid", "hf:sew_d_mid", "sew_tiny", "hf:sew_tiny"} <= set(names)
 
@@ -88,3 +88,45 @@ def test_early_exit_rows_stop_after_layer_k():
     full_macs, half_macs = count_macs(full_model, full, x), count_macs(half_model, half, x)
     assert half(x).shape == full(x).shape
     assert 0.3 < half_macs / full_macs < 0.9  # 6 of 12 layers, the same front end and upsampler
+
+
+def test_cif_rows_by_lambda_and_by_frame_period():
+    from omegaconf import OmegaConf
+
+    from sew_plugin.bench import build, context_macs, frame_period_ms, lambda_for_period, mac_counts
+    from sew_plugin.models.sew import SEWConfig, SEWModel
+
+    from conftest import TINY_SEW
+
+    model, _ = build("w2v2_base_cif@1.25")
+    assert model.cif.fixed_lambda == 1.25 and not model.training
+    with pytest.raises(ValueError, match="w2v2_base_cif@1.0"):
+        build("w2v2_base_cif")  # a sampled lambda would time a different model every repeat
+
+    cfg = SEWConfig(**TINY_SEW, squeeze_factor=1, compressor="cif")
+    tiny = SEWModel.build_model(OmegaConf.structured(cfg)).eval()
+    forward = lambda x: tiny(x, mask=False, features_only=True)["x"]  # noqa: E731
+    lam = lambda_for_period(tiny, forward, 80.0, seconds=4.0)
+    tiny.cif.set_lambda(lam)
+    x = torch.randn(1, 64000, generator=torch.Generator().manual_seed(0))  # the noise it was found on
+    compressed = mac_counts(tiny, forward, x)
+    assert abs(frame_period_ms(tiny) - 80.0) < 5.0
+    tiny.cif.set_lambda(0.0)
+    full = mac_counts(tiny, forward, x)
+    assert frame_period_ms(tiny) == 20.0
+    # the context network (encoder + CIF) shrinks with the frames; the CIF module and the front end do not
+    assert compressed["SEWModel.cif"] == full["SEWModel.cif"]
+    assert compressed["SEWModel.encoder"] < full["SEWModel.encoder"] / 3.5
+    assert context_macs(tiny, full) == full["SEWModel.encoder"] + full["SEWModel.cif"]
+    assert compressed["SEWModel.feature_extractor"] == full["SEWModel.feature_extractor"]
+
+
+@pytest.mark.parametrize("method", ["conv", "avgpool", "resample"])
+def test_downsampled_rows_shorten_the_input_before_the_model(method):
+    from sew_plugin.bench import build
+
+    x = torch.randn(1, 32000)
+    full_model, full = build("sew_tiny")
+    down_model, down = build(f"sew_tiny:down2{method}")
+    assert down(x).size(1) == full(x[:, ::2]).size(1)  # half the samples, half the frames
+    assert 0.4 < count_macs(down_model, down, x) / count_macs(full_model, full, x) < 0.6

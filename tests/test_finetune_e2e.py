@@ -316,6 +316,23 @@ def test_cif_fine_tuned_model_runs_at_any_lambda(compressed_models, labelled, tm
                          capture_output=True, text=True)
     assert bad.returncode != 0 and "--cif-lambda 2" in bad.stderr and "Traceback" not in bad.stderr
 
+    # CTC sees the compressed frames repeated by their durations (cif_upsample, on by default)
+    from sew_plugin.checkpoint import load_checkpoint
+    from sew_plugin.models.sew_ctc import set_cif_lambda
+
+    model, _, _ = load_checkpoint(ckpt, {"data": str(data)})
+    model.eval()
+    set_cif_lambda(model, 1.5)
+    source = torch.randn(2, 32000)
+    padding = torch.zeros(2, 32000, dtype=torch.bool)
+    padding[1, 20000:] = True
+    with torch.no_grad():
+        upsampled = (~model(source=source, padding_mask=padding)["padding_mask"]).sum(-1)
+        compressed = model.w2v_encoder.w2v_model.last_cif
+        assert torch.equal(upsampled, compressed.durations.sum(1)) and (upsampled > 2 * compressed.lengths).all()
+        model.cfg.cif_upsample = False
+        assert torch.equal((~model(source=source, padding_mask=padding)["padding_mask"]).sum(-1), compressed.lengths)
+
     sew_cli("sweep", ckpt, data / "valid.tsv", "--cif-lambdas", 0, 1.5, "--out", tmp_path / "sweep")
     with open(tmp_path / "sweep" / "sweep.csv") as f:
         rows = list(csv.DictReader(f))

@@ -166,13 +166,15 @@ def context_macs(model: torch.nn.Module, counts: Dict[str, float]) -> float:
     return counts.get(f"{root}.encoder", 0.0) + counts.get(f"{root}.cif", 0.0)
 
 
-def frame_period_ms(model: torch.nn.Module) -> float:
-    """Period of the frames the transformer ran on in the last forward (20 ms times the squeeze)."""
+def frame_period_ms(model: torch.nn.Module, name: str = "") -> float:
+    """Audio per frame the transformer ran on in the last forward: 20 ms times the squeeze (and the
+    input downsampling of a ``:down{f}`` row), or CIF's measured mean period."""
+    downsampled = int(name.split(":down", 1)[1][0]) if ":down" in name else 1
     if getattr(model, "last_cif", None) is not None:
-        return model.last_cif.frame_period_ms
+        return model.last_cif.frame_period_ms * downsampled
     config = getattr(model, "config", None)  # transformers models
     squeeze = getattr(config, "squeeze_factor", None) or getattr(getattr(model, "encoder", None), "squeeze_factor", 1)
-    return 20.0 * squeeze
+    return 20.0 * squeeze * downsampled
 
 
 def mac_counts(model: torch.nn.Module, forward: Callable, x: torch.Tensor) -> Dict[str, float]:
@@ -268,7 +270,7 @@ def run(models: List[str], seconds: List[float], batch_sizes: List[int], device:
                 rows.append(Row(
                     name, bsz, secs, sum(p.numel() for p in model.parameters()) / 1e6, 1000 * med,
                     1000 * min(times[name]), 1000 * max(times[name]), med / (bsz * secs), base / med,
-                    macs["Global"] / 1e9, peak / 2**20, context_macs(model, macs) / 1e9, frame_period_ms(model),
+                    macs["Global"] / 1e9, peak / 2**20, context_macs(model, macs) / 1e9, frame_period_ms(model, name),
                 ))
                 log(f"{name} batch {bsz} {secs:g} s: {1000 * med:.0f} ms, x{base / med:.2f} vs {baseline}")
     return rows

@@ -123,10 +123,11 @@ def test_cif_rows_by_lambda_and_by_frame_period():
 
 @pytest.mark.parametrize("method", ["conv", "avgpool", "resample"])
 def test_downsampled_rows_shorten_the_input_before_the_model(method):
-    from sew_plugin.bench import build
+    from sew_plugin.bench import build, frame_period_ms
 
     x = torch.randn(1, 32000)
     full_model, full = build("sew_tiny")
     down_model, down = build(f"sew_tiny:down2{method}")
     assert down(x).size(1) == full(x[:, ::2]).size(1)  # half the samples, half the frames
     assert 0.4 < count_macs(down_model, down, x) / count_macs(full_model, full, x) < 0.6
+    assert frame_period_ms(down_model, f"sew_tiny:down2{method}") == 2 * frame_period_ms(full_model) == 80.0

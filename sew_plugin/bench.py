@@ -34,7 +34,7 @@ import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Tuple
 
 import torch
 
@@ -115,19 +115,19 @@ def build(name: str):
     elif ":down" in name:  # the waveform shortened by f before the model
         from .modules.input_downsample import InputDownsampler
 
-        base, spec = name.split(":down", 1)
+        base, factor, method = downsampling(name)
         model, inner = _plugin_model(base)
-        downsample = InputDownsampler(spec[1:], int(spec[0])).eval()
+        downsample = InputDownsampler(method, factor).eval()
         forward = lambda x: inner(downsample(x, None)[0])  # noqa: E731
     elif "@" in name:  # St-SEW at a fixed operating point, or a CIF model at a lambda
         base, point = name.split("@", 1)
         model, forward = _plugin_model(base)
-        if getattr(model, "cif", None) is None:
+        if getattr(model, "cif", None) is not None:
+            model.cif.set_lambda(_cif_lambda(model, forward, name, point))
+        elif hasattr(model.encoder, "set_operating_point"):
             model.encoder.set_operating_point(point)
-        elif point.endswith("ms"):
-            model.cif.set_lambda(lambda_for_period(model, forward, float(point[:-2])))
         else:
-            model.cif.set_lambda(float(point))
+            raise ValueError(f"{name}: '@' takes a St-SEW operating point or a CIF lambda; {base} has neither")
     else:
         if name not in available_models():
             raise ValueError(f"unknown model {name!r}; available: {', '.join(available_models())}")
@@ -135,6 +135,27 @@ def build(name: str):
         if getattr(model, "cif", None) is not None:
             raise ValueError(f"{name} samples its CIF lambda: name one, e.g. {name}@1.0")
     return model.eval(), forward
+
+
+def downsampling(name: str) -> Tuple[str, int, str]:
+    """``NAME:down{f}{method}`` -> (NAME, f, method), refusing a malformed row name."""
+    from .modules.input_downsample import FACTORS, METHODS
+
+    base, _, spec = name.partition(":down")
+    if not spec[:1].isdigit() or int(spec[0]) not in FACTORS or spec[1:] not in METHODS:
+        raise ValueError(f"{name}: expected NAME:down{{f}}{{method}} with f in {FACTORS} and method in {METHODS}, "
+                         "e.g. w2v2_base:down2resample")
+    return base, int(spec[0]), spec[1:]
+
+
+def _cif_lambda(model, forward: Callable, name: str, point: str) -> float:
+    """The lambda of a ``NAME@L`` or ``NAME@Pms`` row."""
+    try:
+        if point.endswith("ms"):
+            return lambda_for_period(model, forward, float(point[:-2]))
+        return float(point)
+    except ValueError:
+        raise ValueError(f"{name}: expected a CIF lambda (e.g. @1.0) or a mean frame period (e.g. @90ms)") from None
 
 
 def lambda_for_period(model, forward: Callable, period_ms: float, seconds: float = 10.0) -> float:
@@ -169,7 +190,7 @@ def context_macs(model: torch.nn.Module, counts: Dict[str, float]) -> float:
 def frame_period_ms(model: torch.nn.Module, name: str = "") -> float:
     """Audio per frame the transformer ran on in the last forward: 20 ms times the squeeze (and the
     input downsampling of a ``:down{f}`` row), or CIF's measured mean period."""
-    downsampled = int(name.split(":down", 1)[1][0]) if ":down" in name else 1
+    downsampled = downsampling(name)[1] if ":down" in name else 1
     if getattr(model, "last_cif", None) is not None:
         return model.last_cif.frame_period_ms * downsampled
     config = getattr(model, "config", None)  # transformers models
@@ -353,8 +374,11 @@ def main(args) -> int:
     unknown = sorted(set(wer) - set(args.models) - {args.baseline})
     if unknown:  # checked before the (long) measurement
         raise SystemExit(f"sew bench: error: --wer names models that are not benchmarked: {', '.join(unknown)}")
-    rows = run(args.models, args.seconds, args.batch_size, args.device, args.dtype, args.repeat,
-               args.warmup, args.baseline)
+    try:
+        rows = run(args.models, args.seconds, args.batch_size, args.device, args.dtype, args.repeat,
+                   args.warmup, args.baseline)
+    except ValueError as err:  # a row name that does not describe a model
+        raise SystemExit(f"sew bench: error: {err}") from None
     table = to_markdown(rows, args.baseline)
     machine = f"{torch.get_num_threads()} threads, torch {torch.__version__}, device {args.device}, {args.dtype}"
     print(f"\n{machine}\n\n{table}")

@@ -220,8 +220,10 @@ def transcribe(model, tgt_dict, manifest_path: Path, decoder, args, normalize: b
         summary.mean_exit_layer = sum(layers) / len(layers)
         summary.exit_histogram = dict(sorted(Counter(layers).items()))
     if cif_outputs:
+        from .modules.cif import FRAME_MS  # imports fairseq, loaded by now; not at `sew` start-up
+
         summary.cif_lambda = encoder.last_cif.lam
-        summary.frame_period_ms = 20.0 * cif_frames / cif_outputs
+        summary.frame_period_ms = FRAME_MS * cif_frames / cif_outputs
     if refs is not None:
         we, words, le, letters = word_error_counts(done)
         summary.wer, summary.uer, summary.word_errors, summary.words = we / max(words, 1), le / max(letters, 1), we, words

@@ -1,5 +1,7 @@
 """The measuring parts of `sew bench` (the figures themselves come from the benchmark, not tests)."""
 
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -131,3 +133,17 @@ def test_downsampled_rows_shorten_the_input_before_the_model(method):
     assert down(x).size(1) == full(x[:, ::2]).size(1)  # half the samples, half the frames
     assert 0.4 < count_macs(down_model, down, x) / count_macs(full_model, full, x) < 0.6
     assert frame_period_ms(down_model, f"sew_tiny:down2{method}") == 2 * frame_period_ms(full_model) == 80.0
+
+
+@pytest.mark.parametrize("name, message", [
+    ("sew_tiny:down5conv", "sew_tiny:down5conv: expected NAME:down{f}{method}"),
+    ("sew_tiny:down2pool", "sew_tiny:down2pool: expected NAME:down{f}{method}"),
+    ("sew_tiny@2", "sew_tiny@2: '@' takes a St-SEW operating point or a CIF lambda; sew_tiny has neither"),
+    ("w2v2_base_cif@fast", "w2v2_base_cif@fast: expected a CIF lambda"),
+    ("w2v2_base_cif", "w2v2_base_cif samples its CIF lambda"),
+])
+def test_sew_bench_refuses_malformed_row_names(name, message):
+    from sew_plugin.cli import main as sew
+
+    with pytest.raises(SystemExit, match="sew bench: error: " + re.escape(message)):
+        sew(["bench", "--models", name, "--baseline", name, "--seconds", "0.1", "--batch-size", "1"])

@@ -102,6 +102,7 @@ def test_segment_boundaries_switch_the_loss_to_guidance():
         (SEWModel, SEWConfig, dict(squeeze_factor=2), "model.squeeze_factor"),
         (SEWModel, SEWConfig, dict(negatives_from_everywhere=True), "model.negatives_from_everywhere"),
         (SEWModel, SEWConfig, dict(cif_lambda_max=2.5), "model.cif_lambda_max"),
+        (SEWModel, SEWConfig, dict(cif_lambda=2.5), "model.cif_lambda"),
         (StSEWModel, StSEWConfig, dict(), "model.compressor"),
     ],
 )

@@ -1,6 +1,7 @@
 """Early exit: layer-wise encoders, exit heads, the joint loss, and per-utterance exit policies."""
 
 import math
+import re
 from argparse import Namespace
 
 import pytest
@@ -202,3 +203,17 @@ def test_exit_init_must_exist_and_match_the_model(pretrained, tmp_path):
 def test_exits_refuse_an_unknown_training_mode(pretrained):
     with pytest.raises(ValueError, match="model.exit_training='sometimes'"):
         ctc_model(pretrained, exit_layers="2", exit_training="sometimes")
+
+
+@pytest.mark.parametrize("keys, message", [
+    (dict(input_downsample_factor=2), "model.input_downsample_factor=2 needs model.input_downsample"),
+    (dict(input_downsample="pool", input_downsample_factor=2), "model.input_downsample='pool'"),
+    (dict(input_downsample="conv", input_downsample_factor=5), "model.input_downsample_factor=5"),
+    (dict(ctc_frames_per_step=0), "model.ctc_frames_per_step"),
+    (dict(ctc_frames_per_step=2, exit_layers="1"), "model.ctc_frames_per_step > 1 is not supported with model.exit_layers"),
+    (dict(cif_lambda=1.0), "model.cif_lambda applies to encoders pre-trained with model.compressor=cif"),
+])
+def test_bad_sew_ctc_compression_keys_name_the_key(pretrained, keys, message):
+    """The other compute-reduction keys of sew_ctc (input downsampling, CIF) on a plain SEW encoder."""
+    with pytest.raises(ValueError, match=re.escape(message)):
+        ctc_model(pretrained, "sew", **keys)

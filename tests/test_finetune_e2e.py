@@ -358,3 +358,7 @@ def test_downsampled_model_emits_two_ctc_frames_per_encoder_frame(compressed_mod
     assert ((~out["padding_mask"]).sum(-1) == 2 * encoder_frames).all()
     sew_cli("infer", ckpt, labelled / "data" / "valid.tsv", "--results-dir", tmp_path / "infer")
     assert json.loads((tmp_path / "infer" / "summary.json").read_text())["utterances_transcribed"] == N_VALID
+    bad = subprocess.run([SEW, "infer", str(ckpt), str(labelled / "data" / "valid.tsv"), "--cif-lambda", "1"],
+                         capture_output=True, text=True)
+    assert bad.returncode != 0 and "Traceback" not in bad.stderr
+    assert "--cif-lambda 1.0: model.cif_lambda applies to encoders pre-trained with model.compressor=cif" in bad.stderr

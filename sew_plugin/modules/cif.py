@@ -196,7 +196,7 @@ class CifCompressor(nn.Module):
     def set_lambda(self, lam: Optional[float], learnable: bool = False) -> None:
         """Fix lambda (any value in [0, 2)), learn it starting there, or sample it per batch (None)."""
         if lam is not None and not 0 <= lam < 2:
-            raise ValueError(f"CIF lambda must be in [0, 2), got {lam}")
+            raise ValueError(f"CIF lambda (model.cif_lambda) must be in [0, 2), got {lam}")
         if learnable:
             if lam is None or not 0 < lam < self.lambda_max:
                 raise ValueError(f"a learnable CIF lambda starts inside (0, model.cif_lambda_max="

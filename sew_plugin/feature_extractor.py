@@ -74,6 +74,28 @@ def total_stride(layers: ConvLayers) -> int:
     return stride
 
 
+def receptive_field(layers: ConvLayers) -> int:
+    """Samples the conv stack needs for its first output frame (400 for WFE-O and WFE-C).
+
+    Shorter waveforms have no frame at all: the stack's output-length formula goes to zero, and
+    running the convolutions fails inside ``conv1d`` once an intermediate length drops below a
+    kernel.
+    """
+    samples = 1
+    for _, kernel, stride in reversed(layers):
+        samples = (samples - 1) * stride + kernel
+    return samples
+
+
+def output_frames(num_samples: torch.Tensor, layers: ConvLayers) -> torch.Tensor:
+    """Frames the stack gives for (B,) waveform lengths, in integer arithmetic, 0 (never negative)
+    below the receptive field."""
+    frames = num_samples.long()
+    for _, kernel, stride in layers:
+        frames = torch.div(frames - kernel, stride, rounding_mode="floor") + 1
+    return frames.clamp(min=0)
+
+
 class GroupedConvFeatureExtractor(ConvFeatureExtractionModel):
     """fairseq's conv feature extractor, run so that it stays in the CPU caches and, in inference,
     holds fewer activations at once. Parameters, their names and the outputs are fairseq's.
@@ -89,7 +111,13 @@ class GroupedConvFeatureExtractor(ConvFeatureExtractionModel):
     GROUP_BYTES = 16 << 20
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, S) waveform -> (B, C, T) features."""
+        """(B, S) waveform -> (B, C, T) features; ``ValueError`` if S is below the receptive field."""
+        if x.size(-1) < self.min_samples:
+            raise ValueError(
+                f"waveform of {x.size(-1)} samples is shorter than the feature extractor's receptive "
+                f"field: at least {self.min_samples} samples ({self.min_samples / 16:g} ms at 16 kHz) "
+                "give one frame"
+            )
         first_channels = self.conv_layers[0][0].out_channels
         per_utterance = 4 * x.size(1) * (1 + first_channels // 5)
         group = max(1, self.GROUP_BYTES // per_utterance)
@@ -107,6 +135,17 @@ class GroupedConvFeatureExtractor(ConvFeatureExtractionModel):
                 x = module(x)  # the block's input is released as soon as the conv has run
             x = torch.ops.aten.gelu_(x)
         return x
+
+    @property
+    def layers(self) -> ConvLayers:
+        """(channels, kernel, stride) of each conv, read from the modules."""
+        convs = [block[0] for block in self.conv_layers]
+        return [(c.out_channels, c.kernel_size[0], c.stride[0]) for c in convs]
+
+    @property
+    def min_samples(self) -> int:
+        """The receptive field: the shortest waveform that gives one frame."""
+        return receptive_field(self.layers)
 
     @classmethod
     def from_config(cls, cfg) -> "GroupedConvFeatureExtractor":

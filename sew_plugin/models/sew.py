@@ -13,17 +13,21 @@ SEW is wav2vec 2.0 with three changes, each in its own module:
 variable-length compressed frames whose rate lambda sets, sampled per batch in pre-training.
 
 Everything else (quantizer, masking, negatives, contrastive logits, the ``wav2vec`` criterion) is
-fairseq's wav2vec 2.0, inherited unchanged.
+fairseq's wav2vec 2.0, inherited unchanged, except that mask positions follow NumPy's seed
+(``sew_plugin.modules.masking``) so that a run can be repeated.
 """
 
 from dataclasses import dataclass, field
 from typing import Optional
 
+import torch
 from fairseq.models.wav2vec.wav2vec2 import Wav2Vec2Config, Wav2Vec2Model
 from omegaconf import DictConfig, open_dict
 
 from ..modules.cif import CifCompressor
+from ..modules.frame_mask import exact_frame_mask_forward
 from ..feature_extractor import GroupedConvFeatureExtractor, parse_conv_layers, wfe_c
+from ..modules.masking import seeded_mask_indices
 from ..modules.predictor_head import MLPPredictorHead
 from ..modules.squeezed_encoder import SqueezedTransformerEncoder
 from .cif_forward import compressed_forward
@@ -137,10 +141,29 @@ class SEWModel(Wav2Vec2Model):
             self.last_cif = None  # the last compression (lengths, durations, frame period)
 
     def forward(self, source, padding_mask=None, *args, **kwargs):
-        """fairseq's wav2vec 2.0 forward, or its CIF-compressed version (``compressed_forward``)."""
+        """fairseq's wav2vec 2.0 forward (with exact masks for rows without a frame: ``frame_mask``),
+        or its CIF-compressed version (``compressed_forward``)."""
         if self.cif is None:
-            return super().forward(source, padding_mask, *args, **kwargs)
+            return exact_frame_mask_forward(self, super().forward, source, padding_mask, *args, **kwargs)
         return compressed_forward(self, source, padding_mask, *args, **kwargs)
+
+    def apply_mask(self, x, padding_mask, mask_indices=None, mask_channel_indices=None):
+        """fairseq's time and channel masking, with positions drawn through ``seeded_mask_indices``
+        (fairseq's own ``mask_channel_before: true`` channel masks are left to fairseq)."""
+        B, T, C = x.shape
+        if self.mask_prob > 0 and mask_indices is None:
+            mask_indices = torch.from_numpy(seeded_mask_indices(
+                (B, T), padding_mask, self.mask_prob, self.mask_length, mask_type=self.mask_selection,
+                mask_other=self.mask_other, min_masks=2, no_overlap=self.no_mask_overlap,
+                min_space=self.mask_min_space, require_same_masks=self.cfg.require_same_masks,
+                mask_dropout=self.cfg.mask_dropout)).to(x.device)
+        if self.mask_channel_prob > 0 and not self.mask_channel_before and mask_channel_indices is None:
+            mask_channel_indices = torch.from_numpy(seeded_mask_indices(
+                (B, C), None, self.mask_channel_prob, self.mask_channel_length,
+                mask_type=self.mask_channel_selection, mask_other=self.mask_channel_other,
+                no_overlap=self.no_mask_channel_overlap, min_space=self.mask_channel_min_space,
+            )).to(x.device).unsqueeze(1).expand(-1, T, -1)
+        return super().apply_mask(x, padding_mask, mask_indices, mask_channel_indices)
 
     def get_extra_losses(self, net_output):
         """fairseq's (diversity, feature penalty), then CIF's rate or guidance loss: a CIF recipe

@@ -65,6 +65,11 @@ def squeeze(
     conv = pos_conv[0]
     conv.stride = (factor,)
     x = x.transpose(1, 2)  # (B, D, T)
+    if x.size(-1) < factor:
+        # fewer frames than one pooling window (e.g. a single 20 ms frame at s = 2): pool a zero
+        # tail, as a longer padded batch would, instead of failing inside avg_pool1d. The window is
+        # not valid (``lengths // factor`` is 0), so the squeezed frame is padding either way.
+        x = F.pad(x, (0, factor - x.size(-1)))
     x_conv = pos_conv(x)
     x_pool = F.avg_pool1d(x, factor, factor) if factor > 1 else x
     out_len = min(x_conv.size(-1), x_pool.size(-1))
@@ -87,8 +92,12 @@ def squeeze_padded(
     lengths = padding_mask_to_lengths(padding_mask, x)
     if padding_mask is not None:
         x = x.masked_fill(padding_mask.unsqueeze(-1), 0.0)
+    # fewer frames than ``factor`` squeeze into one frame that is not valid (see ``squeeze``): it
+    # needs a mask even when nothing is padded, so the transformer sees what it sees in a batch
+    too_short = x.size(1) < factor
     x, sq_lengths = squeeze(x, pos_conv, factor, lengths)
-    sq_mask = lengths_to_padding_mask(sq_lengths, x.size(1)) if padding_mask is not None else None
+    masked = padding_mask is not None or too_short
+    sq_mask = lengths_to_padding_mask(sq_lengths, x.size(1)) if masked else None
     return x, sq_lengths, sq_mask
 
 

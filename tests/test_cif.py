@@ -9,24 +9,24 @@ from sew_plugin.modules.cif import AlphaPredictor, cif, guidance_loss, rate_loss
 
 
 def sequential_cif(h, alpha, keep_tail=False, min_frames=1):
-    """One utterance, one frame at a time: accumulate, fire at each integer, split the crossing frame."""
-    outputs, durations = [], []
-    acc, weight, count = torch.zeros(h.size(-1), dtype=torch.float64), 0.0, 0
+    """One utterance, one frame at a time: accumulate, fire at each integer, split the crossing frame.
+    Each frame lasts in the output that took most of it (the first on a tie), each output at least 1."""
+    outputs, owners = [], []
+    acc, weight = torch.zeros(h.size(-1), dtype=torch.float64), 0.0
     for t in range(h.size(0)):
         a, x = float(alpha[t]), h[t].double()
-        if a > 0:
-            count += 1
+        first_output, first_part = len(outputs), min(a, 1.0 - weight)
         while weight + a >= 1.0:  # this frame completes the current output
             part = 1.0 - weight
             outputs.append(acc + part * x)
-            durations.append(count)
             a -= part
-            acc, weight, count = torch.zeros_like(acc), 0.0, 1 if a > 0 else 0
+            acc, weight = torch.zeros_like(acc), 0.0
         acc, weight = acc + a * x, weight + a
+        if float(alpha[t]) > 0:
+            owners.append(first_output if first_part >= a else len(outputs))
     if (keep_tail and weight >= 0.5) or (len(outputs) < min_frames and weight > 0):
         outputs.append(acc / weight)
-        durations.append(count)
-    return outputs, durations
+    return outputs, [max(1, owners.count(i)) for i in range(len(outputs))]
 
 
 def check_against_sequential(h, alpha, keep_tail):

@@ -123,10 +123,10 @@ def expected_frames(name, m, samples):
         assert ((compressed >= (frames > 0).long()) & (compressed <= frames)).all(), (compressed, frames)
         if not is_ctc(m):
             return compressed
-        # CTC on CIF: each compressed frame repeated by its duration, the 20 ms frames it integrated;
-        # a frame split between two compressed frames counts in both, so up to T + L frames
+        # CTC on CIF: each compressed frame repeated by its duration, the 20 ms frames it took most
+        # of: back to the 20 ms rate, give or take the tail below one firing and outputs owning none
         upsampled = cif.durations.sum(1)
-        assert ((upsampled >= frames) & (upsampled <= frames + compressed)).all(), (upsampled, frames)
+        assert ((upsampled - frames).abs() <= 2 + frames // 50).all(), (upsampled, frames)
         return upsampled
     return frames
 

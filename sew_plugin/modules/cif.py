@@ -64,8 +64,8 @@ def cif(
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Integrate (B, T, C) frames with (B, T) weights (0 on padding) and fire at every integer.
 
-    Returns (B, L, C) outputs, their (B,) lengths, and (B, L) durations (input frames that
-    contributed to each output, for upsampling back). Utterance b has floor(sum alpha_b) outputs;
+    Returns (B, L, C) outputs, their (B,) lengths, and (B, L) durations for upsampling back: each
+    input frame counted once, for the output that took most of its weight (at least 1 per output). Utterance b has floor(sum alpha_b) outputs;
     with ``keep_tail`` (inference) a leftover weight >= 0.5 fires one more, scaled to weight 1.
     Fewer than ``min_frames`` outputs are topped up the same way from the tail.
     """
@@ -89,12 +89,13 @@ def cif(
 
     def add(index, weight):
         out.scatter_add_(1, index.unsqueeze(-1).expand(-1, -1, dim), weight.unsqueeze(-1) * hd)
-        durations.scatter_add_(1, index, (weight > 0).double())
 
     add(left, w_left)
     add(right, w_right)
     for k in range(1, int(fires.max()) if frames else 0):  # frames that cross more than one integer
         add((left + k).clamp(max=slots - 1), (fires > k).double())
+    owner = torch.where(w_left >= w_right, left, right).clamp(max=slots - 1)
+    durations.scatter_add_(1, owner, (alpha > 0).double())
 
     # the tail slot (index `whole`) is kept only where chosen, scaled to weight 1
     rows = torch.arange(bsz, device=h.device)
@@ -104,7 +105,7 @@ def cif(
     out, durations = out[:, :length], durations[:, :length]
     valid = torch.arange(length, device=h.device)[None, :] < lengths[:, None]
     out = out * valid.unsqueeze(-1)
-    return out.to(h.dtype), lengths, (durations * valid).long()
+    return out.to(h.dtype), lengths, (durations.clamp(min=1) * valid).long()
 
 
 def upsample_by_durations(x: torch.Tensor, durations: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:

@@ -30,7 +30,7 @@ setup(
     install_requires=["torch>=2.1", "soundfile>=0.12", "editdistance", "flashlight-text>=0.0.7", "matplotlib"]
     + FAIRSEQ_RUNTIME_DEPS,
     extras_require={
-        "test": ["pytest>=7", "transformers>=4.40", "safetensors"],
+        "test": ["pytest>=7", "hypothesis>=6", "transformers>=4.40", "safetensors"],
         # examples/demo: espeak-ng's 22.05 kHz speech is resampled to 16 kHz with scipy
         "demo": ["scipy"],
     },

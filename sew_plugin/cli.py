@@ -36,7 +36,8 @@ def _manifest(args) -> int:
     from .data.manifest import write_manifests
 
     report = write_manifests(
-        args.audio_dir, args.dest, args.ext, args.valid_percent, args.seed, args.sample_rate, args.skip_bad, args.split
+        args.audio_dir, args.dest, args.ext, args.valid_percent, args.seed, args.sample_rate, args.skip_bad, args.split,
+        args.header_only,
     )
     for err in report.skipped:
         print(f"skipped {err}", file=sys.stderr)
@@ -47,7 +48,8 @@ def _manifest(args) -> int:
 def _labels(args) -> int:
     from .data.labels import write_labels
 
-    report = write_labels(args.manifest, args.transcripts, args.dest, args.dict, args.upper, args.skip_bad)
+    report = write_labels(args.manifest, args.transcripts, args.dest, args.dict, args.upper, args.skip_bad,
+                          args.sample_rate)
     for err in report.skipped:
         print(f"skipped {err}", file=sys.stderr)
     print(report.summary())
@@ -74,6 +76,21 @@ def _infer(args) -> int:
     from .infer import main as infer_main
 
     return infer_main(args)
+
+
+def at_least(low: int):
+    """argparse type: an integer >= ``low`` (absurd values stop at the command line, by option)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+
+    return parse
 
 
 def _percent(text: str) -> float:
@@ -110,10 +127,13 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--ext", default="wav", choices=["wav", "flac"])
     p.add_argument("--valid-percent", type=_percent, default=0.0, help="share of files for valid.tsv (0: none)")
     p.add_argument("--seed", type=int, default=42, help="seed of the train/valid split")
-    p.add_argument("--sample-rate", type=int, default=16000, help="required sample rate")
+    p.add_argument("--sample-rate", type=at_least(1), default=16000, help="required sample rate")
     p.add_argument("--split", default="train", help="name of the main manifest, e.g. test for held-out audio")
     p.add_argument("--skip-bad", action="store_true",
                    help="leave bad files out (listed in DEST/<split>.skipped_audio.tsv)")
+    p.add_argument("--header-only", action="store_true",
+                   help="read only the headers (fast); a FLAC cut short or NaN/inf samples are then found in "
+                   "training or inference instead of here")
     p.set_defaults(func=_manifest)
 
     p = sub.add_parser("labels", help="write <split>.wrd, <split>.ltr and dict.ltr.txt for a manifest")
@@ -123,6 +143,7 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--dest", type=Path, required=True)
     p.add_argument("--dict", type=Path, help="letter dictionary to check against (default: DEST/dict.ltr.txt if it exists)")
     p.add_argument("--upper", action="store_true", help="upper-case transcripts (LibriSpeech style)")
+    p.add_argument("--sample-rate", type=at_least(1), default=16000, help="required sample rate of the manifest's audio")
     p.add_argument("--skip-bad", action="store_true",
                    help="leave bad utterances out of a rewritten DEST/<split>.tsv (listed in <split>.skipped.tsv)")
     p.set_defaults(func=_labels)
@@ -136,7 +157,7 @@ def get_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("lm", help="write a word n-gram ARPA language model (Witten-Bell) from text")
     p.add_argument("text", type=Path, nargs="+", help="one sentence per line, e.g. train.wrd")
     p.add_argument("--dest", type=Path, required=True)
-    p.add_argument("--order", type=int, default=3)
+    p.add_argument("--order", type=at_least(2), default=3, help="n-gram order (KenLM needs at least 2)")
     p.set_defaults(func=_lm)
 
     from .infer import add_arguments as add_infer_arguments

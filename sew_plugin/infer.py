@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .data.audio import SAMPLE_RATE, read_audio
-from .data.errors import DataError
-from .data.manifest import read_manifest
+from .data.errors import DataError, DataErrors, read_lines
+from .data.manifest import Manifest, check_audio, read_manifest
 from .decoding import DECODERS, BeamOptions, build_decoder, letters_to_words
 from .modules.early_exit import POLICIES, make_policy
 
@@ -39,6 +39,8 @@ def add_arguments(p) -> None:
 
 def add_decoding_arguments(p) -> None:
     """Decoder, batching and device options, shared by ``sew infer`` and ``sew sweep``."""
+    from .cli import at_least
+
     p.add_argument("--labels", default="ltr", help="reference label extension beside the manifest (ltr or wrd)")
     p.add_argument("--decoder", default="viterbi", choices=DECODERS)
     p.add_argument("--lm", type=Path, help="KenLM language model (ARPA or binary) for --decoder kenlm")
@@ -46,19 +48,19 @@ def add_decoding_arguments(p) -> None:
     p.add_argument("--lm-weight", type=float, default=2.0)
     p.add_argument("--word-score", type=float, default=-1.0)
     p.add_argument("--sil-score", type=float, default=0.0)
-    p.add_argument("--beam", type=int, default=50)
-    p.add_argument("--beam-size-token", type=int, default=0, help="0: the whole vocabulary")
+    p.add_argument("--beam", type=at_least(1), default=50)
+    p.add_argument("--beam-size-token", type=at_least(0), default=0, help="0: the whole vocabulary")
     p.add_argument("--beam-threshold", type=float, default=25.0)
-    p.add_argument("--batch-size", type=int, default=8, help="utterances per forward")
-    p.add_argument("--max-tokens", type=int, default=0, help="if > 0, cap on padded samples per batch instead")
+    p.add_argument("--batch-size", type=at_least(1), default=8, help="utterances per forward")
+    p.add_argument("--max-tokens", type=at_least(0), default=0, help="if > 0, cap on padded samples per batch instead")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--threads", type=at_least(0), default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--exit-policy", choices=POLICIES,
                    help="early-exit models: leave at --exit-layer (layer), or at the first exit whose mean "
                    "posterior entropy is below --threshold (entropy), whose cosine similarity to the previous "
                    "layer is above it (similarity), or whose N-best confidence reaches it (nbest, --decoder kenlm)")
     p.add_argument("--exit-layer", type=int, help="--exit-policy layer: the exit layer")
-    p.add_argument("--nbest", type=int, default=300, help="--exit-policy nbest: hypotheses in the confidence")
+    p.add_argument("--nbest", type=at_least(1), default=300, help="--exit-policy nbest: hypotheses in the confidence")
 
 
 @dataclass
@@ -141,7 +143,7 @@ def read_references(manifest_path: Path, labels: str, expected: int) -> Optional
     path = manifest_path.with_suffix(f".{labels}")
     if not path.is_file():
         return None
-    lines = path.read_text(encoding="utf-8").splitlines()
+    lines = read_lines(path, "label file")
     if len(lines) != expected:
         raise DataError(path, f"{len(lines)} label lines for {expected} manifest entries")
     if labels == "ltr":
@@ -175,11 +177,35 @@ def collate(wavs: List[np.ndarray], normalize: bool):
     return source, padding
 
 
-def transcribe(model, tgt_dict, manifest_path: Path, decoder, args, normalize: bool):
-    manifest = read_manifest(manifest_path)
-    if not manifest.entries:
+def check_inputs(manifest_path: Path, labels: str):
+    """The manifest and its references (or None), every row checked before any model runs: its
+    format, its audio file's header against its sample count, and the label file's line count.
+    All bad rows are reported together, each by manifest line and audio file."""
+    errors: List[DataError] = []
+    manifest = read_manifest(manifest_path, errors)
+    if not manifest.entries and not errors:
         raise DataError(manifest_path, "manifest has no utterances")
-    refs = read_references(manifest_path, args.labels, len(manifest.entries))
+    errors += check_audio(manifest, SAMPLE_RATE).values()
+    if errors:
+        errors.sort(key=lambda e: e.line)
+        raise DataErrors("manifest rows", errors, "fix them, or leave them out of the manifest")
+    return manifest, read_references(manifest_path, labels, len(manifest.entries))
+
+
+def load_batch(manifest: Manifest, batch: List[int]) -> List[np.ndarray]:
+    """Every sample of the batch's files; a file that cannot be read whole, or holds NaN or
+    infinite samples, is refused by manifest line and file, before the model sees it."""
+    wavs = []
+    for i in batch:
+        try:
+            wavs.append(read_audio(manifest.audio_path(i), manifest.entries[i][1], SAMPLE_RATE))
+        except DataError as err:
+            raise DataError(manifest.path, str(err), manifest.line(i)) from None
+    return wavs
+
+
+def transcribe(model, tgt_dict, manifest_path: Path, decoder, args, normalize: bool):
+    manifest, refs = check_inputs(manifest_path, args.labels)
     lengths = [n for _, n in manifest.entries]
     results: List[Optional[Utterance]] = [None] * len(lengths)
     forward_s = decode_s = 0.0
@@ -188,7 +214,7 @@ def transcribe(model, tgt_dict, manifest_path: Path, decoder, args, normalize: b
     device = torch.device(args.device)
     batches = plan_batches(lengths, args.batch_size, args.max_tokens)
     for batch in tqdm(batches, desc="transcribing", unit="batch", disable=None, leave=False):
-        wavs = [read_audio(manifest.audio_path(i), lengths[i], SAMPLE_RATE) for i in batch]
+        wavs = load_batch(manifest, batch)
         source, padding = collate(wavs, normalize)
         start = time.perf_counter()
         with torch.no_grad():
@@ -308,6 +334,7 @@ def exit_policy(model, args, decoder, threshold: Optional[float], command: str =
 
 
 def main(args) -> int:
+    check_inputs(args.manifest, args.labels)  # bad input stops here, before the model loads
     model, tgt_dict, decoder, normalize = load_for_inference(args)
     if args.operating_point:
         operating_point(model, args.operating_point)

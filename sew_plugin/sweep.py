@@ -22,7 +22,7 @@ from typing import List, Optional
 
 import torch
 
-from .infer import add_decoding_arguments, cif_lambda, load_for_inference, operating_point, transcribe
+from .infer import add_decoding_arguments, check_inputs, cif_lambda, load_for_inference, operating_point, transcribe
 
 MAC_SECONDS = 10.0
 
@@ -85,6 +85,7 @@ def main(args) -> int:
         raise SystemExit("sew sweep: error: --thresholds needs --exit-policy entropy, similarity or nbest")
     if args.exit_policy and not args.thresholds:
         raise SystemExit("sew sweep: error: --exit-policy goes with --thresholds")
+    check_inputs(args.manifest, args.labels)  # bad input stops here, before the model loads
     model, tgt_dict, decoder, normalize = load_for_inference(args, "sew sweep")
     x = torch.randn(1, int(16000 * MAC_SECONDS), device=args.device)
     settings = args.points or args.cif_lambdas or args.thresholds

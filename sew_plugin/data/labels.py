@@ -11,8 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
-from .errors import DataError, DataErrors, output_file
-from .manifest import Manifest, format_manifest, read_manifest
+from .audio import SAMPLE_RATE
+from .errors import DataError, DataErrors, output_file, read_lines
+from .manifest import Manifest, check_audio, format_manifest, read_manifest
 
 WORD_BOUNDARY = "|"
 
@@ -58,7 +59,7 @@ def read_transcripts(sources: Sequence[Path], upper: bool = False) -> Dict[str, 
     out: Dict[str, Transcript] = {}
     for path in transcript_files(sources):
         tsv = path.suffix == ".tsv"
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        for number, line in enumerate(read_lines(path, "transcript file"), start=1):
             if not line.strip():
                 continue
             cols = line.split("\t", 1) if tsv else line.strip().split(None, 1)
@@ -76,11 +77,14 @@ def read_transcripts(sources: Sequence[Path], upper: bool = False) -> Dict[str, 
 
 def read_dictionary(path: Path) -> List[str]:
     """Symbols of a fairseq dictionary file (``symbol count`` lines)."""
-    symbols = []
-    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
+    symbols, seen = [], {}
+    for number, line in enumerate(read_lines(path, "dictionary"), start=1):
         cols = line.split()
         if len(cols) != 2 or not cols[1].lstrip("-").isdigit():
             raise DataError(path, "expected 'symbol count'", number)
+        if cols[0] in seen:  # fairseq's Dictionary.load refuses it too, deep inside training
+            raise DataError(path, f"symbol {cols[0]!r} is already on line {seen[cols[0]]}", number)
+        seen[cols[0]] = number
         symbols.append(cols[0])
     return symbols
 
@@ -130,18 +134,23 @@ def write_labels(
     dictionary: Optional[Path] = None,
     upper: bool = False,
     skip_bad: bool = False,
+    sample_rate: int = SAMPLE_RATE,
 ) -> LabelReport:
     """Write ``<split>.wrd`` and ``<split>.ltr`` aligned with the manifest, and the dictionary.
 
     The dictionary is checked against, not rewritten, when given or when ``dest/dict.ltr.txt``
     exists (the usual case for a valid or test split); otherwise it is built from this split.
-    Problems (an utterance with no transcript, a transcript whose audio does not exist under the
-    manifest's root, letters outside the dictionary) are collected and raised together, unless
+    Problems (an utterance whose audio file is missing, unreadable, not mono at ``sample_rate``,
+    shorter than 400 samples or of another length than its row says (headers only), an utterance
+    with no transcript, a transcript whose audio does not exist under the manifest's root, letters
+    outside the dictionary) are collected and raised together, unless
     ``skip_bad``: then the bad utterances are left out of a rewritten ``dest/<split>.tsv`` (the
     original is kept as ``<split>.unfiltered.tsv``) and listed in ``dest/<split>.skipped.tsv``.
     """
     manifest_path, dest = Path(manifest_path), Path(dest)
     manifest = read_manifest(manifest_path)
+    if not manifest.entries:
+        raise DataError(manifest_path, "manifest has no utterances")
     split = manifest_path.stem
     ids = _utterance_ids(manifest)
     texts = read_transcripts(transcripts, upper)
@@ -151,8 +160,10 @@ def write_labels(
     symbols = set(read_dictionary(dict_path)) if (dictionary or dict_path.is_file()) else None
     report.dictionary = f"checked against {dict_path}" if symbols is not None else f"built {dict_path}"
 
-    errors: Dict[int, DataError] = {}
+    errors: Dict[int, DataError] = check_audio(manifest, sample_rate)
     for index, utt_id in enumerate(ids):
+        if index in errors:
+            continue
         if utt_id not in texts:
             errors[index] = DataError(manifest_path, f"no transcript for utterance {utt_id}", index + 2)
         elif symbols is not None:
@@ -171,7 +182,7 @@ def write_labels(
     ]
     report.other_split_transcripts = sum(1 for u in texts if u in audio_ids and u not in in_manifest)
 
-    problems = list(errors.values()) + orphans
+    problems = [errors[i] for i in sorted(errors)] + orphans
     if problems and not skip_bad:
         raise DataErrors("utterances or transcripts", problems, "fix them, or pass --skip-bad to leave them out")
     report.skipped = problems
@@ -207,7 +218,7 @@ def write_lexicon(word_sources: Sequence[Path], dest: Path, dictionary: Optional
     for path in map(Path, word_sources):
         if not path.is_file():
             raise DataError(path, "word list not found")
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        for number, line in enumerate(read_lines(path, "word list"), start=1):
             for word in line.split():
                 if WORD_BOUNDARY in word:
                     raise DataError(path, f"word {word!r} contains the word-boundary symbol", number)

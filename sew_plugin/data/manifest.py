@@ -7,10 +7,10 @@ with checked audio and a deterministic order and split.
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
-from .audio import SAMPLE_RATE, audio_frames
-from .errors import DataError, DataErrors
+from .audio import MIN_SAMPLES, SAMPLE_RATE, audio_frames, decode
+from .errors import DataError, DataErrors, read_lines
 
 
 @dataclass
@@ -18,34 +18,73 @@ class Manifest:
     root: Path
     entries: List[Tuple[str, int]]  # (path relative to root, number of samples)
     path: Path = None
+    lines: List[int] = None  # the manifest line of each entry (None: entry i is on line i + 2)
 
     def audio_path(self, index: int) -> Path:
         return self.root / self.entries[index][0]
 
+    def line(self, index: int) -> int:
+        return self.lines[index] if self.lines is not None else index + 2
 
-def read_manifest(path: Path) -> Manifest:
-    """Parse a manifest, raising ``DataError`` with the file and line for malformed rows."""
+
+def _parse_row(line: str) -> Tuple[str, int]:
+    if not line.strip():
+        raise ValueError("empty line")
+    cols = line.split("\t")
+    if len(cols) != 2:
+        raise ValueError(f"expected 'relative/path<TAB>num_samples', got {len(cols)} column(s)")
+    if not cols[0].strip():
+        raise ValueError("empty audio path")
+    try:
+        frames = int(cols[1])
+    except ValueError:
+        raise ValueError(f"number of samples {cols[1]!r} is not an integer") from None
+    if frames <= 0:
+        raise ValueError(f"number of samples must be positive, got {frames}")
+    return cols[0], frames
+
+
+def read_manifest(path: Path, errors: Optional[List[DataError]] = None) -> Manifest:
+    """Parse a manifest, raising ``DataError`` with the file and line for malformed rows.
+
+    With ``errors`` (a list), every malformed row is appended to it and left out instead of
+    raising at the first; ``Manifest.lines`` then says on which line each kept entry stands.
+    """
     path = Path(path)
-    if not path.is_file():
-        raise DataError(path, "manifest not found")
-    lines = path.read_text(encoding="utf-8").splitlines()
+    lines = read_lines(path, "manifest")
     if not lines or not lines[0].strip():
         raise DataError(path, "empty manifest: the first line must be the audio root directory", 1)
-    entries = []
+    entries, numbers = [], []
     for number, line in enumerate(lines[1:], start=2):
-        if not line.strip():
-            raise DataError(path, "empty line", number)
-        cols = line.split("\t")
-        if len(cols) != 2:
-            raise DataError(path, f"expected 'relative/path<TAB>num_samples', got {len(cols)} column(s)", number)
         try:
-            frames = int(cols[1])
-        except ValueError:
-            raise DataError(path, f"number of samples {cols[1]!r} is not an integer", number) from None
-        if frames <= 0:
-            raise DataError(path, f"number of samples must be positive, got {frames}", number)
-        entries.append((cols[0], frames))
-    return Manifest(Path(lines[0].strip()), entries, path)
+            entries.append(_parse_row(line))
+            numbers.append(number)
+        except ValueError as err:
+            if errors is None:
+                raise DataError(path, str(err), number) from None
+            errors.append(DataError(path, str(err), number))
+    return Manifest(Path(lines[0].strip()), entries, path, numbers)
+
+
+def check_audio(manifest: Manifest, sample_rate: int = SAMPLE_RATE, min_samples: int = MIN_SAMPLES,
+                rows: Optional[Sequence[int]] = None) -> Dict[int, DataError]:
+    """Header checks (``audio_frames``) of the file of every entry (or of ``rows``) against its
+    sample count: entry index -> ``DataError`` naming the manifest line and the audio file, for
+    each bad entry. An audio root (first line) that is not a directory raises at once."""
+    if not manifest.root.is_dir():
+        raise DataError(manifest.path, f"audio root directory {manifest.root} (the first line) not found", 1)
+    errors = {}
+    for i in range(len(manifest.entries)) if rows is None else rows:
+        rel, frames = manifest.entries[i]
+        try:
+            found = audio_frames(manifest.root / rel, sample_rate, min_samples)
+        except DataError as err:
+            errors[i] = DataError(manifest.path, str(err), manifest.line(i))
+            continue
+        if found != frames:
+            errors[i] = DataError(manifest.path, f"{manifest.root / rel} has {found} samples, the manifest says {frames}",
+                                  manifest.line(i))
+    return errors
 
 
 def format_manifest(manifest: Manifest) -> str:
@@ -72,19 +111,26 @@ def write_manifests(
     sample_rate: int = SAMPLE_RATE,
     skip_bad: bool = False,
     split: str = "train",
+    header_only: bool = False,
 ) -> ManifestReport:
     """Write ``dest/<split>.tsv`` (and ``dest/valid.tsv`` when ``valid_percent`` > 0).
 
     ``split`` names the main manifest: ``train``, or e.g. ``test`` for a folder of held-out audio.
     Files are found recursively and sorted by relative path; the validation split is a seeded
     random sample of ``round(N * valid_percent / 100)`` files, each split written in sorted order.
-    Bad files raise ``DataErrors`` listing every one, unless ``skip_bad``, which leaves them out and
-    lists them in ``dest/<split>.skipped_audio.tsv``.
+    Every file is decoded to check it (a FLAC cut short, NaN or infinite samples) unless
+    ``header_only``, which reads headers only (those problems then surface in training or
+    ``sew infer``, still naming the file). Bad files raise ``DataErrors`` listing every one, unless
+    ``skip_bad``, which leaves them out and lists them in ``dest/<split>.skipped_audio.tsv``.
     """
     audio_dir = Path(audio_dir).resolve()
     if not audio_dir.is_dir():
         raise DataError(audio_dir, "audio directory not found")
-    files = sorted(p.relative_to(audio_dir).as_posix() for p in audio_dir.rglob(f"*.{ext}") if p.is_file())
+    if "\n" in str(audio_dir) or "\r" in str(audio_dir):
+        raise DataError(audio_dir, "a line break in the directory name would break the manifest's first line")
+    suffix = f".{ext.lower()}"  # upper-case .WAV / .FLAC too: none is left behind unnoticed
+    files = sorted(p.relative_to(audio_dir).as_posix() for p in audio_dir.rglob("*")
+                   if p.suffix.lower() == suffix and p.is_file())
     if not files:
         raise DataError(audio_dir, f"no .{ext} files found (searched recursively)")
 
@@ -92,7 +138,12 @@ def write_manifests(
     good = []
     for rel in files:
         try:
-            good.append((rel, audio_frames(audio_dir / rel, sample_rate)))
+            if "\t" in rel or "\n" in rel or "\r" in rel:
+                raise DataError(audio_dir / rel, "a tab or line break in the file name would break the manifest")
+            frames = audio_frames(audio_dir / rel, sample_rate)
+            if not header_only:
+                decode(audio_dir / rel, frames)
+            good.append((rel, frames))
         except DataError as err:
             report.skipped.append(err)
     if report.skipped and not skip_bad:
@@ -112,9 +163,9 @@ def write_manifests(
 
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
-    for split, entries in splits.items():
-        (dest / f"{split}.tsv").write_text(format_manifest(Manifest(audio_dir, entries)), encoding="utf-8")
-        report.written[split] = len(entries)
+    for name, entries in splits.items():
+        (dest / f"{name}.tsv").write_text(format_manifest(Manifest(audio_dir, entries)), encoding="utf-8")
+        report.written[name] = len(entries)
     if report.skipped:
         (dest / f"{split}.skipped_audio.tsv").write_text("".join(f"{e.where}\t{e.message}\n" for e in report.skipped))
     assert sum(report.written.values()) + len(report.skipped) == report.found

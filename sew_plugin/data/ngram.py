@@ -14,7 +14,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Dict, Iterable, List, Sequence, Tuple
 
-from .errors import DataError, output_file
+from .errors import DataError, output_file, read_lines
 
 BOS, EOS, UNK = "<s>", "</s>", "<unk>"
 
@@ -93,9 +93,7 @@ def write_arpa(text_files: Sequence[Path], dest: Path, order: int = 3) -> Tuple[
     """
     sentences = []
     for path in map(Path, text_files):
-        if not path.is_file():
-            raise DataError(path, "text file not found")
-        sentences += [line.split() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        sentences += [line.split() for line in read_lines(path, "text file") if line.strip()]
     if not sentences:
         raise DataError(", ".join(map(str, text_files)), "no sentences found")
     lm = WittenBellLM(sentences, order)

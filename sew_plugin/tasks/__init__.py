@@ -1,0 +1,7 @@
+"""Registered fairseq tasks: ``sew_audio_pretraining`` and ``sew_audio_finetuning``, fairseq's audio
+tasks with their manifests, audio and labels checked before training (``sew_plugin.tasks.audio``).
+
+fairseq imports this folder of a user dir by itself; ``import sew_plugin.models`` imports it too.
+"""
+
+from . import audio  # noqa: F401

@@ -1,0 +1,258 @@
+"""fairseq's audio tasks with their input checked before training starts.
+
+``sew_audio_pretraining`` and ``sew_audio_finetuning`` are fairseq's ``audio_pretraining`` and
+``audio_finetuning`` (same config classes, same datasets, same checkpoints otherwise), except:
+
+- ``load_dataset`` first validates the split's manifest: its first line is an existing audio root,
+  every row is ``path<TAB>samples``, every file exists, has a readable header, is mono at
+  ``task.sample_rate``, holds as many samples as its row says, is not a WAV cut short, and is at
+  least the feature extractor's receptive field (400 samples) long. For fine-tuning the label file
+  (``<split>.<task.labels>``) must have one non-empty line per manifest row, every symbol in the
+  target dictionary (fairseq would silently map unknown symbols to ``<unk>``). Every bad row is
+  reported at once, as ``DataErrors`` naming ``file:line``, before any model step.
+- the count of utterances loaded, of those left out because they are shorter than
+  ``task.min_sample_size`` (fairseq drops them without a word), and of those cropped to
+  ``task.max_sample_size`` is logged per split, with the key to change.
+- each utterance read during training is checked as it is read: a file that cannot be decoded
+  whole (a FLAC cut short) or holds NaN or infinite samples stops training with ``DataError``
+  naming the manifest line and the file, instead of reaching the model.
+- absurd task keys (``sample_rate``, ``min_sample_size``, ``max_sample_size``, ``labels``,
+  ``num_batch_buckets``, ``subsample``) are refused by key when the task is set up.
+
+Only the header of each file is read before training (one ``soundfile.info`` per utterance); the
+samples themselves are checked when training reads them. Binarized and multi-corpus datasets are
+passed to fairseq unchecked (logged).
+"""
+
+import logging
+import os
+import time
+from argparse import Namespace
+from pathlib import Path
+from typing import List, Optional, Tuple
+
+import torch
+from fairseq.data import AddTargetDataset, FileAudioDataset
+from fairseq.data.data_utils import numpy_seed
+from fairseq.tasks import register_task
+from fairseq.tasks.audio_finetuning import AudioFinetuningConfig, AudioFinetuningTask
+from fairseq.tasks.audio_pretraining import AudioPretrainingConfig, AudioPretrainingTask
+
+from ..data.audio import MIN_SAMPLES
+from ..data.errors import DataError, DataErrors, read_lines
+from ..data.manifest import Manifest, check_audio, read_manifest
+
+logger = logging.getLogger(__name__)
+
+FRAME_SAMPLES = 320  # 20 ms at 16 kHz: the feature extractor's stride
+
+
+def check_task_config(cfg, finetuning: bool) -> None:
+    """Refuse absurd task keys by name (``ValueError``), before any data is read."""
+    sample_rate = getattr(cfg, "sample_rate", 16000)
+    if not isinstance(sample_rate, int) or sample_rate < 1:
+        raise ValueError(f"task.sample_rate must be a positive number of samples per second, got {sample_rate!r}")
+    low, high = getattr(cfg, "min_sample_size", None), getattr(cfg, "max_sample_size", None)
+    if low is not None and low < 0:
+        raise ValueError(f"task.min_sample_size must be >= 0 (or unset), got {low}")
+    if high is not None and high < MIN_SAMPLES:
+        raise ValueError(f"task.max_sample_size={high} is below the feature extractor's receptive field "
+                         f"({MIN_SAMPLES} samples): every cropped utterance would give no frame")
+    if low is not None and high is not None and high < low:
+        raise ValueError(f"task.max_sample_size={high} is smaller than task.min_sample_size={low}")
+    buckets = getattr(cfg, "num_batch_buckets", 0)
+    if buckets is not None and buckets < 0:
+        raise ValueError(f"task.num_batch_buckets must be >= 0, got {buckets}")
+    subsample = getattr(cfg, "subsample", 1)
+    if subsample is not None and not 0 < subsample <= 1:
+        raise ValueError(f"task.subsample must be in (0, 1], got {subsample}")
+    if finetuning and not getattr(cfg, "labels", None):
+        raise ValueError("task.labels must name the label files' extension for fine-tuning, e.g. task.labels=ltr")
+
+
+def ctc_needs(tokens: List[str]) -> int:
+    """Frames CTC needs for ``tokens``: one each, plus a blank between repeated symbols."""
+    return len(tokens) + sum(a == b for a, b in zip(tokens, tokens[1:]))
+
+
+def output_frames(samples: int) -> int:
+    """20 ms frames of the wav2vec 2.0 / SEW feature extractor for ``samples`` samples."""
+    return 0 if samples < MIN_SAMPLES else (samples - MIN_SAMPLES) // FRAME_SAMPLES + 1
+
+
+class CheckedFileAudioDataset(FileAudioDataset):
+    """fairseq's ``FileAudioDataset`` whose items are checked as they are read: decoded whole and
+    finite, else ``DataError`` naming the manifest line and the file. Long utterances are cropped
+    from a seed of ``task.seed`` (``common.seed``), the epoch and the batch's ids, not from NumPy's
+    global state: the same crops whichever worker or accumulation step collates a batch, and after
+    a restart (README "Reproducible runs")."""
+
+    manifest_path: Path
+    manifest_lines: List[int]
+    crop_seed: int
+    epoch: int = 1
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+        super().set_epoch(epoch)
+
+    def collater(self, samples):
+        with numpy_seed(self.crop_seed, self.epoch, *(s["id"] for s in samples)):
+            return super().collater(samples)
+
+    def __getitem__(self, index):
+        fname = self.fnames[index]
+        fname = self.text_compressor.decompress(fname if isinstance(self.fnames, list) else fname.as_py())
+        audio = os.path.join(self.root_dir, fname)
+        try:
+            item = super().__getitem__(index)
+        except Exception as err:
+            raise DataError(self.manifest_path, f"{audio}: unreadable audio, truncated or corrupt ({err})",
+                            self.manifest_lines[index]) from None
+        source = item["source"]
+        if source.numel() != self.sizes[index]:
+            raise DataError(self.manifest_path, f"{audio}: truncated: {source.numel()} samples could be read, "
+                            f"the manifest says {self.sizes[index]}", self.manifest_lines[index])
+        finite = torch.isfinite(source)
+        if not finite.all():
+            raise DataError(self.manifest_path, f"{audio}: contains NaN or infinite samples "
+                            f"({int((~finite).sum())} of them)", self.manifest_lines[index])
+        return item
+
+
+class CheckedAudioTaskMixin:
+    """The checks shared by both tasks; see the module's docstring."""
+
+    finetuning = False
+
+    def _simple_layout(self, task_cfg) -> bool:
+        return not (isinstance(task_cfg, Namespace) or getattr(task_cfg, "binarized_dataset", False)
+                    or getattr(task_cfg, "multi_corpus_keys", None))
+
+    def load_dataset(self, split: str, task_cfg=None, **kwargs):
+        task_cfg = task_cfg or self.cfg
+        if not self._simple_layout(task_cfg):
+            logger.warning(f"{split}: binarized or multi-corpus data are loaded by fairseq without sew's checks")
+            return super().load_dataset(split, task_cfg, **kwargs)
+        manifest_path = Path(self.cfg.data) / f"{split}.tsv"
+        sample_rate = task_cfg.get("sample_rate", self.cfg.sample_rate)
+        start = time.perf_counter()
+        manifest, kept = self.check_split(manifest_path, sample_rate, task_cfg)
+        logger.info(f"{split}: checked {manifest_path} and the headers of its {len(manifest.entries)} audio files "
+                    f"in {time.perf_counter() - start:.1f} s")
+        super().load_dataset(split, task_cfg, **kwargs)
+
+        dataset = self.datasets[split]
+        base = dataset.dataset if isinstance(dataset, AddTargetDataset) else dataset
+        if type(base) is FileAudioDataset and len(base) == len(kept):
+            base.__class__ = CheckedFileAudioDataset
+            base.manifest_path = manifest_path
+            base.manifest_lines = [manifest.line(i) for i in kept]
+            base.crop_seed = task_cfg.get("seed", self.cfg.seed)
+        else:  # fairseq changed how it reads manifests: keep its dataset, say so
+            logger.warning(f"{split}: {type(base).__name__} of {len(base)} items; samples are not checked as read")
+        self.report_sizes(split, manifest, kept, task_cfg)
+
+    def check_split(self, manifest_path: Path, sample_rate: int, task_cfg) -> Tuple[Manifest, List[int]]:
+        """Validate one split (see the module's docstring); return its manifest and the indices of
+        the rows fairseq keeps (those not shorter than ``task.min_sample_size``)."""
+        errors: List[DataError] = []
+        manifest = read_manifest(manifest_path, errors)
+        if not manifest.entries and not errors:
+            raise DataError(manifest_path, "manifest has no utterances")
+        low = self.cfg.min_sample_size
+        kept = [i for i, (_, n) in enumerate(manifest.entries) if low is None or n >= low]
+        dropped = [i for i in range(len(manifest.entries)) if low is not None and manifest.entries[i][1] < low]
+        bad = check_audio(manifest, sample_rate, MIN_SAMPLES, kept)
+        bad.update(check_audio(manifest, sample_rate, 1, dropped))  # never read by fairseq: no length floor
+        errors += bad.values()
+        if self.finetuning and not errors:
+            errors += self.check_labels(manifest_path, manifest, kept, task_cfg)
+        if errors:
+            errors.sort(key=lambda e: (str(e.path), e.line or 0))
+            keys = ("task.data", "task.sample_rate") + (("task.labels",) if self.finetuning else ())
+            raise DataErrors(f"rows in the {manifest_path.stem} split", errors,
+                             f"fix them (sew manifest and sew labels write checked files), or check {', '.join(keys)}")
+        if not kept:
+            raise DataError(manifest_path, f"all {len(manifest.entries)} utterances are shorter than "
+                            f"task.min_sample_size={low} samples: lower task.min_sample_size")
+        return manifest, kept
+
+    def check_labels(self, manifest_path: Path, manifest: Manifest, kept: List[int], task_cfg) -> List[DataError]:
+        label_path = Path(self.cfg.data) / f"{manifest_path.stem}.{task_cfg.labels}"
+        lines = read_lines(label_path, "label file")
+        rows = len(manifest.entries)
+        if len(lines) != rows:
+            return [DataError(label_path, f"{len(lines)} label lines for the {rows} rows of {manifest_path} "
+                              f"(line {min(len(lines), rows) + 1} has no partner)", min(len(lines), rows) + 1)]
+        symbols = self.target_dictionary.indices
+        errors, unalignable = [], []
+        high = self.cfg.max_sample_size
+        for i in kept:
+            tokens = lines[i].split()
+            if not tokens:
+                errors.append(DataError(label_path, f"empty label line for manifest line {manifest.line(i)}", i + 1))
+                continue
+            unknown = sorted({t for t in tokens if t not in symbols})
+            if unknown:
+                errors.append(DataError(label_path, f"symbols {unknown} are not in the target dictionary "
+                                        f"dict.{task_cfg.labels}.txt", i + 1))
+                continue
+            samples = manifest.entries[i][1] if high is None else min(manifest.entries[i][1], high)
+            if ctc_needs(tokens) > output_frames(samples):
+                unalignable.append(f"{label_path}:{i + 1}")
+        if unalignable:
+            logger.warning(f"{manifest_path.stem}: {len(unalignable)} utterances have more label symbols than 20 ms "
+                           f"frames, so CTC cannot align them (criterion.zero_infinity drops their loss); are the "
+                           f"label lines in manifest order? First: {', '.join(unalignable[:5])}")
+        return errors
+
+    def report_sizes(self, split: str, manifest: Manifest, kept: List[int], task_cfg) -> None:
+        low, high = self.cfg.min_sample_size, self.cfg.max_sample_size
+        total = len(manifest.entries)
+        left_out = total - len(kept)
+        cropped = sum(1 for i in kept if high is not None and manifest.entries[i][1] > high)
+        logger.info(f"{split}: {len(kept)} of {total} utterances loaded from {manifest.path}")
+        if left_out:
+            logger.warning(f"{split}: {left_out} of {total} utterances left out: shorter than task.min_sample_size={low} "
+                           f"samples (lower task.min_sample_size to keep them)")
+        if cropped:
+            if self.finetuning:
+                logger.warning(f"{split}: {cropped} utterances longer than task.max_sample_size={high} samples are "
+                               f"cropped to it while their transcripts are kept whole (raise or unset "
+                               f"task.max_sample_size)")
+            else:
+                logger.info(f"{split}: {cropped} utterances longer than task.max_sample_size={high} samples are "
+                            f"cropped to it at random (raise task.max_sample_size to keep them whole)")
+
+
+@register_task("sew_audio_pretraining", dataclass=AudioPretrainingConfig)
+class SewAudioPretrainingTask(CheckedAudioTaskMixin, AudioPretrainingTask):
+    """fairseq's ``audio_pretraining`` with checked input (see the module's docstring)."""
+
+    def __init__(self, cfg: AudioPretrainingConfig):
+        check_task_config(cfg, finetuning=False)
+        super().__init__(cfg)
+
+
+@register_task("sew_audio_finetuning", dataclass=AudioFinetuningConfig)
+class SewAudioFinetuningTask(CheckedAudioTaskMixin, AudioFinetuningTask):
+    """fairseq's ``audio_finetuning`` with checked input and labels (see the module's docstring)."""
+
+    finetuning = True
+
+    def __init__(self, cfg: AudioFinetuningConfig):
+        check_task_config(cfg, finetuning=True)
+        super().__init__(cfg)
+
+    def load_target_dictionary(self):
+        """fairseq's, with a missing, non-UTF-8 or malformed dictionary refused by name."""
+        if self.cfg.labels:
+            folder = self.cfg.target_dictionary or self.cfg.data
+            dict_path = Path(folder) / f"dict.{self.cfg.labels}.txt"
+            read_lines(dict_path, "dictionary")
+            try:
+                return super().load_target_dictionary()
+            except (ValueError, RuntimeError) as err:
+                raise DataError(dict_path, f"not a fairseq dictionary ({err})") from None
+        return None

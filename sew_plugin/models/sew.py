@@ -18,7 +18,7 @@ fairseq's wav2vec 2.0, inherited unchanged, except that mask positions follow Nu
 """
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import List, Optional
 
 import torch
 from fairseq.models.wav2vec.wav2vec2 import Wav2Vec2Config, Wav2Vec2Model
@@ -31,6 +31,7 @@ from ..modules.masking import seeded_mask_indices
 from ..modules.predictor_head import MLPPredictorHead
 from ..modules.squeezed_encoder import SqueezedTransformerEncoder
 from .cif_forward import compressed_forward
+from .config_rules import Rule, at_least, check_rules, is_rate, masking_rules
 from .registry import register_models
 
 COMPRESSORS = ("squeeze", "cif")
@@ -73,17 +74,80 @@ class SEWConfig(Wav2Vec2Config):
     )
 
 
+def has_quantizer(cfg) -> bool:
+    return bool(cfg.quantize_targets or cfg.quantize_input)
+
+
+def quantizer_dims(cfg) -> List[int]:
+    """Output dims of the Gumbel quantizers fairseq's ``Wav2Vec2Model`` builds (each must split
+    into ``latent_groups`` equal parts): targets use latent_dim, else final_dim, else
+    encoder_embed_dim; a separate input quantizer uses latent_dim, else encoder_embed_dim."""
+    final_dim = cfg.final_dim if cfg.final_dim > 0 else cfg.encoder_embed_dim
+    dims = []
+    if cfg.quantize_targets:
+        dims.append(cfg.latent_dim if cfg.latent_dim > 0 else final_dim)
+    if cfg.quantize_input and not (cfg.same_quantizer and cfg.quantize_targets):
+        dims.append(cfg.latent_dim if cfg.latent_dim > 0 else cfg.encoder_embed_dim)
+    return dims
+
+
+def _latent_temp_ok(value, cfg) -> bool:
+    if not has_quantizer(cfg):
+        return True
+    start, end, decay = (float(v) for v in value)
+    return start >= end > 0 and 0 < decay <= 1
+
+
+DROPOUT_KEYS = ("dropout", "attention_dropout", "activation_dropout", "dropout_input", "dropout_features",
+                "encoder_layerdrop")
+
+SEW_RULES: List[Rule] = [
+    ("squeeze_factor", at_least(1), "an integer >= 1"),
+    ("wfe_c_channels", at_least(0), ">= 0"),
+    ("wfe_c_extra_layers", at_least(0), ">= 0"),
+    ("encoder_layers", at_least(1), ">= 1"),
+    ("encoder_embed_dim", at_least(1), ">= 1"),
+    ("encoder_ffn_embed_dim", at_least(1), ">= 1"),
+    ("encoder_attention_heads", at_least(1), ">= 1"),
+    ("encoder_attention_heads", lambda v, c: c.encoder_embed_dim % v == 0,
+     "a divisor of model.encoder_embed_dim={c.encoder_embed_dim}"),
+    *[(key, is_rate, "in [0, 1)") for key in DROPOUT_KEYS],
+    *masking_rules(),
+    ("conv_pos", at_least(1), ">= 1"),
+    ("conv_pos_groups", at_least(1), ">= 1"),
+    ("conv_pos_groups", lambda v, c: c.encoder_embed_dim % v == 0,
+     "a divisor of model.encoder_embed_dim={c.encoder_embed_dim}"),
+    ("num_negatives", at_least(0), ">= 0"),
+    ("cross_sample_negatives", at_least(0), ">= 0"),
+    ("codebook_negatives", at_least(0), ">= 0"),
+    # fairseq's sample_negatives returns nothing when both are 0 and the contrastive logits fail
+    ("num_negatives",
+     lambda v, c: not c.quantize_targets or v + c.cross_sample_negatives + c.codebook_negatives >= 1,
+     ">= 1 when model.cross_sample_negatives and model.codebook_negatives are 0 (pre-training with "
+     "model.quantize_targets needs negatives)"),
+    ("final_dim", at_least(0), ">= 0 (0: model.encoder_embed_dim)"),
+    ("latent_dim", at_least(0), ">= 0 (0: the final dim)"),
+    *[(key, lambda v, c: not has_quantizer(c) or v >= 1, ">= 1 with model.quantize_targets or model.quantize_input")
+      for key in ("latent_vars", "latent_groups")],
+    ("latent_groups", lambda v, c: all(d % v == 0 for d in quantizer_dims(c)),
+     lambda c: f"a divisor of the quantizer dim {quantizer_dims(c)} (model.latent_dim if > 0, else "
+               "model.final_dim if > 0, else model.encoder_embed_dim)"),
+    ("latent_temp", _latent_temp_ok, "(start, end, decay) with start >= end > 0 and 0 < decay <= 1"),
+    ("mlp_hidden_size", lambda v, c: not c.use_mlp or v >= 1, ">= 1 with model.use_mlp"),
+    ("logit_temp", lambda v, c: v > 0, "> 0"),
+    ("feature_grad_mult", at_least(0), ">= 0"),
+]
+
+
 def resolve_config(cfg: SEWConfig) -> SEWConfig:
-    """Validate SEW's fields and expand WFE-C into ``conv_feature_layers`` (in place).
+    """Validate SEW's fields (``SEW_RULES``, then combinations) and expand WFE-C into
+    ``conv_feature_layers`` (in place).
 
     fairseq saves the config it was given, so a checkpoint keeps ``wfe_c_channels`` and the
     default ``conv_feature_layers``; the model's own ``cfg`` (and anything that converts it for
     other implementations) holds the expanded layer list.
     """
-    if cfg.squeeze_factor < 1:
-        raise ValueError(f"model.squeeze_factor must be an integer >= 1, got {cfg.squeeze_factor}")
-    if cfg.wfe_c_channels < 0:
-        raise ValueError(f"model.wfe_c_channels must be >= 0, got {cfg.wfe_c_channels}")
+    check_rules(cfg, SEW_RULES)
     if cfg.wfe_c_channels > 0:
         derived = wfe_c(cfg.wfe_c_channels, cfg.wfe_c_extra_layers)
         default = Wav2Vec2Config.conv_feature_layers
@@ -126,8 +190,13 @@ class SEWModel(Wav2Vec2Model):
     ``wav2vec`` criterion.
     """
 
+    @classmethod
+    def check_config(cls, cfg: SEWConfig) -> SEWConfig:
+        """Refuse absurd or unsupported settings by key before anything is built (subclasses add theirs)."""
+        return resolve_config(cfg)
+
     def __init__(self, cfg: SEWConfig):
-        super().__init__(resolve_config(cfg))
+        super().__init__(self.check_config(cfg))
         self.feature_extractor = GroupedConvFeatureExtractor.from_config(cfg)
         self.encoder = SqueezedTransformerEncoder(cfg, cfg.squeeze_factor)
         if cfg.use_mlp:

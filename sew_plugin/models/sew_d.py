@@ -5,7 +5,7 @@ there is no LayerNorm or dropout between the squeeze and the first layer (as in 
 """
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import List, Optional
 
 import torch
 from torch import nn
@@ -14,6 +14,7 @@ from ..modules.deberta_encoder import DebertaEncoder
 from ..modules.layerwise import LayerState, run_layers
 from ..modules.squeeze import Upsample, make_strided_pos_conv, padding_mask_to_lengths, squeeze_padded
 from .registry import register_models
+from .config_rules import Rule, check_rules
 from .sew import SEWConfig, SEWModel
 
 
@@ -28,17 +29,25 @@ class SEWDConfig(SEWConfig):
     norm_rel_ebd: str = field(default="layer_norm", metadata={"help": "normalisation of the relative table"})
 
 
+def _pos_att_kinds(text: str) -> set:
+    return {t.strip() for t in str(text).split("|") if t.strip()}
+
+
+SEW_D_RULES: List[Rule] = [
+    # log buckets: exact within +-buckets/2 (2 at least), log-spaced out to max_position_embeddings
+    ("position_buckets", lambda v, c: 2 <= v < c.max_position_embeddings,
+     "in [2, model.max_position_embeddings={c.max_position_embeddings})"),
+    ("pos_att_type", lambda v, c: _pos_att_kinds(v) <= {"c2p", "p2c"}, "'c2p', 'p2c' or 'p2c|c2p'"),
+]
+
+
 def check_sew_d_config(cfg: SEWDConfig) -> None:
     """The original SEW-D settings are the only ones implemented; refuse others by key."""
     expected = dict(share_att_key=True, relative_attention=True, position_biased_input=False, norm_rel_ebd="layer_norm")
     for key, value in expected.items():
         if getattr(cfg, key) != value:
             raise ValueError(f"model.{key}={getattr(cfg, key)!r} is not supported (SEW-D uses {value!r})")
-    if not 0 < cfg.position_buckets < cfg.max_position_embeddings:
-        raise ValueError(
-            f"model.position_buckets={cfg.position_buckets} must be in (0, model.max_position_embeddings="
-            f"{cfg.max_position_embeddings})"
-        )
+    check_rules(cfg, SEW_D_RULES)
 
 
 class SqueezedDebertaEncoder(nn.Module):
@@ -101,8 +110,12 @@ def _init_linear(module: nn.Module) -> None:
 class SEWDModel(SEWModel):
     """SEW with disentangled attention; everything but the encoder is ``SEWModel``'s."""
 
-    def __init__(self, cfg: SEWDConfig):
+    @classmethod
+    def check_config(cls, cfg: SEWDConfig) -> SEWDConfig:
         check_sew_d_config(cfg)
+        return super().check_config(cfg)
+
+    def __init__(self, cfg: SEWDConfig):
         super().__init__(cfg)
         self.encoder = SqueezedDebertaEncoder(cfg)
 

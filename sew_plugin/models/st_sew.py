@@ -67,6 +67,34 @@ def parse_operating_point(text: str, layers: int) -> Tuple[int, List[int], List[
     return s_f, per_layer[0], per_layer[1]
 
 
+def fixed_operating_point(point: Optional[str], layers: int, squeeze_set: List[int]):
+    """``parse_operating_point``, refusing an S_f outside the sampled set; None when unset."""
+    fixed = parse_operating_point(point, layers) if point else None
+    if fixed and fixed[0] not in squeeze_set:
+        raise ValueError(f"model.operating_point={point!r}: S_f={fixed[0]} is not one of model.squeeze_factors {squeeze_set}")
+    return fixed
+
+
+def check_st_sew_config(cfg: StSEWConfig) -> None:
+    """St-SEW's own keys, before anything is built (SEW's are checked by ``resolve_config``)."""
+    if cfg.squeeze_factor != 1:
+        raise ValueError(
+            f"model.squeeze_factor={cfg.squeeze_factor} is SEW's fixed factor; st_sew samples from "
+            "model.squeeze_factors or uses model.operating_point"
+        )
+    if cfg.compressor != "squeeze":
+        raise ValueError(f"model.compressor={cfg.compressor!r}: st_sew compresses with its own sampled squeeze")
+    _factor_set(cfg.squeeze_factors, "squeeze_factors")
+    _factor_set(cfg.kv_pool_factors, "kv_pool_factors")
+    _factor_set(cfg.query_pool_factors, "query_pool_factors")
+
+
+def check_st_sew_layers(cfg: StSEWConfig) -> None:
+    """The keys that depend on the layer count (checked after model.encoder_layers)."""
+    StochasticSqueezedEncoder._pooling_layers(cfg.pool_layers, cfg.encoder_layers)
+    fixed_operating_point(cfg.operating_point, cfg.encoder_layers, _factor_set(cfg.squeeze_factors, "squeeze_factors"))
+
+
 class StochasticSqueezedEncoder(SqueezedTransformerEncoder):
     """SEW's squeezed encoder with a per-step squeeze factor and pooled-attention layers."""
 
@@ -114,10 +142,7 @@ class StochasticSqueezedEncoder(SqueezedTransformerEncoder):
 
     def set_operating_point(self, point: Optional[str]) -> None:
         """Fix (S_f, S_k, S_q) from now on ('2,2,1'), or go back to sampling (None)."""
-        fixed = parse_operating_point(point, len(self.layers)) if point else None
-        if fixed and fixed[0] not in self.squeeze_set:
-            raise ValueError(f"model.operating_point={point!r}: S_f={fixed[0]} is not one of model.squeeze_factors {self.squeeze_set}")
-        self.fixed = fixed
+        self.fixed = fixed_operating_point(point, len(self.layers), self.squeeze_set)
 
     def extract_features(self, x, padding_mask=None, tgt_layer=None, min_layer=0, corpus_key=None):
         """(B, T, D) at 20 ms -> (B, T, D) at 20 ms, under a fixed or freshly sampled configuration."""
@@ -132,14 +157,14 @@ class StochasticSqueezedEncoder(SqueezedTransformerEncoder):
 class StSEWModel(SEWModel):
     """SEW whose squeeze and per-layer attention pooling are sampled (training) or fixed."""
 
+    @classmethod
+    def check_config(cls, cfg: StSEWConfig) -> StSEWConfig:
+        check_st_sew_config(cfg)
+        cfg = super().check_config(cfg)
+        check_st_sew_layers(cfg)
+        return cfg
+
     def __init__(self, cfg: StSEWConfig):
-        if cfg.squeeze_factor != 1:
-            raise ValueError(
-                f"model.squeeze_factor={cfg.squeeze_factor} is SEW's fixed factor; st_sew samples from "
-                "model.squeeze_factors or uses model.operating_point"
-            )
-        if cfg.compressor != "squeeze":
-            raise ValueError(f"model.compressor={cfg.compressor!r}: st_sew compresses with its own sampled squeeze")
         super().__init__(cfg)
         self.encoder = StochasticSqueezedEncoder(cfg)
 

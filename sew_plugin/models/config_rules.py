@@ -1,0 +1,46 @@
+"""Config checks as data: each rule names a model key, a test and the requirement, so that an absurd
+value is refused by key (``model.mask_prob must be in [0, 1], got 1.5``) before anything is built,
+not by an error from deep inside fairseq or torch."""
+
+from typing import Any, Callable, List, Sequence, Tuple, Union
+
+# A rule: (key, ok(value, cfg), requirement). The requirement reads after "model.<key> must be";
+# a string is formatted with the config as ``c``, a callable gets the config. Rules run in order,
+# so a rule may rely on the fields checked before it (e.g. a divisor already known to be >= 1).
+Rule = Tuple[str, Callable[[Any, Any], bool], Union[str, Callable[[Any], str]]]
+
+
+def at_least(bound) -> Callable[[Any, Any], bool]:
+    return lambda value, cfg: value >= bound
+
+
+def in_unit_interval(value, cfg) -> bool:  # probabilities: [0, 1]
+    return 0 <= value <= 1
+
+
+def is_rate(value, cfg) -> bool:  # dropout rates: [0, 1) (1 would drop everything)
+    return 0 <= value < 1
+
+
+def check_rules(cfg, rules: Sequence[Rule], prefix: str = "model.") -> None:
+    """Refuse the first field that breaks its rule: ``model.<key> must be <requirement>, got <value>``."""
+    for key, ok, requirement in rules:
+        value = getattr(cfg, key)
+        try:
+            passed = bool(ok(value, cfg))
+        except (TypeError, ValueError):  # None, a string where a number belongs, ...
+            passed = False
+        if not passed:
+            text = requirement(cfg) if callable(requirement) else requirement.format(c=cfg)
+            raise ValueError(f"{prefix}{key} must be {text}, got {value!r}")
+
+
+def masking_rules() -> List[Rule]:
+    """Time and channel masking, under the same keys in pre-training and fine-tuning configs."""
+    return [
+        ("mask_prob", in_unit_interval, "in [0, 1]"),
+        ("mask_length", lambda v, c: c.mask_prob <= 0 or v >= 1, ">= 1 when model.mask_prob > 0"),
+        ("mask_channel_prob", in_unit_interval, "in [0, 1]"),
+        ("mask_channel_length", lambda v, c: c.mask_channel_prob <= 0 or v >= 1,
+         ">= 1 when model.mask_channel_prob > 0"),
+    ]

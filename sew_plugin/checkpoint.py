@@ -1,34 +1,82 @@
-"""Loading fairseq checkpoints with torch's weights-only unpickler.
+"""Loading fairseq checkpoints safely: whole files only, and never code hidden in a pickle.
 
-torch >= 2.6 loads weights-only by default, and fairseq pickles a few of its own objects into
-fine-tuned checkpoints (the target ``Dictionary`` in the task state). Rather than switching the
-safe loader off (``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD``, which lets a checkpoint run arbitrary code),
-the exact classes fairseq stores are allow-listed for the duration of the load.
+- **Cut short.** A checkpoint whose write or copy was killed part-way (or hit a full disk) is
+  refused by name (``verify_checkpoint``) before torch's reader fails deep inside on it.
+- **Untrusted.** torch >= 2.6 unpickles weights-only by default, and fairseq pickles a few of its own
+  objects into checkpoints (the target ``Dictionary`` of CTC fine-tuning, an argparse ``Namespace``
+  in old ones). Rather than switching the safe unpickler off (``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD``,
+  which lets a checkpoint run arbitrary code), exactly those classes are added to torch's allow-list
+  (``allow_fairseq_objects``, run when the plugin's models are imported, so fairseq's own loads in
+  ``fairseq-hydra-train`` resume fine-tuned checkpoints too). Anything else in a pickle is refused
+  as a ``DataError`` naming the file and the object (``refusing_unsafe``).
+- **Resuming.** ``ResumeCheck`` applies both checks to the checkpoint ``fairseq-hydra-train`` is about
+  to resume from and names the newest whole checkpoint when it fails.
 """
 
 import argparse
 import contextlib
 import io
+import pickle
+import re
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Optional
 
 import torch
+from hydra.experimental.callback import Callback
 
 from .data.errors import DataError
 
-# What fairseq 0.12 puts into a checkpoint besides tensors and plain containers:
-# the task's target dictionary (CTC fine-tuning) and, in argparse-era checkpoints, a Namespace.
-def fairseq_safe_globals():
+
+def allow_fairseq_objects() -> None:
+    """Add the classes fairseq 0.12 pickles into checkpoints to torch's weights-only allow-list."""
     from fairseq.data.dictionary import Dictionary
 
-    return [Dictionary, argparse.Namespace]
+    torch.serialization.add_safe_globals([Dictionary, argparse.Namespace])
+
+
+def verify_checkpoint(path: Path) -> Path:
+    """``path`` if it is a whole checkpoint file; a ``DataError`` naming it otherwise.
+
+    torch writes a checkpoint as a zip archive whose directory comes last, so a file cut short has
+    none: reading that directory (not the tensors) tells a truncated file from a whole one at once.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, "checkpoint not found")
+    try:
+        zipfile.ZipFile(path).close()
+    except zipfile.BadZipFile:
+        raise DataError(path, f"checkpoint is truncated or corrupt ({path.stat().st_size} bytes, no archive "
+                              f"directory at its end): it was cut short while being written or copied") from None
+    return path
+
+
+@contextlib.contextmanager
+def refusing_unsafe(path: Path):
+    """Turn torch's refusal of a pickled object outside the allow-list into a ``DataError`` naming
+    the file and the object."""
+    try:
+        yield
+    except pickle.UnpicklingError as err:
+        found = re.search(r"GLOBAL (\S+)", str(err))
+        what = found.group(1) if found else str(err).splitlines()[0]
+        raise DataError(path, f"refused: the checkpoint holds a Python object ({what}) outside the allow-list "
+                              f"of what fairseq stores; unpickling it could run code") from None
+
+
+def load_state(path: Path, mmap: bool = False) -> dict:
+    """A whole, safe checkpoint's contents (``mmap``: tensors left on disk until read)."""
+    import sew_plugin.models  # noqa: F401  (allow_fairseq_objects)
+
+    with refusing_unsafe(path):
+        return torch.load(verify_checkpoint(path), map_location="cpu", mmap=mmap, weights_only=True)
 
 
 def read_weights(path: Path) -> dict:
-    """The ``model`` state dict of a fairseq checkpoint, through the same allow-listed unpickler."""
-    with torch.serialization.safe_globals(fairseq_safe_globals()):
-        return torch.load(path, map_location="cpu")["model"]
+    """The ``model`` state dict of a fairseq checkpoint."""
+    return load_state(path)["model"]
 
 
 def load_checkpoint(path: Path, arg_overrides: Optional[dict] = None, quiet: bool = True):
@@ -40,14 +88,53 @@ def load_checkpoint(path: Path, arg_overrides: Optional[dict] = None, quiet: boo
     import sew_plugin.models  # noqa: F401
     from fairseq import checkpoint_utils
 
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(path, "checkpoint not found")
+    path = verify_checkpoint(path)
     overrides = dict(arg_overrides or {})
     overrides.setdefault("user_dir", None)  # the training machine's path; this plugin is imported above
     # fairseq prints the whole model while building a fine-tuned encoder; keep stdout for results
     silence = contextlib.redirect_stdout(io.StringIO()) if quiet else contextlib.nullcontext()
-    with torch.serialization.safe_globals(fairseq_safe_globals()), silence, warnings.catch_warnings():
+    with refusing_unsafe(path), silence, warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*weight_norm.*", category=FutureWarning)
         models, cfg, task = checkpoint_utils.load_model_ensemble_and_task([str(path)], arg_overrides=overrides)
     return models[0].eval(), cfg, task
+
+
+def newest_whole_checkpoint(folder: Path, besides: Path) -> Optional[Path]:
+    """The most recently written whole ``checkpoint*.pt`` in ``folder`` other than ``besides``."""
+    for candidate in sorted(Path(folder).glob("checkpoint*.pt"), key=lambda p: p.stat().st_mtime, reverse=True):
+        if candidate.resolve() != Path(besides).resolve():
+            try:
+                return verify_checkpoint(candidate)
+            except DataError:
+                continue
+    return None
+
+
+class ResumeCheck(Callback):
+    """Hydra callback (the recipes' ``hydra.callbacks``): before ``fairseq-hydra-train`` starts, the
+    checkpoint it would resume from must be whole and safe. fairseq copies ``checkpoint_last.pt``
+    without an atomic rename, so a run killed during that copy leaves a truncated file that torch
+    would fail on naming neither file nor cause; this names both, and the newest whole checkpoint."""
+
+    def on_job_start(self, config, **kwargs) -> None:
+        # Importing this module imported the package, and fairseq skips a user dir whose package is
+        # already imported: register the models, criteria and tasks here instead.
+        import sew_plugin.models  # noqa: F401
+
+        ckpt = config.checkpoint
+        suffix = ckpt.get("checkpoint_suffix") or ""
+        if ckpt.restore_file == "checkpoint_last.pt":
+            path = Path(ckpt.save_dir) / f"checkpoint_last{suffix}.pt"
+        else:
+            path = Path(ckpt.restore_file.replace(".pt", f"{suffix}.pt"))
+        if not path.exists():
+            return  # a first launch
+        try:
+            load_state(path, mmap=True)
+        except DataError as e:
+            whole = newest_whole_checkpoint(path.parent, path)
+            hint = (f"the newest whole checkpoint is {whole}: resume from it with checkpoint.restore_file={whole}"
+                    if whole else "no whole checkpoint is left beside it")
+            # SystemExit: hydra turns a callback's exceptions into warnings and runs the job anyway
+            raise SystemExit(f"fairseq-hydra-train: error: {path}: {e.message}; {hint}, "
+                             f"or delete the file to start afresh")

@@ -88,6 +88,15 @@ def write_manifest(path: Path, root: Path, rows):
     path.write_text(os.fspath(root) + "\n" + "".join(f"{p}\t{n}\n" for p, n in rows))
 
 
+def pretraining_corpus(root: Path) -> Path:
+    """Ten tones of 1-2.4 s in ``root/wav``, with ``train.tsv`` (8) and ``valid.tsv`` (2)."""
+    rows = write_wav_corpus(root / "wav", [16000 + 2500 * i for i in range(10)])
+    rows = [(f"wav/{p}", n) for p, n in rows]
+    write_manifest(root / "train.tsv", root, rows[:8])
+    write_manifest(root / "valid.tsv", root, rows[8:])
+    return root
+
+
 FAIRSEQ_HYDRA_TRAIN = str(Path(sys.executable).with_name("fairseq-hydra-train"))
 
 # Tiny sizes and a short schedule on top of the real configs/pretraining/*.yaml.
@@ -122,17 +131,23 @@ TINY_W2V2_PRETRAINING = TINY_PRETRAINING_COMMON + [
 ]
 
 
-def hydra_train(tmp_path: Path, group: str, config: str, overrides):
-    """Run the real ``fairseq-hydra-train`` on ``configs/<group>/<config>.yaml`` in a subprocess."""
+def hydra_train_command(tmp_path: Path, group: str, config: str, overrides, run_dir: str = "hydra"):
+    """The real ``fairseq-hydra-train`` command line for ``configs/<group>/<config>.yaml``,
+    checkpoints in ``tmp_path/ckpt``, hydra's output in ``tmp_path/<run_dir>``."""
     tmp_path.mkdir(parents=True, exist_ok=True)
-    cmd = [
+    return [
         FAIRSEQ_HYDRA_TRAIN,
         "--config-dir", str(REPO / "configs" / group),
         "--config-name", config,
         f"common.user_dir={REPO / 'sew_plugin'}",
         f"checkpoint.save_dir={tmp_path / 'ckpt'}",
-        f"hydra.run.dir={tmp_path / 'hydra'}",
+        f"hydra.run.dir={tmp_path / run_dir}",
         *overrides,
     ]
-    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+
+
+def hydra_train(tmp_path: Path, group: str, config: str, overrides, threads: int = 2):
+    """Run the real ``fairseq-hydra-train`` on ``configs/<group>/<config>.yaml`` in a subprocess."""
+    cmd = hydra_train_command(tmp_path, group, config, overrides)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)

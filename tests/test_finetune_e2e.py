@@ -3,8 +3,8 @@
 
 import csv
 import json
-import pickle
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -136,10 +136,25 @@ def test_infer_transcribes_every_utterance_with_both_decoders(finetuned, labelle
     assert all(set(h) <= lexicon_words for h in hyps)  # the lexicon decoder only says lexicon words
 
 
-def test_fine_tuned_checkpoint_loads_only_through_the_allow_list(finetuned):
+def test_fine_tuned_checkpoint_loads_only_through_the_allow_list(finetuned, labelled, tmp_path):
     name, ckpt = finetuned
-    with pytest.raises(pickle.UnpicklingError):
-        torch.load(ckpt, map_location="cpu")  # torch's safe default refuses fairseq's Dictionary
+    load = [sys.executable, "-c", f"import torch; torch.load({str(ckpt)!r}, map_location='cpu')"]
+    bare = subprocess.run(load, capture_output=True, text=True)
+    assert bare.returncode != 0 and "fairseq.data.dictionary.Dictionary" in bare.stderr  # torch's safe default
+    with_plugin = subprocess.run([load[0], "-c", "import sew_plugin.models; " + load[2]], capture_output=True, text=True)
+    assert with_plugin.returncode == 0, with_plugin.stderr[-2000:]
+
+    # fairseq's own load in fairseq-hydra-train resumes the fine-tuning run (weights-only, allow-listed)
+    config, _, ctc_model, finetuning = ENCODERS[name]
+    work = ckpt.parents[2]
+    overrides = [f"task.data={labelled / 'data'}", f"model.w2v_path={work / 'pre' / 'ckpt' / 'checkpoint_last.pt'}",
+                 *TINY_FINETUNING, "optimization.max_update=7"]
+    if ctc_model != "sew_ctc":
+        overrides.append(f"model._name={ctc_model}")
+    shutil.copytree(ckpt.parent, tmp_path / "ckpt")  # resume a copy: other tests read this checkpoint
+    resumed = hydra_train(tmp_path, "finetuning", finetuning, overrides)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "@ 6 updates" in resumed.stdout and '"num_updates": "7"' in resumed.stdout
 
     from sew_plugin.checkpoint import load_checkpoint
 

@@ -5,16 +5,11 @@ import json
 import pytest
 import torch
 
-from conftest import TINY_PRETRAINING, hydra_train, write_manifest, write_wav_corpus
+from conftest import TINY_PRETRAINING, hydra_train, pretraining_corpus
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    root = tmp_path_factory.mktemp("corpus")
-    rows = write_wav_corpus(root / "wav", [16000 + 2500 * i for i in range(10)])
-    rows = [(f"wav/{p}", n) for p, n in rows]
-    write_manifest(root / "train.tsv", root, rows[:8])
-    write_manifest(root / "valid.tsv", root, rows[8:])
-    return root
+    return pretraining_corpus(tmp_path_factory.mktemp("corpus"))
 
 
 def train_losses(log: str):

@@ -1,5 +1,9 @@
 """Registered fairseq models. Importing this package registers all of them, and this plugin's
-criteria (fairseq imports only the ``models`` and ``tasks`` folders of a user dir)."""
+criteria and tasks (fairseq imports only the ``models`` and ``tasks`` folders of a user dir, and
+neither when the package was imported before)."""
 
-from .. import criterions  # noqa: F401
+from .. import criterions, tasks  # noqa: F401
 from . import sew, sew_ctc, sew_d, st_sew  # noqa: F401
+from ..checkpoint import allow_fairseq_objects
+
+allow_fairseq_objects()  # fairseq's own loads (resuming fine-tuning) stay weights-only

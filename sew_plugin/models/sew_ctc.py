@@ -16,19 +16,31 @@ frame (``ctc_frames_per_step``), and adds early-exit CTC heads after chosen laye
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 from fairseq.models.wav2vec.wav2vec2_asr import Linear, Wav2Vec2CtcConfig, Wav2VecCtc
 from torch import nn
 
+from ..checkpoint import read_weights, refusing_unsafe, verify_checkpoint
 from ..modules.cif import upsample_by_durations
 from ..modules.early_exit import ExitRunner, exit_head, parse_exit_layers, parse_exit_weights
 from ..modules.input_downsample import InputDownsampler, expand_ctc_frames, expand_padding_mask
 from ..modules.layerwise import make_steppable
 from ..modules.squeeze import lengths_to_padding_mask
 from .registry import register_models
+from .config_rules import Rule, at_least, check_rules, is_rate, masking_rules
 
 EXIT_TRAINING = ("joint", "exits_only")
+
+# The fine-tuning values fairseq writes over the pre-trained encoder's (layerdrop goes to its
+# encoder_layerdrop), checked under this config's own keys before the checkpoint is read.
+CTC_RULES: List[Rule] = [
+    *[(key, is_rate, "in [0, 1)") for key in ("final_dropout", "dropout", "attention_dropout",
+                                             "activation_dropout", "dropout_input", "layerdrop")],
+    *masking_rules(),
+    ("feature_grad_mult", at_least(0), ">= 0"),
+    ("freeze_finetune_updates", at_least(0), ">= 0"),
+]
 
 
 @dataclass
@@ -106,9 +118,14 @@ class SEWCtc(Wav2VecCtc):
 
     @classmethod
     def build_model(cls, cfg: SEWCtcConfig, task):
-        if cfg.w2v_args is None and not Path(cfg.w2v_path).is_file():
-            raise FileNotFoundError(f"model.w2v_path={cfg.w2v_path!r}: pre-trained checkpoint not found")
-        model = super().build_model(cfg, task)
+        check_rules(cfg, CTC_RULES)
+        if cfg.w2v_args is not None:  # a fine-tuned checkpoint carries its encoder's config
+            model = super().build_model(cfg, task)
+        else:
+            if not Path(cfg.w2v_path).is_file():
+                raise FileNotFoundError(f"model.w2v_path={cfg.w2v_path!r}: pre-trained checkpoint not found")
+            with refusing_unsafe(verify_checkpoint(cfg.w2v_path)):
+                model = super().build_model(cfg, task)
         if cfg.operating_point:
             set_operating_point(model, cfg.operating_point)
         if cfg.cif_lambda is not None or cfg.cif_learn_lambda:
@@ -136,8 +153,6 @@ class SEWCtc(Wav2VecCtc):
 
     def load_backbone(self, path: str) -> None:
         """Every weight but the exit heads from a fine-tuned CTC checkpoint (refusing a mismatch)."""
-        from ..checkpoint import read_weights
-
         if not Path(path).is_file():
             raise FileNotFoundError(f"model.exit_init={path!r}: fine-tuned checkpoint not found")
         state = read_weights(path)

@@ -31,9 +31,9 @@ from argparse import Namespace
 from pathlib import Path
 from typing import List, Optional, Tuple
 
+import numpy as np
 import torch
 from fairseq.data import AddTargetDataset, FileAudioDataset
-from fairseq.data.data_utils import numpy_seed
 from fairseq.tasks import register_task
 from fairseq.tasks.audio_finetuning import AudioFinetuningConfig, AudioFinetuningTask
 from fairseq.tasks.audio_pretraining import AudioPretrainingConfig, AudioPretrainingTask
@@ -85,7 +85,9 @@ class CheckedFileAudioDataset(FileAudioDataset):
     finite, else ``DataError`` naming the manifest line and the file. Long utterances are cropped
     from a seed of ``task.seed`` (``common.seed``), the epoch and the batch's ids, not from NumPy's
     global state: the same crops whichever worker or accumulation step collates a batch, and after
-    a restart (README "Reproducible runs")."""
+    a restart (README "Reproducible runs"). fairseq keeps loader workers (``dataset.num_workers`` > 0)
+    alive across epochs with the dataset they started with, so there the epoch is the one they
+    started in."""
 
     manifest_path: Path
     manifest_lines: List[int]
@@ -97,8 +99,16 @@ class CheckedFileAudioDataset(FileAudioDataset):
         super().set_epoch(epoch)
 
     def collater(self, samples):
-        with numpy_seed(self.crop_seed, self.epoch, *(s["id"] for s in samples)):
-            return super().collater(samples)
+        self._crops = np.random.default_rng([self.crop_seed, self.epoch, *(int(s["id"]) for s in samples)])
+        return super().collater(samples)
+
+    def crop_to_max_size(self, t, target_size, dim=0):
+        """fairseq's random crop, drawn from the batch's own generator: NumPy's global one is shared
+        with the training thread, which reseeds it per batch while this runs in the loader's."""
+        excess = t.size(dim) - target_size
+        if excess <= 0:
+            return t
+        return t.narrow(dim, int(self._crops.integers(0, excess + 1)), target_size)
 
     def __getitem__(self, index):
         fname = self.fnames[index]
@@ -152,6 +162,12 @@ class CheckedAudioTaskMixin:
         else:  # fairseq changed how it reads manifests: keep its dataset, say so
             logger.warning(f"{split}: {type(base).__name__} of {len(base)} items; samples are not checked as read")
         self.report_sizes(split, manifest, kept, task_cfg)
+
+    def get_batch_iterator(self, dataset, *args, epoch=1, **kwargs):
+        """fairseq's, with the dataset told its epoch before any batch is collated: a resumed run's
+        iterator starts collating in the epoch it resumes, before fairseq calls ``set_epoch``."""
+        dataset.set_epoch(epoch)
+        return super().get_batch_iterator(dataset, *args, epoch=epoch, **kwargs)
 
     def check_split(self, manifest_path: Path, sample_rate: int, task_cfg) -> Tuple[Manifest, List[int]]:
         """Validate one split (see the module's docstring); return its manifest and the indices of

@@ -10,8 +10,8 @@ from fairseq.models import register_model
 def register_models(model_cls, dataclass, *names: str) -> None:
     """Register ``model_cls`` with config ``dataclass`` under each of ``names``.
 
-    The first name is this plugin's; the others are typically the original release's names, so
-    that the ``_name`` stored in its checkpoints resolves to this class.
+    Several names share one class (e.g. a plugin name and a shorter alias); the original release's
+    names are registered with their own config classes in ``sew_plugin.models.original``.
     """
     for name in names:
         registered = register_model(name, dataclass=dataclass)(model_cls)

@@ -243,4 +243,4 @@ class SEWModel(Wav2Vec2Model):
         return losses
 
 
-register_models(SEWModel, SEWConfig, "sew", "squeeze_wav2vec2")
+register_models(SEWModel, SEWConfig, "sew")

@@ -4,8 +4,8 @@ fairseq's ``Wav2VecCtc`` already rebuilds the pre-training model from the checkp
 (``w2v_args``) through the model registry, so it builds SEW (and later this plugin's other
 encoders) as readily as wav2vec 2.0, and it writes the fine-tuning overrides (dropouts, masking,
 layerdrop, ``feature_grad_mult``) into that cfg before building. This class keeps that machinery,
-registers it under this plugin's names (``sew_ctc``, and ``wav2vec_ctc_v2`` of the original SEW
-release), fails early with the config key when ``w2v_path`` is missing, fixes the operating
+registers it as ``sew_ctc`` (``wav2vec_ctc_v2`` of the original SEW release is in
+``sew_plugin.models.original``), fails early with the config key when ``w2v_path`` is missing, fixes the operating
 point of a St-SEW encoder for deterministic fine-tuning (``operating_point``), fixes (or learns) the
 lambda of a CIF-compressed encoder (``cif_lambda``) and repeats its compressed frames by their durations
 before CTC (``cif_upsample``), shortens the waveform before the encoder (``input_downsample``, paper
@@ -226,4 +226,4 @@ def set_operating_point(model, point: Optional[str]) -> None:
     encoder.set_operating_point(point)
 
 
-register_models(SEWCtc, SEWCtcConfig, "sew_ctc", "wav2vec_ctc_v2")
+register_models(SEWCtc, SEWCtcConfig, "sew_ctc")

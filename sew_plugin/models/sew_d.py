@@ -120,4 +120,4 @@ class SEWDModel(SEWModel):
         self.encoder = SqueezedDebertaEncoder(cfg)
 
 
-register_models(SEWDModel, SEWDConfig, "sew_d", "squeeze_wav2vec2_deberta")
+register_models(SEWDModel, SEWDConfig, "sew_d")

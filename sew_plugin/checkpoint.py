@@ -95,8 +95,19 @@ def load_checkpoint(path: Path, arg_overrides: Optional[dict] = None, quiet: boo
     silence = contextlib.redirect_stdout(io.StringIO()) if quiet else contextlib.nullcontext()
     with refusing_unsafe(path), silence, warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*weight_norm.*", category=FutureWarning)
-        models, cfg, task = checkpoint_utils.load_model_ensemble_and_task([str(path)], arg_overrides=overrides)
+        state = checkpoint_utils.load_checkpoint_to_cpu(str(path), overrides)
+        upgrade_release_fine_tuning(state["cfg"])
+        models, cfg, task = checkpoint_utils.load_model_ensemble_and_task([str(path)], overrides, state=state)
     return models[0].eval(), cfg, task
+
+
+def upgrade_release_fine_tuning(cfg) -> None:
+    """The original SEW release fine-tuned with the fairseq of its day, whose ``audio_pretraining``
+    task also read labels; fairseq 0.12 moved that to ``audio_finetuning``. Such a checkpoint's task
+    becomes the release's ``audio_pretraining_features``, which sets up fine-tuning when it has labels."""
+    task = cfg.get("task") if cfg is not None else None
+    if task is not None and task.get("_name") == "audio_pretraining" and task.get("labels"):
+        task["_name"] = "audio_pretraining_features"
 
 
 def newest_whole_checkpoint(folder: Path, besides: Path) -> Optional[Path]:

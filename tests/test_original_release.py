@@ -154,7 +154,11 @@ def fine_tuned(tmp_path_factory, data):
                      normalize=False, data=str(data), apply_mask=True, mask_prob=0.5, layerdrop=0.1,
                      output_upsample=0, chunk_mode="flat", drop_upsample_layers=0)
     path = tmp_path_factory.mktemp("release_ctc") / "checkpoint_best.pt"
-    write_release_checkpoint(path, model_cfg, release_task(data, labels="ltr"), weights, "ctc")
+    # the release fine-tuned with the fairseq of its day: audio_pretraining with labels (sew.md section 1)
+    task = dict(release_task(data, labels="ltr"), _name="audio_pretraining", eval_wer=False)
+    for key in ("load_with_librosa", "fbank_dim", "mfcc_dim", "audio_feat_frame_length", "audio_feat_frame_shift"):
+        task.pop(key)
+    write_release_checkpoint(path, model_cfg, task, weights, "ctc")
     return encoder, proj, path
 
 

@@ -179,6 +179,13 @@ def get_parser() -> argparse.ArgumentParser:
                        description=bench_doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_bench_arguments(p)
     p.set_defaults(func=_bench)
+
+    from .interop.export_hf import __doc__ as export_hf_doc, add_arguments as add_export_hf_arguments, main as export_hf
+
+    p = sub.add_parser("export-hf", help="write a checkpoint as a HuggingFace transformers model directory",
+                       description=export_hf_doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_export_hf_arguments(p)
+    p.set_defaults(func=export_hf)
     return parser
 
 

@@ -60,6 +60,50 @@ def sew_state_dict_to_hf(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, to
     return out
 
 
+CTC_ENCODER_PREFIX = "w2v_encoder.w2v_model."
+CTC_HEAD = re.compile(r"^w2v_encoder\.proj\.(weight|bias)$")
+
+
+def sew_ctc_state_dict_to_hf(state_dict: Mapping[str, torch.Tensor], base_prefix: str) -> Dict[str, torch.Tensor]:
+    """Rename a ``sew_ctc`` state dict (SEW or SEW-D encoder) to ``SEWForCTC`` / ``SEWDForCTC`` keys.
+
+    The encoder's keys (``w2v_encoder.w2v_model.*``) go under ``base_prefix`` (``sew`` or ``sew_d``,
+    the base model's attribute), the CTC projection ``w2v_encoder.proj`` becomes ``lm_head``; any other
+    key (early-exit heads, an input downsampler) raises ``KeyError``.
+    """
+    encoder, out = {}, {}
+    for key, value in state_dict.items():
+        head = CTC_HEAD.match(key)
+        if head:
+            out[f"lm_head.{head.group(1)}"] = value
+        elif key.startswith(CTC_ENCODER_PREFIX):
+            encoder[key[len(CTC_ENCODER_PREFIX):]] = value
+        else:
+            raise KeyError(f"no transformers SEWForCTC name for parameter {key!r}")
+    out.update({f"{base_prefix}.{k}": v for k, v in sew_state_dict_to_hf(encoder).items()})
+    return out
+
+
+# fairseq activation names -> transformers ACT2FN names of the same function
+_ACTIVATIONS = {
+    "gelu": "gelu",  # exact (erf) GELU in both
+    "gelu_accurate": "gelu_new",  # tanh approximation in both
+    "gelu_fast": "gelu_new",  # fairseq's deprecated alias of gelu_accurate
+    "relu": "relu",
+    "relu_squared": "relu2",
+    "tanh": "tanh",
+    "linear": "linear",
+}
+
+
+def hf_activation(name) -> str:
+    """transformers' name of fairseq's activation ``name``; ``ValueError`` when it has none."""
+    try:
+        return _ACTIVATIONS[str(name)]
+    except KeyError:
+        raise ValueError(f"model.activation_fn={name!r} has no transformers equivalent") from None
+
+
 def sew_hf_config_kwargs(cfg) -> dict:
     """``transformers.SEWConfig`` keyword arguments equivalent to a SEW model config (eval mode)."""
     if cfg.layer_norm_first:
@@ -77,7 +121,7 @@ def sew_hf_config_kwargs(cfg) -> dict:
         conv_bias=cfg.conv_bias,
         feat_extract_norm="group" if str(cfg.extractor_mode) == "default" else "layer",
         feat_extract_activation="gelu",
-        hidden_act=str(cfg.activation_fn),
+        hidden_act=hf_activation(cfg.activation_fn),
         hidden_size=cfg.encoder_embed_dim,
         intermediate_size=cfg.encoder_ffn_embed_dim,
         num_attention_heads=cfg.encoder_attention_heads,

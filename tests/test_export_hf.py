@@ -1,0 +1,290 @@
+"""``sew export-hf`` (issue 11): fairseq checkpoints of SEW / SEW-D, pre-trained and CTC fine-tuned,
+written as transformers model directories that load with ``from_pretrained`` and reproduce the
+plugin's outputs; models transformers cannot represent are refused with the reason.
+
+Checkpoints are written directly in fairseq's format (the dict ``fairseq-hydra-train`` saves: ``cfg``
+with ``model`` and ``task`` sections, ``model`` weights, ``task_state`` with the CTC target
+dictionary), from tiny models whose biases and norms are moved off their initialisation.
+"""
+
+import json
+import subprocess
+import sys
+from argparse import Namespace
+from pathlib import Path
+
+import pytest
+import torch
+import transformers  # a test-only dependency, declared in setup.py
+from fairseq.data import Dictionary
+from omegaconf import OmegaConf, open_dict
+
+import sew_plugin.models  # noqa: F401
+from sew_plugin.checkpoint import load_checkpoint
+from sew_plugin.cli import main
+from sew_plugin.decoding import ViterbiDecoder
+from sew_plugin.interop.export_hf import ctc_vocabulary
+from sew_plugin.interop.hf import sew_ctc_state_dict_to_hf
+from sew_plugin.models.sew import SEWConfig, SEWModel
+from sew_plugin.models.sew_ctc import SEWCtc, SEWCtcConfig
+from sew_plugin.models.sew_d import SEWDConfig, SEWDModel
+from sew_plugin.models.st_sew import StSEWConfig, StSEWModel
+
+from conftest import TINY_SEW
+
+SEW = str(Path(sys.executable).with_name("sew"))
+LETTERS = "|ETAONISHRDLU"  # a letter dictionary as `sew labels` writes it
+
+PRETRAINING = {"sew": (SEWConfig, SEWModel), "sew_d": (SEWDConfig, SEWDModel), "st_sew": (StSEWConfig, StSEWModel)}
+
+
+def model_cfg(name, **overrides):
+    cfg = OmegaConf.structured(PRETRAINING[name][0](**{**TINY_SEW, "encoder_layers": 3, **overrides}))
+    with open_dict(cfg):
+        cfg._name = name
+    return cfg
+
+
+def perturbed(model):
+    """Biases and norm parameters off their 0 / 1 start, so a mapping slip cannot hide."""
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 1:
+                p.add_(0.1 * torch.randn_like(p))
+    return model
+
+
+def save_checkpoint(path: Path, model_section, task_section, state_dict, task_state=None) -> Path:
+    """A checkpoint as fairseq writes it (plain containers, weights, task state)."""
+    torch.save({
+        "args": None,
+        "cfg": {"_name": None, "common": {"user_dir": "/elsewhere/sew_plugin"},
+                "model": OmegaConf.to_container(model_section, resolve=True, enum_to_str=True), "task": task_section},
+        "model": state_dict,
+        "criterion": None,
+        "optimizer_history": [{"criterion_name": "CtcCriterion", "optimizer_name": "FairseqAdam",
+                               "lr_scheduler_state": {"best": None}, "num_updates": 0}],
+        "task_state": task_state or {},
+        "extra_state": {"train_iterator": {"epoch": 1, "iterations_in_epoch": 0}},
+        "last_optimizer_state": None,
+    }, path)
+    return path
+
+
+def pretrained_checkpoint(path, name, normalize=False, **overrides) -> Path:
+    cfg = model_cfg(name, quantize_targets=True, **overrides)
+    model = perturbed(PRETRAINING[name][1].build_model(cfg).eval())
+    task = {"_name": "sew_audio_pretraining", "data": str(path.parent), "normalize": normalize}
+    return save_checkpoint(path, cfg, task, model.state_dict())
+
+
+def target_dictionary():
+    d = Dictionary()  # <s>=0 (fairseq's CTC blank), <pad>=1, </s>=2, <unk>=3
+    for c in LETTERS:
+        d.add_symbol(c)
+    return d
+
+
+def ctc_checkpoint(path, name, normalize=False, encoder=None, **ctc) -> Path:
+    """A ``sew_ctc`` checkpoint: the pre-training cfg as ``w2v_args``, as fairseq stores it."""
+    w2v_args = OmegaConf.create({"model": model_cfg(name, **(encoder or {})),
+                                 "task": {"_name": "sew_audio_pretraining", "data": ".", "normalize": normalize}})
+    cfg = OmegaConf.structured(SEWCtcConfig(w2v_args=w2v_args, w2v_path="unused.pt", data=".", normalize=normalize,
+                                            apply_mask=True, mask_prob=0.1, ddp_backend="legacy_ddp", **ctc))
+    with open_dict(cfg):
+        cfg._name = "sew_ctc"
+    dictionary = target_dictionary()
+    model = perturbed(SEWCtc.build_model(cfg, Namespace(target_dictionary=dictionary)).eval())
+    with torch.no_grad():  # spread the argmax over the letters, never fairseq's <pad> </s> <unk>
+        torch.nn.init.normal_(model.w2v_encoder.proj.weight, std=0.3)
+        model.w2v_encoder.proj.bias[1:4] = -1e3
+    task = {"_name": "sew_audio_finetuning", "data": str(path.parent), "labels": "ltr", "normalize": normalize}
+    return save_checkpoint(path, cfg, task, model.state_dict(), {"target_dictionary": dictionary})
+
+
+def export(checkpoint, out_dir, *extra):
+    return subprocess.run([SEW, "export-hf", str(checkpoint), str(out_dir), *extra], capture_output=True, text=True,
+                          timeout=300)
+
+
+def last_line(text: str) -> str:
+    return text.strip().splitlines()[-1]  # after fairseq's import-time log lines
+
+
+def padded_batch(frames):
+    """Zero-padded waveforms of ``frames`` 20 ms frames each (plus 80 samples) and their attention mask."""
+    lengths = [320 * f + 80 for f in frames]
+    g = torch.Generator().manual_seed(1)
+    source = torch.zeros(len(lengths), max(lengths))
+    attention = torch.zeros(len(lengths), max(lengths), dtype=torch.long)
+    for i, n in enumerate(lengths):
+        source[i, :n] = torch.randn(n, generator=g)
+        attention[i, :n] = 1
+    return source, attention
+
+
+# Shorter utterances with whole squeezed frames (s = 2): transformers >= 5 pools the attention mask
+# with ceil(T / s), the original SEW (and this plugin) keeps floor(T / s) (see test_hf_parity.py).
+FRAMES = [61, 24, 16]
+
+
+@pytest.mark.parametrize("name, extractor_mode, hf_class", [
+    ("sew", "default", transformers.SEWModel),
+    ("sew_d", "layer_norm", transformers.SEWDModel),
+])
+def test_pretrained_export_loads_in_transformers_and_matches(tmp_path, name, extractor_mode, hf_class):
+    ckpt = pretrained_checkpoint(tmp_path / "checkpoint_best.pt", name, normalize=extractor_mode == "layer_norm",
+                                 extractor_mode=extractor_mode)
+    out = tmp_path / "hf"
+    run = export(ckpt, out)
+    assert run.returncode == 0, run.stderr
+    assert hf_class.__name__ in run.stdout and "max abs diff" in run.stdout
+    assert {"config.json", "model.safetensors", "preprocessor_config.json"} <= {p.name for p in out.iterdir()}
+    assert not (out / "vocab.json").exists()
+
+    hf = transformers.AutoModel.from_pretrained(out).eval()
+    assert type(hf) is hf_class
+    extractor = transformers.AutoFeatureExtractor.from_pretrained(out)
+    assert type(extractor) is transformers.Wav2Vec2FeatureExtractor and extractor.sampling_rate == 16000
+    assert extractor.do_normalize == (extractor_mode == "layer_norm")
+    assert extractor.return_attention_mask == (extractor_mode == "layer_norm")
+
+    model, _, _ = load_checkpoint(ckpt)
+    source, attention = padded_batch(FRAMES)
+    with torch.no_grad():
+        ours = model(source, padding_mask=attention == 0, mask=False, features_only=True)
+        theirs = hf(source, attention_mask=attention).last_hidden_state
+    valid = ~ours["padding_mask"]
+    assert valid.sum(1).tolist() == FRAMES
+    diff = (ours["x"] - theirs).abs()[valid].max().item()
+    print(f"max abs diff of the hidden states, {name} ({extractor_mode}): {diff:.2e}")
+    assert diff < 1e-4, diff
+
+    if name == "sew":  # OUT_DIR is no longer empty: the console script refuses, exit 2, no traceback
+        again = export(ckpt, out)
+        assert again.returncode == 2 and "Traceback" not in again.stderr, again.stderr
+        assert last_line(again.stderr).startswith(f"sew export-hf: error: {out}: exists and is not empty")
+
+
+@pytest.mark.parametrize("name, extractor_mode, hf_class", [
+    ("sew", "layer_norm", transformers.SEWForCTC),
+    ("sew_d", "default", transformers.SEWDForCTC),
+])
+def test_ctc_export_gives_the_same_logits_and_letters(tmp_path, name, extractor_mode, hf_class):
+    ckpt = ctc_checkpoint(tmp_path / "checkpoint_best.pt", name, encoder={"extractor_mode": extractor_mode})
+    out = tmp_path / "hf"
+    run = export(ckpt, out)
+    assert run.returncode == 0, run.stderr
+    files = {p.name for p in out.iterdir()}
+    assert {"config.json", "model.safetensors", "preprocessor_config.json", "vocab.json", "tokenizer_config.json",
+            "special_tokens_map.json"} <= files
+
+    hf = transformers.AutoModelForCTC.from_pretrained(out).eval()
+    assert type(hf) is hf_class
+    model, cfg, task = load_checkpoint(ckpt)
+    dictionary = task.target_dictionary
+    assert hf.config.vocab_size == len(dictionary)
+    assert hf.config.pad_token_id == dictionary.index("<s>") == 0  # transformers' blank is fairseq's
+
+    tokenizer = transformers.Wav2Vec2CTCTokenizer.from_pretrained(out)
+    assert tokenizer.pad_token_id == hf.config.pad_token_id
+    assert tokenizer.word_delimiter_token == "|"
+    # logits columns keep fairseq's order: every letter has its fairseq index
+    assert all(tokenizer.convert_tokens_to_ids(c) == dictionary.index(c) for c in LETTERS)
+    assert json.loads((out / "special_tokens_map.json").read_text())["pad_token"] == "<pad>"
+    assert not transformers.AutoFeatureExtractor.from_pretrained(out).do_normalize
+
+    source, attention = padded_batch(FRAMES)
+    with torch.no_grad():
+        out_ours = model(source=source, padding_mask=attention == 0)
+        ours, padding = out_ours["encoder_out"].transpose(0, 1), out_ours["padding_mask"]
+        theirs = hf(source, attention_mask=attention).logits
+    valid = ~padding
+    assert valid.sum(1).tolist() == FRAMES
+    diff = (ours - theirs).abs()[valid].max().item()
+    print(f"max abs diff of the logits, {name} CTC ({extractor_mode}): {diff:.2e}")
+    assert diff < 1e-4, diff
+
+    viterbi, texts = ViterbiDecoder(dictionary), []
+    for i, n in enumerate(FRAMES):
+        texts.append(" ".join(viterbi.decode(ours[i, :n])))
+        assert tokenizer.decode(theirs[i, :n].argmax(-1).tolist()) == texts[-1]
+    assert len(set("".join(texts))) > 3, texts  # a mix of letters, not one symbol
+    # blanks, repeats and word breaks: "HI THERE", "ALL"
+    path = ["<s>", "H", "H", "I", "|", "<s>", "T", "H", "E", "R", "R", "<s>", "E", "|", "A", "L", "<s>", "L", "|"]
+    ids = [dictionary.index(c) for c in path]
+    assert viterbi.decode(torch.nn.functional.one_hot(torch.tensor(ids), len(dictionary)).float()) == ["HI", "THERE", "ALL"]
+    assert tokenizer.decode(ids) == "HI THERE ALL"
+
+
+def test_ctc_vocabulary_names_the_blank_pad_and_keeps_the_order():
+    names = ctc_vocabulary(target_dictionary(), blank=0)
+    assert names[:4] == ["<pad>", "<s>", "</s>", "<unk>"] and "".join(names[4:]) == LETTERS
+
+
+def test_ctc_key_map_puts_the_head_at_lm_head_and_refuses_strangers():
+    state = {"w2v_encoder.proj.weight": torch.zeros(2, 2), "w2v_encoder.w2v_model.mask_emb": torch.zeros(2)}
+    assert set(sew_ctc_state_dict_to_hf(state, "sew_d")) == {"lm_head.weight", "sew_d.masked_spec_embed"}
+    with pytest.raises(KeyError, match="exit_heads.1.weight"):
+        sew_ctc_state_dict_to_hf({**state, "exit_heads.1.weight": torch.zeros(1)}, "sew")
+
+
+REFUSALS = {
+    "st_sew": (lambda p: pretrained_checkpoint(p, "st_sew", operating_point="2,2,1"), "St-SEW"),
+    "cif": (lambda p: pretrained_checkpoint(p, "sew", squeeze_factor=1, compressor="cif"), "CIF compression"),
+    "exits": (lambda p: ctc_checkpoint(p, "sew", exit_layers="1"), "early-exit CTC heads"),
+    "downsampling": (lambda p: ctc_checkpoint(p, "sew", input_downsample="avgpool", input_downsample_factor=2),
+                     "input downsampling"),
+    "frames_per_step": (lambda p: ctc_checkpoint(p, "sew", input_downsample="avgpool", input_downsample_factor=4,
+                                                 ctc_frames_per_step=2), "ctc_frames_per_step=2"),
+    "squeeze_1": (lambda p: pretrained_checkpoint(p, "sew", squeeze_factor=1), "squeeze_factor=1"),
+    "pre_ln": (lambda p: pretrained_checkpoint(p, "sew", layer_norm_first=True), "layer_norm_first=true"),
+    "blank_set": (lambda p: ctc_checkpoint(p, "sew", blank_weight=1.0, blank_mode="set"), "blank_mode='set'"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(REFUSALS))
+def test_unrepresentable_models_are_refused_with_the_reason(tmp_path, capsys, kind):
+    make, reason = REFUSALS[kind]
+    ckpt = make(tmp_path / f"{kind}.pt")
+    out = tmp_path / "hf"
+    assert main(["export-hf", str(ckpt), str(out)]) == 2
+    error = last_line(capsys.readouterr().err)
+    assert error.startswith(f"sew export-hf: error: {ckpt}: transformers cannot represent this model: "), error
+    assert reason in error
+    assert not out.exists()
+
+
+def test_a_non_empty_out_dir_is_refused_unless_forced(tmp_path, capsys):
+    ckpt = pretrained_checkpoint(tmp_path / "checkpoint.pt", "sew")
+    out = tmp_path / "hf"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    (out / "vocab.json").write_text("{}")  # a stale tokenizer of an earlier CTC export
+    assert main(["export-hf", str(ckpt), str(out)]) == 2
+    error = last_line(capsys.readouterr().err)
+    assert error.startswith(f"sew export-hf: error: {out}: exists and is not empty") and "--force" in error
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt", "vocab.json"]
+
+    assert main(["export-hf", str(ckpt), str(out), "--force"]) == 0
+    assert "SEWModel" in capsys.readouterr().out
+    files = {p.name for p in out.iterdir()}
+    assert {"config.json", "model.safetensors", "notes.txt"} <= files and "vocab.json" not in files
+    assert (out / "notes.txt").read_text() == "keep me"
+    assert (out / "model.safetensors").stat().st_mode == (out / "config.json").stat().st_mode  # not owner-only
+    assert type(transformers.AutoModel.from_pretrained(out)) is transformers.SEWModel
+
+
+def test_a_blank_weight_is_baked_into_the_head(tmp_path, capsys):
+    """fairseq adds ``blank_weight`` to the blank logit when decoding (``get_logits``); the export's
+    ``lm_head`` bias carries it."""
+    ckpt = ctc_checkpoint(tmp_path / "checkpoint.pt", "sew", blank_weight=2.5)
+    out = tmp_path / "hf"
+    assert main(["export-hf", str(ckpt), str(out)]) == 0, capsys.readouterr().err
+    hf = transformers.AutoModelForCTC.from_pretrained(out).eval()
+    model, _, _ = load_checkpoint(ckpt)
+    source = torch.randn(1, 320 * 30 + 80)
+    with torch.no_grad():
+        ours = model.get_logits(model(source=source, padding_mask=None)).transpose(0, 1)
+        theirs = hf(source).logits
+    assert (ours - theirs).abs().max() < 1e-4

@@ -14,6 +14,10 @@ layer K, ``NAME:exitK`` (e.g. ``sew_d_mid:exit12``: the forward of an utterance 
 a CIF model at lambda L, ``NAME@L`` (e.g. ``w2v2_base_cif@1.1``) or at the lambda that gives a mean
 frame period of P ms, ``NAME@Pms`` (e.g. ``w2v2_base_cif@90ms``, found on 10 s of noise), and input downsampling by f before
 the model, ``NAME:down{f}{method}`` (e.g. ``w2v2_base:down2resample``; methods conv, avgpool, resample).
+``NAME:onnx`` is the row ``NAME`` (a model, or St-SEW at an operating point, e.g.
+``st_sew_base@2,2,1:onnx``) exported to ONNX (``sew_plugin.interop.onnx``, into a temporary file) and run
+by onnxruntime on the CPU with as many threads as torch, fp32 only, timed like the PyTorch rows; its
+MACs are counted on the PyTorch model (the same computation), its peak memory is not measured (nan).
 
 Besides the whole forward's MACs, ``context GMACs`` counts the context network (the transformer with
 its squeeze/upsample, and the CIF module: what paper 003 reports), and ``frame ms`` is the period of
@@ -95,6 +99,8 @@ def build(name: str):
     """(module, forward) for a row name; the module is in eval mode. Random weights are seeded, so
     rows of one model at different settings share them."""
     torch.manual_seed(0)
+    if name.endswith(":onnx"):
+        return _onnx_model(name)
     if name.startswith("hf:"):
         model, forward = _hf_model(name[3:])
     elif name == "w2v2_large":  # wav2vec 2.0 large (24 x 1024) with the base recipe's front end
@@ -135,6 +141,38 @@ def build(name: str):
         if getattr(model, "cif", None) is not None:
             raise ValueError(f"{name} samples its CIF lambda: name one, e.g. {name}@1.0")
     return model.eval(), forward
+
+
+def _onnx_model(name: str):
+    """The row ``NAME`` of ``NAME:onnx`` as an onnxruntime session: (the PyTorch model, forward). The
+    forward's ``torch_forward`` is the PyTorch row's, for the MAC count."""
+    import tempfile
+
+    import numpy as np
+
+    from .interop import onnx as export
+
+    base = name[: -len(":onnx")]
+    if base.startswith("hf:") or ":" in base:
+        raise ValueError(f"{name}: ':onnx' takes a model name or a St-SEW operating point, e.g. sew_d_mid:onnx, "
+                         "st_sew_base@2,2,1:onnx")
+    model, torch_forward = build(base)
+    try:
+        graph = export.Graph(export.prepare_encoder(model)).eval()
+    except export.ExportError as err:
+        raise ValueError(f"{name}: {err}") from None
+    with tempfile.TemporaryDirectory(prefix="sew_bench_onnx_") as folder:
+        path = export.export_graph(graph, Path(folder) / f"{base}.onnx")
+        session = export.session(path, torch.get_num_threads())
+
+    def forward(x):
+        mask = np.zeros(tuple(x.shape), dtype=bool)
+        return session.run(export.OUTPUT_NAMES[:1], {"source": x.numpy(), "padding_mask": mask})[0]
+
+    with torch.no_grad():  # fill the caches the PyTorch row fills in its warm-up (SEW-D's position tables)
+        torch_forward(torch.zeros(1, 16000))
+    forward.torch_forward = torch_forward
+    return model, forward
 
 
 def downsampling(name: str) -> Tuple[str, int, str]:
@@ -261,6 +299,8 @@ def run(models: List[str], seconds: List[float], batch_sizes: List[int], device:
         log: Callable[[str], None] = print) -> List[Row]:
     if baseline not in models:
         models = models + [baseline]
+    if (device != "cpu" or dtype != "fp32") and any(name.endswith(":onnx") for name in models):
+        raise ValueError("':onnx' rows run in onnxruntime on the CPU in fp32: use --device cpu --dtype fp32")
     built: Dict[str, tuple] = {}
     for name in models:
         log(f"building {name}")
@@ -285,9 +325,10 @@ def run(models: List[str], seconds: List[float], batch_sizes: List[int], device:
             for name in models:
                 model, forward = built[name]
                 med = statistics.median(times[name])
+                torch_forward = getattr(forward, "torch_forward", None)  # ':onnx' rows
                 with autocast:
-                    peak = peak_memory_bytes(forward, x)
-                macs = mac_counts(model, forward, x)
+                    peak = peak_memory_bytes(forward, x) if torch_forward is None else float("nan")
+                macs = mac_counts(model, torch_forward or forward, x)
                 rows.append(Row(
                     name, bsz, secs, sum(p.numel() for p in model.parameters()) / 1e6, 1000 * med,
                     1000 * min(times[name]), 1000 * max(times[name]), med / (bsz * secs), base / med,

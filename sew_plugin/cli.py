@@ -186,6 +186,13 @@ def get_parser() -> argparse.ArgumentParser:
                        description=export_hf_doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_export_hf_arguments(p)
     p.set_defaults(func=export_hf)
+
+    from .interop.onnx import __doc__ as onnx_doc, add_arguments as add_onnx_arguments, main as export_onnx
+
+    p = sub.add_parser("export-onnx", help="export a fine-tuned CTC checkpoint to ONNX (dynamic batch and length)",
+                       description=onnx_doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_onnx_arguments(p)
+    p.set_defaults(func=export_onnx)
     return parser
 
 

@@ -1,0 +1,534 @@
+"""``sew export-onnx``: a fine-tuned CTC checkpoint as an ONNX graph with dynamic batch and length.
+
+    sew export-onnx checkpoints/checkpoint_best.pt model.onnx
+    sew export-onnx st_sew_ctc.pt model_221.onnx --operating-point 2,2,1
+
+Exported: ``sew_ctc`` checkpoints with SEW, SEW-D or St-SEW encoders (with or without input
+downsampling), and fairseq's own ``wav2vec_ctc``. The graph's interface:
+
+- inputs ``source`` (B, S) float32, the zero-padded 16 kHz waveforms, and ``padding_mask`` (B, S)
+  bool, True at padded samples (the convention of the PyTorch model and ``sew infer``). Only each
+  row's count of valid samples is read from the mask, so padding must be at the end of a row.
+  Checkpoints fine-tuned with ``task.normalize`` expect every utterance layer-normalised over its
+  own samples before padding (``normalize`` in the graph's metadata says which);
+- outputs ``logits`` (B, T, V) float32, the CTC head's scores at the output frame rate (20 ms; 40 ms
+  with ``input_downsample_factor`` 2 ...), with the checkpoint's ``blank_weight`` applied, and
+  ``lengths`` (B,) int64, the valid frames of each row (frames at and after it are padding).
+
+Metadata (``metadata_props``): ``vocabulary`` (the target dictionary's symbols, space-separated,
+index 0 first), ``blank_index``, ``normalize``, ``frame_ms``, ``operating_point``, ``model``.
+
+Why an input mask rather than lengths: the mask is what the model itself takes, so the same batch
+goes to both; both export equally robustly (the graph reduces the mask to lengths first).
+
+How it is exported: torch's TorchScript-based exporter (``dynamo=False``), tracing a copy of the
+encoder prepared for tracing (``prepare_encoder``). The copy differs only where a trace would bake
+one input's shape or data into the graph, and computes the same function:
+
+- the positional convolution's weight norm is folded into a plain weight;
+- fairseq's frame mask (chosen by ``padding_mask.any()``) is replaced by the exact integer frame
+  count of every row (``sew_plugin.modules.frame_mask``), always computed;
+- the squeeze's ``min(conv length, pool length)`` (a Python ``min`` a trace fixes to one branch) is
+  made unnecessary by cropping the strided positional convolution to the pooled length
+  ``floor(T / s)`` (never longer: see ``_CroppedPosConv``), and the upsampler always pads to the
+  20 ms length (by zero frames when nothing is missing);
+- fairseq's ``pad_to_multiple`` (Python arithmetic on the length; padded frames are masked, so it
+  only matters for speed) is left out of the wav2vec 2.0 encoder;
+- SEW-D's relative-position bucket index is built inside the graph from the length, over the whole
+  table (the eager model slices the table to the rows a length reaches, a per-length constant),
+  and its attention runs over the whole batch at once (the eager model splits it into cache-sized
+  groups whose size depends on the length);
+- the feature extractor runs as fairseq's plain ``ConvFeatureExtractionModel`` (no cache-sized
+  groups, no in-place GELU);
+- the upsampler selects zeros for padded frames instead of multiplying by 0: onnxruntime's softmax
+  gives NaN for a fully masked attention row (an utterance with no squeezed frame), PyTorch's fused
+  attention 0, and NaN * 0 is NaN.
+
+One fix is in the exporter itself, for the duration of the export: it writes Python's ``//``
+(``aten::floor_divide``) as truncating division, wrong for negative integers; St-SEW's pooling takes
+``ceil(L / p)`` as ``-(-L // p)`` and would drop a window of every odd length. ``//`` is written as
+floor division instead.
+
+The dynamo exporter (``torch.onnx.export(..., dynamo=True)``, with ``onnxscript``) was tried on
+torch 2.13: ``torch.export`` refuses the data-dependent shapes these models have by design (the
+frame lengths come from the padding mask and size the squeeze, the pooling and the masks:
+``GuardOnDataDependentSymNode``) and SEW-D's weight caches (``data_ptr``), with or without the copy
+above; only the prepared wav2vec 2.0 went through (7e-5 max abs difference, 5e-6 here). The
+TorchScript exporter needs only ``onnx``.
+
+Refused, with the reason: early-exit models (which layers run depends on each utterance's
+posteriors at run time) and CIF models (the compressed length comes from an integrate-and-fire
+loop over the frames); St-SEW without a fixed operating point (it would sample one per forward).
+
+After writing, the graph is run with onnxruntime (CPU) on a padded batch of other lengths and batch
+size than the trace's, and compared with PyTorch (``--tolerance``, default 1e-4 max abs difference
+over valid frames).
+"""
+
+import contextlib
+import copy
+import types
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+SAMPLE_RATE = 16000
+TRACE_SECONDS = (1.3, 1.1)  # the batch the graph is traced on (the second row padded)
+CHECK_SECONDS = (0.7, 1.9, 2.6)  # the batch it is checked on, other length and batch size
+OPSET = 17
+TOLERANCE = 1e-4
+INPUT_NAMES = ["source", "padding_mask"]
+OUTPUT_NAMES = ["logits", "lengths"]
+DYNAMIC_AXES = {
+    "source": {0: "batch", 1: "samples"},
+    "padding_mask": {0: "batch", 1: "samples"},
+    "logits": {0: "batch", 1: "frames"},
+    "lengths": {0: "batch"},
+}
+
+
+class ExportError(ValueError):
+    """A model this exporter cannot turn into an equivalent ONNX graph (the message says why)."""
+
+
+# ---- what can be exported ---------------------------------------------------------------------
+
+
+def check_encoder(w2v) -> None:
+    """Refuse, naming why, an encoder whose ONNX graph would not compute what it computes."""
+    from fairseq.models.wav2vec.wav2vec2 import Wav2Vec2Model
+
+    if not isinstance(w2v, Wav2Vec2Model):
+        raise ExportError(f"the encoder {type(w2v).__name__} is not a wav2vec 2.0-family model (SEW, SEW-D, "
+                          "St-SEW or wav2vec 2.0)")
+    if getattr(w2v, "cif", None) is not None:
+        raise ExportError("CIF models cannot be exported: the compressed frames come from an integrate-and-fire "
+                          "loop whose output length depends on the data, frame by frame")
+    encoder = w2v.encoder
+    if hasattr(encoder, "set_operating_point") and not encoder.fixed:
+        raise ExportError("this St-SEW model samples its operating point at every forward: fix one with "
+                          "--operating-point S_f,S_k,S_q (e.g. 2,2,1)")
+    if getattr(encoder, "layer_hook", None) is not None:
+        raise ExportError("the encoder runs a hook after every layer (early exit), which decides per utterance "
+                          "at run time")
+    if getattr(w2v, "input_quantizer", None) is not None:
+        raise ExportError("models with an input quantizer (quantize_input) are not supported")
+    if getattr(w2v, "crop_seq_to_multiple", 1) != 1:
+        raise ExportError(f"crop_seq_to_multiple={w2v.crop_seq_to_multiple} is not supported")
+
+
+def check_exportable(model) -> None:
+    """Refuse, naming why, a CTC model whose ONNX graph would not compute what it computes."""
+    from fairseq.models.wav2vec.wav2vec2_asr import Wav2VecCtc
+
+    if not isinstance(model, Wav2VecCtc):
+        raise ExportError(f"{type(model).__name__} is not a CTC model: export-onnx takes fine-tuned sew_ctc "
+                          "or wav2vec_ctc checkpoints")
+    if getattr(model, "exit_runner", None) is not None:
+        raise ExportError("early-exit models cannot be exported: which layers run is decided per utterance from "
+                          "its posteriors at run time (data-dependent control flow), and an ONNX graph runs one "
+                          "fixed sequence of layers")
+    check_encoder(model.w2v_encoder.w2v_model)
+    if getattr(model, "blank_mode", "add") not in ("add", "set"):
+        raise ExportError(f"unknown blank_mode {model.blank_mode!r}")
+
+
+# ---- a copy of the encoder that traces into a length- and batch-independent graph --------------
+
+
+def _fold_weight_norm(model: nn.Module) -> None:
+    """Replace weight norm (fairseq's hook or torch's parametrization) by the weight it computes."""
+    from torch.nn.utils import parametrize
+    from torch.nn.utils.weight_norm import WeightNorm
+
+    for module in model.modules():
+        if parametrize.is_parametrized(module):
+            for name in list(module.parametrizations):
+                parametrize.remove_parametrizations(module, name, leave_parametrized=True)
+        for hook in list(module._forward_pre_hooks.values()):
+            if isinstance(hook, WeightNorm):
+                torch.nn.utils.remove_weight_norm(module, hook.name)
+
+
+def _deepcopy(module: nn.Module) -> nn.Module:
+    """``copy.deepcopy`` that also copies modules under fairseq's weight-norm hook."""
+    from torch.nn.utils.weight_norm import WeightNorm
+
+    for sub in module.modules():
+        for hook in sub._forward_pre_hooks.values():
+            if isinstance(hook, WeightNorm):
+                # the hook's last weight, recomputed at every forward; autograd's copy cannot be deep-copied
+                setattr(sub, hook.name, getattr(sub, hook.name).detach())
+    return copy.deepcopy(module)
+
+
+class _CroppedPosConv(nn.Sequential):
+    """The squeeze's strided positional convolution, cropped to the pooled length floor(T / s).
+
+    Its own length is floor((T + 2 * (k // 2) - k) / s) + 1, less SamePad's one frame for even k:
+    floor(T / s) for even k, ceil(T / s) for odd k, never less than floor(T / s); ``squeeze`` keeps
+    ``min(conv, pool)`` = floor(T / s) frames, so cropping here first changes nothing but makes both
+    lengths equal, and a trace then records no choice between them.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = super().forward(x)
+        return out[..., : torch.div(x.size(-1), self[0].stride[0], rounding_mode="floor")]
+
+
+def _upsample_forward(self, x: torch.Tensor, lengths: torch.Tensor, target_len) -> torch.Tensor:
+    """``Upsample.forward`` that always pads to ``target_len`` (by zero frames when nothing is
+    missing: L * s <= T always, so only the amount varies, never whether to pad), and selects the
+    zeros of padded frames instead of multiplying by 0: an utterance with no squeezed frame has a
+    fully masked attention row, which onnxruntime's softmax turns into NaN (PyTorch's fused CPU
+    attention into 0), and NaN * 0 would carry it into that utterance's valid 20 ms frames."""
+    from ..modules.squeeze import lengths_to_padding_mask
+
+    bsz, sq_len, dim = x.shape
+    x = nn.Sequential.forward(self, x).reshape(bsz, sq_len * self.factor, dim)
+    valid = ~lengths_to_padding_mask(lengths * self.factor, x.size(1))
+    x = torch.where(valid.unsqueeze(-1), x, torch.zeros((), dtype=x.dtype))
+    x = F.pad(x, (0, 0, 0, target_len - x.size(1)))
+    return x[:, :target_len]
+
+
+def _transformer_begin(self, x, padding_mask):
+    """``SteppableTransformerEncoder.begin`` without ``pad_to_multiple`` (speed only: the frames it
+    adds are masked and cropped again)."""
+    from ..modules.layerwise import LayerState
+    from ..modules.squeeze import padding_mask_to_lengths
+
+    target_len, lengths = x.size(1), padding_mask_to_lengths(padding_mask, x)
+    if padding_mask is not None:
+        x = x.masked_fill(padding_mask.unsqueeze(-1), 0.0)
+    if self.pos_conv is not None:
+        x = x + self.pos_conv(x.transpose(1, 2)).transpose(1, 2)
+    if not self.layer_norm_first:
+        x = self.layer_norm(x)
+    return LayerState(x.transpose(0, 1), padding_mask, lengths, target_len, lengths)
+
+
+class _Positions:
+    """SEW-D's relative positions for a traced length: the (L, L) bucket index into the whole
+    table (``first`` 0, all ``2 * buckets`` rows), computed from ``length`` inside the graph."""
+
+    def __init__(self, length, buckets: int, max_position: int, device):
+        from ..modules.disentangled_attention import log_bucket
+
+        i = torch.arange(length, device=device)
+        relative = i[:, None] - i[None, :]
+        self.index = (log_bucket(relative, buckets, max_position) + buckets).clamp(0, 2 * buckets - 1)
+        self.index_t = self.index.t()
+        self.first, self.rows = 0, 2 * buckets
+
+
+def _relative_positions(self, length, device):
+    return _Positions(length, self.position_buckets, self.max_position, device)
+
+
+def _disentangled_forward(self, x, key_padding_mask, rel_embeddings, positions, rel_key=None):
+    """``DisentangledSelfAttention.forward`` over the whole batch at once (no cache-sized groups)."""
+    q = self._split_heads(self.query_proj(x)) * self.scale
+    k = self._split_heads(self.key_proj(x))
+    v = self._split_heads(self.value_proj(x))
+    bsz, _, length, _ = q.shape
+    pos_key, pos_query = self.position_tables(rel_embeddings, None)
+    out = self._attend(q, k, v, pos_key, pos_query, positions, key_padding_mask)
+    out = out.transpose(1, 2).reshape(bsz, length, -1)
+    if key_padding_mask is not None:
+        out = out.masked_fill(key_padding_mask.all(-1)[:, None, None], 0.0)
+    return out
+
+
+def prepare_encoder(w2v) -> nn.Module:
+    """A traceable copy of a wav2vec 2.0-family encoder (eval mode; ``w2v`` is left as it was)."""
+    from ..modules.deberta_encoder import DebertaEncoder
+    from ..modules.disentangled_attention import DisentangledSelfAttention
+    from ..modules.layerwise import make_steppable
+    from ..modules.squeeze import Upsample
+
+    check_encoder(w2v)
+    w2v = _deepcopy(w2v).eval()
+    _fold_weight_norm(w2v)
+    encoder = w2v.encoder
+    if hasattr(encoder, "squeeze_factor"):  # SEW, St-SEW, SEW-D: the squeeze's positional conv
+        encoder.pos_conv = _CroppedPosConv(*encoder.pos_conv.children())
+    else:  # fairseq's wav2vec 2.0 encoder
+        make_steppable(encoder)
+        encoder.begin = types.MethodType(_transformer_begin, encoder)
+    for module in w2v.modules():
+        if isinstance(module, Upsample):
+            module.forward = types.MethodType(_upsample_forward, module)
+        elif isinstance(module, DebertaEncoder):
+            module._positions, module._table = {}, None
+            module.relative_positions = types.MethodType(_relative_positions, module)
+        elif isinstance(module, DisentangledSelfAttention):
+            module._tables = None
+            module.forward = types.MethodType(_disentangled_forward, module)
+        if hasattr(module, "keep_layer_results"):
+            module.keep_layer_results = False
+    return w2v
+
+
+def _conv_specs(extractor) -> List[Tuple[int, int, int]]:
+    convs = [block[0] for block in extractor.conv_layers]
+    return [(c.out_channels, c.kernel_size[0], c.stride[0]) for c in convs]
+
+
+class Graph(nn.Module):
+    """What is traced: ``(source, padding_mask) -> (logits (B, T, V), lengths (B,))``, as the eval-mode
+    model computes them: fairseq's ``Wav2Vec2Model.forward(features_only=True, mask=False)`` of an
+    encoder prepared by ``prepare_encoder``, with the exact frame mask, then the CTC head (``proj``;
+    None: the encoder's (B, T, D) output), ``ctc_frames_per_step`` and ``blank_weight``. An input
+    downsampler shortens the waveform first."""
+
+    def __init__(self, w2v, proj: Optional[nn.Module] = None, downsampler: Optional[nn.Module] = None,
+                 frames_per_step: int = 1, blank_weight: float = 0.0, blank_mode: str = "add"):
+        super().__init__()
+        self.w2v, self.proj, self.downsampler = w2v, proj, downsampler
+        self.frames_per_step, self.blank_weight, self.blank_mode = frames_per_step, blank_weight, blank_mode
+        self.conv_specs = _conv_specs(w2v.feature_extractor)
+
+    def forward(self, source: torch.Tensor, padding_mask: torch.Tensor):
+        from fairseq.models.wav2vec.wav2vec2 import ConvFeatureExtractionModel
+
+        from ..feature_extractor import output_frames
+        from ..modules.input_downsample import expand_ctc_frames
+        from ..modules.squeeze import lengths_to_padding_mask
+
+        w2v = self.w2v
+        if self.downsampler is not None:
+            source, padding_mask = self.downsampler(source, padding_mask)
+        samples = (~padding_mask).long().sum(-1)
+        frames = output_frames(samples, self.conv_specs)
+        features = ConvFeatureExtractionModel.forward(w2v.feature_extractor, source).transpose(1, 2)
+        features = w2v.layer_norm(features)
+        mask = lengths_to_padding_mask(frames, features.size(1))
+        if w2v.post_extract_proj is not None:
+            features = w2v.post_extract_proj(features)
+        x, _ = w2v.encoder(features, padding_mask=mask)
+        if self.proj is not None:
+            x = self.proj(x)
+        if self.frames_per_step > 1:
+            x = expand_ctc_frames(x.transpose(0, 1), self.frames_per_step).transpose(0, 1)
+            frames = frames * self.frames_per_step
+        if self.blank_weight:
+            blank = (torch.arange(x.size(-1), device=x.device) == 0).to(x.dtype)  # the blank's one-hot
+            if self.blank_mode == "add":
+                x = x + self.blank_weight * blank
+            else:  # "set"
+                x = x * (1 - blank) + self.blank_weight * blank
+        return x, frames
+
+
+def ctc_graph(model) -> Graph:
+    """The ``Graph`` of a fine-tuned CTC model (``sew_ctc`` or fairseq's ``wav2vec_ctc``)."""
+    check_exportable(model)
+    steps = getattr(getattr(model, "cfg", None), "ctc_frames_per_step", 1) or 1
+    return Graph(prepare_encoder(model.w2v_encoder.w2v_model), model.w2v_encoder.proj,
+                 getattr(model, "input_downsampler", None), steps, getattr(model, "blank_weight", 0.0),
+                 getattr(model, "blank_mode", "add")).eval()
+
+
+# ---- exporter fix ----------------------------------------------------------------------------
+
+
+def _floor_divide(g, self, other):
+    """``a // b`` as PyTorch computes it (rounding towards minus infinity). The TorchScript exporter
+    writes ``aten::floor_divide`` as truncating division (its documented legacy behaviour), which
+    differs for negative integers: St-SEW's ``mean_pool`` takes ``ceil(L / p)`` as ``-(-L // p)``, and
+    the graph would pool odd lengths into one window too few."""
+    from torch.onnx import symbolic_helper, symbolic_opset9
+
+    if symbolic_helper._is_fp(self) or symbolic_helper._is_fp(other):
+        return g.op("Floor", symbolic_opset9.true_divide(g, self, other))
+    remainder = g.op("Mod", self, other, fmod_i=0)  # integer Mod takes the divisor's sign, as Python's %
+    return g.op("Div", g.op("Sub", self, remainder), other)  # exact: the difference is a multiple
+
+
+@contextlib.contextmanager
+def _python_floor_division(opset: int):
+    names = ("aten::floor_divide", "aten::floordiv")
+    for name in names:
+        torch.onnx.register_custom_op_symbolic(name, _floor_divide, opset)
+    try:
+        yield
+    finally:
+        for name in names:
+            torch.onnx.unregister_custom_op_symbolic(name, opset)
+
+
+# ---- export and check -------------------------------------------------------------------------
+
+
+def waveform_batch(seconds: Sequence[float], seed: int = 0) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Zero-padded random (B, S) waveforms of ``seconds`` each and their (B, S) padding mask."""
+    lengths = [int(round(s * SAMPLE_RATE)) for s in seconds]
+    g = torch.Generator().manual_seed(seed)
+    source = torch.zeros(len(lengths), max(lengths))
+    padding = torch.ones(len(lengths), max(lengths), dtype=torch.bool)
+    for i, n in enumerate(lengths):
+        source[i, :n] = 0.1 * torch.randn(n, generator=g)
+        padding[i, :n] = False
+    return source, padding
+
+
+def torch_logits(model, source: torch.Tensor, padding: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The eager model's (B, T, V) logits (``blank_weight`` applied) and (B,) valid frames."""
+    with torch.no_grad():
+        out = model(source=source, padding_mask=padding)
+    logits = out["encoder_out"].transpose(0, 1).clone()
+    blank_weight = getattr(model, "blank_weight", 0)
+    if blank_weight:
+        if model.blank_mode == "add":
+            logits[..., 0] += blank_weight
+        else:
+            logits[..., 0] = blank_weight
+    mask = out["padding_mask"]
+    lengths = (~mask).long().sum(-1) if mask is not None else torch.full((logits.size(0),), logits.size(1))
+    return logits, lengths
+
+
+def export(model, path: Path, opset: int = OPSET, trace_seconds: Sequence[float] = TRACE_SECONDS,
+           metadata: Optional[Dict[str, str]] = None) -> Path:
+    """Write the ONNX graph of a (fixed, exportable) CTC model to ``path``."""
+    return export_graph(ctc_graph(model), path, opset, trace_seconds, metadata)
+
+
+def export_graph(graph: Graph, path: Path, opset: int = OPSET, trace_seconds: Sequence[float] = TRACE_SECONDS,
+                 metadata: Optional[Dict[str, str]] = None) -> Path:
+    """Trace ``graph`` on a padded batch of ``trace_seconds`` and write it to ``path``."""
+    import warnings
+
+    import onnx
+
+    inputs = waveform_batch(trace_seconds)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with torch.no_grad(), warnings.catch_warnings(), _python_floor_division(opset):
+        # the exporter's notes on Python values it records as constants, each checked by the copy's design
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=UserWarning)
+        torch.onnx.export(graph, inputs, str(path), dynamo=False, opset_version=opset, input_names=INPUT_NAMES,
+                          output_names=OUTPUT_NAMES, dynamic_axes=DYNAMIC_AXES, do_constant_folding=True)
+    if metadata:
+        proto = onnx.load(str(path))
+        for key, value in metadata.items():
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = key, str(value)
+        onnx.save(proto, str(path))
+    return path
+
+
+def session(path: Path, threads: int = 0):
+    """An onnxruntime CPU session of the graph (``threads`` 0: onnxruntime's default)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def run_session(sess, source: torch.Tensor, padding: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    logits, lengths = sess.run(OUTPUT_NAMES, {"source": source.numpy(), "padding_mask": padding.numpy()})
+    return torch.from_numpy(logits), torch.from_numpy(lengths)
+
+
+def max_abs_diff(model, sess, seconds: Sequence[float], seed: int = 1) -> float:
+    """Largest |PyTorch - onnxruntime| logit over the valid frames of a padded batch of ``seconds``;
+    the frame counts must agree exactly (an ``AssertionError`` says otherwise)."""
+    source, padding = waveform_batch(seconds, seed)
+    expected, expected_lengths = torch_logits(model, source, padding)
+    logits, lengths = run_session(sess, source, padding)
+    if logits.shape != expected.shape or not torch.equal(lengths, expected_lengths):
+        raise AssertionError(f"onnxruntime gave logits {tuple(logits.shape)} with lengths {lengths.tolist()}, "
+                             f"PyTorch {tuple(expected.shape)} with {expected_lengths.tolist()}")
+    valid = torch.arange(logits.size(1))[None, :] < lengths[:, None]
+    return float((logits - expected).abs()[valid].max())
+
+
+def metadata_of(model, task=None, cfg=None, point: Optional[str] = None) -> Dict[str, str]:
+    point = point or getattr(getattr(model, "cfg", None), "operating_point", None)  # else fixed in fine-tuning
+    meta = {"producer": "sew_plugin export-onnx", "model": type(model.w2v_encoder.w2v_model).__name__,
+            "operating_point": point or "", "inputs": "source (B, S) float32; padding_mask (B, S) bool, True = padding",
+            "outputs": "logits (B, T, V) float32; lengths (B,) int64 valid frames"}
+    steps = getattr(getattr(model, "cfg", None), "ctc_frames_per_step", 1) or 1
+    downsampler = getattr(model, "input_downsampler", None)
+    meta["frame_ms"] = f"{20 * (downsampler.factor if downsampler is not None else 1) / steps:g}"
+    if task is not None and getattr(task, "target_dictionary", None) is not None:
+        meta["vocabulary"] = " ".join(task.target_dictionary.symbols)
+        meta["blank_index"] = "0"
+    if cfg is not None:
+        meta["normalize"] = str(bool(cfg.task.get("normalize", False))).lower()
+    return meta
+
+
+# ---- command line -----------------------------------------------------------------------------
+
+
+def add_arguments(p) -> None:
+    p.add_argument("checkpoint", type=Path, help="fine-tuned CTC checkpoint (sew_ctc or wav2vec_ctc)")
+    p.add_argument("out", type=Path, help="the .onnx file to write")
+    p.add_argument("--operating-point", help="St-SEW: fixed 'S_f,S_k,S_q' to export, e.g. 2,2,1")
+    p.add_argument("--data", type=Path,
+                   help="folder with the target dictionary (dict.ltr.txt), if not where the checkpoint was trained")
+    p.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset (default {OPSET})")
+    p.add_argument("--tolerance", type=float, default=TOLERANCE,
+                   help="largest |PyTorch - onnxruntime| logit accepted in the check after export")
+    p.add_argument("--no-check", action="store_true", help="skip the onnxruntime check")
+
+
+def main(args) -> int:
+    import sys
+    import warnings
+
+    from ..checkpoint import load_checkpoint
+    from ..infer import operating_point
+
+    command = "sew export-onnx"
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    overrides = {"data": str(args.data)} if args.data else None
+    try:
+        model, cfg, task = load_checkpoint(args.checkpoint, overrides)
+    except FileNotFoundError as err:
+        raise SystemExit(f"{command}: error: {err}; pass --data with the folder holding the checkpoint's "
+                         f"target dictionary (dict.ltr.txt)") from None
+    if args.operating_point:
+        operating_point(model, args.operating_point, command)
+    try:
+        check_exportable(model)
+    except ExportError as err:
+        raise SystemExit(f"{command}: error: {args.checkpoint}: {err}") from None
+    export(model, args.out, args.opset, metadata=metadata_of(model, task, cfg, args.operating_point))
+    print(f"wrote {args.out} (opset {args.opset}; inputs source, padding_mask; outputs logits, lengths)")
+    if args.no_check:
+        return 0
+    sess = session(args.out)
+    diffs = {seconds: max_abs_diff(model, sess, seconds) for seconds in ((0.9,), CHECK_SECONDS)}
+    report = ", ".join(f"{len(s)} x {'/'.join(f'{x:g}' for x in s)} s: {d:.2e}" for s, d in diffs.items())
+    print(f"onnxruntime vs PyTorch, max abs logit difference over valid frames: {report}")
+    if max(diffs.values()) > args.tolerance:
+        print(f"{command}: error: the difference exceeds --tolerance {args.tolerance:g}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog="sew export-onnx", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    from ..data.errors import DataError
+
+    try:
+        sys.exit(main(parser.parse_args()))
+    except DataError as err:
+        sys.exit(f"sew export-onnx: error: {err}")

@@ -1,0 +1,240 @@
+"""``sew export-onnx``: the ONNX graph of a CTC model, run by onnxruntime, against PyTorch, on
+lengths and batch sizes the trace never saw; refusals; the ``NAME:onnx`` row of ``sew bench``."""
+
+import argparse
+import math
+from argparse import Namespace
+
+import pytest
+import torch
+from fairseq.data import Dictionary
+from fairseq.dataclass.configs import FairseqConfig
+from fairseq.models.wav2vec.wav2vec2 import Wav2Vec2Config
+from fairseq.models.wav2vec.wav2vec2_asr import Wav2Vec2CtcConfig, Wav2VecCtc
+from fairseq.tasks.audio_finetuning import AudioFinetuningConfig
+from fairseq.tasks.audio_pretraining import AudioPretrainingConfig
+from omegaconf import OmegaConf, open_dict
+
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+import sew_plugin.models  # noqa: E402,F401
+from sew_plugin.interop import onnx as export  # noqa: E402
+from sew_plugin.models.sew import SEWConfig  # noqa: E402
+from sew_plugin.models.sew_ctc import SEWCtc, SEWCtcConfig  # noqa: E402
+from sew_plugin.models.sew_d import SEWDConfig  # noqa: E402
+from sew_plugin.models.st_sew import StSEWConfig  # noqa: E402
+
+from conftest import TINY_SEW  # noqa: E402
+
+LETTERS = list("|ETAONS")
+TOLERANCE = 1e-4
+# batches the graph was not traced on (it is traced on 2 rows of 1.3 and 1.1 s): one row; three
+# padded rows; a row of 30 ms (one 20 ms frame, no squeezed frame) beside a longer one; no padding
+UNSEEN = [(0.9,), (0.7, 1.9, 2.6), (0.03, 0.5), (1.6, 1.6)]
+# single rows of 20 ... 27 frames: every remainder of the length modulo the squeeze and pooling factors
+EVERY_REMAINDER = [((400 + 320 * frames) / 16000,) for frames in range(19, 27)]
+
+
+def encoder_config(kind: str, extractor_mode: str = "layer_norm"):
+    if kind == "sew":
+        return SEWConfig(**TINY_SEW, extractor_mode=extractor_mode, _name="sew")
+    if kind == "sew_d":
+        return SEWDConfig(**TINY_SEW, extractor_mode=extractor_mode, position_buckets=8, max_position_embeddings=32,
+                          _name="sew_d")
+    if kind == "st_sew":
+        return StSEWConfig(**{**TINY_SEW, "squeeze_factor": 1}, extractor_mode=extractor_mode, _name="st_sew")
+    if kind == "sew_cif":
+        return SEWConfig(**{**TINY_SEW, "squeeze_factor": 1}, compressor="cif", extractor_mode=extractor_mode,
+                         _name="sew")
+    assert kind == "wav2vec2"  # fairseq's own, with its default GroupNorm front end
+    return Wav2Vec2Config(encoder_layers=2, encoder_embed_dim=32, encoder_ffn_embed_dim=64, encoder_attention_heads=2,
+                          conv_feature_layers="[(16,10,5)] + [(16,3,2)]*4 + [(16,2,2)]*2", conv_pos=8,
+                          conv_pos_groups=4, encoder_layerdrop=0.0, _name="wav2vec2")
+
+
+def resolved(model_cfg, task_cfg) -> dict:
+    """A whole fairseq config (as a checkpoint stores it: a plain dict, interpolations resolved)."""
+    full = OmegaConf.structured(FairseqConfig())
+    with open_dict(full):
+        full.model, full.task = model_cfg, task_cfg
+    return OmegaConf.to_container(full, resolve=True, enum_to_str=True)
+
+
+def letters() -> Dictionary:
+    d = Dictionary()
+    for c in LETTERS:
+        d.add_symbol(c)
+    return d
+
+
+def ctc_model(kind: str, extractor_mode: str = "layer_norm", **ctc):
+    """A tiny fine-tuned-shape CTC model with random weights: the encoder's config is given as
+    ``w2v_args`` (what a fine-tuned checkpoint carries), so no pre-training checkpoint is needed."""
+    task = OmegaConf.structured(AudioPretrainingConfig(data="unused", normalize=False, _name="audio_pretraining"))
+    w2v_args = OmegaConf.create(resolved(OmegaConf.structured(encoder_config(kind, extractor_mode)), task))
+    common = dict(w2v_args=w2v_args, w2v_path="pretrained.pt", data="unused", normalize=False, apply_mask=False, layerdrop=0.0,
+                  final_dropout=0.0, dropout=0.0, activation_dropout=0.0, attention_dropout=0.0)
+    if kind == "wav2vec2":
+        cfg, cls = Wav2Vec2CtcConfig(**common, **ctc, _name="wav2vec_ctc"), Wav2VecCtc
+    else:
+        cfg, cls = SEWCtcConfig(**common, **ctc, _name="sew_ctc"), SEWCtc
+    return cls.build_model(OmegaConf.structured(cfg), Namespace(target_dictionary=letters())).eval()
+
+
+def write_checkpoint(model, path, data) -> None:
+    """``model`` as fairseq writes a fine-tuned checkpoint: cfg as a plain dict, weights, history."""
+    task = OmegaConf.structured(AudioFinetuningConfig(data=str(data), labels="ltr", normalize=False,
+                                                      _name="audio_finetuning"))
+    state = {
+        "cfg": resolved(model.cfg, task),
+        "model": model.state_dict(),
+        "optimizer_history": [{"criterion_name": "ctc", "optimizer_name": "adam", "lr_scheduler_state": {"best": 1.0},
+                               "num_updates": 10}],
+        "extra_state": {"train_iterator": {"epoch": 1}},
+    }
+    torch.save(state, path)
+
+
+def write_dictionary(folder) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "dict.ltr.txt").write_text("".join(f"{c} 1\n" for c in LETTERS))
+
+
+def check_against_pytorch(model, path, batches=UNSEEN) -> float:
+    session = export.session(path, threads=1)
+    return max(export.max_abs_diff(model, session, seconds) for seconds in batches)
+
+
+def test_graph_has_dynamic_batch_and_length_axes(tmp_path):
+    path = export.export(ctc_model("sew"), tmp_path / "sew.onnx")
+    graph = onnx.load(str(path)).graph
+    onnx.checker.check_model(onnx.load(str(path)))
+
+    def dims(values):
+        return {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim] for v in values}
+
+    assert dims(graph.input) == {"source": ["batch", "samples"], "padding_mask": ["batch", "samples"]}
+    assert dims(graph.output) == {"logits": ["batch", "frames", len(letters())], "lengths": ["batch"]}
+    types = {v.name: v.type.tensor_type.elem_type for v in list(graph.input) + list(graph.output)}
+    assert types == {"source": onnx.TensorProto.FLOAT, "padding_mask": onnx.TensorProto.BOOL,
+                     "logits": onnx.TensorProto.FLOAT, "lengths": onnx.TensorProto.INT64}
+
+
+@pytest.mark.parametrize("kind, ctc", [
+    ("sew", {}),
+    ("sew_d", {}),
+    ("st_sew", {"operating_point": "2,2,1"}),
+    ("st_sew", {"operating_point": "1,2,2"}),
+    ("st_sew", {"operating_point": "2,[1,2],[2,1]"}),
+    ("wav2vec2", {}),
+])
+def test_onnxruntime_matches_pytorch_on_lengths_and_batches_not_traced(tmp_path, kind, ctc):
+    model = ctc_model(kind, **ctc)
+    path = export.export(model, tmp_path / f"{kind}.onnx")
+    assert check_against_pytorch(model, path, UNSEEN + EVERY_REMAINDER) < TOLERANCE  # and equal frame counts
+
+
+def test_input_downsampling_frames_per_step_and_blank_weight_are_exported(tmp_path):
+    model = ctc_model("sew", input_downsample="avgpool", input_downsample_factor=4, ctc_frames_per_step=2,
+                      blank_weight=1.5)
+    path = export.export(model, tmp_path / "down.onnx")
+    assert check_against_pytorch(model, path, UNSEEN[:2]) < TOLERANCE
+
+
+def test_sew_with_the_original_group_norm_front_end(tmp_path):
+    # GroupNorm over a padded row's whole length (the released models' front end) is less well
+    # conditioned on short rows in long batches: still within the tolerance
+    model = ctc_model("sew", extractor_mode="default")
+    assert check_against_pytorch(model, export.export(model, tmp_path / "gn.onnx"), UNSEEN[:2]) < TOLERANCE
+
+
+def test_models_that_decide_at_run_time_are_refused_with_the_reason(tmp_path):
+    with pytest.raises(export.ExportError, match="early-exit models cannot be exported: which layers run"):
+        export.export(ctc_model("sew", exit_layers="1"), tmp_path / "exit.onnx")
+    with pytest.raises(export.ExportError, match="CIF models cannot be exported: .*integrate-and-fire"):
+        export.export(ctc_model("sew_cif", cif_lambda=1.0), tmp_path / "cif.onnx")
+    with pytest.raises(export.ExportError, match="samples its operating point .* --operating-point"):
+        export.export(ctc_model("st_sew"), tmp_path / "st.onnx")
+    assert not list(tmp_path.iterdir())
+
+
+def parse(argv):
+    parser = argparse.ArgumentParser()
+    export.add_arguments(parser)
+    return parser.parse_args([str(a) for a in argv])
+
+
+@pytest.mark.parametrize("kind", ["st_sew", "wav2vec2"])
+def test_export_onnx_command_on_a_fine_tuned_checkpoint(tmp_path, capsys, kind):
+    model = ctc_model(kind)
+    if kind == "st_sew":
+        model.w2v_encoder.w2v_model.encoder.set_operating_point(None)  # fine-tuned stochastically
+    write_dictionary(tmp_path / "data")
+    ckpt = tmp_path / "checkpoint_best.pt"
+    write_checkpoint(model, ckpt, tmp_path / "gone")  # trained where the dictionary no longer is
+    out = tmp_path / "out" / "model.onnx"
+    point = ["--operating-point", "2,2,1"] if kind == "st_sew" else []
+
+    with pytest.raises(SystemExit, match="pass --data"):
+        export.main(parse([ckpt, out, *point]))
+    if kind == "st_sew":
+        with pytest.raises(SystemExit, match="samples its operating point"):
+            export.main(parse([ckpt, out, "--data", tmp_path / "data"]))
+        with pytest.raises(SystemExit, match="--operating-point 3,1,1: .*S_f=3"):
+            export.main(parse([ckpt, out, "--data", tmp_path / "data", "--operating-point", "3,1,1"]))
+    capsys.readouterr()
+    assert export.main(parse([ckpt, out, "--data", tmp_path / "data", *point])) == 0
+    printed = capsys.readouterr().out
+    assert f"wrote {out}" in printed and "max abs logit difference" in printed
+
+    meta = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+    assert meta["vocabulary"].split() == letters().symbols and meta["blank_index"] == "0"
+    assert meta["normalize"] == "false" and meta["frame_ms"] == "20"
+    assert meta["operating_point"] == ("2,2,1" if kind == "st_sew" else "")
+    if kind == "st_sew":
+        model.w2v_encoder.w2v_model.encoder.set_operating_point("2,2,1")
+    # the graph is the checkpoint's model: compare with the model the test built
+    session = export.session(out, threads=1)
+    assert export.max_abs_diff(model, session, (1.7, 0.45)) < TOLERANCE
+
+
+@pytest.fixture
+def tiny_presets(monkeypatch):
+    """``sew bench`` rows at tiny size: every named config built with the tiny dimensions."""
+    from sew_plugin import presets
+
+    build_model = presets.build_model
+    tiny = {k: v for k, v in TINY_SEW.items() if k not in ("latent_vars", "final_dim", "mlp_hidden_size")}
+
+    def tiny_build(name, group="pretraining", **overrides):
+        extra = {"position_buckets": 8, "max_position_embeddings": 32} if name.startswith("sew_d") else {}
+        return build_model(name, group, **{**tiny, **extra, **overrides})
+
+    monkeypatch.setattr(presets, "build_model", tiny_build)
+
+
+def test_bench_onnx_row_is_timed_beside_its_pytorch_row(tiny_presets):
+    from sew_plugin.bench import build, run
+
+    rows = {r.model: r for r in run(["sew_d_tiny:onnx", "st_sew_base@2,2,1:onnx", "sew_d_tiny"], [0.5], [2],
+                                     repeat=2, warmup=1, baseline="sew_d_tiny", log=lambda _: None)}
+    onnx_row, torch_row = rows["sew_d_tiny:onnx"], rows["sew_d_tiny"]
+    assert onnx_row.median_ms > 0 and math.isnan(onnx_row.peak_mb)
+    assert onnx_row.gmacs == torch_row.gmacs > 0 and onnx_row.params_m == torch_row.params_m
+    assert abs(onnx_row.speedup - torch_row.median_ms / onnx_row.median_ms) < 1e-9
+    assert rows["st_sew_base@2,2,1:onnx"].frame_ms == 40
+
+    # the onnxruntime forward gives the PyTorch row's features
+    model, forward = build("sew_d_tiny:onnx")
+    x = torch.randn(2, 11000)
+    with torch.no_grad():
+        expected = forward.torch_forward(x)
+    assert (torch.from_numpy(forward(x)) - expected).abs().max() < TOLERANCE
+
+    with pytest.raises(ValueError, match="samples its operating point"):
+        build("st_sew_base:onnx")
+    with pytest.raises(ValueError, match="':onnx' takes a model name"):
+        build("sew_d_tiny:exit1:onnx")
+    with pytest.raises(ValueError, match="onnxruntime on the CPU in fp32"):
+        run(["sew_d_tiny:onnx"], [0.5], [1], dtype="bf16", baseline="sew_d_tiny")

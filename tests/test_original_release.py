@@ -174,6 +174,25 @@ def test_fine_tuned_checkpoint_loads_and_gives_the_same_logits(fine_tuned):
     assert torch.allclose(logits, expected, atol=1e-6)
 
 
+def test_fine_tuned_checkpoint_of_the_release_task_loads_through_fairseq(fine_tuned, tmp_path):
+    """Stored with the release's own task (its infer.py ran --task audio_pretraining_features), a
+    fine-tuned checkpoint loads through fairseq.checkpoint_utils too; stored with fairseq 0.10's
+    audio_pretraining, fairseq 0.12 has no dictionary for it and the error says what to use."""
+    encoder, proj, path = fine_tuned
+    with pytest.raises(ValueError, match="sew_plugin.checkpoint.load_checkpoint"):
+        checkpoint_utils.load_model_ensemble_and_task([str(path)])
+    state = torch.load(path, weights_only=True)
+    state["cfg"]["task"] = release_task(state["cfg"]["task"]["data"], labels="ltr")
+    torch.save(state, tmp_path / "release_task.pt")
+    models, cfg, task = checkpoint_utils.load_model_ensemble_and_task([str(tmp_path / "release_task.pt")])
+    source, padding = waveform_batch([16000, 11200])
+    with torch.no_grad():
+        logits = models[0].eval()(source=source, padding_mask=padding)["encoder_out"].transpose(0, 1)
+        expected = proj(features(encoder, source, padding))
+    assert type(task).__name__ == "SewAudioFinetuningTask"
+    assert torch.allclose(logits, expected, atol=1e-6)
+
+
 def test_sew_infer_transcribes_with_a_release_checkpoint(fine_tuned, data):
     _, _, path = fine_tuned
     run = subprocess.run([SEW, "infer", str(path), str(data / "valid.tsv")], capture_output=True, text=True, timeout=300)

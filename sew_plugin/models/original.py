@@ -124,6 +124,12 @@ class ReleaseCtc(SEWCtc):
     @classmethod
     def build_model(cls, cfg, task):
         check_rules(cfg, RELEASE_CTC_RULES)
+        if getattr(task, "target_dictionary", None) is None:
+            raise ValueError(
+                "this wav2vec_ctc_v2 checkpoint names a task without a target dictionary: the release "
+                "fine-tuned with the audio_pretraining task of fairseq <= 0.10, which read labels, a job "
+                "fairseq 0.12 moved to audio_finetuning; load it with sew_plugin.checkpoint.load_checkpoint "
+                "(as sew infer does), which sets it up as the release's audio_pretraining_features")
         return super().build_model(cfg, task)
 
 

@@ -162,6 +162,18 @@ class SEWCtc(Wav2VecCtc):
                              f"{sorted(own - set(state))[:5]}, unexpected {sorted(set(state) - own)[:5]}")
         self.load_state_dict(state, strict=False)
 
+    def check_downsampled_length(self, samples: int) -> None:
+        """Refuse a waveform that leaves the feature extractor no frame once downsampled, counting
+        the samples the caller gave (the extractor's own error would count the downsampled ones)."""
+        needed = getattr(self.w2v_encoder.w2v_model.feature_extractor, "min_samples", None)
+        if needed is not None:
+            needed = self.input_downsampler.min_input_samples(needed)
+            if samples < needed:
+                raise ValueError(
+                    f"waveform of {samples} samples is shorter than the feature extractor's receptive field "
+                    f"after model.input_downsample x{self.input_downsampler.factor}: at least {needed} samples "
+                    f"give one frame")
+
     def forward(self, **kwargs):
         """fairseq's CTC forward; with exits, also ``exit_logits`` {layer: (T, B, V)} (training, or no
         policy) or, under an exit policy, the logits of each utterance's exit in ``encoder_out`` and
@@ -169,6 +181,7 @@ class SEWCtc(Wav2VecCtc):
         the compressed frames' durations. With ``input_downsample`` the waveform is shortened first;
         with ``ctc_frames_per_step`` k, each encoder frame gives k CTC frames."""
         if self.input_downsampler is not None:
+            self.check_downsampled_length(kwargs["source"].size(-1))
             kwargs["source"], kwargs["padding_mask"] = self.input_downsampler(kwargs["source"], kwargs.get("padding_mask"))
         out = self._exit_forward(**kwargs)
         compressed = getattr(self.w2v_encoder.w2v_model, "last_cif", None)

@@ -81,6 +81,13 @@ class InputDownsampler(nn.Module):
         """(B,) input samples -> (B,) output samples (PyTorch's conv/pool length formula)."""
         return conv_output_lengths(lengths, self.kernel, self.factor, self.padding).clamp(min=0)
 
+    def min_input_samples(self, out_samples: int) -> int:
+        """The fewest input samples that give at least ``out_samples`` output samples."""
+        n = out_samples * self.factor + self.kernel
+        while n > 1 and int(self.output_lengths(torch.tensor([n - 1]))) >= out_samples:
+            n -= 1
+        return n
+
     def forward(
         self, source: torch.Tensor, padding_mask: Optional[torch.Tensor]
     ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:

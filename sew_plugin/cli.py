@@ -100,16 +100,12 @@ def _percent(text: str) -> float:
     return value
 
 
-def _sweep(args) -> int:
-    from .sweep import main as sweep_main
-
-    return sweep_main(args)
-
-
-def _bench(args) -> int:
-    from .bench import main as bench_main
-
-    return bench_main(args)
+def _module_command(sub, name: str, help: str, module) -> None:
+    """A subcommand run by ``module.main(args)``, its options from ``module.add_arguments`` and its
+    description the module's docstring."""
+    p = sub.add_parser(name, help=help, description=module.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    module.add_arguments(p)
+    p.set_defaults(func=module.main)
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -166,33 +162,13 @@ def get_parser() -> argparse.ArgumentParser:
     add_infer_arguments(p)
     p.set_defaults(func=_infer)
 
-    from .sweep import __doc__ as sweep_doc, add_arguments as add_sweep_arguments
+    from . import bench, sweep
+    from .interop import export_hf, onnx
 
-    p = sub.add_parser("sweep", help="WER and time of one checkpoint at several St-SEW points or early-exit thresholds",
-                       description=sweep_doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_sweep_arguments(p)
-    p.set_defaults(func=_sweep)
-
-    from .bench import __doc__ as bench_doc, add_arguments as add_bench_arguments
-
-    p = sub.add_parser("bench", help="forward time, MACs and memory of models side by side",
-                       description=bench_doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_bench_arguments(p)
-    p.set_defaults(func=_bench)
-
-    from .interop.export_hf import __doc__ as export_hf_doc, add_arguments as add_export_hf_arguments, main as export_hf
-
-    p = sub.add_parser("export-hf", help="write a checkpoint as a HuggingFace transformers model directory",
-                       description=export_hf_doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_export_hf_arguments(p)
-    p.set_defaults(func=export_hf)
-
-    from .interop.onnx import __doc__ as onnx_doc, add_arguments as add_onnx_arguments, main as export_onnx
-
-    p = sub.add_parser("export-onnx", help="export a fine-tuned CTC checkpoint to ONNX (dynamic batch and length)",
-                       description=onnx_doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_onnx_arguments(p)
-    p.set_defaults(func=export_onnx)
+    _module_command(sub, "sweep", "WER and time of one checkpoint at several St-SEW points or early-exit thresholds", sweep)
+    _module_command(sub, "bench", "forward time, MACs and memory of models side by side", bench)
+    _module_command(sub, "export-hf", "write a checkpoint as a HuggingFace transformers model directory", export_hf)
+    _module_command(sub, "export-onnx", "export a fine-tuned CTC checkpoint to ONNX (dynamic batch and length)", onnx)
     return parser
 
 

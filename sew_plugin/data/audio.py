@@ -82,10 +82,11 @@ def audio_frames(path: Path, sample_rate: int = SAMPLE_RATE, min_samples: int = 
     return info.frames
 
 
-def check_samples(path: Path, wav: np.ndarray, frames: int) -> np.ndarray:
-    """``wav`` as decoded from ``path``, refused when shorter than its header says or not finite."""
+def check_samples(path: Path, wav, frames: int):
+    """``wav`` (a NumPy array or tensor) as decoded from ``path``, refused when it holds other than the
+    ``frames`` samples its header or manifest row promise, or samples that are not finite."""
     if len(wav) != frames:
-        raise DataError(path, f"truncated: header says {frames} samples, {len(wav)} could be read")
+        raise DataError(path, f"truncated: {len(wav)} of the {frames} samples could be read")
     finite = np.isfinite(wav)
     if not finite.all():
         first = int(np.argmin(finite))

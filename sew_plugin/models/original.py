@@ -86,22 +86,21 @@ class ReleaseSEWDConfig(SEWDConfig, ReleaseFields):
     pass
 
 
-class ReleaseSEWModel(SEWModel):
+class ReleaseChecks:
+    """Refuses the release's options this plugin does not build, then checks as the model does."""
+
+    @classmethod
+    def check_config(cls, cfg):
+        check_rules(cfg, RELEASE_RULES)
+        return super().check_config(cfg)
+
+
+class ReleaseSEWModel(ReleaseChecks, SEWModel):
     """``squeeze_wav2vec2`` / ``feat_mlp_wav2vec2`` checkpoints of the original release."""
 
-    @classmethod
-    def check_config(cls, cfg):
-        check_rules(cfg, RELEASE_RULES)
-        return super().check_config(cfg)
 
-
-class ReleaseSEWDModel(SEWDModel):
+class ReleaseSEWDModel(ReleaseChecks, SEWDModel):
     """``squeeze_wav2vec2_deberta`` checkpoints of the original release."""
-
-    @classmethod
-    def check_config(cls, cfg):
-        check_rules(cfg, RELEASE_RULES)
-        return super().check_config(cfg)
 
 
 @dataclass

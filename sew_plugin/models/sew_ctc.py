@@ -106,6 +106,9 @@ class SEWCtc(Wav2VecCtc):
         self.input_downsampler = None
         if cfg.input_downsample != "none":
             self.input_downsampler = InputDownsampler(cfg.input_downsample, cfg.input_downsample_factor)
+            # the fewest samples that still give the extractor one frame once downsampled
+            extractor_min = getattr(w2v_encoder.w2v_model.feature_extractor, "min_samples", 0)
+            self.min_source_samples = self.input_downsampler.min_input_samples(extractor_min) if extractor_min else 0
         elif cfg.input_downsample_factor != 1:
             raise ValueError(f"model.input_downsample_factor={cfg.input_downsample_factor} needs model.input_downsample")
         if cfg.ctc_frames_per_step < 1:
@@ -165,14 +168,11 @@ class SEWCtc(Wav2VecCtc):
     def check_downsampled_length(self, samples: int) -> None:
         """Refuse a waveform that leaves the feature extractor no frame once downsampled, counting
         the samples the caller gave (the extractor's own error would count the downsampled ones)."""
-        needed = getattr(self.w2v_encoder.w2v_model.feature_extractor, "min_samples", None)
-        if needed is not None:
-            needed = self.input_downsampler.min_input_samples(needed)
-            if samples < needed:
-                raise ValueError(
-                    f"waveform of {samples} samples is shorter than the feature extractor's receptive field "
-                    f"after model.input_downsample x{self.input_downsampler.factor}: at least {needed} samples "
-                    f"give one frame")
+        if samples < self.min_source_samples:
+            raise ValueError(
+                f"waveform of {samples} samples is shorter than the feature extractor's receptive field "
+                f"after model.input_downsample x{self.input_downsampler.factor}: at least "
+                f"{self.min_source_samples} samples give one frame")
 
     def forward(self, **kwargs):
         """fairseq's CTC forward; with exits, also ``exit_logits`` {layer: (T, B, V)} (training, or no

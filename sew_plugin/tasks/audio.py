@@ -36,15 +36,18 @@ import torch
 from fairseq.data import AddTargetDataset, FileAudioDataset
 from fairseq.tasks import register_task
 from fairseq.tasks.audio_finetuning import AudioFinetuningConfig, AudioFinetuningTask
+from fairseq.models.wav2vec.wav2vec2 import Wav2Vec2Config
 from fairseq.tasks.audio_pretraining import AudioPretrainingConfig, AudioPretrainingTask
 
-from ..data.audio import MIN_SAMPLES
+from ..data.audio import MIN_SAMPLES, check_samples
 from ..data.errors import DataError, DataErrors, read_lines
 from ..data.manifest import Manifest, check_audio, read_manifest
+from ..feature_extractor import output_frames, parse_conv_layers
 
 logger = logging.getLogger(__name__)
 
-FRAME_SAMPLES = 320  # 20 ms at 16 kHz: the feature extractor's stride
+# wav2vec 2.0's conv stack: the 20 ms frames CTC sees (WFE-C has the same strides and receptive field)
+FRAME_LAYERS = parse_conv_layers(Wav2Vec2Config.conv_feature_layers)
 
 
 def check_task_config(cfg, finetuning: bool) -> None:
@@ -73,11 +76,6 @@ def check_task_config(cfg, finetuning: bool) -> None:
 def ctc_needs(tokens: List[str]) -> int:
     """Frames CTC needs for ``tokens``: one each, plus a blank between repeated symbols."""
     return len(tokens) + sum(a == b for a, b in zip(tokens, tokens[1:]))
-
-
-def output_frames(samples: int) -> int:
-    """20 ms frames of the wav2vec 2.0 / SEW feature extractor for ``samples`` samples."""
-    return 0 if samples < MIN_SAMPLES else (samples - MIN_SAMPLES) // FRAME_SAMPLES + 1
 
 
 class CheckedFileAudioDataset(FileAudioDataset):
@@ -119,14 +117,10 @@ class CheckedFileAudioDataset(FileAudioDataset):
         except Exception as err:
             raise DataError(self.manifest_path, f"{audio}: unreadable audio, truncated or corrupt ({err})",
                             self.manifest_lines[index]) from None
-        source = item["source"]
-        if source.numel() != self.sizes[index]:
-            raise DataError(self.manifest_path, f"{audio}: truncated: {source.numel()} samples could be read, "
-                            f"the manifest says {self.sizes[index]}", self.manifest_lines[index])
-        finite = torch.isfinite(source)
-        if not finite.all():
-            raise DataError(self.manifest_path, f"{audio}: contains NaN or infinite samples "
-                            f"({int((~finite).sum())} of them)", self.manifest_lines[index])
+        try:
+            check_samples(Path(audio), item["source"].numpy(), self.sizes[index])
+        except DataError as err:  # name the manifest line too
+            raise DataError(self.manifest_path, f"{audio}: {err.message}", self.manifest_lines[index]) from None
         return item
 
 
@@ -202,7 +196,7 @@ class CheckedAudioTaskMixin:
             return [DataError(label_path, f"{len(lines)} label lines for the {rows} rows of {manifest_path} "
                               f"(line {min(len(lines), rows) + 1} has no partner)", min(len(lines), rows) + 1)]
         symbols = self.target_dictionary.indices
-        errors, unalignable = [], []
+        errors, checked = [], []  # checked: (row, CTC frames its labels need, samples read)
         high = self.cfg.max_sample_size
         for i in kept:
             tokens = lines[i].split()
@@ -215,8 +209,12 @@ class CheckedAudioTaskMixin:
                                         f"dict.{task_cfg.labels}.txt", i + 1))
                 continue
             samples = manifest.entries[i][1] if high is None else min(manifest.entries[i][1], high)
-            if ctc_needs(tokens) > output_frames(samples):
-                unalignable.append(f"{label_path}:{i + 1}")
+            checked.append((i, ctc_needs(tokens), samples))
+        unalignable = []
+        if checked:
+            rows_checked, needs, samples = zip(*checked)
+            frames = output_frames(torch.tensor(samples), FRAME_LAYERS).tolist()
+            unalignable = [f"{label_path}:{i + 1}" for i, n, f in zip(rows_checked, needs, frames) if n > f]
         if unalignable:
             logger.warning(f"{manifest_path.stem}: {len(unalignable)} utterances have more label symbols than 20 ms "
                            f"frames, so CTC cannot align them (criterion.zero_infinity drops their loss); are the "

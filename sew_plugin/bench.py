@@ -123,8 +123,8 @@ def build(name: str):
 
         base, factor, method = downsampling(name)
         model, inner = _plugin_model(base)
-        downsample = InputDownsampler(method, factor).eval()
-        forward = lambda x: inner(downsample(x, None)[0])  # noqa: E731
+        model.input_downsample = InputDownsampler(method, factor)  # a child, so .to(device) moves it too
+        forward = lambda x: inner(model.input_downsample(x, None)[0])  # noqa: E731
     elif "@" in name:  # St-SEW at a fixed operating point, or a CIF model at a lambda
         base, point = name.split("@", 1)
         model, forward = _plugin_model(base)
@@ -301,6 +301,9 @@ def run(models: List[str], seconds: List[float], batch_sizes: List[int], device:
         models = models + [baseline]
     if (device != "cpu" or dtype != "fp32") and any(name.endswith(":onnx") for name in models):
         raise ValueError("':onnx' rows run in onnxruntime on the CPU in fp32: use --device cpu --dtype fp32")
+    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: this torch ({torch.__version__}) sees no CUDA device; "
+                         "on a GPU machine install a CUDA build of torch (README: Install)")
     built: Dict[str, tuple] = {}
     for name in models:
         log(f"building {name}")
@@ -326,9 +329,9 @@ def run(models: List[str], seconds: List[float], batch_sizes: List[int], device:
                 model, forward = built[name]
                 med = statistics.median(times[name])
                 torch_forward = getattr(forward, "torch_forward", None)  # ':onnx' rows
-                with autocast:
+                with autocast:  # the forward that was timed: half-precision paths and caches too
                     peak = peak_memory_bytes(forward, x) if torch_forward is None else float("nan")
-                macs = mac_counts(model, torch_forward or forward, x)
+                    macs = mac_counts(model, torch_forward or forward, x)
                 rows.append(Row(
                     name, bsz, secs, sum(p.numel() for p in model.parameters()) / 1e6, 1000 * med,
                     1000 * min(times[name]), 1000 * max(times[name]), med / (bsz * secs), base / med,

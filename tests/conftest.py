@@ -151,3 +151,28 @@ def hydra_train(tmp_path: Path, group: str, config: str, overrides, threads: int
     cmd = hydra_train_command(tmp_path, group, config, overrides)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+
+
+TINY_W2V2_FRONT_END = "[(32,10,5)] + [(32,3,2)]*4 + [(32,2,2)]*2"
+
+
+@pytest.fixture
+def tiny_presets(monkeypatch):
+    """``sew bench`` rows at tiny size: every named config built with the tiny dimensions (wav2vec 2.0's
+    with a 32-channel conv front end instead of WFE-C)."""
+    from sew_plugin import presets
+
+    build_model = presets.build_model
+    tiny = {k: v for k, v in TINY_SEW.items() if k not in ("latent_vars", "final_dim", "mlp_hidden_size")}
+
+    def tiny_build(name, group="pretraining", **overrides):
+        if name.startswith("w2v2"):
+            extra = {"wfe_c_channels": None, "conv_feature_layers": TINY_W2V2_FRONT_END}
+        elif name.startswith("sew_d"):
+            extra = {"position_buckets": 8, "max_position_embeddings": 32}
+        else:
+            extra = {}
+        sizes = {k: v for k, v in {**tiny, **extra}.items() if v is not None}
+        return build_model(name, group, **{**sizes, **overrides})
+
+    monkeypatch.setattr(presets, "build_model", tiny_build)

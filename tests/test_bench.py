@@ -147,3 +147,42 @@ def test_sew_bench_refuses_malformed_row_names(name, message):
 
     with pytest.raises(SystemExit, match="sew bench: error: " + re.escape(message)):
         sew(["bench", "--models", name, "--baseline", name, "--seconds", "0.1", "--batch-size", "1"])
+
+
+ROW_KINDS = ["sew_tiny", "sew_d_tiny", "w2v2_base", "w2v2_large", "hf:sew_tiny", "hf:sew_d_tiny",
+             "st_sew_base@2,2,1", "sew_d_tiny:exit1", "w2v2_base_cif@1.0", "w2v2_base:down2conv",
+             "w2v2_base:down3avgpool", "w2v2_base:down2resample"]
+
+
+@pytest.mark.parametrize("name", ROW_KINDS)
+def test_every_row_moves_whole_with_its_model(tiny_presets, name):
+    """What ``--device cuda`` needs, checked without a GPU: ``run`` moves each row's module with
+    ``.to()``, so a part of the forward left outside it (on the CPU, in fp32) would fail there. Moving to
+    float64 fails the same way here."""
+    from sew_plugin.bench import build
+
+    model, forward = build(name)
+    model.to(torch.float64)
+    with torch.no_grad():
+        features = forward(torch.randn(2, 16000, dtype=torch.float64))
+    assert features.dtype == torch.float64 and features.size(0) == 2
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "fp16"])
+def test_half_precision_rows_run_under_autocast_with_the_fp32_macs(tiny_presets, dtype):
+    from sew_plugin.bench import run
+
+    models = ["sew_d_tiny", "st_sew_base@2,2,1", "w2v2_base:down2conv", "sew_tiny"]
+    kwargs = dict(seconds=[0.5], batch_sizes=[1], repeat=1, warmup=0, baseline="sew_tiny", log=lambda _: None)
+    half = {r.model: r for r in run(models, dtype=dtype, **kwargs)}
+    full = {r.model: r for r in run(models, **kwargs)}
+    for name in models:
+        assert half[name].median_ms > 0 and half[name].gmacs == full[name].gmacs > 0
+
+
+def test_sew_bench_on_cuda_without_a_gpu_says_so(monkeypatch):
+    from sew_plugin.cli import main as sew
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit, match="sew bench: error: --device cuda: this torch .* sees no CUDA device"):
+        sew(["bench", "--models", "sew_tiny", "--baseline", "sew_tiny", "--device", "cuda", "--seconds", "0.1"])

@@ -199,21 +199,6 @@ def test_export_onnx_command_on_a_fine_tuned_checkpoint(tmp_path, capsys, kind):
     assert export.max_abs_diff(model, session, (1.7, 0.45)) < TOLERANCE
 
 
-@pytest.fixture
-def tiny_presets(monkeypatch):
-    """``sew bench`` rows at tiny size: every named config built with the tiny dimensions."""
-    from sew_plugin import presets
-
-    build_model = presets.build_model
-    tiny = {k: v for k, v in TINY_SEW.items() if k not in ("latent_vars", "final_dim", "mlp_hidden_size")}
-
-    def tiny_build(name, group="pretraining", **overrides):
-        extra = {"position_buckets": 8, "max_position_embeddings": 32} if name.startswith("sew_d") else {}
-        return build_model(name, group, **{**tiny, **extra, **overrides})
-
-    monkeypatch.setattr(presets, "build_model", tiny_build)
-
-
 def test_bench_onnx_row_is_timed_beside_its_pytorch_row(tiny_presets):
     from sew_plugin.bench import build, run
 

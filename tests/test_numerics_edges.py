@@ -300,3 +300,23 @@ def test_fewer_frames_than_the_squeeze_factor_alone_equal_them_in_a_batch(build,
     assert alone.shape == (1, frames, dim) and (alone == 0).all()
     assert_same(together[0, :frames], alone[0])
     assert all(torch.isfinite(r[0]).all() for r in layer_results)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_training_step_runs_whole_in_the_models_dtype(name):
+    """The CPU stand-in for training on a GPU (CI has none): moved to float64 with ``.to()``, a masked
+    training forward and its backward stay in float64. A weight or buffer left outside the module tree,
+    or a tensor made on the side in float32, fails here where it meets the others in a matmul or conv, as
+    it would on a GPU."""
+    torch.manual_seed(0)
+    m = MODELS[name][0]().train().to(torch.float64)
+    source, padding = waveform_batch([16000, 12000])
+    source = source.to(torch.float64)
+    if is_ctc(m):
+        out = m(source=source, padding_mask=padding)["encoder_out"]
+    else:
+        out = m.get_logits(m(source, padding_mask=padding, mask=True))
+    out.sum().backward()
+    assert out.dtype == torch.float64
+    grads = [p.grad for p in m.parameters() if p.requires_grad and p.grad is not None]
+    assert grads and all(g.dtype == torch.float64 and torch.isfinite(g).all() for g in grads)

@@ -142,6 +142,21 @@ def test_input_downsampling_frames_per_step_and_blank_weight_are_exported(tmp_pa
     assert check_against_pytorch(model, path, UNSEEN[:2]) < TOLERANCE
 
 
+@pytest.mark.parametrize("mode", ["add", "set"])
+def test_blank_weight_is_fairseqs_get_logits_without_its_padding_mask(mode):
+    from types import SimpleNamespace
+
+    from sew_plugin.interop import with_blank_weight
+
+    logits = torch.randn(7, 2, 5)  # (T, B, V), nothing padded
+    expected = Wav2VecCtc.get_logits(SimpleNamespace(blank_weight=1.5, blank_mode=mode),
+                                     {"encoder_out": logits.clone(), "padding_mask": None})
+    assert torch.equal(with_blank_weight(logits, 1.5, mode), expected)
+    assert with_blank_weight(logits, 0.0, mode) is logits
+    with pytest.raises(ValueError, match="model.blank_mode='max'"):
+        with_blank_weight(logits, 1.5, "max")
+
+
 def test_sew_with_the_original_group_norm_front_end(tmp_path):
     # GroupNorm over a padded row's whole length (the released models' front end) is less well
     # conditioned on short rows in long batches: still within the tolerance

@@ -36,6 +36,7 @@ from typing import List, Tuple
 import torch
 
 from ..data.errors import DataError
+from . import with_blank_weight
 
 SAMPLE_RATE = 16000
 # transformers files this exporter writes or that a previous export (or save) may have left
@@ -175,8 +176,8 @@ def _check(model, hf, ctc: bool) -> float:
     source = torch.randn(1, SAMPLE_RATE, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         if ctc:
-            ours = model(source=source, padding_mask=None)["encoder_out"].transpose(0, 1).clone()
-            ours[..., 0] += model.cfg.get("blank_weight", 0) or 0
+            ours = with_blank_weight(model(source=source, padding_mask=None)["encoder_out"].transpose(0, 1),
+                                     model.cfg.get("blank_weight", 0) or 0)  # "set" is refused before this
             theirs = hf(source).logits
         else:
             ours = model(source, padding_mask=None, mask=False, features_only=True)["x"]

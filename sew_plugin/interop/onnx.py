@@ -75,6 +75,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import with_blank_weight
+
 SAMPLE_RATE = 16000
 TRACE_SECONDS = (1.3, 1.1)  # the batch the graph is traced on (the second row padded)
 CHECK_SECONDS = (0.7, 1.9, 2.6)  # the batch it is checked on, other length and batch size
@@ -315,13 +317,7 @@ class Graph(nn.Module):
         if self.frames_per_step > 1:
             x = expand_ctc_frames(x.transpose(0, 1), self.frames_per_step).transpose(0, 1)
             frames = frames * self.frames_per_step
-        if self.blank_weight:
-            blank = (torch.arange(x.size(-1), device=x.device) == 0).to(x.dtype)  # the blank's one-hot
-            if self.blank_mode == "add":
-                x = x + self.blank_weight * blank
-            else:  # "set"
-                x = x * (1 - blank) + self.blank_weight * blank
-        return x, frames
+        return with_blank_weight(x, self.blank_weight, self.blank_mode), frames
 
 
 def ctc_graph(model) -> Graph:
@@ -380,13 +376,8 @@ def torch_logits(model, source: torch.Tensor, padding: torch.Tensor) -> Tuple[to
     """The eager model's (B, T, V) logits (``blank_weight`` applied) and (B,) valid frames."""
     with torch.no_grad():
         out = model(source=source, padding_mask=padding)
-    logits = out["encoder_out"].transpose(0, 1).clone()
-    blank_weight = getattr(model, "blank_weight", 0)
-    if blank_weight:
-        if model.blank_mode == "add":
-            logits[..., 0] += blank_weight
-        else:
-            logits[..., 0] = blank_weight
+    logits = with_blank_weight(out["encoder_out"].transpose(0, 1), getattr(model, "blank_weight", 0),
+                               getattr(model, "blank_mode", "add"))
     mask = out["padding_mask"]
     lengths = (~mask).long().sum(-1) if mask is not None else torch.full((logits.size(0),), logits.size(1))
     return logits, lengths

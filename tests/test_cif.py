@@ -123,3 +123,15 @@ def test_guidance_loss_is_zero_exactly_at_one_output_per_segment():
     frame_term = 0.5 / 10  # mean over the 10 segmented frames
     boundary_term = (0.5 + 0.5 + 0.5) / 4  # every later cumulative count is off by 0.5
     assert guidance_loss(shifted, boundaries).item() == pytest.approx(frame_term + boundary_term)
+
+
+def test_alpha_losses_of_a_long_fp16_utterance_equal_float32():
+    """fairseq's fp16 training runs the model in half precision: the running sum of a minute's alphas
+    (hundreds) has a spacing of 0.25 in fp16, so the losses on it are computed in float32."""
+    alpha = torch.rand(2, 3000, generator=torch.Generator().manual_seed(0)) * 0.5
+    ends = torch.stack([torch.arange(3, 3001, 3), torch.arange(2, 2001, 2)])
+    half = alpha.half()
+    assert guidance_loss(half, ends).dtype == torch.float32
+    assert guidance_loss(half, ends).item() == pytest.approx(guidance_loss(half.float(), ends).item(), rel=1e-5)
+    frames = torch.tensor([3000, 2000])
+    assert rate_loss(half, frames, 0.25).item() == pytest.approx(rate_loss(half.float(), frames, 0.25).item(), rel=1e-5)

@@ -127,7 +127,7 @@ def upsample_by_durations(x: torch.Tensor, durations: torch.Tensor) -> Tuple[tor
 
 def rate_loss(alpha: torch.Tensor, frames: torch.Tensor, target: float) -> torch.Tensor:
     """Mean over utterances of |mean alpha - target| (unmodified alpha, valid frames only)."""
-    mean = alpha.sum(1) / frames.clamp(min=1).to(alpha.dtype)
+    mean = alpha.float().sum(1) / frames.clamp(min=1)  # float32 under fp16 training, like the loss it joins
     return (mean - target).abs().mean()
 
 
@@ -137,8 +137,10 @@ def guidance_loss(alpha: torch.Tensor, boundaries: torch.Tensor) -> torch.Tensor
     ``boundaries`` (B, K) holds the exclusive end frame of each segment (e.g. unsupervised phone
     segments), ascending, padded with -1. Frame loss: mean |alpha - 1 / segment length| over the
     segmented frames (each segment should integrate to one output); boundary loss: mean
-    |cumsum(alpha) at a segment end - segments so far|.
+    |cumsum(alpha) at a segment end - segments so far|. In float32: under fp16 training the running
+    sum of a long utterance (hundreds) has a spacing of 0.25 in fp16.
     """
+    alpha = alpha.float()
     bsz, frames = alpha.shape
     valid = boundaries >= 0
     ends = boundaries.clamp(min=0)

@@ -16,6 +16,11 @@
 - each utterance read during training is checked as it is read: a file that cannot be decoded
   whole (a FLAC cut short) or holds NaN or infinite samples stops training with ``DataError``
   naming the manifest line and the file, instead of reaching the model.
+- with ``task.segments`` (pre-training only; e.g. ``seg``), ``<split>.seg`` beside each manifest
+  holds the unsupervised phone segments of its rows (format: ``sew_plugin.data.segments``), checked
+  like the labels; each batch then carries their end frames, shifted by the crop, as
+  ``net_input["cif_boundaries"]``, and a CIF model's alpha is guided by them instead of the rate
+  loss. A model without CIF is refused when built.
 - absurd task keys (``sample_rate``, ``min_sample_size``, ``max_sample_size``, ``labels``,
   ``num_batch_buckets``, ``subsample``) are refused by key when the task is set up.
 
@@ -28,6 +33,7 @@ import logging
 import os
 import time
 from argparse import Namespace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional, Tuple
 
@@ -42,12 +48,24 @@ from fairseq.tasks.audio_pretraining import AudioPretrainingConfig, AudioPretrai
 from ..data.audio import MIN_SAMPLES, check_samples
 from ..data.errors import DataError, DataErrors, read_lines
 from ..data.manifest import Manifest, check_audio, read_manifest
-from ..feature_extractor import output_frames, parse_conv_layers
+from ..data.segments import read_segments, to_frames
+from ..feature_extractor import output_frames, parse_conv_layers, total_stride
 
 logger = logging.getLogger(__name__)
 
 # wav2vec 2.0's conv stack: the 20 ms frames CTC sees (WFE-C has the same strides and receptive field)
 FRAME_LAYERS = parse_conv_layers(Wav2Vec2Config.conv_feature_layers)
+FRAME_SAMPLES = total_stride(FRAME_LAYERS)
+
+
+@dataclass
+class SewAudioPretrainingConfig(AudioPretrainingConfig):
+    segments: Optional[str] = field(
+        default=None,
+        metadata={"help": "extension of the segment files beside the manifests (<split>.<segments>: the segment "
+                          "end times in seconds of each manifest row, sew_plugin/data/segments.py); a CIF model's "
+                          "alpha is then guided by them (frame + boundary loss) instead of the rate loss"},
+    )
 
 
 def check_task_config(cfg, finetuning: bool) -> None:
@@ -91,6 +109,7 @@ class CheckedFileAudioDataset(FileAudioDataset):
     manifest_lines: List[int]
     crop_seed: int
     epoch: int = 1
+    segments: Optional[List[np.ndarray]] = None  # per item, its segment ends (s) with task.segments
 
     def set_epoch(self, epoch):
         self.epoch = epoch
@@ -98,15 +117,40 @@ class CheckedFileAudioDataset(FileAudioDataset):
 
     def collater(self, samples):
         self._crops = np.random.default_rng([self.crop_seed, self.epoch, *(int(s["id"]) for s in samples)])
-        return super().collater(samples)
+        self._crop_starts = []
+        batch = super().collater(samples)
+        if self.segments is not None and batch:
+            batch["net_input"]["cif_boundaries"] = self.boundaries(samples, batch["net_input"])
+        return batch
 
     def crop_to_max_size(self, t, target_size, dim=0):
         """fairseq's random crop, drawn from the batch's own generator: NumPy's global one is shared
-        with the training thread, which reseeds it per batch while this runs in the loader's."""
+        with the training thread, which reseeds it per batch while this runs in the loader's. The
+        waveforms' crop starts are kept, in batch order, to shift their segments."""
         excess = t.size(dim) - target_size
         if excess <= 0:
             return t
-        return t.narrow(dim, int(self._crops.integers(0, excess + 1)), target_size)
+        start = int(self._crops.integers(0, excess + 1))
+        if dim == 0:
+            self._crop_starts.append(start)
+        return t.narrow(dim, start, target_size)
+
+    def boundaries(self, samples, net_input) -> torch.Tensor:
+        """(B, K) exclusive end frames at 20 ms of each utterance's segments within the samples the
+        batch keeps of it (shifted by its crop; see ``to_frames``), padded with -1; K >= 1."""
+        samples = [s for s in samples if s["source"] is not None]  # as fairseq's collater
+        mask = net_input.get("padding_mask")
+        kept = (~mask).sum(1) if mask is not None else torch.full((len(samples),), net_input["source"].size(1))
+        starts = iter(self._crop_starts)  # one per cropped waveform (longer than what is kept), in order
+        rows = []
+        for s, n, frames in zip(samples, kept.tolist(), output_frames(kept, FRAME_LAYERS).tolist()):
+            start = next(starts) if s["source"].numel() > n else 0
+            rows.append(to_frames(self.segments[s["id"]], start / self.sample_rate, n / self.sample_rate, frames,
+                                  FRAME_SAMPLES / self.sample_rate))
+        out = torch.full((len(rows), max([1, *map(len, rows)])), -1, dtype=torch.long)
+        for i, row in enumerate(rows):
+            out[i, : len(row)] = torch.from_numpy(row)
+        return out
 
     def __getitem__(self, index):
         fname = self.fnames[index]
@@ -135,13 +179,18 @@ class CheckedAudioTaskMixin:
 
     def load_dataset(self, split: str, task_cfg=None, **kwargs):
         task_cfg = task_cfg or self.cfg
+        segments_ext = getattr(task_cfg, "segments", None)
         if not self._simple_layout(task_cfg):
+            if segments_ext:
+                raise ValueError(f"task.segments={segments_ext} is read beside plain manifests only, not with "
+                                 f"binarized or multi-corpus data")
             logger.warning(f"{split}: binarized or multi-corpus data are loaded by fairseq without sew's checks")
             return super().load_dataset(split, task_cfg, **kwargs)
         manifest_path = Path(self.cfg.data) / f"{split}.tsv"
         sample_rate = task_cfg.get("sample_rate", self.cfg.sample_rate)
         start = time.perf_counter()
         manifest, kept = self.check_split(manifest_path, sample_rate, task_cfg)
+        segments = self.check_segments(manifest_path, manifest, sample_rate, segments_ext) if segments_ext else None
         logger.info(f"{split}: checked {manifest_path} and the headers of its {len(manifest.entries)} audio files "
                     f"in {time.perf_counter() - start:.1f} s")
         super().load_dataset(split, task_cfg, **kwargs)
@@ -153,6 +202,11 @@ class CheckedAudioTaskMixin:
             base.manifest_path = manifest_path
             base.manifest_lines = [manifest.line(i) for i in kept]
             base.crop_seed = task_cfg.get("seed", self.cfg.seed)
+            if segments is not None:
+                base.segments = [segments[i] for i in kept]  # aligned with the rows fairseq kept
+        elif segments is not None:
+            raise ValueError(f"{split}: task.segments needs fairseq's FileAudioDataset of every manifest row kept, "
+                             f"got {type(base).__name__} of {len(base)} items (unset task.subsample)")
         else:  # fairseq changed how it reads manifests: keep its dataset, say so
             logger.warning(f"{split}: {type(base).__name__} of {len(base)} items; samples are not checked as read")
         self.report_sizes(split, manifest, kept, task_cfg)
@@ -187,6 +241,15 @@ class CheckedAudioTaskMixin:
             raise DataError(manifest_path, f"all {len(manifest.entries)} utterances are shorter than "
                             f"task.min_sample_size={low} samples: lower task.min_sample_size")
         return manifest, kept
+
+    def check_segments(self, manifest_path: Path, manifest: Manifest, sample_rate: int, ext: str) -> List[np.ndarray]:
+        """Every row's segment ends (seconds) from ``<split>.<ext>``; every bad line reported at once."""
+        errors: List[DataError] = []
+        segments = read_segments(Path(self.cfg.data) / f"{manifest_path.stem}.{ext}", manifest, sample_rate, errors)
+        if errors:
+            raise DataErrors(f"lines in the {manifest_path.stem} segment file", errors,
+                             "segment end times in seconds, ascending, within each utterance (sew_plugin/data/segments.py)")
+        return segments
 
     def check_labels(self, manifest_path: Path, manifest: Manifest, kept: List[int], task_cfg) -> List[DataError]:
         label_path = Path(self.cfg.data) / f"{manifest_path.stem}.{task_cfg.labels}"
@@ -240,13 +303,25 @@ class CheckedAudioTaskMixin:
                             f"cropped to it at random (raise task.max_sample_size to keep them whole)")
 
 
-@register_task("sew_audio_pretraining", dataclass=AudioPretrainingConfig)
+@register_task("sew_audio_pretraining", dataclass=SewAudioPretrainingConfig)
 class SewAudioPretrainingTask(CheckedAudioTaskMixin, AudioPretrainingTask):
-    """fairseq's ``audio_pretraining`` with checked input (see the module's docstring)."""
+    """fairseq's ``audio_pretraining`` with checked input and optional CIF segments (see the
+    module's docstring)."""
 
-    def __init__(self, cfg: AudioPretrainingConfig):
+    def __init__(self, cfg: SewAudioPretrainingConfig):
         check_task_config(cfg, finetuning=False)
         super().__init__(cfg)
+
+    def build_model(self, model_cfg, from_checkpoint=False):
+        """fairseq's; with ``task.segments``, a model without CIF (which has no use for, and no
+        forward argument for, ``cif_boundaries``) is refused by key."""
+        model = super().build_model(model_cfg, from_checkpoint)
+        segments = getattr(self.cfg, "segments", None)
+        if segments and getattr(model, "cif", None) is None:
+            raise ValueError(f"task.segments={segments} guides CIF compression, but {type(model).__name__} has none: "
+                             f"set model.compressor=cif (e.g. configs/pretraining/w2v2_base_cif.yaml) or unset "
+                             f"task.segments")
+        return model
 
 
 @register_task("sew_audio_finetuning", dataclass=AudioFinetuningConfig)

@@ -8,8 +8,8 @@ Examples::
     sew labels data/valid.tsv /data/transcripts --dest data    # checked against data/dict.ltr.txt
     sew lexicon data/train.wrd --dest data/lexicon.txt
     sew lm data/train.wrd --dest data/lm.arpa --order 3
-    fairseq-hydra-train common.user_dir=$(sew user-dir) \\
-        --config-dir configs/pretraining --config-name sew_tiny task.data=$PWD/data
+    fairseq-hydra-train --config-dir configs/pretraining --config-name sew_tiny \\
+        common.user_dir=$(sew user-dir) task.data=$PWD/data
     sew infer checkpoints/checkpoint_best.pt data/valid.tsv --decoder kenlm \\
         --lm lm.arpa --lexicon data/lexicon.txt
     sew sweep checkpoints/checkpoint_best.pt data/valid.tsv --points 1,1,1 2,1,1 2,2,1 --out sweep

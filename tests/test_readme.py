@@ -1,0 +1,50 @@
+"""The README's commands are the ones a newcomer copies: every ``fairseq-hydra-train`` command in its
+bash blocks is given to the real entry point with hydra's ``--cfg job`` (compose the config, print it,
+train nothing). argparse takes the options before the overrides only, a recipe file that does not
+exist or an override of a key the recipe lacks (without ``+``) fails here as it would for a user."""
+
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sew_plugin import USER_DIR
+
+ROOT = Path(__file__).resolve().parent.parent
+ENTRY = Path(sys.executable).parent / "fairseq-hydra-train"
+
+
+def bash_commands(text: str):
+    """The commands of the README's ```bash blocks, continuation lines joined, comments dropped."""
+    for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
+        yield from (line for line in block.replace("\\\n", " ").splitlines() if line.strip())
+
+
+def training_commands():
+    commands = []
+    for line in bash_commands((ROOT / "README.md").read_text()):
+        line = line.replace("$(which fairseq-hydra-train)", "fairseq-hydra-train").replace("$(sew user-dir)", USER_DIR)
+        tokens = shlex.split(line, comments=True)
+        if "fairseq-hydra-train" in tokens:
+            commands.append(tokens[tokens.index("fairseq-hydra-train") + 1:])
+    return commands
+
+
+COMMANDS = training_commands()
+
+
+def test_the_readme_shows_the_recipes_training_commands():
+    assert len(COMMANDS) >= 8
+    assert {args[args.index("--config-name") + 1] for args in COMMANDS} >= {"sew_d_mid", "100h", "w2v2_base_cif"}
+
+
+@pytest.mark.parametrize("args", COMMANDS, ids=[f"{i}-{a[a.index('--config-name') + 1]}" if "--config-name" in a else str(i)
+                                               for i, a in enumerate(COMMANDS)])
+def test_readme_training_command_composes_its_config(args, tmp_path):
+    args = [a.replace("$PWD", str(tmp_path)) for a in args]
+    run = subprocess.run([str(ENTRY), "--cfg", "job", *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert f"user_dir: {USER_DIR}" in run.stdout

@@ -62,7 +62,7 @@ def test_smoke_run_goes_through_every_step(smoke):
             assert result["utterances_transcribed"] == result["utterances_in_manifest"] == 6
             assert result["parameters"] > 0 and result["forward_seconds"] > 0
     table = (out / "results.md").read_text().splitlines()
-    assert [line.split(" | ")[0] for line in table[-2:]] == ["| SEW-D tiny (this plugin)", "| wav2vec 2.0 tiny (fairseq)"]
+    assert [line.split(" | ")[0] for line in table[-2:]] == ["| SEW-D demo size (this plugin)", "| wav2vec 2.0 demo size (fairseq)"]
     assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "[sew_d]" in first.stdout and "[w2v2]" in first.stdout  # training progress is shown
 

@@ -48,3 +48,10 @@ def test_readme_training_command_composes_its_config(args, tmp_path):
     run = subprocess.run([str(ENTRY), "--cfg", "job", *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     assert f"user_dir: {USER_DIR}" in run.stdout
+
+
+def test_readme_python_snippets_run():
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
+    assert blocks
+    for block in blocks:
+        exec(compile(block, "README.md", "exec"), {})

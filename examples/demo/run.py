@@ -34,7 +34,7 @@ from sew_plugin import USER_DIR  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
-MODELS = {"sew_d": "SEW-D tiny (this plugin)", "w2v2": "wav2vec 2.0 tiny (fairseq)"}
+MODELS = {"sew_d": "SEW-D demo size (this plugin)", "w2v2": "wav2vec 2.0 demo size (fairseq)"}
 # Decoder settings, chosen on the validation sentences (see examples/demo/README.md).
 LM_DECODING = ["--lm-weight", "0.5", "--word-score", "0", "--beam", "50"]
 # --smoke: a few updates of each step on a few utterances, to check that the recipe runs

@@ -1,7 +1,7 @@
 """Key and config maps from this plugin's SEW / SEW-D models to HuggingFace ``transformers``
 (``SEWModel``, ``SEWDModel``).
 
-The maps follow the names of the original SEW release (sew.md sections 6 and 7). They are explicit
+The maps follow the names of the original SEW release. They are explicit
 tables: a key that no rule covers raises instead of being dropped, so a converted model can never
 be silently half random.
 """

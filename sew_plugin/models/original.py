@@ -6,7 +6,7 @@ also carry options for experiments beyond the papers (spectrogram inputs, other 
 variants, momentum heads, an output upsampler). Each name is registered here with a config class
 that accepts those fields, so that fairseq merges a stored config without dropping them unseen.
 The settings of the papers' models build this plugin's ``SEWModel`` / ``SEWDModel`` / ``SEWCtc``,
-which keep the release's parameter names (sew.md section 6) and compute the same function; any other
+which keep the release's parameter names and compute the same function; any other
 setting is refused by key instead of being built into a model that would compute something else.
 """
 

@@ -1,4 +1,4 @@
-"""The DeBERTa-v2 transformer stack of SEW-D (sew.md section 5): post-LN layers around
+"""The DeBERTa-v2 transformer stack of SEW-D (as in the original SEW-D release): post-LN layers around
 ``DisentangledSelfAttention``, a shared LayerNorm'd relative-position table.
 
 Module names mirror the original SEW-D release (and HF ``SEWDModel``) so checkpoints map by name:

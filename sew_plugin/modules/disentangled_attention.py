@@ -1,6 +1,6 @@
 """DeBERTa-v2 disentangled self-attention with log-bucketed relative positions (SEW-D).
 
-Scores (sew.md section 5), with d the head size and s = 1 + [c2p] + [p2c]:
+Scores (as in the original SEW-D release), with d the head size and s = 1 + [c2p] + [p2c]:
 
     A_ij = (Q_i . K_j + Q_i . K_r[idx(i - j)] + K_j . Q_r[idx(i - j)]) / sqrt(s * d)
 

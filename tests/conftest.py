@@ -125,10 +125,8 @@ TINY_PRETRAINING_COMMON = [
     "model.num_negatives=10",
 ]
 TINY_PRETRAINING = TINY_PRETRAINING_COMMON + ["model.wfe_c_channels=8", "model.mlp_hidden_size=64"]
-TINY_W2V2_PRETRAINING = TINY_PRETRAINING_COMMON + [
-    "model.conv_feature_layers='[(32,10,5)] + [(32,3,2)]*4 + [(32,2,2)]*2'",
-    "model.conv_pos=16",
-]
+TINY_W2V2_FRONT_END = "[(32,10,5)] + [(32,3,2)]*4 + [(32,2,2)]*2"
+TINY_W2V2_PRETRAINING = TINY_PRETRAINING_COMMON + [f"model.conv_feature_layers='{TINY_W2V2_FRONT_END}'", "model.conv_pos=16"]
 
 
 def hydra_train_command(tmp_path: Path, group: str, config: str, overrides, run_dir: str = "hydra"):
@@ -152,8 +150,6 @@ def hydra_train(tmp_path: Path, group: str, config: str, overrides, threads: int
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
 
-
-TINY_W2V2_FRONT_END = "[(32,10,5)] + [(32,3,2)]*4 + [(32,2,2)]*2"
 
 
 @pytest.fixture

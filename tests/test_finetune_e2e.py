@@ -3,6 +3,7 @@
 
 import csv
 import json
+import math
 import re
 import shutil
 import subprocess
@@ -224,6 +225,20 @@ def test_fine_tuning_with_exits_logs_every_exit(exit_models):
         log = exit_models[mode][1].stdout + exit_models[mode][1].stderr
         for key in ("exit1_loss", "exit3_loss", "final_loss", "exit1_wer", "exit3_wer"):
             assert key in log, (mode, key)
+
+
+def test_ctc_fine_tuning_with_exits_in_half_precision(exit_models, labelled, tmp_path):
+    """The recipes fine-tune with ``common.fp16`` on GPUs; ``common.bf16`` takes fairseq's same
+    half-precision path on the CPU (model and criterion halved, fp32 master weights)."""
+    pre = exit_models["step1"][0].parents[2] / "pre" / "ckpt" / "checkpoint_last.pt"
+    run = hydra_train(tmp_path, "finetuning", "10h", [f"task.data={labelled / 'data'}", f"model.w2v_path={pre}",
+                                                      *TINY_FINETUNING, *EXITS, "common.bf16=true",
+                                                      "optimization.max_update=3"], threads=1)
+    assert run.returncode == 0, run.stderr[-3000:]
+    log = run.stdout + run.stderr
+    assert "'bf16': True" in log
+    losses = [float(v) for v in re.findall(r'"loss": "([^"]+)"', log)]
+    assert losses and all(math.isfinite(v) for v in losses) and "exit1_loss" in log
 
 
 def test_two_step_training_changes_only_the_exit_heads(exit_models):

@@ -298,6 +298,7 @@ def run(models: List[str], seconds: List[float], batch_sizes: List[int], device:
         dtype: str = "fp32", repeat: int = 5, warmup: int = 1, baseline: str = "w2v2_base",
         log: Callable[[str], None] = print) -> List[Row]:
     if baseline not in models:
+        log(f"adding the baseline row {baseline} (--baseline)")
         models = models + [baseline]
     if (device != "cpu" or dtype != "fp32") and any(name.endswith(":onnx") for name in models):
         raise ValueError("':onnx' rows run in onnxruntime on the CPU in fp32: use --device cpu --dtype fp32")
@@ -388,15 +389,21 @@ def plot(rows: List[Row], path: Path, wer: Dict[str, float] = None) -> None:
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--models", nargs="+", default=["sew_d_mid", "hf:sew_d_mid", "w2v2_base"])
-    p.add_argument("--seconds", nargs="+", type=float, default=[10.0])
-    p.add_argument("--batch-size", nargs="+", type=int, default=[1, 8])
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="fp32", choices=sorted(DTYPES))
-    p.add_argument("--repeat", type=int, default=5)
-    p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    p.add_argument("--baseline", default="w2v2_base")
+    from .cli import at_least
+
+    p.add_argument("--models", nargs="+", default=["sew_d_mid", "hf:sew_d_mid", "w2v2_base"],
+                   help="rows to measure: names from --list, and the NAME@, :exitK, :down and :onnx forms above")
+    p.add_argument("--seconds", nargs="+", type=at_least(0.025, float), default=[10.0],
+                   help="audio length(s) of the random input; at least 0.025 (400 samples: one 20 ms frame)")
+    p.add_argument("--batch-size", nargs="+", type=at_least(1), default=[1, 8], help="batch size(s) of the input")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--dtype", default="fp32", choices=sorted(DTYPES), help="fp32, or autocast to bf16 / fp16")
+    p.add_argument("--repeat", type=at_least(1), default=5,
+                   help="timed forwards per row and setting (the median is reported)")
+    p.add_argument("--warmup", type=at_least(0), default=1,
+                   help="untimed forwards per row and setting before the timed ones")
+    p.add_argument("--threads", type=at_least(0), default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--baseline", default="w2v2_base", help="row the speed-ups are over (added if not in --models)")
     p.add_argument("--out", type=Path, help="write bench.md, bench.csv and bench.png here")
     p.add_argument("--wer", nargs="+", default=[], metavar="MODEL=SUMMARY",
                    help="WER of a row from `sew infer --results-dir` (summary.json): bench.png plots WER vs time")

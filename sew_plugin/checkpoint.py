@@ -101,6 +101,16 @@ def load_checkpoint(path: Path, arg_overrides: Optional[dict] = None, quiet: boo
     return models[0].eval(), cfg, task
 
 
+def require_ctc(model, command: str, error=ValueError) -> None:
+    """Refuse, as ``error``, a model without a CTC head: a pre-trained checkpoint's task has no target
+    dictionary, so decoding or exporting its logits would fail deep inside (``command`` names who asks)."""
+    from fairseq.models.wav2vec.wav2vec2_asr import Wav2VecCtc
+
+    if not isinstance(model, Wav2VecCtc):
+        raise error(f"{type(model).__name__} is not a CTC model: {command} takes fine-tuned sew_ctc or wav2vec_ctc "
+                    "checkpoints")
+
+
 def upgrade_release_fine_tuning(cfg) -> None:
     """The original SEW release fine-tuned with the fairseq of its day, whose ``audio_pretraining``
     task also read labels; fairseq 0.12 moved that to ``audio_finetuning``. Such a checkpoint's task

@@ -2,8 +2,14 @@
 
 Every utterance of the manifest is transcribed exactly once (batches never drop a remainder) and
 the count is checked. References come from the label file beside the manifest
-(``<split>.<labels>``, e.g. ``valid.ltr``) when it exists. Timing separates the model forward from
-decoding; the real-time factor is processing time over audio duration.
+(``<split>.<labels>``, e.g. ``valid.ltr``): without ``--labels`` a missing ``.ltr`` only means no
+WER (the summary says so), a file named by ``--labels`` must exist. Timing separates the model
+forward from decoding; the real-time factor is processing time over audio duration. The first
+batch runs ``--warmup`` untimed forwards first, so one-time costs (first-call allocations, thread
+pools) are not charged to it.
+
+    sew infer ckpt.pt data/dev_other.tsv --results-dir results/greedy
+    sew infer ckpt.pt data/dev_other.tsv --decoder kenlm --lm lm.arpa --lexicon lexicon.txt
 """
 
 import json
@@ -27,6 +33,9 @@ from .decoding import DECODERS, BeamOptions, build_decoder, letters_to_words
 from .modules.early_exit import POLICIES, make_policy
 
 
+LABELS = "ltr"  # the reference labels read when --labels is not given
+
+
 def add_arguments(p) -> None:
     p.add_argument("checkpoint", type=Path, help="fine-tuned CTC checkpoint (sew_ctc, wav2vec_ctc, ...)")
     p.add_argument("manifest", type=Path, help="fairseq manifest (.tsv) to transcribe")
@@ -41,17 +50,26 @@ def add_decoding_arguments(p) -> None:
     """Decoder, batching and device options, shared by ``sew infer`` and ``sew sweep``."""
     from .cli import at_least
 
-    p.add_argument("--labels", default="ltr", help="reference label extension beside the manifest (ltr or wrd)")
-    p.add_argument("--decoder", default="viterbi", choices=DECODERS)
+    p.add_argument("--labels", help=f"reference label extension beside the manifest, ltr or wrd; the file "
+                   f"must exist (default: {LABELS} when <split>.{LABELS} exists, else no WER)")
+    p.add_argument("--decoder", default="viterbi", choices=DECODERS,
+                   help="greedy (viterbi) or flashlight-text's lexicon beam search with a KenLM model (kenlm)")
     p.add_argument("--lm", type=Path, help="KenLM language model (ARPA or binary) for --decoder kenlm")
     p.add_argument("--lexicon", type=Path, help="flashlight lexicon (WORD W O R D |) for --decoder kenlm")
-    p.add_argument("--lm-weight", type=float, default=2.0)
-    p.add_argument("--word-score", type=float, default=-1.0)
-    p.add_argument("--sil-score", type=float, default=0.0)
-    p.add_argument("--beam", type=at_least(1), default=50)
-    p.add_argument("--beam-size-token", type=at_least(0), default=0, help="0: the whole vocabulary")
-    p.add_argument("--beam-threshold", type=float, default=25.0)
+    p.add_argument("--lm-weight", type=float, default=2.0,
+                   help="--decoder kenlm: weight of the LM score; the default is the papers'")
+    p.add_argument("--word-score", type=float, default=-1.0,
+                   help="--decoder kenlm: score added per word (an insertion penalty); the default is the papers'")
+    p.add_argument("--sil-score", type=float, default=0.0, help="--decoder kenlm: score added per silence (|)")
+    p.add_argument("--beam", type=at_least(1), default=50,
+                   help="--decoder kenlm: hypotheses kept; the default is the papers'")
+    p.add_argument("--beam-size-token", type=at_least(0), default=0,
+                   help="--decoder kenlm: letters tried per frame (0: the whole vocabulary)")
+    p.add_argument("--beam-threshold", type=float, default=25.0,
+                   help="--decoder kenlm: drop hypotheses scoring this far below the best")
     p.add_argument("--batch-size", type=at_least(1), default=8, help="utterances per forward")
+    p.add_argument("--warmup", type=at_least(0), default=1,
+                   help="untimed forwards of the first batch before it is timed (0: time the first call too)")
     p.add_argument("--max-tokens", type=at_least(0), default=0, help="if > 0, cap on padded samples per batch instead")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--threads", type=at_least(0), default=0, help="torch CPU threads (0: torch's default)")
@@ -89,6 +107,8 @@ class Summary:
     exit_histogram: Optional[Dict[int, int]] = None  # exit layer -> utterances
     cif_lambda: Optional[float] = None
     frame_period_ms: Optional[float] = None  # CIF models: mean period of the compressed frames
+    references: str = ""  # the label file scored against (or looked for)
+    warmup_forwards: int = 0  # untimed forwards of the first batch, not in forward_seconds
     rtf_forward: float = field(init=False)
     rtf_total: float = field(init=False)
 
@@ -101,15 +121,19 @@ class Summary:
                  f"({self.audio_seconds:.1f} s of audio)"]
         if self.wer is not None:
             lines.append(f"WER {100 * self.wer:.2f}% ({self.word_errors} errors / {self.words} words), UER {100 * self.uer:.2f}%")
+        else:
+            lines.append(f"no references: {self.references} not found, WER is not computed")
         lines.append(f"model: {self.parameters / 1e6:.2f}M parameters")
         if self.frame_period_ms is not None:
             lines.append(f"CIF lambda {self.cif_lambda:.3f}: mean frame period {self.frame_period_ms:.1f} ms")
         if self.exit_policy:
             histogram = ", ".join(f"layer {k}: {v}" for k, v in sorted(self.exit_histogram.items()))
             lines.append(f"early exit ({self.exit_policy}): mean exit layer {self.mean_exit_layer:.2f}; {histogram}")
+        n = self.warmup_forwards
+        warmup = f", excluding {n} untimed warm-up forward{'s' * (n > 1)} of the first batch" if n else ""
         lines.append(
-            f"time: forward {self.forward_seconds:.2f} s ({1000 * self.rtf_forward:.1f} ms per second of audio), "
-            f"decoding {self.decode_seconds:.2f} s; real-time factor {self.rtf_total:.4f}"
+            f"time: forward {self.forward_seconds:.2f} s ({1000 * self.rtf_forward:.1f} ms per second of audio"
+            f"{warmup}), decoding {self.decode_seconds:.2f} s; real-time factor {self.rtf_total:.4f}"
         )
         return "\n".join(lines)
 
@@ -139,14 +163,23 @@ def plan_batches(lengths: List[int], batch_size: int, max_tokens: int = 0) -> Li
     return batches
 
 
-def read_references(manifest_path: Path, labels: str, expected: int) -> Optional[List[List[str]]]:
-    path = manifest_path.with_suffix(f".{labels}")
+def label_path(manifest_path: Path, labels: Optional[str]) -> Path:
+    """``<split>.<labels>`` beside the manifest (``.ltr`` when ``labels`` is None)."""
+    return manifest_path.with_suffix(f".{labels or LABELS}")
+
+
+def read_references(manifest_path: Path, labels: Optional[str], expected: int) -> Optional[List[List[str]]]:
+    """Reference words per manifest row; None when ``labels`` is None and there is no ``.ltr`` file
+    (a file the user named with ``--labels`` must exist)."""
+    path = label_path(manifest_path, labels)
     if not path.is_file():
+        if labels:
+            raise DataError(path, f"label file not found (--labels {labels})")
         return None
     lines = read_lines(path, "label file")
     if len(lines) != expected:
         raise DataError(path, f"{len(lines)} label lines for {expected} manifest entries")
-    if labels == "ltr":
+    if path.suffix == ".ltr":
         return [letters_to_words(line.split()) for line in lines]
     return [line.split() for line in lines]
 
@@ -177,7 +210,7 @@ def collate(wavs: List[np.ndarray], normalize: bool):
     return source, padding
 
 
-def check_inputs(manifest_path: Path, labels: str):
+def check_inputs(manifest_path: Path, labels: Optional[str]):
     """The manifest and its references (or None), every row checked before any model runs: its
     format, its audio file's header against its sample count, and the label file's line count.
     All bad rows are reported together, each by manifest line and audio file."""
@@ -204,6 +237,13 @@ def load_batch(manifest: Manifest, batch: List[int]) -> List[np.ndarray]:
     return wavs
 
 
+def ctc_forward(model, source: torch.Tensor, padding: torch.Tensor, device: torch.device):
+    """The model's output and its (B, T, V) log-probabilities on the CPU, for a (B, S) batch."""
+    with torch.no_grad():
+        net_output = model(source=source.to(device), padding_mask=padding.to(device))
+        return net_output, model.get_normalized_probs(net_output, log_probs=True).transpose(0, 1).float().cpu()
+
+
 def transcribe(model, tgt_dict, manifest_path: Path, decoder, args, normalize: bool):
     manifest, refs = check_inputs(manifest_path, args.labels)
     lengths = [n for _, n in manifest.entries]
@@ -213,13 +253,14 @@ def transcribe(model, tgt_dict, manifest_path: Path, decoder, args, normalize: b
     encoder = model.w2v_encoder.w2v_model
     device = torch.device(args.device)
     batches = plan_batches(lengths, args.batch_size, args.max_tokens)
-    for batch in tqdm(batches, desc="transcribing", unit="batch", disable=None, leave=False):
+    for number, batch in enumerate(tqdm(batches, desc="transcribing", unit="batch", disable=None, leave=False)):
         wavs = load_batch(manifest, batch)
         source, padding = collate(wavs, normalize)
+        if number == 0:  # the longest batch: its warm-up makes the largest allocations too
+            for _ in range(args.warmup):
+                ctc_forward(model, source, padding, device)
         start = time.perf_counter()
-        with torch.no_grad():
-            net_output = model(source=source.to(device), padding_mask=padding.to(device))
-            lprobs = model.get_normalized_probs(net_output, log_probs=True).transpose(0, 1).float().cpu()
+        net_output, lprobs = ctc_forward(model, source, padding, device)
         forward_s += time.perf_counter() - start
         if getattr(encoder, "last_cif", None) is not None:
             cif_frames += int(encoder.last_cif.frames.sum())
@@ -238,7 +279,8 @@ def transcribe(model, tgt_dict, manifest_path: Path, decoder, args, normalize: b
     if len(done) != len(lengths):
         raise RuntimeError(f"transcribed {len(done)} of {len(lengths)} utterances of {manifest_path}")
     parameters = sum(p.numel() for p in model.parameters())
-    summary = Summary(len(lengths), len(done), sum(lengths) / SAMPLE_RATE, forward_s, decode_s, parameters=parameters)
+    summary = Summary(len(lengths), len(done), sum(lengths) / SAMPLE_RATE, forward_s, decode_s, parameters=parameters,
+                      references=str(label_path(manifest_path, args.labels)), warmup_forwards=args.warmup)
     runner = getattr(model, "exit_runner", None)
     if runner is not None and runner.policy is not None:
         layers = [u.exit_layer for u in done]
@@ -270,8 +312,9 @@ def write_results(results_dir: Path, utterances: List[Utterance], summary: Summa
 
 def load_for_inference(args, command: str = "sew infer"):
     """The CTC model (eval, on ``args.device``), its target dictionary, the decoder, and whether the
-    checkpoint's task normalised the audio."""
-    from .checkpoint import load_checkpoint
+    checkpoint's task normalised the audio. A checkpoint without a CTC head (pre-trained) is refused
+    by name: its task has no target dictionary to decode with."""
+    from .checkpoint import load_checkpoint, require_ctc
     from .modules import keep_layer_results
 
     if args.decoder == "kenlm" and (args.lm is None or args.lexicon is None):
@@ -279,6 +322,10 @@ def load_for_inference(args, command: str = "sew infer"):
     if args.threads:
         torch.set_num_threads(args.threads)
     model, cfg, task = load_checkpoint(args.checkpoint, {"data": str(args.manifest.parent)})
+    try:
+        require_ctc(model, command.split()[-1])
+    except ValueError as err:
+        raise SystemExit(f"{command}: error: {args.checkpoint}: {err}") from None
     keep_layer_results(model, False)  # only the last layer feeds the CTC head
     model.to(args.device)
     tgt_dict = task.target_dictionary

@@ -4,8 +4,10 @@ The model is loaded once; each point fixes a St-SEW configuration (S_f, S_k, S_q
 a CIF lambda with ``--cif-lambdas`` (the table gives the resulting mean frame period), or an
 early-exit threshold with ``--exit-policy`` and ``--thresholds`` (the layout of paper 000's
 table: threshold, mean exit layer, WER, time), and transcribes the whole manifest as ``sew infer``
-does (same decoders, every utterance counted). MACs are counted with torch's ``FlopCounterMode`` on
-10 s of audio at each St-SEW point (an exit policy's compute depends on the utterance: its mean exit
+does (same decoders, every utterance counted, ``--warmup`` untimed forwards at each point before
+its time is taken, so that no point carries the one-time costs of the first call and the order of
+the points does not change their times). MACs are counted with torch's ``FlopCounterMode`` on 10 s
+of audio at each St-SEW point (an exit policy's compute depends on the utterance: its mean exit
 layer says it). A point is on the Pareto front when no other point is at least as fast and at least
 as accurate, and strictly better in one of them.
 
@@ -22,7 +24,9 @@ from typing import List, Optional
 
 import torch
 
-from .infer import add_decoding_arguments, check_inputs, cif_lambda, load_for_inference, operating_point, transcribe
+from .data.errors import DataError
+from .infer import (add_decoding_arguments, check_inputs, cif_lambda, label_path, load_for_inference, operating_point,
+                    transcribe)
 
 MAC_SECONDS = 10.0
 
@@ -85,8 +89,10 @@ def main(args) -> int:
         raise SystemExit("sew sweep: error: --thresholds needs --exit-policy entropy, similarity or nbest")
     if args.exit_policy and not args.thresholds:
         raise SystemExit("sew sweep: error: --exit-policy goes with --thresholds")
-    check_inputs(args.manifest, args.labels)  # bad input stops here, before the model loads
+    _, references = check_inputs(args.manifest, args.labels)  # bad input stops here, before the model loads
     model, tgt_dict, decoder, normalize = load_for_inference(args, "sew sweep")
+    if references is None:  # the WER column needs them: refused before any point runs
+        raise DataError(label_path(args.manifest, None), "label file not found: sew sweep needs references")
     x = torch.randn(1, int(16000 * MAC_SECONDS), device=args.device)
     settings = args.points or args.cif_lambdas or args.thresholds
     points = []
@@ -98,8 +104,6 @@ def main(args) -> int:
         else:
             exit_policy(model, args, decoder, setting, "sew sweep")
         _, summary = transcribe(model, tgt_dict, args.manifest, decoder, args, normalize)
-        if summary.wer is None:
-            raise SystemExit(f"sew sweep: error: no references beside {args.manifest} (.{args.labels})")
         point = Point(setting if args.points else f"{setting:g}", summary.wer, summary.uer, 1000 * summary.rtf_forward)
         if args.points:
             point.gmacs_per_10s = count_macs(model, lambda wav: model(source=wav, padding_mask=None), x) / 1e9

@@ -58,9 +58,10 @@ def test_sew_bench_writes_table_csv_and_plots_with_ratios_to_the_named_baseline(
     from sew_plugin.cli import main as sew
 
     (tmp_path / "summary.json").write_text(json.dumps({"wer": 0.25}))
-    argv = ["bench", "--models", "sew_d_tiny", "sew_tiny", "--baseline", "sew_tiny", "--seconds", "0.5",
+    argv = ["bench", "--models", "sew_d_tiny", "--baseline", "sew_tiny", "--seconds", "0.5",
             "--batch-size", "1", "--repeat", "2", "--warmup", "0", "--threads", "1", "--out", str(tmp_path / "out")]
     assert sew(argv) == 0
+    assert "adding the baseline row sew_tiny (--baseline)" in capsys.readouterr().out
     with open(tmp_path / "out" / "bench.csv") as f:
         rows = {r["model"]: r for r in csv.DictReader(f)}
     assert set(rows) == {"sew_d_tiny", "sew_tiny"}
@@ -178,6 +179,21 @@ def test_half_precision_rows_run_under_autocast_with_the_fp32_macs(tiny_presets,
     full = {r.model: r for r in run(models, **kwargs)}
     for name in models:
         assert half[name].median_ms > 0 and half[name].gmacs == full[name].gmacs > 0
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--repeat", "0"], "argument --repeat: must be >= 1, got 0"),
+    (["--batch-size", "1", "0"], "argument --batch-size: must be >= 1, got 0"),
+    (["--seconds", "-1"], "argument --seconds: must be >= 0.025 and finite, got -1.0"),
+    (["--seconds", "nan"], "argument --seconds: must be >= 0.025 and finite, got nan"),
+    (["--warmup", "-1"], "argument --warmup: must be >= 0, got -1"),
+])
+def test_sew_bench_refuses_absurd_values_by_option(capsys, argv, message):
+    from sew_plugin.cli import main as sew
+
+    with pytest.raises(SystemExit) as info:
+        sew(["bench", *argv])
+    assert info.value.code == 2 and message in capsys.readouterr().err
 
 
 def test_sew_bench_on_cuda_without_a_gpu_says_so(monkeypatch):

@@ -188,6 +188,32 @@ def test_characters_outside_the_dictionary_name_the_transcript_line(tmp_path):
     assert str(info.value.errors[0]) == f"{transcripts}:3: characters ['E', 'X'] of u3 are not in {tmp_path / 'dict.ltr.txt'}"
 
 
+def test_a_dictionary_built_from_a_split_other_than_train_is_named(tmp_path, capsys):
+    manifest, transcripts = manifest_and_labels(tmp_path, "u1 AB\nu2 BA\nu3 AXE\n")
+    data, dictionary = tmp_path / "data", tmp_path / "data" / "dict.ltr.txt"
+    valid = data / "valid.tsv"
+    valid.write_text("".join(line + "\n" for line in manifest.read_text().splitlines()[:3]))  # root, u1, u2
+    labels = ["labels", str(manifest), str(transcripts), "--dest", str(data)]
+
+    assert sew(["labels", str(valid), str(transcripts), "--dest", str(data)]) == 0
+    captured = capsys.readouterr()
+    assert f"built {dictionary} from valid" in captured.out
+    assert f"sew labels: warning: {dictionary} is built from valid, but fine-tuning needs it built from the " \
+           "training split" in captured.err and "delete it and label train first" in captured.err
+    assert sew(labels) == 2
+    err = capsys.readouterr().err
+    assert f"characters ['E', 'X'] of u3 are not in {dictionary} (built from valid)" in err
+    assert f"{dictionary} was built from valid: delete it and label train first, or fix them" in err
+
+    dictionary.write_text("| 4\nA 3\nB 2\n")  # from no split beside it
+    assert sew(labels) == 2
+    assert f"are not in {dictionary} (built from another split?)" in capsys.readouterr().err
+    dictionary.unlink()
+    assert sew(labels) == 0
+    captured = capsys.readouterr()
+    assert f"built {dictionary} from train" in captured.out and "warning" not in captured.err
+
+
 @pytest.mark.parametrize(
     "text, message",
     [("u1 A\nu1 B\n", "utterance u1 is already transcribed at"), ("u1\n", "expected an utterance ID"), ("u1 A|B\n", "word-boundary")],

@@ -1,9 +1,14 @@
-"""Pieces of `sew infer` that need no model: batching, audio checks, references, error counts."""
+"""Pieces of `sew infer` and `sew sweep` that need no trained model: batching, audio checks, references,
+error counts, and what is timed (a stand-in model on a fake clock)."""
+
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 
+from conftest import write_manifest, write_wav_corpus
 from sew_plugin.data.audio import read_audio
 from sew_plugin.data.errors import DataError
 from sew_plugin.infer import Utterance, plan_batches, read_references, word_error_counts
@@ -44,8 +49,10 @@ def test_read_audio_checks_the_file_against_the_manifest(tmp_path):
 def test_references_must_align_with_the_manifest(tmp_path):
     manifest = tmp_path / "valid.tsv"
     (tmp_path / "valid.ltr").write_text("H I |\nT H E | C A T |\n")
-    assert read_references(manifest, "ltr", 2) == [["HI"], ["THE", "CAT"]]
-    assert read_references(manifest, "wrd", 2) is None
+    assert read_references(manifest, "ltr", 2) == read_references(manifest, None, 2) == [["HI"], ["THE", "CAT"]]
+    assert read_references(tmp_path / "test.tsv", None, 2) is None  # no labels asked for, none there
+    with pytest.raises(DataError, match="valid.wrd: label file not found"):
+        read_references(manifest, "wrd", 2)  # asked for by name
     with pytest.raises(DataError, match="valid.ltr: 2 label lines for 3 manifest entries"):
         read_references(manifest, "ltr", 3)
 
@@ -72,8 +79,124 @@ def test_pareto_front_keeps_only_undominated_points():
     (["--points", "2,1,1", "--exit-policy", "entropy"], "--exit-policy goes with --thresholds"),
     (["--cif-lambdas", "0.5", "--exit-policy", "entropy"], "--exit-policy goes with --thresholds"),
 ])
-def test_sweep_refuses_mixed_settings_before_loading_anything(tmp_path, argv, message):
+def test_sweep_refuses_mixed_settings_before_loading_anything(tmp_path, capsys, argv, message):
     from sew_plugin.cli import main as sew
 
-    with pytest.raises(SystemExit, match=message):  # the checkpoint does not even exist
+    with pytest.raises(SystemExit, match=message) as info:  # the checkpoint does not even exist
         sew(["sweep", str(tmp_path / "none.pt"), str(tmp_path / "none.tsv"), *argv])
+    assert info.value.code == 2  # a misused option: argparse's status
+    assert message in capsys.readouterr().err
+
+
+class FakeClock:
+    """``time.perf_counter`` for ``sew_plugin.infer``: only the fake model moves it."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+
+class FakeCtc(torch.nn.Module):
+    """Stands in for a CTC model: a zero linear head, so all-blank (T, B, V) outputs; every forward
+    advances the fake clock by its operating point's cost, and the model's first forward by
+    ``FIRST_CALL`` more (what first-call allocations and thread pools cost a real one)."""
+
+    FIRST_CALL = 100.0
+    COST = {"1,1,1": 2.0, "2,1,1": 1.0}
+
+    def __init__(self, clock: FakeClock):
+        super().__init__()
+        self.clock, self.point, self.forwards = clock, "1,1,1", 0
+        self.w2v_encoder = SimpleNamespace(w2v_model=None)
+        self.head = torch.nn.Linear(4, 4)  # over fairseq's 4 special symbols, <s> (the blank) first
+        torch.nn.init.zeros_(self.head.weight)
+        torch.nn.init.zeros_(self.head.bias)
+
+    def forward(self, source, padding_mask):
+        self.clock.now += self.COST[self.point] + (self.FIRST_CALL if self.forwards == 0 else 0.0)
+        self.forwards += 1
+        return {"encoder_out": self.head(torch.zeros(source.size(1) // 320, source.size(0), 4)), "padding_mask": None}
+
+    def get_normalized_probs(self, net_output, log_probs):
+        return net_output["encoder_out"].log_softmax(-1)
+
+
+@pytest.fixture
+def fake_model(monkeypatch):
+    """``sew infer`` / ``sew sweep`` load a fresh ``FakeCtc`` (timed by the fake clock) instead of a checkpoint."""
+    from fairseq.data import Dictionary
+
+    from sew_plugin import infer, sweep
+    from sew_plugin.decoding import ViterbiDecoder
+
+    clock = FakeClock()
+    monkeypatch.setattr(infer, "time", clock)
+
+    def load(args, command="sew infer"):
+        return FakeCtc(clock), Dictionary(), ViterbiDecoder(Dictionary()), False
+
+    monkeypatch.setattr(infer, "load_for_inference", load)
+    monkeypatch.setattr(sweep, "load_for_inference", load)
+    monkeypatch.setattr(sweep, "operating_point", lambda model, point, command: setattr(model, "point", point))
+
+
+def three_utterances(tmp_path, labels=True):
+    """A manifest of 1, 0.75 and 0.5 s of audio (``valid.ltr`` beside it with ``labels``)."""
+    rows = write_wav_corpus(tmp_path / "audio", [16000, 12000, 8000])
+    write_manifest(tmp_path / "valid.tsv", tmp_path / "audio", rows)
+    if labels:
+        (tmp_path / "valid.ltr").write_text("H I |\n" * 3)
+    return tmp_path / "valid.tsv"
+
+
+def test_sweep_times_do_not_depend_on_which_point_runs_first(tmp_path, fake_model):
+    """Each point runs an untimed warm-up forward first, so the model's one-time cost lands on no
+    point's time (without it, the first point carried it: 1.00x and a 42x 'speed-up' after it)."""
+    import csv
+
+    from sew_plugin.cli import main as sew
+
+    manifest = three_utterances(tmp_path)
+
+    def times(*argv):
+        out = tmp_path / "_".join(argv)
+        assert sew(["sweep", "none.pt", str(manifest), "--batch-size", "2", "--out", str(out), *argv]) == 0
+        with open(out / "sweep.csv") as f:
+            return {row["point"]: float(row["forward_ms_per_s"]) for row in csv.DictReader(f)}
+
+    audio = 2.25  # seconds; two batches per point
+    forward = times("--points", "1,1,1", "2,1,1")
+    assert forward == times("--points", "2,1,1", "1,1,1")
+    assert forward == {"1,1,1": pytest.approx(1000 * 2 * 2.0 / audio), "2,1,1": pytest.approx(1000 * 2 * 1.0 / audio)}
+    first = times("--points", "1,1,1", "2,1,1", "--warmup", "0")["1,1,1"]
+    assert first == pytest.approx(1000 * (2 * 2.0 + FakeCtc.FIRST_CALL) / audio)  # what the warm-up keeps out
+
+
+def test_infer_time_excludes_the_warm_up_and_a_missing_label_file_is_named(tmp_path, fake_model, capsys):
+    import json
+
+    from sew_plugin.cli import main as sew
+
+    manifest = three_utterances(tmp_path, labels=False)
+    assert sew(["infer", "none.pt", str(manifest), "--batch-size", "2", "--results-dir", str(tmp_path / "r")]) == 0
+    out = capsys.readouterr().out
+    assert f"no references: {tmp_path / 'valid.ltr'} not found, WER is not computed" in out
+    assert "excluding 1 untimed warm-up forward of the first batch" in out
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert summary["forward_seconds"] == 2 * FakeCtc.COST["1,1,1"] and summary["wer"] is None
+
+    # a label file asked for by name must exist: refused before the model loads
+    assert sew(["infer", "none.pt", str(manifest), "--labels", "wrd"]) == 2
+    assert f"sew infer: error: {tmp_path / 'valid.wrd'}: label file not found (--labels wrd)" in capsys.readouterr().err
+
+
+def test_sweep_needs_references_before_any_point_runs(tmp_path, fake_model, capsys):
+    from sew_plugin.cli import main as sew
+
+    manifest = three_utterances(tmp_path, labels=False)
+    assert sew(["sweep", "none.pt", str(manifest), "--points", "1,1,1"]) == 2
+    captured = capsys.readouterr()
+    assert f"sew sweep: error: {tmp_path / 'valid.ltr'}: label file not found: sew sweep needs references" in captured.err
+    assert "1,1,1: WER" not in captured.out

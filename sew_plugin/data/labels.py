@@ -98,6 +98,19 @@ def unknown_letters(text: str, symbols: Set[str]) -> List[str]:
     return sorted({sym for sym in to_letters(text).split() if sym not in symbols})
 
 
+def dictionary_split(dict_path: Path) -> str:
+    """The split ``write_labels`` built a dictionary from: the ``<split>.ltr`` beside it whose letter
+    counts it holds exactly (both are written from the same letters); "" when none matches."""
+    counts = dict_path.read_text(encoding="utf-8")
+    for ltr in sorted(dict_path.parent.glob("*.ltr")):
+        try:
+            if format_dictionary(read_lines(ltr, "label file")) == counts:
+                return ltr.stem
+        except DataError:  # not ours; the error being reported is about the dictionary
+            continue
+    return ""
+
+
 @dataclass
 class LabelReport:
     split: str
@@ -106,6 +119,7 @@ class LabelReport:
     transcripts_read: int = 0
     other_split_transcripts: int = 0
     dictionary: str = ""
+    warning: str = ""
     skipped: List[DataError] = field(default_factory=list)
 
     def summary(self) -> str:
@@ -139,7 +153,9 @@ def write_labels(
     """Write ``<split>.wrd`` and ``<split>.ltr`` aligned with the manifest, and the dictionary.
 
     The dictionary is checked against, not rewritten, when given or when ``dest/dict.ltr.txt``
-    exists (the usual case for a valid or test split); otherwise it is built from this split.
+    exists (the usual case for a valid or test split); otherwise it is built from this split, with a
+    warning unless the split is ``train`` (fine-tuning needs every letter of train in it). A letter
+    outside ``dest/dict.ltr.txt`` is reported with the split the dictionary was built from.
     Problems (an utterance whose audio file is missing, unreadable, not mono at ``sample_rate``,
     shorter than 400 samples or of another length than its row says (headers only), an utterance
     with no transcript, a transcript whose audio does not exist under the manifest's root, letters
@@ -158,9 +174,13 @@ def write_labels(
 
     dict_path = Path(dictionary) if dictionary else dest / "dict.ltr.txt"
     symbols = set(read_dictionary(dict_path)) if (dictionary or dict_path.is_file()) else None
-    report.dictionary = f"checked against {dict_path}" if symbols is not None else f"built {dict_path}"
+    report.dictionary = f"checked against {dict_path}" if symbols is not None else f"built {dict_path} from {split}"
+    if symbols is None and split != "train":
+        report.warning = (f"{dict_path} is built from {split}, but fine-tuning needs it built from the training "
+                          f"split (letters only train has are refused otherwise): delete it and label train first")
 
     errors: Dict[int, DataError] = check_audio(manifest, sample_rate)
+    origin: Optional[str] = None  # the split dest/dict.ltr.txt was built from, looked up at its first missing letter
     for index, utt_id in enumerate(ids):
         if index in errors:
             continue
@@ -170,7 +190,10 @@ def write_labels(
             t = texts[utt_id]
             bad = unknown_letters(t.text, symbols)
             if bad:
-                errors[index] = DataError(t.path, f"characters {bad} of {utt_id} are not in {dict_path}", t.line)
+                if origin is None:
+                    origin = "" if dictionary else dictionary_split(dict_path)
+                built = "" if dictionary else f" (built from {origin or 'another split?'})"
+                errors[index] = DataError(t.path, f"characters {bad} of {utt_id} are not in {dict_path}{built}", t.line)
 
     in_manifest = set(ids)
     suffixes = {Path(rel).suffix for rel, _ in manifest.entries} or {".wav"}
@@ -184,7 +207,10 @@ def write_labels(
 
     problems = [errors[i] for i in sorted(errors)] + orphans
     if problems and not skip_bad:
-        raise DataErrors("utterances or transcripts", problems, "fix them, or pass --skip-bad to leave them out")
+        hint = "fix them, or pass --skip-bad to leave them out"
+        if origin and origin != "train":
+            hint = f"{dict_path} was built from {origin}: delete it and label train first, or {hint}"
+        raise DataErrors("utterances or transcripts", problems, hint)
     report.skipped = problems
 
     keep = [i for i in range(len(ids)) if i not in errors]

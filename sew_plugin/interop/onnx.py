@@ -124,11 +124,9 @@ def check_encoder(w2v) -> None:
 
 def check_exportable(model) -> None:
     """Refuse, naming why, a CTC model whose ONNX graph would not compute what it computes."""
-    from fairseq.models.wav2vec.wav2vec2_asr import Wav2VecCtc
+    from ..checkpoint import require_ctc
 
-    if not isinstance(model, Wav2VecCtc):
-        raise ExportError(f"{type(model).__name__} is not a CTC model: export-onnx takes fine-tuned sew_ctc "
-                          "or wav2vec_ctc checkpoints")
+    require_ctc(model, "export-onnx", ExportError)
     if getattr(model, "exit_runner", None) is not None:
         raise ExportError("early-exit models cannot be exported: which layers run is decided per utterance from "
                           "its posteriors at run time (data-dependent control flow), and an ONNX graph runs one "
@@ -469,7 +467,7 @@ def add_arguments(p) -> None:
     p.add_argument("--operating-point", help="St-SEW: fixed 'S_f,S_k,S_q' to export, e.g. 2,2,1")
     p.add_argument("--data", type=Path,
                    help="folder with the target dictionary (dict.ltr.txt), if not where the checkpoint was trained")
-    p.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset (default {OPSET})")
+    p.add_argument("--opset", type=int, default=OPSET, help="ONNX opset")
     p.add_argument("--tolerance", type=float, default=TOLERANCE,
                    help="largest |PyTorch - onnxruntime| logit accepted in the check after export")
     p.add_argument("--no-check", action="store_true", help="skip the onnxruntime check")

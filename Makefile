@@ -4,6 +4,7 @@
 #   TORCH=torch==2.13.0   the CPU build that lies on these machines' disk; on a GPU machine run
 #                         `make TORCH= install` inside an environment that already has CUDA torch.
 #   FAIRSEQ=ve-fairseq==0.12.3   see README.md ("Which fairseq") for why this distribution.
+#   PYTHON=python3        must be Python 3.11 (checked before the environment is created).
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -13,7 +14,12 @@ BIN := $(VENV)/bin
 
 .PHONY: install espeak test demo clean
 
+# ve-fairseq==0.12.3 is a cp311 wheel only (setup.py's python_requires says the same): refuse any
+# other Python before creating the environment.
 $(BIN)/python:
+	@version=$$($(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])') && [ "$$version" = 3.11 ] \
+		|| { echo "sew_plugin needs Python 3.11 (FAIRSEQ=$(FAIRSEQ) is built for it alone); PYTHON=$(PYTHON) is" \
+			"Python '$$version': run make PYTHON=python3.11 ..." >&2; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 
 $(VENV)/.installed: $(BIN)/python setup.py

@@ -25,8 +25,13 @@ setup(
     description="SEW, SEW-D and St-SEW: efficient speech self-supervised models as a fairseq plugin",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
-    python_requires=">=3.10",
-    packages=find_packages(include=["sew_plugin", "sew_plugin.*"]),
+    # ve-fairseq==0.12.3 (the Makefile's fairseq) is a cp311 wheel only
+    python_requires=">=3.11,<3.12",
+    packages=find_packages(include=["sew_plugin", "sew_plugin.*"]) + ["sew_plugin.configs"],
+    # the top-level configs/ (what `fairseq-hydra-train --config-dir configs/...` reads in a checkout)
+    # travel as the package sew_plugin.configs, where sew_plugin.presets finds them in any install
+    package_dir={"sew_plugin.configs": "configs"},
+    package_data={"sew_plugin.configs": ["**/*.yaml"]},
     install_requires=["torch>=2.1", "soundfile>=0.12", "editdistance", "flashlight-text>=0.0.7", "matplotlib"]
     + FAIRSEQ_RUNTIME_DEPS,
     extras_require={

@@ -4,17 +4,24 @@ The YAML files are what ``fairseq-hydra-train`` runs; this module reads the same
 their ``defaults:`` list in order) so that tests and benchmarks build exactly the configured models.
 """
 
-from pathlib import Path
+from importlib.resources import files
 from typing import List
 
 from omegaconf import DictConfig, OmegaConf
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+# The repository's configs/, installed as the package sew_plugin.configs (setup.py): found through the
+# import system, the same in a checkout's editable install and in a wheel.
+try:
+    CONFIG_DIR = files("sew_plugin.configs")
+except ModuleNotFoundError:  # an editable install made before setup.py mapped configs/ there
+    raise ModuleNotFoundError("sew_plugin.configs (the configs/ folder) is not installed: reinstall the package "
+                              "(pip install -e . in the checkout, or make install)") from None
 
 
 def available(group: str = "pretraining") -> List[str]:
     """Names of the configs in ``configs/<group>`` (files starting with ``_`` are shared parts)."""
-    return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml") if not p.stem.startswith("_"))
+    names = (p.name for p in (CONFIG_DIR / group).iterdir())
+    return sorted(n[: -len(".yaml")] for n in names if n.endswith(".yaml") and not n.startswith("_"))
 
 
 def load_config(name: str, group: str = "pretraining") -> DictConfig:
@@ -22,7 +29,7 @@ def load_config(name: str, group: str = "pretraining") -> DictConfig:
     path = CONFIG_DIR / group / f"{name}.yaml"
     if not path.is_file():
         raise FileNotFoundError(f"no config {path}; available: {', '.join(available(group))}")
-    own = OmegaConf.load(path)
+    own = OmegaConf.create(path.read_text(encoding="utf-8"))
     parts = []
     for entry in own.pop("defaults", ["_self_"]):
         parts.append(own if entry == "_self_" else load_config(entry, group))

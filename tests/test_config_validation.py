@@ -2,9 +2,14 @@
 (issue 10): ``model.<key> must be <requirement>, got <value>``; the papers' own configs pass."""
 
 import re
+from argparse import Namespace
 
+import numpy as np
 import pytest
-from omegaconf import OmegaConf
+from fairseq.data import Dictionary
+from fairseq.data.data_utils import compute_mask_indices
+from fairseq.models.wav2vec.wav2vec2 import Wav2Vec2Config, Wav2Vec2Model
+from omegaconf import OmegaConf, open_dict
 
 import sew_plugin.models  # noqa: F401
 from fairseq.models import MODEL_REGISTRY
@@ -15,7 +20,9 @@ from sew_plugin.models.sew_ctc import CTC_RULES, SEWCtc, SEWCtcConfig
 from sew_plugin.models.sew_d import SEWDConfig, SEWDModel
 from sew_plugin.models.st_sew import StSEWConfig, StSEWModel
 
-from conftest import TINY_SEW
+from conftest import TINY_SEW, TINY_W2V2_FRONT_END
+from test_numerics_edges import _ctc
+from test_original_release import write_release_checkpoint
 
 FAMILIES = {"sew": (SEWModel, SEWConfig), "sew_d": (SEWDModel, SEWDConfig), "st_sew": (StSEWModel, StSEWConfig)}
 
@@ -36,6 +43,11 @@ COMMON = [
     ("mask_length", 0, {}, ">= 1 when model.mask_prob > 0, got 0"),
     ("mask_channel_prob", 2.0, {}, "in [0, 1]"),
     ("mask_channel_length", 0, {"mask_channel_prob": 0.1}, ">= 1 when model.mask_channel_prob > 0"),
+    # fairseq masks channels of the 32-wide encoder input; 0.25 x 32 / 9 < 1 span: some utterance gets none
+    ("mask_channel_length", 9, {"mask_channel_prob": 0.25}, "below the 32 channels it masks (model.encoder_embed_dim)"),
+    ("mask_channel_length", 9, {"mask_channel_prob": 0.25}, "at most model.mask_channel_prob x 32 = 8"),
+    ("mask_channel_length", 32, {"mask_channel_prob": 1.0}, "got 32"),
+    ("mask_channel_length", 32, {"mask_channel_prob": 0.5, "mask_channel_selection": "normal"}, "got 32"),
     ("encoder_layers", 0, {}, ">= 1, got 0"),
     ("encoder_embed_dim", 0, {}, ">= 1"),
     ("encoder_ffn_embed_dim", -4, {}, ">= 1"),
@@ -96,6 +108,9 @@ def test_absurd_value_is_refused_by_key(family, key, value, overrides, fragment)
 @pytest.mark.parametrize("overrides", [
     {"mask_prob": 0.0, "mask_length": 0},  # no time masks: their length is unused
     {"mask_channel_prob": 0.0, "mask_channel_length": 0},
+    {"mask_channel_prob": 0.0, "mask_channel_length": 64},  # no channel masks: wider than the encoder is unused
+    {"mask_channel_prob": 0.25, "mask_channel_length": 8},  # always one span of 8 of the 32 channels
+    {"mask_channel_prob": 0.1, "mask_channel_length": 16, "mask_channel_selection": "normal"},
     {"num_negatives": 0, "cross_sample_negatives": 5},
     {"num_negatives": 0, "codebook_negatives": 5},
     {"num_negatives": 0, "quantize_targets": False},  # not a quantized pre-training model
@@ -136,6 +151,46 @@ def test_absurd_fine_tuning_value_is_refused_before_the_checkpoint_is_read(key, 
     assert fragment in str(refused.value)
 
 
+@pytest.mark.parametrize("prob", [0.1, 0.25, 0.5, 0.9, 1.0])
+def test_channel_mask_lengths_accepted_are_those_fairseq_draws(prob):
+    """Every ``mask_channel_length`` accepted for the 32 channels draws masks in fairseq's own
+    ``compute_mask_indices``; every other fails there (at fine-tuning's first step)."""
+    for length in range(1, 40):
+        try:
+            SEWModel.check_config(tiny_config("sew", mask_channel_prob=prob, mask_channel_length=length))
+            accepted = True
+        except ValueError as refused:
+            assert str(refused).startswith("model.mask_channel_length must be below the 32 channels")
+            accepted = False
+        failures = 0
+        for seed in range(100):
+            try:
+                compute_mask_indices((8, 32), None, prob, length, "static", 0.0, seed=seed, epoch=1, indices=np.arange(8))
+            except ValueError:
+                failures += 1
+        assert (failures == 0) == accepted, (length, failures)
+
+
+def test_fine_tuning_channel_masks_are_checked_against_the_encoder_width():
+    """fairseq writes the fine-tuning masks over the pre-trained encoder's (32 channels here)."""
+    with pytest.raises(ValueError, match=r"^model\.mask_channel_length must be below the 32 channels"):
+        _ctc(SEWConfig(**TINY_SEW), "sew", mask_channel_prob=0.25, mask_channel_length=64)
+    assert _ctc(SEWConfig(**TINY_SEW), "sew", mask_channel_prob=0.25, mask_channel_length=8) is not None
+
+
+def test_fine_tuning_channel_masks_of_a_wav2vec2_checkpoint_are_checked_once_it_is_read(tmp_path):
+    """fairseq's own wav2vec 2.0 encoder has no rules of its own: sew_ctc checks again with its width."""
+    encoder = Wav2Vec2Config(encoder_layers=1, encoder_embed_dim=32, encoder_ffn_embed_dim=64, encoder_attention_heads=2,
+                             conv_feature_layers=TINY_W2V2_FRONT_END, conv_pos=16, final_dim=16, latent_vars=16)
+    model_cfg = {**OmegaConf.to_container(OmegaConf.structured(encoder), enum_to_str=True), "_name": "wav2vec2"}
+    path = write_release_checkpoint(tmp_path / "w2v2.pt", model_cfg, {"_name": "audio_pretraining", "data": str(tmp_path)},
+                                    Wav2Vec2Model(encoder).state_dict(), "wav2vec")
+    cfg = OmegaConf.structured(SEWCtcConfig(w2v_path=str(path), data=str(tmp_path), normalize=False, ddp_backend="legacy_ddp",
+                                            mask_channel_prob=0.25, mask_channel_length=64))
+    with pytest.raises(ValueError, match=r"^model\.mask_channel_length must be below the 32 channels.*got 64$"):
+        SEWCtc.build_model(cfg, Namespace(target_dictionary=Dictionary()))
+
+
 def test_sane_fine_tuning_config_gets_past_the_checks():
     cfg = OmegaConf.structured(SEWCtcConfig(w2v_path="/nonexistent/checkpoint.pt", mask_prob=0.0, mask_length=0))
     with pytest.raises(FileNotFoundError, match=re.escape("model.w2v_path")):
@@ -157,4 +212,9 @@ def test_pretraining_configs_pass_the_checks(name):
 
 @pytest.mark.parametrize("name", presets.available("finetuning"))
 def test_finetuning_configs_pass_the_checks(name):
-    check_rules(presets.model_config(name, "finetuning"), CTC_RULES)
+    cfg = presets.model_config(name, "finetuning")
+    check_rules(cfg, CTC_RULES)
+    for encoder in presets.available("pretraining"):  # the channel masks fit every pre-trained encoder's width
+        with open_dict(cfg):
+            cfg.w2v_args = {"model": presets.model_config(encoder)}
+        check_rules(cfg, CTC_RULES)

@@ -1,7 +1,11 @@
-"""Package surface: the ``sew`` command and the shipped configs."""
+"""Package surface: the ``sew`` command, the shipped configs (in a checkout and in a wheel) and the
+Python version the Makefile accepts."""
 
+import os
+import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -27,6 +31,7 @@ def test_sew_without_a_subcommand_fails_with_usage():
 
 
 ALL_CONFIGS = sorted(p for p in (REPO / "configs").rglob("*.yaml") if not p.stem.startswith("_"))
+ALL_NAMES = {group: sorted(p.stem for p in ALL_CONFIGS if p.parent.name == group) for group in ("pretraining", "finetuning")}
 
 
 @pytest.mark.parametrize("path", ALL_CONFIGS, ids=lambda p: p.stem)
@@ -58,3 +63,52 @@ def test_sew_sizes_follow_the_paper_table():
         "sew_small": (768, 12, 3072, 12, 0.05, 64, 2, 31),
         "sew_mid": (768, 12, 3072, 24, 0.2, 64, 2, 31),
     }
+
+
+def test_a_wheel_carries_every_config_and_presets_reads_them_from_it(tmp_path):
+    """``pip install .`` (not editable): the configs travel as ``sew_plugin/configs`` and presets
+    finds them there, not in the checkout (the cwd elsewhere, the installed wheel first on the path)."""
+    src = tmp_path / "src"  # the build writes build/ and *.egg-info: not into the checkout, where others run
+    for folder in ("sew_plugin", "configs"):
+        shutil.copytree(REPO / folder, src / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("setup.py", "README.md"):
+        shutil.copy(REPO / name, src / name)
+    pip = [sys.executable, "-m", "pip"]
+    subprocess.run([*pip, "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", tmp_path / "dist", src],
+                   check=True, capture_output=True)
+    wheel, = (tmp_path / "dist").glob("sew_plugin-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    configs = {f"sew_plugin/{p.relative_to(REPO).as_posix()}" for p in (REPO / "configs").rglob("*.yaml")}
+    assert configs and configs <= names
+    metadata = zipfile.ZipFile(wheel).read("sew_plugin-0.1.0.dist-info/METADATA").decode()
+    assert "Requires-Python: >=3.11,<3.12" in metadata
+
+    subprocess.run([*pip, "install", "-q", "--no-deps", "--target", tmp_path / "site", wheel], check=True, capture_output=True)
+    code = ("import sew_plugin; from sew_plugin import presets; print(sew_plugin.__file__); "
+            "print(presets.CONFIG_DIR); print(*presets.available('pretraining')); "
+            "print(presets.load_config('sew_tiny').model.encoder_embed_dim)")
+    run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(tmp_path / "site")})
+    assert run.returncode == 0, run.stderr[-2000:]
+    module, config_dir, names, width = run.stdout.splitlines()
+    assert module.startswith(str(tmp_path / "site")) and config_dir == str(tmp_path / "site" / "sew_plugin" / "configs")
+    assert names.split() == presets.available("pretraining") == ALL_NAMES["pretraining"]
+    assert width == "512"
+
+
+def test_presets_in_the_checkout_read_the_top_level_configs():
+    assert Path(str(presets.CONFIG_DIR)) == REPO / "configs"  # the editable install maps sew_plugin.configs there
+    assert {group: presets.available(group) for group in ALL_NAMES} == ALL_NAMES
+
+
+@pytest.mark.parametrize("version, refused", [("3.12", True), ("3.10", True), ("3.11", False)])
+def test_make_refuses_a_python_other_than_3_11_before_creating_the_environment(tmp_path, version, refused):
+    fake = tmp_path / "python"
+    fake.write_text(f"#!/bin/sh\necho {version}\n")  # answers the version query; cannot create a venv
+    fake.chmod(0o755)
+    run = subprocess.run(["make", "-C", REPO, f"PYTHON={fake}", f"VENV={tmp_path / 'venv'}", "install"],
+                         capture_output=True, text=True)
+    assert run.returncode != 0  # a fake Python cannot create the environment either
+    assert ("sew_plugin needs Python 3.11" in run.stderr) == refused, run.stderr
+    if refused:
+        assert f"is Python '{version}'" in run.stderr and f"{fake} -m venv" not in run.stdout

@@ -2,7 +2,8 @@
 value is refused by key (``model.mask_prob must be in [0, 1], got 1.5``) before anything is built,
 not by an error from deep inside fairseq or torch."""
 
-from typing import Any, Callable, List, Sequence, Tuple, Union
+import math
+from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 
 # A rule: (key, ok(value, cfg), requirement). The requirement reads after "model.<key> must be";
 # a string is formatted with the config as ``c``, a callable gets the config. Rules run in order,
@@ -35,12 +36,36 @@ def check_rules(cfg, rules: Sequence[Rule], prefix: str = "model.") -> None:
             raise ValueError(f"{prefix}{key} must be {text}, got {value!r}")
 
 
-def masking_rules() -> List[Rule]:
-    """Time and channel masking, under the same keys in pre-training and fine-tuning configs."""
+def masking_rules(width: Callable[[Any], Optional[int]]) -> List[Rule]:
+    """Time and channel masking, under the same keys in pre-training and fine-tuning configs.
+
+    ``width(cfg)`` is the number of channels the channel masks are drawn over (None while unknown):
+    fairseq's ``Wav2Vec2Model.apply_mask`` masks channels of the encoder's input, after
+    ``post_extract_proj``, so ``encoder_embed_dim`` of the (pre-trained) encoder. Time masks need
+    no such bound here: fairseq draws at least two spans (``min_masks=2``) whatever ``mask_length``.
+    """
+    def channel_spans_fit(length, cfg) -> bool:
+        channels = width(cfg)
+        if cfg.mask_channel_prob <= 0 or channels is None:
+            return True
+        if cfg.mask_channel_selection != "static":
+            return length < channels
+        # fairseq's compute_mask_indices draws int(prob * channels / length + U[0, 1)) spans per utterance
+        # and raises on none ("this should never happens") and on every channel masked, which is
+        # possible only when no more channels than spans are left beside one span
+        spans = cfg.mask_channel_prob * channels / length
+        return spans >= 1 and channels - length > math.ceil(spans)
+
     return [
         ("mask_prob", in_unit_interval, "in [0, 1]"),
         ("mask_length", lambda v, c: c.mask_prob <= 0 or v >= 1, ">= 1 when model.mask_prob > 0"),
         ("mask_channel_prob", in_unit_interval, "in [0, 1]"),
         ("mask_channel_length", lambda v, c: c.mask_channel_prob <= 0 or v >= 1,
          ">= 1 when model.mask_channel_prob > 0"),
+        ("mask_channel_length", channel_spans_fit,
+         lambda c: f"below the {width(c)} channels it masks (model.encoder_embed_dim) and, with static "
+                   f"model.mask_channel_selection, at most model.mask_channel_prob x {width(c)} = "
+                   f"{c.mask_channel_prob * width(c):g} with room beside its spans: fairseq draws "
+                   f"int(mask_channel_prob * channels / mask_channel_length + U[0, 1)) spans per utterance and "
+                   f"fails at the first step on none or on every channel masked"),
     ]

@@ -112,7 +112,7 @@ SEW_RULES: List[Rule] = [
     ("encoder_attention_heads", lambda v, c: c.encoder_embed_dim % v == 0,
      "a divisor of model.encoder_embed_dim={c.encoder_embed_dim}"),
     *[(key, is_rate, "in [0, 1)") for key in DROPOUT_KEYS],
-    *masking_rules(),
+    *masking_rules(lambda c: c.encoder_embed_dim),
     ("conv_pos", at_least(1), ">= 1"),
     ("conv_pos_groups", at_least(1), ">= 1"),
     ("conv_pos_groups", lambda v, c: c.encoder_embed_dim % v == 0,

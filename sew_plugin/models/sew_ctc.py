@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional
 
+import torch
 from fairseq.models.wav2vec.wav2vec2_asr import Linear, Wav2Vec2CtcConfig, Wav2VecCtc
 from torch import nn
 
@@ -32,12 +33,19 @@ from .config_rules import Rule, at_least, check_rules, is_rate, masking_rules
 
 EXIT_TRAINING = ("joint", "exits_only")
 
+
+def encoder_width(cfg) -> Optional[int]:
+    """``encoder_embed_dim`` of the pre-trained encoder, from its config (``w2v_args``) once read."""
+    return getattr(getattr(cfg.w2v_args, "model", None), "encoder_embed_dim", None)
+
+
 # The fine-tuning values fairseq writes over the pre-trained encoder's (layerdrop goes to its
-# encoder_layerdrop), checked under this config's own keys before the checkpoint is read.
+# encoder_layerdrop), checked under this config's own keys before the checkpoint is read, and again
+# once its encoder's config is known (the channel masks' bound needs the encoder's width).
 CTC_RULES: List[Rule] = [
     *[(key, is_rate, "in [0, 1)") for key in ("final_dropout", "dropout", "attention_dropout",
                                              "activation_dropout", "dropout_input", "layerdrop")],
-    *masking_rules(),
+    *masking_rules(encoder_width),
     ("feature_grad_mult", at_least(0), ">= 0"),
     ("freeze_finetune_updates", at_least(0), ">= 0"),
 ]
@@ -129,6 +137,7 @@ class SEWCtc(Wav2VecCtc):
                 raise FileNotFoundError(f"model.w2v_path={cfg.w2v_path!r}: pre-trained checkpoint not found")
             with refusing_unsafe(verify_checkpoint(cfg.w2v_path)):
                 model = super().build_model(cfg, task)
+            check_rules(cfg, CTC_RULES)  # with the encoder's config fairseq stored in cfg.w2v_args
         if cfg.operating_point:
             set_operating_point(model, cfg.operating_point)
         if cfg.cif_lambda is not None or cfg.cif_learn_lambda:
@@ -164,6 +173,18 @@ class SEWCtc(Wav2VecCtc):
             raise ValueError(f"model.exit_init={path!r} does not match this model: missing "
                              f"{sorted(own - set(state))[:5]}, unexpected {sorted(set(state) - own)[:5]}")
         self.load_state_dict(state, strict=False)
+
+    def ctc_frames(self, samples: torch.Tensor) -> Optional[torch.Tensor]:
+        """(B,) waveform samples -> (B,) frames the CTC head emits for them (input downsampling, the
+        encoder's conv stack, ``ctc_frames_per_step``): what CTC must align the labels with, counted
+        by the fine-tuning task. None where the count depends on the audio: a CIF encoder emits at
+        most one frame per 20 ms frame (``cif_upsample`` drops its unfired tail)."""
+        encoder = self.w2v_encoder.w2v_model
+        if getattr(encoder, "cif", None) is not None:
+            return None
+        if self.input_downsampler is not None:
+            samples = self.input_downsampler.output_lengths(samples)
+        return encoder._get_feat_extract_output_lengths(samples).clamp(min=0) * self.cfg.ctc_frames_per_step
 
     def check_downsampled_length(self, samples: int) -> None:
         """Refuse a waveform that leaves the feature extractor no frame once downsampled, counting

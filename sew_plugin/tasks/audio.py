@@ -9,7 +9,11 @@
   least the feature extractor's receptive field (400 samples) long. For fine-tuning the label file
   (``<split>.<task.labels>``) must have one non-empty line per manifest row, every symbol in the
   target dictionary (fairseq would silently map unknown symbols to ``<unk>``). Every bad row is
-  reported at once, as ``DataErrors`` naming ``file:line``, before any model step.
+  reported at once, as ``DataErrors`` naming ``file:line``, before any model step. Utterances with
+  more label symbols than the frames the built model's CTC head emits for them (input
+  downsampling and ``ctc_frames_per_step`` change those) are counted and named: CTC cannot align
+  them and ``criterion.zero_infinity`` zeroes their loss, so a split none of which can be aligned
+  is refused (``ValueError``).
 - the count of utterances loaded, of those left out because they are shorter than
   ``task.min_sample_size`` (fairseq drops them without a word), and of those cropped to
   ``task.max_sample_size`` is logged per split, with the key to change.
@@ -35,7 +39,7 @@ import time
 from argparse import Namespace
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -172,6 +176,7 @@ class CheckedAudioTaskMixin:
     """The checks shared by both tasks; see the module's docstring."""
 
     finetuning = False
+    model_ctc_frames = None  # the ctc_frames of the model this task built (sew_ctc), once built
 
     def _simple_layout(self, task_cfg) -> bool:
         return not (isinstance(task_cfg, Namespace) or getattr(task_cfg, "binarized_dataset", False)
@@ -231,7 +236,7 @@ class CheckedAudioTaskMixin:
         bad.update(check_audio(manifest, sample_rate, 1, dropped))  # never read by fairseq: no length floor
         errors += bad.values()
         if self.finetuning and not errors:
-            errors += self.check_labels(manifest_path, manifest, kept, task_cfg)
+            errors += self.check_labels(manifest_path, manifest, kept, sample_rate, task_cfg)
         if errors:
             errors.sort(key=lambda e: (str(e.path), e.line or 0))
             keys = ("task.data", "task.sample_rate") + (("task.labels",) if self.finetuning else ())
@@ -251,7 +256,8 @@ class CheckedAudioTaskMixin:
                              "segment end times in seconds, ascending, within each utterance (sew_plugin/data/segments.py)")
         return segments
 
-    def check_labels(self, manifest_path: Path, manifest: Manifest, kept: List[int], task_cfg) -> List[DataError]:
+    def check_labels(self, manifest_path: Path, manifest: Manifest, kept: List[int], sample_rate: int,
+                     task_cfg) -> List[DataError]:
         label_path = Path(self.cfg.data) / f"{manifest_path.stem}.{task_cfg.labels}"
         lines = read_lines(label_path, "label file")
         rows = len(manifest.entries)
@@ -273,16 +279,42 @@ class CheckedAudioTaskMixin:
                 continue
             samples = manifest.entries[i][1] if high is None else min(manifest.entries[i][1], high)
             checked.append((i, ctc_needs(tokens), samples))
-        unalignable = []
-        if checked:
-            rows_checked, needs, samples = zip(*checked)
-            frames = output_frames(torch.tensor(samples), FRAME_LAYERS).tolist()
-            unalignable = [f"{label_path}:{i + 1}" for i, n, f in zip(rows_checked, needs, frames) if n > f]
-        if unalignable:
-            logger.warning(f"{manifest_path.stem}: {len(unalignable)} utterances have more label symbols than 20 ms "
-                           f"frames, so CTC cannot align them (criterion.zero_infinity drops their loss); are the "
-                           f"label lines in manifest order? First: {', '.join(unalignable[:5])}")
+        if checked and not errors:
+            self.check_alignment(manifest_path.stem, label_path, *zip(*checked), sample_rate=sample_rate)
         return errors
+
+    def check_alignment(self, split: str, label_path: Path, rows: Sequence[int], needs: Sequence[int],
+                        samples: Sequence[int], sample_rate: int) -> None:
+        """Find the utterances CTC cannot align: their labels need more frames (``ctc_needs``) than
+        the CTC head emits for their samples, counted by the model ``build_model`` built (20 ms
+        frames before one is built). ``criterion.zero_infinity`` zeroes their loss, so they train
+        nothing without a word: warn, loudly when most of the split is lost, and refuse a split
+        none of whose utterances can be aligned."""
+        lengths = torch.tensor(samples)
+        frames = self.model_ctc_frames(lengths) if self.model_ctc_frames else None
+        if frames is not None:
+            period = 100_000 / int(self.model_ctc_frames(torch.tensor([100 * sample_rate])))
+            what = f"the model's CTC frames ({period:.0f} ms each)"
+        else:
+            frames, what = output_frames(lengths, FRAME_LAYERS), "20 ms frames"
+            if self.model_ctc_frames:
+                what += " (an upper bound on what this CIF encoder emits: more utterances may be unalignable)"
+        bad = [f"{label_path}:{i + 1}" for i, n, f in zip(rows, needs, frames.tolist()) if n > f]
+        first = f"First: {', '.join(bad[:5])}"
+        more_frames = "+model.ctc_frames_per_step=2 (CTC frames per encoder frame) or a smaller model.input_downsample_factor"
+        if len(bad) == len(rows):
+            raise ValueError(f"{split}: none of the {len(rows)} utterances can be aligned by CTC: each has more label "
+                             f"symbols than {what}, so criterion.zero_infinity would zero every one of their losses "
+                             f"and the model would learn nothing from them. Give the model more CTC frames with "
+                             f"{more_frames}, or check that the label lines are in manifest order. {first}")
+        counted = f"{len(bad)} of {len(rows)} utterances have more label symbols than {what}"
+        if 2 * len(bad) > len(rows):
+            logger.warning(f"{split}: MOST UTTERANCES CANNOT BE ALIGNED: {counted}, so CTC cannot align them and "
+                           f"criterion.zero_infinity zeroes their loss: they train nothing. Give the model more CTC "
+                           f"frames with {more_frames}. {first}")
+        elif bad:
+            logger.warning(f"{split}: {counted}, so CTC cannot align them (criterion.zero_infinity drops their "
+                           f"loss); are the label lines in manifest order? {first}")
 
     def report_sizes(self, split: str, manifest: Manifest, kept: List[int], task_cfg) -> None:
         low, high = self.cfg.min_sample_size, self.cfg.max_sample_size
@@ -333,6 +365,14 @@ class SewAudioFinetuningTask(CheckedAudioTaskMixin, AudioFinetuningTask):
     def __init__(self, cfg: AudioFinetuningConfig):
         check_task_config(cfg, finetuning=True)
         super().__init__(cfg)
+
+    def build_model(self, model_cfg, from_checkpoint=False):
+        """fairseq's; splits loaded from now on (fairseq-hydra-train loads them all after building the
+        model) count their labels against the CTC frames this model emits (``SEWCtc.ctc_frames``:
+        input downsampling and ``ctc_frames_per_step`` change them), not 20 ms frames."""
+        model = super().build_model(model_cfg, from_checkpoint)
+        self.model_ctc_frames = getattr(model, "ctc_frames", None)
+        return model
 
     def load_target_dictionary(self):
         """fairseq's, with a missing, non-UTF-8 or malformed dictionary refused by name."""

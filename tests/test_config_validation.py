@@ -57,6 +57,10 @@ COMMON = [
                                                       "dropout_input", "dropout_features", "encoder_layerdrop")],
     ("dropout", -0.1, {}, "in [0, 1)"),
     ("dropout", float("nan"), {}, "in [0, 1)"),
+    ("mask_selection", "uniform", {}, "static, normal or poisson (fairseq 0.12.3's compute_mask_indices crashes"),
+    ("mask_channel_selection", "uniform", {}, "static, normal or poisson"),
+    ("no_mask_overlap", True, {}, "false (fairseq 0.12.3's compute_mask_indices crashes"),
+    ("no_mask_channel_overlap", True, {}, "false"),
     ("conv_pos", 0, {}, ">= 1"),
     ("conv_pos_groups", 0, {}, ">= 1"),
     ("conv_pos_groups", 3, {}, "a divisor of model.encoder_embed_dim=32"),
@@ -138,9 +142,19 @@ CTC_CASES = [
     ("mask_length", 0, {"mask_prob": 0.5}, ">= 1 when model.mask_prob > 0"),
     ("mask_channel_prob", -0.1, {}, "in [0, 1]"),
     ("mask_channel_length", 0, {"mask_channel_prob": 0.25}, ">= 1 when model.mask_channel_prob > 0"),
+    ("mask_channel_selection", "uniform", {}, "static, normal or poisson"),
+    ("no_mask_overlap", True, {}, "false"),
     ("feature_grad_mult", -1.0, {}, ">= 0"),
     ("freeze_finetune_updates", -1, {}, ">= 0"),
 ]
+
+
+@pytest.mark.parametrize("options", [dict(mask_type="uniform"), dict(no_overlap=True)])
+def test_refused_mask_options_are_the_ones_fairseq_crashes_on(options):
+    from fairseq.data.data_utils import compute_mask_indices
+
+    with pytest.raises(AttributeError):  # Generator.randint / np.int: the first step would fail so
+        compute_mask_indices((2, 100), None, 0.5, 5, **options)
 
 
 @pytest.mark.parametrize("key, value, overrides, fragment", CTC_CASES, ids=[f"{c[0]}={c[1]}" for c in CTC_CASES])

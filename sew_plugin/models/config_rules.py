@@ -56,7 +56,17 @@ def masking_rules(width: Callable[[Any], Optional[int]]) -> List[Rule]:
         spans = cfg.mask_channel_prob * channels / length
         return spans >= 1 and channels - length > math.ceil(spans)
 
+    # fairseq 0.12.3's compute_mask_indices draws 'uniform' span lengths and non-overlapping spans with
+    # rng.randint, which numpy's Generator it uses has not (and np.int, gone from numpy): both crash
+    # at the first step, so they are refused here
+    broken_in_fairseq = "(fairseq 0.12.3's compute_mask_indices crashes on the alternative)"
+    selections = [(key, lambda v, c: v != "uniform", f"static, normal or poisson {broken_in_fairseq}")
+                  for key in ("mask_selection", "mask_channel_selection")]
+    overlaps = [(key, lambda v, c: not v, f"false {broken_in_fairseq}")
+                for key in ("no_mask_overlap", "no_mask_channel_overlap")]
     return [
+        *selections,
+        *overlaps,
         ("mask_prob", in_unit_interval, "in [0, 1]"),
         ("mask_length", lambda v, c: c.mask_prob <= 0 or v >= 1, ">= 1 when model.mask_prob > 0"),
         ("mask_channel_prob", in_unit_interval, "in [0, 1]"),

@@ -90,9 +90,9 @@ def main(args) -> int:
     if args.exit_policy and not args.thresholds:
         raise SystemExit("sew sweep: error: --exit-policy goes with --thresholds")
     _, references = check_inputs(args.manifest, args.labels)  # bad input stops here, before the model loads
-    model, tgt_dict, decoder, normalize = load_for_inference(args, "sew sweep")
-    if references is None:  # the WER column needs them: refused before any point runs
+    if references is None:  # the WER column needs them
         raise DataError(label_path(args.manifest, None), "label file not found: sew sweep needs references")
+    model, tgt_dict, decoder, normalize = load_for_inference(args, "sew sweep")
     x = torch.randn(1, int(16000 * MAC_SECONDS), device=args.device)
     settings = args.points or args.cif_lambdas or args.thresholds
     points = []

@@ -55,6 +55,7 @@ def test_python_loaders_refuse_a_poisoned_checkpoint_by_name(poisoned, load):
 def test_cli_refuses_a_poisoned_checkpoint_without_a_traceback(poisoned, tmp_path, command):
     rows = write_wav_corpus(tmp_path / "audio", [16000])
     write_manifest(tmp_path / "valid.tsv", tmp_path / "audio", rows)
+    (tmp_path / "valid.ltr").write_text("A |\n")  # sew sweep needs references before it loads anything
     extra = ["--exit-policy", "entropy", "--thresholds", "0.5"] if command == "sweep" else []
     run = subprocess.run([SEW, command, str(poisoned), str(tmp_path / "valid.tsv"), *extra],
                          capture_output=True, text=True, timeout=300)

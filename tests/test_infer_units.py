@@ -192,9 +192,14 @@ def test_infer_time_excludes_the_warm_up_and_a_missing_label_file_is_named(tmp_p
     assert f"sew infer: error: {tmp_path / 'valid.wrd'}: label file not found (--labels wrd)" in capsys.readouterr().err
 
 
-def test_sweep_needs_references_before_any_point_runs(tmp_path, fake_model, capsys):
+def test_sweep_needs_references_before_it_loads_the_model(tmp_path, fake_model, capsys, monkeypatch):
+    from sew_plugin import sweep
     from sew_plugin.cli import main as sew
 
+    def load(*_):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(sweep, "load_for_inference", load)
     manifest = three_utterances(tmp_path, labels=False)
     assert sew(["sweep", "none.pt", str(manifest), "--points", "1,1,1"]) == 2
     captured = capsys.readouterr()

@@ -20,7 +20,7 @@ by onnxruntime on the CPU with as many threads as torch, fp32 only, timed like t
 MACs are counted on the PyTorch model (the same computation), its peak memory is not measured (nan).
 
 Besides the whole forward's MACs, ``context GMACs`` counts the context network (the transformer with
-its squeeze/upsample, and the CIF module: what paper 003 reports), and ``frame ms`` is the period of
+its squeeze/upsample, and the CIF module: what Chen et al. report), and ``frame ms`` is the period of
 the frames the transformer runs on (measured on the input for CIF).
 
 Examples::

@@ -2,7 +2,7 @@
 
 The model is loaded once; each point fixes a St-SEW configuration (S_f, S_k, S_q) with ``--points``,
 a CIF lambda with ``--cif-lambdas`` (the table gives the resulting mean frame period), or an
-early-exit threshold with ``--exit-policy`` and ``--thresholds`` (the layout of paper 000's
+early-exit threshold with ``--exit-policy`` and ``--thresholds`` (the layout of Zaiem et al.'s
 table: threshold, mean exit layer, WER, time), and transcribes the whole manifest as ``sew infer``
 does (same decoders, every utterance counted, ``--warmup`` untimed forwards at each point before
 its time is taken, so that no point carries the one-time costs of the first call and the order of

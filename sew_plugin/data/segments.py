@@ -1,4 +1,4 @@
-"""Segment files: the unsupervised phone segments that guide CIF's alpha in pre-training (paper 003).
+"""Segment files: the unsupervised phone segments that guide CIF's alpha in pre-training (Chen et al., 2023).
 
 Format (``<split>.<task.segments>`` beside ``<split>.tsv``): one line per manifest row (the rows
 after the root line, same order); each line the segments' END times in seconds, separated by

@@ -1,6 +1,6 @@
 """wav2vec 2.0's forward with CIF compression between the front end and the context network.
 
-Paper 003 (once-for-all compression): alpha is predicted on the normalised CNN features, lambda
+Chen et al. 2023 (once-for-all compression): alpha is predicted on the normalised CNN features, lambda
 modifies it, and CIF integrates the features into fewer frames. Everything after that is wav2vec
 2.0 at the compressed rate, built from fairseq's own pieces (``apply_mask``, the quantizer,
 ``project_q``, ``sample_negatives``, ``final_proj``, ``compute_preds``): the transformer sees the

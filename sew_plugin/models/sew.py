@@ -8,7 +8,7 @@ SEW is wav2vec 2.0 with three changes, each in its own module:
   ``squeeze_factor`` times slower than the 20 ms features;
 - MLP predictor heads with BatchNorm (``sew_plugin.modules.predictor_head``) for pre-training.
 
-``compressor: cif`` replaces the fixed squeeze by once-for-all CIF compression (paper 003;
+``compressor: cif`` replaces the fixed squeeze by once-for-all CIF compression (Chen et al., 2023;
 ``sew_plugin.modules.cif``, ``sew_plugin.models.cif_forward``): the context network runs on
 variable-length compressed frames whose rate lambda sets, sampled per batch in pre-training.
 

@@ -1,5 +1,5 @@
 """Continuous integrate-and-fire (CIF) with the lambda modification of once-for-all compression
-(paper 003; shared/reference/methods.md section 2).
+(Chen, Meng and Lee, ICASSP 2023).
 
 Every input frame t carries a weight alpha_t; the weighted frames are integrated until the running
 sum reaches the next integer, where one output frame fires. A frame whose weight crosses an integer

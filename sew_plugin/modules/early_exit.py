@@ -1,5 +1,5 @@
-"""Early exit (papers 000 and 004): CTC heads after intermediate encoder layers, and per-utterance
-policies that stop an utterance's forward at the first head confident enough.
+"""Early exit (Zaiem et al., ICASSP 2023; Wright et al., 2023): CTC heads after intermediate encoder
+layers, and per-utterance policies that stop an utterance's forward at the first head confident enough.
 
 The heads read 20 ms frames: an intermediate layer's output goes through the encoder's own
 ``finish`` and ``final_norm`` (for squeezed encoders, the encoder's upsampler, shared with the
@@ -51,7 +51,7 @@ def parse_exit_weights(text: str, count: int) -> List[float]:
 
 
 def exit_head(dim: int, vocab: int, kind: str) -> nn.Module:
-    """A CTC head: ``linear``, or ``mlp`` (Linear-LeakyReLU-Linear, as in paper 000)."""
+    """A CTC head: ``linear``, or ``mlp`` (Linear-LeakyReLU-Linear, as in Zaiem et al.)."""
     if kind == "linear":
         head = nn.Linear(dim, vocab)
     elif kind == "mlp":
@@ -122,7 +122,7 @@ class SimilarityExit(ExitPolicy):
 
 class NBestExit(ExitPolicy):
     """Leave when the beam search's best hypothesis holds at least ``threshold`` of the posterior
-    mass of its N-best list: exp(S_1) / sum_k exp(S_k) (paper 004)."""
+    mass of its N-best list: exp(S_1) / sum_k exp(S_k) (Wright et al.)."""
 
     name = "nbest"
 

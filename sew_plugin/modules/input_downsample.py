@@ -1,6 +1,6 @@
-"""Input downsampling at fine-tuning time (paper 000, Zaiem et al.; reference/methods.md, section 4).
+"""Input downsampling at fine-tuning time (Zaiem et al., ICASSP 2023).
 
-The cost of an SSL encoder grows with the number of frames it sees, so paper 000 shortens the 16 kHz
+The cost of an SSL encoder grows with the number of frames it sees, so Zaiem et al. shorten the 16 kHz
 waveform by a factor f in {2, 3, 4} before the SSL model and fine-tunes the model on the shorter
 input. With WavLM Large on train-clean-100 this cuts 61.3% of the MACs for +0.81 test-clean WER.
 Three ways to shorten the waveform:

@@ -48,6 +48,10 @@ def test_readme_training_command_composes_its_config(args, tmp_path):
     run = subprocess.run([str(ENTRY), "--cfg", "job", *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     assert f"user_dir: {USER_DIR}" in run.stdout
+    # hydra runs the job in a fresh outputs/<date>/<time>/: only an absolute save_dir lets the same
+    # command resume (README: "Resuming after a crash")
+    save_dirs = re.findall(r"^  save_dir: (.*)$", run.stdout, flags=re.M)
+    assert save_dirs and Path(save_dirs[0]).is_absolute(), save_dirs
 
 
 def test_readme_python_snippets_run():

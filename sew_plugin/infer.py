@@ -108,7 +108,8 @@ class Summary:
     cif_lambda: Optional[float] = None
     frame_period_ms: Optional[float] = None  # CIF models: mean period of the compressed frames
     references: str = ""  # the label file scored against (or looked for)
-    warmup_forwards: int = 0  # untimed forwards of the first batch, not in forward_seconds
+    warmup_forwards: int = 0  # untimed forwards of the first (or every) batch, not in forward_seconds
+    warmup_every_batch: bool = False
     rtf_forward: float = field(init=False)
     rtf_total: float = field(init=False)
 
@@ -130,7 +131,8 @@ class Summary:
             histogram = ", ".join(f"layer {k}: {v}" for k, v in sorted(self.exit_histogram.items()))
             lines.append(f"early exit ({self.exit_policy}): mean exit layer {self.mean_exit_layer:.2f}; {histogram}")
         n = self.warmup_forwards
-        warmup = f", excluding {n} untimed warm-up forward{'s' * (n > 1)} of the first batch" if n else ""
+        which = "every" if self.warmup_every_batch else "the first"
+        warmup = f", excluding {n} untimed warm-up forward{'s' * (n > 1)} of {which} batch" if n else ""
         lines.append(
             f"time: forward {self.forward_seconds:.2f} s ({1000 * self.rtf_forward:.1f} ms per second of audio"
             f"{warmup}), decoding {self.decode_seconds:.2f} s; real-time factor {self.rtf_total:.4f}"
@@ -244,7 +246,10 @@ def ctc_forward(model, source: torch.Tensor, padding: torch.Tensor, device: torc
         return net_output, model.get_normalized_probs(net_output, log_probs=True).transpose(0, 1).float().cpu()
 
 
-def transcribe(model, tgt_dict, manifest_path: Path, decoder, args, normalize: bool):
+def transcribe(model, tgt_dict, manifest_path: Path, decoder, args, normalize: bool, warm_every_batch: bool = False):
+    """Transcribe every row of the manifest: (utterances, summary). ``args.warmup`` untimed forwards
+    run before the first batch's timed one, or before every batch's with ``warm_every_batch`` (each new
+    batch shape has first-call costs of its own: allocations, kernel choices)."""
     manifest, refs = check_inputs(manifest_path, args.labels)
     lengths = [n for _, n in manifest.entries]
     results: List[Optional[Utterance]] = [None] * len(lengths)
@@ -256,7 +261,7 @@ def transcribe(model, tgt_dict, manifest_path: Path, decoder, args, normalize: b
     for number, batch in enumerate(tqdm(batches, desc="transcribing", unit="batch", disable=None, leave=False)):
         wavs = load_batch(manifest, batch)
         source, padding = collate(wavs, normalize)
-        if number == 0:  # the longest batch: its warm-up makes the largest allocations too
+        if number == 0 or warm_every_batch:  # the first is the longest: it makes the largest allocations
             for _ in range(args.warmup):
                 ctc_forward(model, source, padding, device)
         start = time.perf_counter()
@@ -280,7 +285,8 @@ def transcribe(model, tgt_dict, manifest_path: Path, decoder, args, normalize: b
         raise RuntimeError(f"transcribed {len(done)} of {len(lengths)} utterances of {manifest_path}")
     parameters = sum(p.numel() for p in model.parameters())
     summary = Summary(len(lengths), len(done), sum(lengths) / SAMPLE_RATE, forward_s, decode_s, parameters=parameters,
-                      references=str(label_path(manifest_path, args.labels)), warmup_forwards=args.warmup)
+                      references=str(label_path(manifest_path, args.labels)), warmup_forwards=args.warmup,
+                      warmup_every_batch=warm_every_batch)
     runner = getattr(model, "exit_runner", None)
     if runner is not None and runner.policy is not None:
         layers = [u.exit_layer for u in done]
@@ -336,9 +342,14 @@ def load_for_inference(args, command: str = "sew infer"):
 
 
 def operating_point(model, point: Optional[str], command: str = "sew infer") -> None:
-    """Fix a St-SEW model at ``point``; a bad or inapplicable point exits with a message."""
-    from .models.sew_ctc import set_operating_point
+    """Fix a St-SEW model at ``point``; a bad or inapplicable point, or none for a model that samples
+    its point at every forward (random transcripts), exits with a message."""
+    from .models.sew_ctc import SAMPLED_POINT, samples_operating_point, set_operating_point
 
+    if point is None:
+        if samples_operating_point(model):
+            raise SystemExit(f"{command}: error: {SAMPLED_POINT}")
+        return
     try:
         set_operating_point(model, point)
     except ValueError as err:
@@ -383,8 +394,7 @@ def exit_policy(model, args, decoder, threshold: Optional[float], command: str =
 def main(args) -> int:
     check_inputs(args.manifest, args.labels)  # bad input stops here, before the model loads
     model, tgt_dict, decoder, normalize = load_for_inference(args)
-    if args.operating_point:
-        operating_point(model, args.operating_point)
+    operating_point(model, args.operating_point)
     cif_lambda(model, args.cif_lambda)
     if args.exit_policy:
         exit_policy(model, args, decoder, args.threshold)

@@ -4,9 +4,10 @@ The model is loaded once; each point fixes a St-SEW configuration (S_f, S_k, S_q
 a CIF lambda with ``--cif-lambdas`` (the table gives the resulting mean frame period), or an
 early-exit threshold with ``--exit-policy`` and ``--thresholds`` (the layout of Zaiem et al.'s
 table: threshold, mean exit layer, WER, time), and transcribes the whole manifest as ``sew infer``
-does (same decoders, every utterance counted, ``--warmup`` untimed forwards at each point before
-its time is taken, so that no point carries the one-time costs of the first call and the order of
-the points does not change their times). MACs are counted with torch's ``FlopCounterMode`` on 10 s
+does (same decoders, every utterance counted). Each batch of each point runs ``--warmup`` untimed
+forwards before its timed one: every new batch shape has first-call costs (allocations, kernel
+choices), and without this the first point carried them, so the order of the points changed their
+times. The forward work of a sweep is doubled; its times are steady-state. MACs are counted with torch's ``FlopCounterMode`` on 10 s
 of audio at each St-SEW point (an exit policy's compute depends on the utterance: its mean exit
 layer says it). A point is on the Pareto front when no other point is at least as fast and at least
 as accurate, and strictly better in one of them.
@@ -103,7 +104,7 @@ def main(args) -> int:
             cif_lambda(model, setting, "sew sweep")
         else:
             exit_policy(model, args, decoder, setting, "sew sweep")
-        _, summary = transcribe(model, tgt_dict, args.manifest, decoder, args, normalize)
+        _, summary = transcribe(model, tgt_dict, args.manifest, decoder, args, normalize, warm_every_batch=True)
         point = Point(setting if args.points else f"{setting:g}", summary.wer, summary.uer, 1000 * summary.rtf_forward)
         if args.points:
             point.gmacs_per_10s = count_macs(model, lambda wav: model(source=wav, padding_mask=None), x) / 1e9

@@ -100,23 +100,23 @@ class FakeClock:
 
 class FakeCtc(torch.nn.Module):
     """Stands in for a CTC model: a zero linear head, so all-blank (T, B, V) outputs; every forward
-    advances the fake clock by its operating point's cost, and the model's first forward by
-    ``FIRST_CALL`` more (what first-call allocations and thread pools cost a real one)."""
+    advances the fake clock by its operating point's cost, and the first forward of each batch shape
+    by ``FIRST_CALL`` more (what first-call allocations, thread pools and kernel choices cost a real one)."""
 
     FIRST_CALL = 100.0
     COST = {"1,1,1": 2.0, "2,1,1": 1.0}
 
     def __init__(self, clock: FakeClock):
         super().__init__()
-        self.clock, self.point, self.forwards = clock, "1,1,1", 0
+        self.clock, self.point, self.shapes = clock, "1,1,1", set()
         self.w2v_encoder = SimpleNamespace(w2v_model=None)
         self.head = torch.nn.Linear(4, 4)  # over fairseq's 4 special symbols, <s> (the blank) first
         torch.nn.init.zeros_(self.head.weight)
         torch.nn.init.zeros_(self.head.bias)
 
     def forward(self, source, padding_mask):
-        self.clock.now += self.COST[self.point] + (self.FIRST_CALL if self.forwards == 0 else 0.0)
-        self.forwards += 1
+        self.clock.now += self.COST[self.point] + (self.FIRST_CALL if source.shape not in self.shapes else 0.0)
+        self.shapes.add(source.shape)
         return {"encoder_out": self.head(torch.zeros(source.size(1) // 320, source.size(0), 4)), "padding_mask": None}
 
     def get_normalized_probs(self, net_output, log_probs):
@@ -139,7 +139,12 @@ def fake_model(monkeypatch):
 
     monkeypatch.setattr(infer, "load_for_inference", load)
     monkeypatch.setattr(sweep, "load_for_inference", load)
-    monkeypatch.setattr(sweep, "operating_point", lambda model, point, command: setattr(model, "point", point))
+    def operating_point(model, point, command="sew infer"):
+        if point is not None:
+            model.point = point
+
+    monkeypatch.setattr(infer, "operating_point", operating_point)
+    monkeypatch.setattr(sweep, "operating_point", operating_point)
 
 
 def three_utterances(tmp_path, labels=True):
@@ -171,7 +176,8 @@ def test_sweep_times_do_not_depend_on_which_point_runs_first(tmp_path, fake_mode
     assert forward == times("--points", "2,1,1", "1,1,1")
     assert forward == {"1,1,1": pytest.approx(1000 * 2 * 2.0 / audio), "2,1,1": pytest.approx(1000 * 2 * 1.0 / audio)}
     first = times("--points", "1,1,1", "2,1,1", "--warmup", "0")["1,1,1"]
-    assert first == pytest.approx(1000 * (2 * 2.0 + FakeCtc.FIRST_CALL) / audio)  # what the warm-up keeps out
+    # what the warm-ups keep out: the first call of each of the two batch shapes
+    assert first == pytest.approx(1000 * (2 * 2.0 + 2 * FakeCtc.FIRST_CALL) / audio)
 
 
 def test_infer_time_excludes_the_warm_up_and_a_missing_label_file_is_named(tmp_path, fake_model, capsys):
@@ -185,7 +191,8 @@ def test_infer_time_excludes_the_warm_up_and_a_missing_label_file_is_named(tmp_p
     assert f"no references: {tmp_path / 'valid.ltr'} not found, WER is not computed" in out
     assert "excluding 1 untimed warm-up forward of the first batch" in out
     summary = json.loads((tmp_path / "r" / "summary.json").read_text())
-    assert summary["forward_seconds"] == 2 * FakeCtc.COST["1,1,1"] and summary["wer"] is None
+    # the first batch's first call is warmed up; the second batch's new shape is paid, as in a real run
+    assert summary["forward_seconds"] == 2 * FakeCtc.COST["1,1,1"] + FakeCtc.FIRST_CALL and summary["wer"] is None
 
     # a label file asked for by name must exist: refused before the model loads
     assert sew(["infer", "none.pt", str(manifest), "--labels", "wrd"]) == 2
@@ -205,3 +212,22 @@ def test_sweep_needs_references_before_it_loads_the_model(tmp_path, fake_model, 
     captured = capsys.readouterr()
     assert f"sew sweep: error: {tmp_path / 'valid.ltr'}: label file not found: sew sweep needs references" in captured.err
     assert "1,1,1: WER" not in captured.out
+
+
+def test_a_stochastic_st_sew_model_needs_an_operating_point():
+    """Fine-tuned stochastically, St-SEW draws a new (S_f, S_k, S_q) at every forward: transcripts
+    (and WER) would change from run to run, so sew infer asks for --operating-point."""
+    from sew_plugin.infer import operating_point
+    from sew_plugin.models.sew import SEWConfig
+    from sew_plugin.models.st_sew import StSEWConfig
+
+    from conftest import TINY_SEW
+    from test_numerics_edges import _ctc
+
+    stochastic = _ctc(StSEWConfig(**TINY_SEW), "st_sew")
+    with pytest.raises(SystemExit, match=r"sew infer: error: this St-SEW model samples its operating point .* "
+                                         r"--operating-point S_f,S_k,S_q"):
+        operating_point(stochastic, None)
+    operating_point(stochastic, "2,2,1")
+    assert stochastic.w2v_encoder.w2v_model.encoder.fixed
+    operating_point(_ctc(SEWConfig(**TINY_SEW), "sew"), None)  # nothing to fix

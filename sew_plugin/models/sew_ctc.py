@@ -252,6 +252,17 @@ def set_cif_lambda(model, lam: Optional[float], learnable: bool = False) -> None
     cif.set_lambda(lam, learnable)
 
 
+SAMPLED_POINT = ("this St-SEW model samples its operating point at every forward (it was fine-tuned "
+                 "stochastically): fix one with --operating-point S_f,S_k,S_q (e.g. 2,2,1)")
+
+
+def samples_operating_point(model) -> bool:
+    """Whether a CTC model's St-SEW encoder draws a new (S_f, S_k, S_q) at every forward: its outputs
+    then change from call to call, so inference and export need a fixed one."""
+    encoder = model.w2v_encoder.w2v_model.encoder
+    return hasattr(encoder, "set_operating_point") and not encoder.fixed
+
+
 def set_operating_point(model, point: Optional[str]) -> None:
     """Fix the (S_f, S_k, S_q) of a CTC model's St-SEW encoder, or return it to sampling (None)."""
     encoder = model.w2v_encoder.w2v_model.encoder

@@ -288,3 +288,70 @@ def test_a_blank_weight_is_baked_into_the_head(tmp_path, capsys):
         ours = model.get_logits(model(source=source, padding_mask=None)).transpose(0, 1)
         theirs = hf(source).logits
     assert (ours - theirs).abs().max() < 1e-4
+
+
+def trained_elsewhere(ckpt: Path, data: Path) -> Path:
+    """``ckpt`` as the original release's fine-tuned checkpoints are: no target dictionary inside (the
+    fairseq of their day kept none in ``task_state``), ``task.data`` a folder of another machine."""
+    state = torch.load(ckpt, weights_only=False)
+    state["cfg"]["task"]["data"], state["task_state"] = str(data), {}
+    torch.save(state, ckpt)
+    return ckpt
+
+
+def test_a_checkpoint_trained_elsewhere_reads_its_dictionary_from_data(tmp_path, capsys):
+    gone = tmp_path / "training_machine" / "data"
+    ckpt = trained_elsewhere(ctc_checkpoint(tmp_path / "sew_mid_100h.pt", "sew"), gone)
+    out = tmp_path / "hf"
+    assert main(["export-hf", str(ckpt), str(out)]) == 2
+    assert last_line(capsys.readouterr().err) == (f"sew export-hf: error: {gone}/dict.ltr.txt: dictionary not found; "
+                                                  "pass --data FOLDER with its dict.ltr.txt")
+    assert not out.exists()
+
+    data = tmp_path / "data"
+    data.mkdir()
+    target_dictionary().save(str(data / "dict.ltr.txt"))  # the letters with counts, as `sew labels` writes them
+    assert main(["export-hf", str(ckpt), str(out), "--data", str(data)]) == 0, capsys.readouterr().err
+    assert "SEWForCTC" in capsys.readouterr().out
+    tokenizer = transformers.Wav2Vec2CTCTokenizer.from_pretrained(out)
+    assert [tokenizer.convert_ids_to_tokens(i) for i in range(4, 4 + len(LETTERS))] == list(LETTERS)
+
+
+def test_the_report_warns_that_padded_batches_differ_for_frame_counts_not_a_multiple_of_s(tmp_path, capsys):
+    ckpt = pretrained_checkpoint(tmp_path / "checkpoint.pt", "sew", squeeze_factor=3)
+    assert main(["export-hf", str(ckpt), str(tmp_path / "hf")]) == 0, capsys.readouterr().err
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert printed[-2].startswith("SEWModel (") and "max abs diff" in printed[-2]
+    assert printed[-1] == ("note: in a padded batch, transformers keeps ceil(T / s) squeezed frames of an "
+                           "utterance of T 20 ms frames where this plugin keeps floor(T / s): padded utterances whose "
+                           "frame count is not a multiple of s=3 get other outputs there; run them alone (or batch "
+                           "equal lengths) for identical outputs")
+
+
+@pytest.mark.parametrize("name", ["sew", "sew_d"])
+def test_transformers_differs_in_a_padded_batch_only_for_frame_counts_not_a_multiple_of_s(tmp_path, name):
+    """What that warning describes (transformers 5.x): transformers pools a padded batch's attention
+    mask with ``max_pool1d``, keeping ceil(T / s) squeezed frames of a padded utterance, one of them
+    half padding when s does not divide T; this plugin keeps floor(T / s), as for the utterance alone.
+    Each utterance alone, the longest and the even padded one agree; the odd padded one does not."""
+    ckpt = ctc_checkpoint(tmp_path / "checkpoint.pt", name, encoder={"extractor_mode": "layer_norm"})
+    out = tmp_path / "hf"
+    assert main(["export-hf", str(ckpt), str(out)]) == 0
+    hf = transformers.AutoModelForCTC.from_pretrained(out).eval()
+    model, _, _ = load_checkpoint(ckpt)
+    assert hf.config.squeeze_factor == 2
+    frames = [60, 25, 24]  # padded: 25 (odd) and 24 frames
+    source, attention = padded_batch(frames)
+    with torch.no_grad():
+        ours = model(source=source, padding_mask=attention == 0)["encoder_out"].transpose(0, 1)
+        theirs = hf(source, attention_mask=attention).logits
+        alone = [(model(source=source[i:i + 1, :n], padding_mask=None)["encoder_out"].transpose(0, 1)
+                  - hf(source[i:i + 1, :n]).logits).abs().max().item()
+                 for i, n in enumerate(attention.sum(1).tolist())]
+    batched = [(ours[i, :n] - theirs[i, :n]).abs().max().item() for i, n in enumerate(frames)]
+    print(f"{name}: max abs logit diff, each alone {alone}, in the padded batch {batched}")
+    assert max(alone) < 1e-4 and batched[0] < 1e-4 and batched[2] < 1e-4, (alone, batched)
+    assert batched[1] > 1e-2, (
+        f"transformers now gives the padded 25-frame utterance the plugin's logits (max abs diff {batched[1]:.2e}): "
+        "it keeps floor(T / s) squeezed frames in a padded batch; drop the caveat export-hf prints (batch_caveat) "
+        "and say so in the README")

@@ -19,6 +19,8 @@ onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
 import sew_plugin.models  # noqa: E402,F401
+from sew_plugin.cli import main  # noqa: E402
+from sew_plugin.data.errors import DataError  # noqa: E402
 from sew_plugin.interop import onnx as export  # noqa: E402
 from sew_plugin.models.sew import SEWConfig  # noqa: E402
 from sew_plugin.models.sew_ctc import SEWCtc, SEWCtcConfig  # noqa: E402
@@ -82,10 +84,11 @@ def ctc_model(kind: str, extractor_mode: str = "layer_norm", **ctc):
     return cls.build_model(OmegaConf.structured(cfg), Namespace(target_dictionary=letters())).eval()
 
 
-def write_checkpoint(model, path, data) -> None:
-    """``model`` as fairseq writes a fine-tuned checkpoint: cfg as a plain dict, weights, history."""
+def write_checkpoint(model, path, data, task_name="audio_finetuning") -> None:
+    """``model`` as fairseq writes a fine-tuned checkpoint: cfg as a plain dict, weights, history (no
+    target dictionary: it is read from ``data``)."""
     task = OmegaConf.structured(AudioFinetuningConfig(data=str(data), labels="ltr", normalize=False,
-                                                      _name="audio_finetuning"))
+                                                      _name=task_name))
     state = {
         "cfg": resolved(model.cfg, task),
         "model": model.state_dict(),
@@ -191,7 +194,7 @@ def test_export_onnx_command_on_a_fine_tuned_checkpoint(tmp_path, capsys, kind):
     out = tmp_path / "out" / "model.onnx"
     point = ["--operating-point", "2,2,1"] if kind == "st_sew" else []
 
-    with pytest.raises(SystemExit, match="pass --data"):
+    with pytest.raises(DataError, match="dict.ltr.txt: dictionary not found; pass --data"):
         export.main(parse([ckpt, out, *point]))
     if kind == "st_sew":
         with pytest.raises(SystemExit, match="samples its operating point"):
@@ -212,6 +215,25 @@ def test_export_onnx_command_on_a_fine_tuned_checkpoint(tmp_path, capsys, kind):
     # the graph is the checkpoint's model: compare with the model the test built
     session = export.session(out, threads=1)
     assert export.max_abs_diff(model, session, (1.7, 0.45)) < TOLERANCE
+
+
+@pytest.mark.parametrize("task_name", ["audio_finetuning", "sew_audio_finetuning"])
+def test_a_missing_dictionary_is_refused_with_the_hint_to_pass_data(tmp_path, capsys, task_name):
+    """fairseq's fine-tuning task raises ``FileNotFoundError`` for a missing dictionary, this plugin's
+    a ``DataError``: both are refused by name with the hint, and ``--data`` supplies the folder."""
+    gone = tmp_path / "training_machine" / "data"
+    ckpt, out = tmp_path / "checkpoint_best.pt", tmp_path / "model.onnx"
+    write_checkpoint(ctc_model("sew"), ckpt, gone, task_name)
+    assert main(["export-onnx", str(ckpt), str(out), "--no-check"]) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error == (f"sew export-onnx: error: {gone}/dict.ltr.txt: dictionary not found; "
+                     "pass --data FOLDER with its dict.ltr.txt")
+    assert not out.exists()
+
+    write_dictionary(tmp_path / "data")
+    assert main(["export-onnx", str(ckpt), str(out), "--no-check", "--data", str(tmp_path / "data")]) == 0
+    meta = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+    assert meta["vocabulary"].split() == letters().symbols
 
 
 def test_bench_onnx_row_is_timed_beside_its_pytorch_row(tiny_presets):

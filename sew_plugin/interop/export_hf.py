@@ -17,11 +17,20 @@ Before anything is written, the converted model is run beside the checkpoint's o
 noise and must agree (the largest difference is printed). Models transformers cannot represent
 (St-SEW, CIF compression, early exits, input downsampling, several CTC frames per step, pre-LN
 layers, no squeeze) are refused with the reason. An existing, non-empty OUT_DIR is refused unless
-``--force``; then only the files above are replaced.
+``--force``; then only the files above are replaced. A fine-tuned checkpoint without its target
+dictionary inside reads it from the folder it was trained from (``task.data``; for the original
+release's checkpoints a folder on their training machine): ``--data FOLDER`` names another one, as
+for ``sew export-onnx``.
+
+The outputs are the checkpoint's for single utterances. In a padded batch, transformers (>= 5) keeps
+ceil(T / s) squeezed frames of an utterance of T frames, one of them half padding when the squeeze
+factor s does not divide T, where this plugin (and the original SEW) keeps floor(T / s): such padded
+utterances get other outputs there; the report's last line says so.
 
 Example::
 
     sew export-hf finetune/checkpoint_best.pt sew-tiny-ctc
+    sew export-hf sew_mid_100h.pt sew-mid-100h --data data     # data/dict.ltr.txt: the release's letters
     # then, in Python: transformers.AutoModelForCTC.from_pretrained("sew-tiny-ctc"),
     # Wav2Vec2CTCTokenizer.from_pretrained("sew-tiny-ctc"), AutoFeatureExtractor.from_pretrained(...)
 """
@@ -31,12 +40,13 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 
 from ..data.errors import DataError
 from . import with_blank_weight
+from .onnx import add_data_argument, load_with_data
 
 SAMPLE_RATE = 16000
 # transformers files this exporter writes or that a previous export (or save) may have left
@@ -51,10 +61,11 @@ def add_arguments(p) -> None:
     p.add_argument("out_dir", type=Path, help="directory to write the transformers model to")
     p.add_argument("--force", action="store_true",
                    help="write into an existing non-empty OUT_DIR (replacing only transformers' model files)")
+    add_data_argument(p)
 
 
 def main(args) -> int:
-    report = export_hf(args.checkpoint, args.out_dir, force=args.force)
+    report = export_hf(args.checkpoint, args.out_dir, force=args.force, data=args.data)
     print(report)
     return 0
 
@@ -211,17 +222,29 @@ def _file_mode() -> int:
     return 0o666 & ~umask
 
 
-def export_hf(checkpoint: Path, out_dir: Path, force: bool = False) -> str:
-    """Write ``checkpoint`` as a transformers model directory ``out_dir``; a one-line report."""
+def batch_caveat(squeeze_factor: int) -> str:
+    """The one line the report adds for a squeezing model: transformers (>= 5) pools a padded batch's
+    attention mask with ``max_pool1d``, so a padded utterance of T frames keeps ceil(T / s) squeezed
+    frames there, one of them half padding when s does not divide T; fairseq's SEW (and this plugin)
+    keeps floor(T / s), as for the utterance alone. The longest utterance of a batch is not padded."""
+    return (f"note: in a padded batch, transformers keeps ceil(T / s) squeezed frames of an utterance of T 20 ms "
+            f"frames where this plugin keeps floor(T / s): padded utterances whose frame count is not a multiple of "
+            f"s={squeeze_factor} get other outputs there; run them alone (or batch equal lengths) for identical "
+            f"outputs")
+
+
+def export_hf(checkpoint: Path, out_dir: Path, force: bool = False, data: Optional[Path] = None) -> str:
+    """Write ``checkpoint`` as a transformers model directory ``out_dir``; the report to print (its
+    first line what was written, then a caveat on padded batches). ``data``: the folder with the
+    target dictionary, if not where the checkpoint was trained (``--data``)."""
     checkpoint, out_dir = Path(checkpoint), Path(out_dir)
     check_out_dir(out_dir, force)
 
     from transformers import Wav2Vec2FeatureExtractor
 
-    from ..checkpoint import load_checkpoint
     from ..models.sew_ctc import SEWCtc
 
-    model, cfg, task = load_checkpoint(checkpoint)
+    model, cfg, task = load_with_data(checkpoint, data)
     ctc = isinstance(model, SEWCtc)
     encoder, reasons = unsupported(model)
     if reasons:
@@ -258,5 +281,7 @@ def export_hf(checkpoint: Path, out_dir: Path, force: bool = False) -> str:
         shutil.rmtree(staging, ignore_errors=True)
     params = sum(p.numel() for p in hf.parameters())
     vocab = f", vocabulary of {len(names)} (blank {names[hf.config.pad_token_id]!r} = id {hf.config.pad_token_id})" if ctc else ""
-    return (f"{type(hf).__name__} ({params / 1e6:.2f}M parameters{vocab}) written to {out_dir}: {', '.join(written)}; "
-            f"max abs diff to the checkpoint on 1 s of noise: {diff:.2e}")
+    report = (f"{type(hf).__name__} ({params / 1e6:.2f}M parameters{vocab}) written to {out_dir}: "
+              f"{', '.join(written)}; max abs diff to the checkpoint on 1 s of noise: {diff:.2e}")
+    squeeze = encoder.cfg.squeeze_factor
+    return f"{report}\n{batch_caveat(squeeze)}" if squeeze > 1 else report

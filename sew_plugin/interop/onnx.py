@@ -103,6 +103,8 @@ def check_encoder(w2v) -> None:
     """Refuse, naming why, an encoder whose ONNX graph would not compute what it computes."""
     from fairseq.models.wav2vec.wav2vec2 import Wav2Vec2Model
 
+    from ..models.sew_ctc import SAMPLED_POINT
+
     if not isinstance(w2v, Wav2Vec2Model):
         raise ExportError(f"the encoder {type(w2v).__name__} is not a wav2vec 2.0-family model (SEW, SEW-D, "
                           "St-SEW or wav2vec 2.0)")
@@ -111,8 +113,7 @@ def check_encoder(w2v) -> None:
                           "loop whose output length depends on the data, frame by frame")
     encoder = w2v.encoder
     if hasattr(encoder, "set_operating_point") and not encoder.fixed:
-        raise ExportError("this St-SEW model samples its operating point at every forward: fix one with "
-                          "--operating-point S_f,S_k,S_q (e.g. 2,2,1)")
+        raise ExportError(SAMPLED_POINT)
     if getattr(encoder, "layer_hook", None) is not None:
         raise ExportError("the encoder runs a hook after every layer (early exit), which decides per utterance "
                           "at run time")
@@ -461,12 +462,40 @@ def metadata_of(model, task=None, cfg=None, point: Optional[str] = None) -> Dict
 # ---- command line -----------------------------------------------------------------------------
 
 
+def add_data_argument(p) -> None:
+    """``--data``, shared by ``sew export-onnx`` and ``sew export-hf`` (see ``load_with_data``)."""
+    p.add_argument("--data", type=Path,
+                   help="folder with the target dictionary (dict.ltr.txt), if not where the checkpoint was trained")
+
+
+def load_with_data(checkpoint: Path, data: Optional[Path] = None):
+    """``(model, cfg, task)`` of ``checkpoint`` (``load_checkpoint``), with ``task.data`` replaced by
+    ``data`` when given (``--data``).
+
+    A fine-tuned checkpoint names the folder it was trained from (``task.data``), whose
+    ``dict.ltr.txt`` is its target dictionary unless the checkpoint carries one itself; the original
+    release's checkpoints name a folder on their training machine. A missing dictionary is a
+    ``DataError`` naming it, with the hint to pass ``--data`` (this plugin's tasks raise a
+    ``DataError``, fairseq's own a ``FileNotFoundError``: both become that).
+    """
+    from ..checkpoint import load_checkpoint
+    from ..data.errors import DataError
+
+    try:
+        return load_checkpoint(checkpoint, {"data": str(data)} if data else None)
+    except (DataError, FileNotFoundError) as err:
+        found = err.path if isinstance(err, DataError) else err.filename
+        missing = Path(found) if found is not None else None
+        if missing is None or not missing.name.startswith("dict.") or missing.exists():
+            raise
+        raise DataError(missing, f"dictionary not found; pass --data FOLDER with its {missing.name}") from None
+
+
 def add_arguments(p) -> None:
     p.add_argument("checkpoint", type=Path, help="fine-tuned CTC checkpoint (sew_ctc or wav2vec_ctc)")
     p.add_argument("out", type=Path, help="the .onnx file to write")
     p.add_argument("--operating-point", help="St-SEW: fixed 'S_f,S_k,S_q' to export, e.g. 2,2,1")
-    p.add_argument("--data", type=Path,
-                   help="folder with the target dictionary (dict.ltr.txt), if not where the checkpoint was trained")
+    add_data_argument(p)
     p.add_argument("--opset", type=int, default=OPSET, help="ONNX opset")
     p.add_argument("--tolerance", type=float, default=TOLERANCE,
                    help="largest |PyTorch - onnxruntime| logit accepted in the check after export")
@@ -477,17 +506,11 @@ def main(args) -> int:
     import sys
     import warnings
 
-    from ..checkpoint import load_checkpoint
     from ..infer import operating_point
 
     command = "sew export-onnx"
     warnings.filterwarnings("ignore", category=FutureWarning)
-    overrides = {"data": str(args.data)} if args.data else None
-    try:
-        model, cfg, task = load_checkpoint(args.checkpoint, overrides)
-    except FileNotFoundError as err:
-        raise SystemExit(f"{command}: error: {err}; pass --data with the folder holding the checkpoint's "
-                         f"target dictionary (dict.ltr.txt)") from None
+    model, cfg, task = load_with_data(args.checkpoint, args.data)
     if args.operating_point:
         operating_point(model, args.operating_point, command)
     try:

@@ -45,8 +45,7 @@ from typing import List, Optional, Tuple
 import torch
 
 from ..data.errors import DataError
-from . import with_blank_weight
-from .onnx import add_data_argument, load_with_data
+from . import add_data_argument, load_with_data, with_blank_weight
 
 SAMPLE_RATE = 16000
 # transformers files this exporter writes or that a previous export (or save) may have left

@@ -75,7 +75,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import with_blank_weight
+from . import add_data_argument, load_with_data, with_blank_weight
 
 SAMPLE_RATE = 16000
 TRACE_SECONDS = (1.3, 1.1)  # the batch the graph is traced on (the second row padded)
@@ -460,35 +460,6 @@ def metadata_of(model, task=None, cfg=None, point: Optional[str] = None) -> Dict
 
 
 # ---- command line -----------------------------------------------------------------------------
-
-
-def add_data_argument(p) -> None:
-    """``--data``, shared by ``sew export-onnx`` and ``sew export-hf`` (see ``load_with_data``)."""
-    p.add_argument("--data", type=Path,
-                   help="folder with the target dictionary (dict.ltr.txt), if not where the checkpoint was trained")
-
-
-def load_with_data(checkpoint: Path, data: Optional[Path] = None):
-    """``(model, cfg, task)`` of ``checkpoint`` (``load_checkpoint``), with ``task.data`` replaced by
-    ``data`` when given (``--data``).
-
-    A fine-tuned checkpoint names the folder it was trained from (``task.data``), whose
-    ``dict.ltr.txt`` is its target dictionary unless the checkpoint carries one itself; the original
-    release's checkpoints name a folder on their training machine. A missing dictionary is a
-    ``DataError`` naming it, with the hint to pass ``--data`` (this plugin's tasks raise a
-    ``DataError``, fairseq's own a ``FileNotFoundError``: both become that).
-    """
-    from ..checkpoint import load_checkpoint
-    from ..data.errors import DataError
-
-    try:
-        return load_checkpoint(checkpoint, {"data": str(data)} if data else None)
-    except (DataError, FileNotFoundError) as err:
-        found = err.path if isinstance(err, DataError) else err.filename
-        missing = Path(found) if found is not None else None
-        if missing is None or not missing.name.startswith("dict.") or missing.exists():
-            raise
-        raise DataError(missing, f"dictionary not found; pass --data FOLDER with its {missing.name}") from None
 
 
 def add_arguments(p) -> None:

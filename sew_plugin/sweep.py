@@ -7,8 +7,8 @@ table: threshold, mean exit layer, WER, time), and transcribes the whole manifes
 does (same decoders, every utterance counted). Each batch of each point runs ``--warmup`` untimed
 forwards before its timed one: every new batch shape has first-call costs (allocations, kernel
 choices), and without this the first point carried them, so the order of the points changed their
-times. The forward work of a sweep is doubled; its times are steady-state. MACs are counted with torch's ``FlopCounterMode`` on 10 s
-of audio at each St-SEW point (an exit policy's compute depends on the utterance: its mean exit
+times. The forward work of a sweep is doubled; its times are steady-state. MACs are counted with
+torch's ``FlopCounterMode`` on 10 s of audio at each St-SEW point (an exit policy's compute depends on the utterance: its mean exit
 layer says it). A point is on the Pareto front when no other point is at least as fast and at least
 as accurate, and strictly better in one of them.
 

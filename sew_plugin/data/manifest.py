@@ -66,6 +66,17 @@ def read_manifest(path: Path, errors: Optional[List[DataError]] = None) -> Manif
     return Manifest(Path(lines[0].strip()), entries, path, numbers)
 
 
+def row_count_error(path: Path, lines: List[str], manifest: Manifest, kind: str) -> Optional[DataError]:
+    """For a file that holds one line per manifest row (labels, segments): None when the counts
+    agree, else the error naming both files and the first line without a partner."""
+    rows = len(manifest.entries)
+    if len(lines) == rows:
+        return None
+    line = min(len(lines), rows) + 1
+    return DataError(path, f"{len(lines)} {kind} lines for the {rows} rows of {manifest.path} "
+                     f"(line {line} has no partner)", line)
+
+
 def check_audio(manifest: Manifest, sample_rate: int = SAMPLE_RATE, min_samples: int = MIN_SAMPLES,
                 rows: Optional[Sequence[int]] = None) -> Dict[int, DataError]:
     """Header checks (``audio_frames``) of the file of every entry (or of ``rows``) against its

@@ -22,7 +22,7 @@ from typing import List, Optional, Union
 import numpy as np
 
 from .errors import DataError, read_lines
-from .manifest import Manifest
+from .manifest import Manifest, row_count_error
 
 END_SLACK = 0.01  # seconds a segment may end after the audio: half a frame, the aligner's rounding
 
@@ -55,11 +55,9 @@ def read_segments(path: Union[str, Path], manifest: Manifest, sample_rate: int,
     """
     path = Path(path)
     lines = read_lines(path, "segment file")
-    rows = len(manifest.entries)
-    if len(lines) != rows:
-        line = min(len(lines), rows) + 1
-        raise DataError(path, f"{len(lines)} segment lines for the {rows} rows of {manifest.path} "
-                        f"(line {line} has no partner)", line)
+    mismatch = row_count_error(path, lines, manifest, "segment")
+    if mismatch:
+        raise mismatch
     out = []
     for i, (line, (_, samples)) in enumerate(zip(lines, manifest.entries)):
         try:

@@ -51,7 +51,7 @@ from fairseq.tasks.audio_pretraining import AudioPretrainingConfig, AudioPretrai
 
 from ..data.audio import MIN_SAMPLES, check_samples
 from ..data.errors import DataError, DataErrors, read_lines
-from ..data.manifest import Manifest, check_audio, read_manifest
+from ..data.manifest import Manifest, check_audio, read_manifest, row_count_error
 from ..data.segments import read_segments, to_frames
 from ..feature_extractor import output_frames, parse_conv_layers, total_stride
 
@@ -260,10 +260,9 @@ class CheckedAudioTaskMixin:
                      task_cfg) -> List[DataError]:
         label_path = Path(self.cfg.data) / f"{manifest_path.stem}.{task_cfg.labels}"
         lines = read_lines(label_path, "label file")
-        rows = len(manifest.entries)
-        if len(lines) != rows:
-            return [DataError(label_path, f"{len(lines)} label lines for the {rows} rows of {manifest_path} "
-                              f"(line {min(len(lines), rows) + 1} has no partner)", min(len(lines), rows) + 1)]
+        mismatch = row_count_error(label_path, lines, manifest, "label")
+        if mismatch:
+            return [mismatch]
         symbols = self.target_dictionary.indices
         errors, checked = [], []  # checked: (row, CTC frames its labels need, samples read)
         high = self.cfg.max_sample_size

@@ -36,7 +36,9 @@ espeak:
 	@command -v espeak-ng >/dev/null || $(SUDO) apt-get install -y espeak-ng \
 		|| ($(SUDO) apt-get update && $(SUDO) apt-get install -y espeak-ng)
 
+# lint-imports checks the package's layering contract (.importlinter; README: Layout) before the tests.
 test: install espeak
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q tests
 
 # The end-to-end recipe (examples/demo/run.py); reruns resume from the finished steps.

@@ -191,7 +191,7 @@ def test_sew_infer_refuses_bad_audio_before_loading_the_model(tmp_path, capsys, 
 
 @pytest.mark.parametrize("kind", SAMPLE_KINDS)
 def test_sew_infer_refuses_bad_samples_before_the_model_sees_them(tmp_path, kind):
-    from sew_plugin.infer import check_inputs, load_batch
+    from sew_plugin.inference.transcribe import check_inputs, load_batch
 
     manifest_path, bad, message, _ = manifest_with_bad_row(tmp_path, kind)
     manifest, refs = check_inputs(manifest_path, "ltr")  # the header is fine

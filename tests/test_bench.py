@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sew_plugin.bench import Row, available_models, count_macs, peak_memory_bytes, to_markdown
+from sew_plugin.inference.bench import Row, available_models, count_macs, peak_memory_bytes, to_markdown
 
 
 def test_macs_are_counted_including_fused_cpu_attention():
@@ -83,7 +83,7 @@ def test_sew_bench_writes_table_csv_and_plots_with_ratios_to_the_named_baseline(
 
 
 def test_early_exit_rows_stop_after_layer_k():
-    from sew_plugin.bench import build
+    from sew_plugin.inference.bench import build
 
     x = torch.randn(1, 16000)
     full_model, full = build("sew_d_tiny")
@@ -96,7 +96,7 @@ def test_early_exit_rows_stop_after_layer_k():
 def test_cif_rows_by_lambda_and_by_frame_period():
     from omegaconf import OmegaConf
 
-    from sew_plugin.bench import build, context_macs, frame_period_ms, lambda_for_period, mac_counts
+    from sew_plugin.inference.bench import build, context_macs, frame_period_ms, lambda_for_period, mac_counts
     from sew_plugin.models.sew import SEWConfig, SEWModel
 
     from conftest import TINY_SEW
@@ -126,7 +126,7 @@ def test_cif_rows_by_lambda_and_by_frame_period():
 
 @pytest.mark.parametrize("method", ["conv", "avgpool", "resample"])
 def test_downsampled_rows_shorten_the_input_before_the_model(method):
-    from sew_plugin.bench import build, frame_period_ms
+    from sew_plugin.inference.bench import build, frame_period_ms
 
     x = torch.randn(1, 32000)
     full_model, full = build("sew_tiny")
@@ -160,7 +160,7 @@ def test_every_row_moves_whole_with_its_model(tiny_presets, name):
     """What ``--device cuda`` needs, checked without a GPU: ``run`` moves each row's module with
     ``.to()``, so a part of the forward left outside it (on the CPU, in fp32) would fail there. Moving to
     float64 fails the same way here."""
-    from sew_plugin.bench import build
+    from sew_plugin.inference.bench import build
 
     model, forward = build(name)
     model.to(torch.float64)
@@ -171,7 +171,7 @@ def test_every_row_moves_whole_with_its_model(tiny_presets, name):
 
 @pytest.mark.parametrize("dtype", ["bf16", "fp16"])
 def test_half_precision_rows_run_under_autocast_with_the_fp32_macs(tiny_presets, dtype):
-    from sew_plugin.bench import run
+    from sew_plugin.inference.bench import run
 
     models = ["sew_d_tiny", "st_sew_base@2,2,1", "w2v2_base:down2conv", "sew_tiny"]
     kwargs = dict(seconds=[0.5], batch_sizes=[1], repeat=1, warmup=0, baseline="sew_tiny", log=lambda _: None)

@@ -15,7 +15,8 @@ from omegaconf import OmegaConf
 
 from conftest import hydra_train, write_manifest, write_wav_corpus
 
-from sew_plugin.checkpoint import load_checkpoint, load_state, read_weights
+from sew_plugin.checkpoint import load_checkpoint
+from sew_plugin.data.checkpoints import load_state, read_weights
 from sew_plugin.data.errors import DataError
 from sew_plugin.models.sew_ctc import SEWCtc, SEWCtcConfig
 

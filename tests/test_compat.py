@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from sew_plugin.checkpoint import load_checkpoint, load_state
+from sew_plugin.checkpoint import load_checkpoint
+from sew_plugin.data.checkpoints import load_state
 
 COMPAT = Path(__file__).resolve().parent / "compat"
 EXPECTED = torch.load(COMPAT / "expected.pt", weights_only=True)

@@ -14,7 +14,7 @@ from omegaconf import OmegaConf, open_dict
 import sew_plugin.models  # noqa: F401
 from fairseq.models import MODEL_REGISTRY
 from sew_plugin import presets
-from sew_plugin.models.config_rules import check_rules
+from sew_plugin.config_rules import check_rules
 from sew_plugin.models.sew import SEWConfig, SEWModel, resolve_config
 from sew_plugin.models.sew_ctc import CTC_RULES, SEWCtc, SEWCtcConfig
 from sew_plugin.models.sew_d import SEWDConfig, SEWDModel

@@ -8,7 +8,7 @@ import torch
 from fairseq.data import Dictionary
 
 from sew_plugin.data.errors import DataError
-from sew_plugin.decoding import BeamOptions, KenLMLexiconDecoder, ViterbiDecoder, build_decoder
+from sew_plugin.inference.decoding import BeamOptions, KenLMLexiconDecoder, ViterbiDecoder, build_decoder
 
 LETTERS = ["|", "A", "B", "C", "T", "H", "E"]
 

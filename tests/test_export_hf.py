@@ -22,7 +22,7 @@ from omegaconf import OmegaConf, open_dict
 import sew_plugin.models  # noqa: F401
 from sew_plugin.checkpoint import load_checkpoint
 from sew_plugin.cli import main
-from sew_plugin.decoding import ViterbiDecoder
+from sew_plugin.inference.decoding import ViterbiDecoder
 from sew_plugin.interop.export_hf import ctc_vocabulary
 from sew_plugin.interop.hf import sew_ctc_state_dict_to_hf
 from sew_plugin.models.sew import SEWConfig, SEWModel

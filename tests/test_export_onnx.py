@@ -178,13 +178,17 @@ def test_models_that_decide_at_run_time_are_refused_with_the_reason(tmp_path):
 
 
 def parse(argv):
+    from sew_plugin.cli.export import add_onnx_arguments
+
     parser = argparse.ArgumentParser()
-    export.add_arguments(parser)
+    add_onnx_arguments(parser)
     return parser.parse_args([str(a) for a in argv])
 
 
 @pytest.mark.parametrize("kind", ["st_sew", "wav2vec2"])
 def test_export_onnx_command_on_a_fine_tuned_checkpoint(tmp_path, capsys, kind):
+    from sew_plugin.cli.export import export_onnx
+
     model = ctc_model(kind)
     if kind == "st_sew":
         model.w2v_encoder.w2v_model.encoder.set_operating_point(None)  # fine-tuned stochastically
@@ -195,14 +199,14 @@ def test_export_onnx_command_on_a_fine_tuned_checkpoint(tmp_path, capsys, kind):
     point = ["--operating-point", "2,2,1"] if kind == "st_sew" else []
 
     with pytest.raises(DataError, match="dict.ltr.txt: dictionary not found; pass --data"):
-        export.main(parse([ckpt, out, *point]))
+        export_onnx(parse([ckpt, out, *point]))
     if kind == "st_sew":
         with pytest.raises(SystemExit, match="samples its operating point"):
-            export.main(parse([ckpt, out, "--data", tmp_path / "data"]))
+            export_onnx(parse([ckpt, out, "--data", tmp_path / "data"]))
         with pytest.raises(SystemExit, match="--operating-point 3,1,1: .*S_f=3"):
-            export.main(parse([ckpt, out, "--data", tmp_path / "data", "--operating-point", "3,1,1"]))
+            export_onnx(parse([ckpt, out, "--data", tmp_path / "data", "--operating-point", "3,1,1"]))
     capsys.readouterr()
-    assert export.main(parse([ckpt, out, "--data", tmp_path / "data", *point])) == 0
+    assert export_onnx(parse([ckpt, out, "--data", tmp_path / "data", *point])) == 0
     printed = capsys.readouterr().out
     assert f"wrote {out}" in printed and "max abs logit difference" in printed
 
@@ -237,7 +241,7 @@ def test_a_missing_dictionary_is_refused_with_the_hint_to_pass_data(tmp_path, ca
 
 
 def test_bench_onnx_row_is_timed_beside_its_pytorch_row(tiny_presets):
-    from sew_plugin.bench import build, run
+    from sew_plugin.inference.bench import build, run
 
     rows = {r.model: r for r in run(["sew_d_tiny:onnx", "st_sew_base@2,2,1:onnx", "sew_d_tiny"], [0.5], [2],
                                      repeat=2, warmup=1, baseline="sew_d_tiny", log=lambda _: None)}

@@ -1,6 +1,6 @@
 import pytest
 
-from sew_plugin.feature_extractor import parse_conv_layers, total_stride, wfe_c, wfe_o
+from sew_plugin.modules.feature_extractor import parse_conv_layers, total_stride, wfe_c, wfe_o
 
 
 def test_wfe_c_c64_l1_matches_the_paper_layout():

@@ -242,7 +242,7 @@ def test_ctc_fine_tuning_with_exits_in_half_precision(exit_models, labelled, tmp
 
 
 def test_two_step_training_changes_only_the_exit_heads(exit_models):
-    from sew_plugin.checkpoint import read_weights
+    from sew_plugin.data.checkpoints import read_weights
 
     step1, step2 = read_weights(exit_models["step1"][0]), read_weights(exit_models["step2"][0])
     assert {k.split(".")[1] for k in step2 if k.startswith("exit_heads.")} == {"1", "3"}
@@ -330,7 +330,7 @@ def test_cif_pretraining_logs_lambda_frame_period_and_rate_loss(compressed_model
 
 
 def test_cif_fine_tuned_model_runs_at_any_lambda(compressed_models, labelled, tmp_path):
-    from sew_plugin.checkpoint import read_weights
+    from sew_plugin.data.checkpoints import read_weights
 
     ckpt, run = compressed_models["cif"]
     assert "valid_wer" in run.stdout + run.stderr

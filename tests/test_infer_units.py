@@ -11,7 +11,7 @@ import torch
 from conftest import write_manifest, write_wav_corpus
 from sew_plugin.data.audio import read_audio
 from sew_plugin.data.errors import DataError
-from sew_plugin.infer import Utterance, plan_batches, read_references, word_error_counts
+from sew_plugin.inference.transcribe import Utterance, plan_batches, read_references, word_error_counts
 
 
 @pytest.mark.parametrize("n", [1, 7, 8, 13, 16, 17])
@@ -65,7 +65,7 @@ def test_word_and_letter_error_counts():
 
 
 def test_pareto_front_keeps_only_undominated_points():
-    from sew_plugin.sweep import Point, mark_pareto
+    from sew_plugin.inference.sweep import Point, mark_pareto
 
     points = [Point("a", 0.10, 0, 10.0, 1), Point("b", 0.12, 0, 6.0, 1), Point("c", 0.15, 0, 7.0, 1),
               Point("d", 0.10, 0, 12.0, 1), Point("e", 0.30, 0, 5.0, 1)]
@@ -89,7 +89,7 @@ def test_sweep_refuses_mixed_settings_before_loading_anything(tmp_path, capsys, 
 
 
 class FakeClock:
-    """``time.perf_counter`` for ``sew_plugin.infer``: only the fake model moves it."""
+    """``time.perf_counter`` for ``sew_plugin.inference.transcribe``: only the fake model moves it."""
 
     def __init__(self):
         self.now = 0.0
@@ -128,23 +128,23 @@ def fake_model(monkeypatch):
     """``sew infer`` / ``sew sweep`` load a fresh ``FakeCtc`` (timed by the fake clock) instead of a checkpoint."""
     from fairseq.data import Dictionary
 
-    from sew_plugin import infer, sweep
-    from sew_plugin.decoding import ViterbiDecoder
+    from sew_plugin.cli import infer
+    from sew_plugin.inference import transcribe
+    from sew_plugin.inference.decoding import ViterbiDecoder
 
     clock = FakeClock()
-    monkeypatch.setattr(infer, "time", clock)
+    monkeypatch.setattr(transcribe, "time", clock)
 
-    def load(args, command="sew infer"):
-        return FakeCtc(clock), Dictionary(), ViterbiDecoder(Dictionary()), False
+    def load(args, command="infer"):
+        return FakeCtc(clock), ViterbiDecoder(Dictionary()), False
 
-    monkeypatch.setattr(infer, "load_for_inference", load)
-    monkeypatch.setattr(sweep, "load_for_inference", load)
-    def operating_point(model, point, command="sew infer"):
+    monkeypatch.setattr(infer, "load", load)
+
+    def operating_point(model, point, command="infer"):
         if point is not None:
             model.point = point
 
-    monkeypatch.setattr(infer, "operating_point", operating_point)
-    monkeypatch.setattr(sweep, "operating_point", operating_point)
+    monkeypatch.setattr(infer, "operating_point", operating_point)  # sew sweep calls it there too
 
 
 def three_utterances(tmp_path, labels=True):
@@ -200,13 +200,13 @@ def test_infer_time_excludes_the_warm_up_and_a_missing_label_file_is_named(tmp_p
 
 
 def test_sweep_needs_references_before_it_loads_the_model(tmp_path, fake_model, capsys, monkeypatch):
-    from sew_plugin import sweep
+    from sew_plugin.cli import infer
     from sew_plugin.cli import main as sew
 
     def load(*_):
         raise AssertionError("the model was loaded")
 
-    monkeypatch.setattr(sweep, "load_for_inference", load)
+    monkeypatch.setattr(infer, "load", load)
     manifest = three_utterances(tmp_path, labels=False)
     assert sew(["sweep", "none.pt", str(manifest), "--points", "1,1,1"]) == 2
     captured = capsys.readouterr()
@@ -217,7 +217,7 @@ def test_sweep_needs_references_before_it_loads_the_model(tmp_path, fake_model, 
 def test_a_stochastic_st_sew_model_needs_an_operating_point():
     """Fine-tuned stochastically, St-SEW draws a new (S_f, S_k, S_q) at every forward: transcripts
     (and WER) would change from run to run, so sew infer asks for --operating-point."""
-    from sew_plugin.infer import operating_point
+    from sew_plugin.cli.infer import operating_point
     from sew_plugin.models.sew import SEWConfig
     from sew_plugin.models.st_sew import StSEWConfig
 

@@ -24,7 +24,7 @@ from fairseq.data import Dictionary
 from omegaconf import OmegaConf, open_dict
 
 import sew_plugin.models  # noqa: F401
-from sew_plugin.feature_extractor import output_frames
+from sew_plugin.modules.feature_extractor import output_frames
 from sew_plugin.models.sew import SEWConfig
 from sew_plugin.models.sew_ctc import SEWCtc, SEWCtcConfig
 from sew_plugin.models.sew_d import SEWDConfig
@@ -272,7 +272,7 @@ def test_a_row_without_frames_is_padding_not_nan(name, empty):
 
 
 def test_receptive_field_and_frame_counts_match_the_extractor():
-    from sew_plugin.feature_extractor import parse_conv_layers, receptive_field, wfe_c, wfe_o
+    from sew_plugin.modules.feature_extractor import parse_conv_layers, receptive_field, wfe_c, wfe_o
 
     assert receptive_field(parse_conv_layers(wfe_o())) == receptive_field(parse_conv_layers(wfe_c(8))) == 400
     extractor = pretraining_model(model("sew_s1")).feature_extractor

@@ -20,7 +20,8 @@ import torch
 
 from conftest import TINY_PRETRAINING, hydra_train, hydra_train_command, pretraining_corpus
 
-from sew_plugin.checkpoint import load_checkpoint, read_weights, verify_checkpoint
+from sew_plugin.checkpoint import load_checkpoint
+from sew_plugin.data.checkpoints import read_weights, verify_checkpoint
 from sew_plugin.data.errors import DataError
 
 # One thread per process: the same float summation order in every run of a comparison.

@@ -28,7 +28,7 @@ def markdown(rows) -> str:
 
 
 def plot(summaries, path: Path) -> None:
-    from sew_plugin.reports import scatter_png
+    from sew_plugin.inference.reports import scatter_png
 
     points = [(model, decoder, 1000 * by_decoder[key]["rtf_forward"], 100 * by_decoder[key]["wer"])
               for model, by_decoder in summaries.items() for key, decoder in (("greedy", "greedy"), ("lm", "LM"))]

@@ -21,15 +21,9 @@ def with_blank_weight(logits: torch.Tensor, weight: float, mode: str = "add") ->
     raise ValueError(f"model.blank_mode={mode!r}: fairseq knows 'add' and 'set'")
 
 
-def add_data_argument(p) -> None:
-    """``--data``, of ``sew export-onnx`` and ``sew export-hf`` (see ``load_with_data``)."""
-    p.add_argument("--data", type=Path,
-                   help="folder with the target dictionary (dict.ltr.txt), if not where the checkpoint was trained")
-
-
 def load_with_data(checkpoint: Path, data: Optional[Path] = None):
     """``(model, cfg, task)`` of ``checkpoint`` (``load_checkpoint``), with ``task.data`` replaced by
-    ``data`` when given (``--data``).
+    ``data`` when given (the exporters' ``--data``).
 
     A fine-tuned checkpoint names the folder it was trained from (``task.data``), whose
     ``dict.ltr.txt`` is its target dictionary unless the checkpoint carries one itself; the original

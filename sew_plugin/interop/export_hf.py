@@ -45,7 +45,7 @@ from typing import List, Optional, Tuple
 import torch
 
 from ..data.errors import DataError
-from . import add_data_argument, load_with_data, with_blank_weight
+from . import load_with_data, with_blank_weight
 
 SAMPLE_RATE = 16000
 # transformers files this exporter writes or that a previous export (or save) may have left
@@ -53,20 +53,6 @@ MODEL_FILES = ("config.json", "model.safetensors", "model.safetensors.index.json
                "preprocessor_config.json", "processor_config.json", "vocab.json", "tokenizer_config.json",
                "special_tokens_map.json", "added_tokens.json", "tokenizer.json", "generation_config.json")
 CHECK_TOLERANCE = 1e-3  # largest difference on the check input, relative to the output scale (>= 1)
-
-
-def add_arguments(p) -> None:
-    p.add_argument("checkpoint", type=Path, help="fairseq checkpoint: sew / sew_d pre-trained, or sew_ctc fine-tuned")
-    p.add_argument("out_dir", type=Path, help="directory to write the transformers model to")
-    p.add_argument("--force", action="store_true",
-                   help="write into an existing non-empty OUT_DIR (replacing only transformers' model files)")
-    add_data_argument(p)
-
-
-def main(args) -> int:
-    report = export_hf(args.checkpoint, args.out_dir, force=args.force, data=args.data)
-    print(report)
-    return 0
 
 
 def check_out_dir(out_dir: Path, force: bool) -> None:

@@ -11,7 +11,7 @@ from typing import Dict, Mapping
 
 import torch
 
-from ..feature_extractor import parse_conv_layers
+from ..modules.feature_extractor import parse_conv_layers
 
 # Keys that exist only for pre-training; HF's base model has no counterpart.
 PRETRAINING_ONLY = re.compile(r"^(quantizer\.|project_q\.|final_proj\.|target_glu\.)")

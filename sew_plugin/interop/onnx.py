@@ -75,7 +75,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import add_data_argument, load_with_data, with_blank_weight
+from . import with_blank_weight
 
 SAMPLE_RATE = 16000
 TRACE_SECONDS = (1.3, 1.1)  # the batch the graph is traced on (the second row padded)
@@ -296,7 +296,7 @@ class Graph(nn.Module):
     def forward(self, source: torch.Tensor, padding_mask: torch.Tensor):
         from fairseq.models.wav2vec.wav2vec2 import ConvFeatureExtractionModel
 
-        from ..feature_extractor import output_frames
+        from ..modules.feature_extractor import output_frames
         from ..modules.input_downsample import expand_ctc_frames
         from ..modules.squeeze import lengths_to_padding_mask
 
@@ -459,59 +459,8 @@ def metadata_of(model, task=None, cfg=None, point: Optional[str] = None) -> Dict
     return meta
 
 
-# ---- command line -----------------------------------------------------------------------------
-
-
-def add_arguments(p) -> None:
-    p.add_argument("checkpoint", type=Path, help="fine-tuned CTC checkpoint (sew_ctc or wav2vec_ctc)")
-    p.add_argument("out", type=Path, help="the .onnx file to write")
-    p.add_argument("--operating-point", help="St-SEW: fixed 'S_f,S_k,S_q' to export, e.g. 2,2,1")
-    add_data_argument(p)
-    p.add_argument("--opset", type=int, default=OPSET, help="ONNX opset")
-    p.add_argument("--tolerance", type=float, default=TOLERANCE,
-                   help="largest |PyTorch - onnxruntime| logit accepted in the check after export")
-    p.add_argument("--no-check", action="store_true", help="skip the onnxruntime check")
-
-
-def main(args) -> int:
-    import sys
-    import warnings
-
-    from ..infer import operating_point
-
-    command = "sew export-onnx"
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    model, cfg, task = load_with_data(args.checkpoint, args.data)
-    if args.operating_point:
-        operating_point(model, args.operating_point, command)
-    try:
-        check_exportable(model)
-    except ExportError as err:
-        raise SystemExit(f"{command}: error: {args.checkpoint}: {err}") from None
-    export(model, args.out, args.opset, metadata=metadata_of(model, task, cfg, args.operating_point))
-    print(f"wrote {args.out} (opset {args.opset}; inputs source, padding_mask; outputs logits, lengths)")
-    if args.no_check:
-        return 0
-    sess = session(args.out)
-    diffs = {seconds: max_abs_diff(model, sess, seconds) for seconds in ((0.9,), CHECK_SECONDS)}
-    report = ", ".join(f"{len(s)} x {'/'.join(f'{x:g}' for x in s)} s: {d:.2e}" for s, d in diffs.items())
-    print(f"onnxruntime vs PyTorch, max abs logit difference over valid frames: {report}")
-    if max(diffs.values()) > args.tolerance:
-        print(f"{command}: error: the difference exceeds --tolerance {args.tolerance:g}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    import argparse
-    import sys
-
-    parser = argparse.ArgumentParser(prog="sew export-onnx", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser)
-    from ..data.errors import DataError
-
-    try:
-        sys.exit(main(parser.parse_args()))
-    except DataError as err:
-        sys.exit(f"sew export-onnx: error: {err}")
+def check_against_pytorch(model, path: Path) -> Dict[Tuple[float, ...], float]:
+    """Run the graph at ``path`` in onnxruntime on two batches the trace never saw (one row, and
+    ``CHECK_SECONDS``): {seconds of each row: max abs logit difference to PyTorch over valid frames}."""
+    sess = session(path)
+    return {seconds: max_abs_diff(model, sess, seconds) for seconds in ((0.9,), CHECK_SECONDS)}

@@ -4,6 +4,6 @@ neither when the package was imported before)."""
 
 from .. import criterions, tasks  # noqa: F401
 from . import original, sew, sew_ctc, sew_d, st_sew  # noqa: F401
-from ..checkpoint import allow_fairseq_objects
+from ..data.checkpoints import allow_fairseq_objects
 
 allow_fairseq_objects()  # fairseq's own loads (resuming fine-tuning) stay weights-only

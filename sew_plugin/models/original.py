@@ -12,7 +12,7 @@ setting is refused by key instead of being built into a model that would compute
 
 from dataclasses import dataclass, field
 
-from .config_rules import check_rules
+from ..config_rules import check_rules
 from .registry import register_models
 from .sew import SEWConfig, SEWModel
 from .sew_ctc import SEWCtc, SEWCtcConfig

@@ -2,7 +2,7 @@
 
 SEW is wav2vec 2.0 with three changes, each in its own module:
 
-- a compact wave feature extractor, WFE-C (``sew_plugin.feature_extractor``), selected through
+- a compact wave feature extractor, WFE-C (``sew_plugin.modules.feature_extractor``), selected through
   ``wfe_c_channels`` / ``wfe_c_extra_layers`` or written directly as ``conv_feature_layers``;
 - a squeezed context network (``sew_plugin.modules.squeezed_encoder``) whose transformer runs
   ``squeeze_factor`` times slower than the 20 ms features;
@@ -26,12 +26,12 @@ from omegaconf import DictConfig, open_dict
 
 from ..modules.cif import CifCompressor
 from ..modules.frame_mask import exact_frame_mask_forward
-from ..feature_extractor import GroupedConvFeatureExtractor, parse_conv_layers, wfe_c
+from ..modules.feature_extractor import GroupedConvFeatureExtractor, parse_conv_layers, wfe_c
 from ..modules.masking import seeded_mask_indices
 from ..modules.predictor_head import MLPPredictorHead
 from ..modules.squeezed_encoder import SqueezedTransformerEncoder
 from .cif_forward import compressed_forward
-from .config_rules import Rule, at_least, check_rules, is_rate, masking_rules
+from ..config_rules import Rule, at_least, check_rules, is_rate, masking_rules
 from .registry import register_models
 
 COMPRESSORS = ("squeeze", "cif")

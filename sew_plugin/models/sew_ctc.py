@@ -22,14 +22,14 @@ import torch
 from fairseq.models.wav2vec.wav2vec2_asr import Linear, Wav2Vec2CtcConfig, Wav2VecCtc
 from torch import nn
 
-from ..checkpoint import read_weights, refusing_unsafe, verify_checkpoint
+from ..data.checkpoints import read_weights, refusing_unsafe, verify_checkpoint
 from ..modules.cif import upsample_by_durations
 from ..modules.early_exit import ExitRunner, exit_head, parse_exit_layers, parse_exit_weights
 from ..modules.input_downsample import InputDownsampler, expand_ctc_frames, expand_padding_mask
 from ..modules.layerwise import make_steppable
 from ..modules.squeeze import lengths_to_padding_mask
 from .registry import register_models
-from .config_rules import Rule, at_least, check_rules, is_rate, masking_rules
+from ..config_rules import Rule, at_least, check_rules, is_rate, masking_rules
 
 EXIT_TRAINING = ("joint", "exits_only")
 

@@ -14,7 +14,7 @@ from ..modules.deberta_encoder import DebertaEncoder
 from ..modules.layerwise import LayerState, run_layers
 from ..modules.squeeze import Upsample, make_strided_pos_conv, padding_mask_to_lengths, squeeze_padded
 from .registry import register_models
-from .config_rules import Rule, check_rules
+from ..config_rules import Rule, check_rules
 from .sew import SEWConfig, SEWModel
 
 

@@ -22,7 +22,7 @@ from typing import Callable, Optional
 
 import torch
 
-from ..feature_extractor import output_frames
+from .feature_extractor import output_frames
 from .squeeze import lengths_to_padding_mask
 
 

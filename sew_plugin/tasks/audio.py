@@ -53,7 +53,7 @@ from ..data.audio import MIN_SAMPLES, check_samples
 from ..data.errors import DataError, DataErrors, read_lines
 from ..data.manifest import Manifest, check_audio, read_manifest, row_count_error
 from ..data.segments import read_segments, to_frames
-from ..feature_extractor import output_frames, parse_conv_layers, total_stride
+from ..modules.feature_extractor import output_frames, parse_conv_layers, total_stride
 
 logger = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from fairseq.tasks import register_task
 from fairseq.tasks.audio_finetuning import AudioFinetuningConfig
 
-from ..models.config_rules import check_rules
+from ..config_rules import check_rules
 from .audio import SewAudioFinetuningTask, SewAudioPretrainingTask
 
 

@@ -11,7 +11,7 @@ from typing import List
 
 import torch
 
-from .data.errors import DataError
+from ..data.errors import DataError
 
 BLANK = "<s>"
 WORD_BOUNDARY = "|"

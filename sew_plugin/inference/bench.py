@@ -1,37 +1,10 @@
-"""``sew bench``: forward time, real-time factor, MACs, peak memory and parameters, side by side.
+"""Forward time, real-time factor, MACs, peak memory and parameters of models side by side
+(``sew bench``; ``sew_plugin.cli.bench`` describes the rows and what each column measures).
 
 All rows run in one process, in interleaved order that rotates every repeat, so drift of the
-machine (frequency, other load) hits every row alike. Times are medians over ``--repeat`` runs
+machine (frequency, other load) hits every row alike. Times are medians over ``repeat`` runs
 after warm-up, with the spread (min-max) beside them; every row gets its speed-up over a named
 baseline row measured in the same run.
-
-Rows are named models at full size with random weights (``sew bench --list``):
-``w2v2_base``/``w2v2_large`` (fairseq's own wav2vec 2.0), this plugin's configs in
-``configs/pretraining`` (``sew_tiny`` ... ``sew_d_base_plus``), and ``hf:NAME``, the same model and
-weights in HuggingFace ``transformers`` (the independent peer; SEW and SEW-D), St-SEW at an
-operating point, ``st_sew_base@S_f,S_k,S_q`` (e.g. ``st_sew_base@2,2,1``), and early exit after
-layer K, ``NAME:exitK`` (e.g. ``sew_d_mid:exit12``: the forward of an utterance that exits there),
-a CIF model at lambda L, ``NAME@L`` (e.g. ``w2v2_base_cif@1.1``) or at the lambda that gives a mean
-frame period of P ms, ``NAME@Pms`` (e.g. ``w2v2_base_cif@90ms``, found on 10 s of noise), and input downsampling by f before
-the model, ``NAME:down{f}{method}`` (e.g. ``w2v2_base:down2resample``; methods conv, avgpool, resample).
-``NAME:onnx`` is the row ``NAME`` (a model, or St-SEW at an operating point, e.g.
-``st_sew_base@2,2,1:onnx``) exported to ONNX (``sew_plugin.interop.onnx``, into a temporary file) and run
-by onnxruntime on the CPU with as many threads as torch, fp32 only, timed like the PyTorch rows; its
-MACs are counted on the PyTorch model (the same computation), its peak memory is not measured (nan).
-
-Besides the whole forward's MACs, ``context GMACs`` counts the context network (the transformer with
-its squeeze/upsample, and the CIF module: what Chen et al. report), and ``frame ms`` is the period of
-the frames the transformer runs on (measured on the input for CIF).
-
-Examples::
-
-    sew bench --models sew_d_mid hf:sew_d_mid w2v2_base --seconds 10 30 --batch-size 1 8
-    sew bench --models sew_d_tiny sew_tiny w2v2_base --device cuda --dtype fp16
-    sew bench --models st_sew_base@1,1,1 st_sew_base@2,1,1 st_sew_base@2,2,1 st_sew_base@2,2,2 w2v2_base
-    sew bench --models w2v2_base_cif@0 w2v2_base_cif@1.1 w2v2_base_cif@90ms w2v2_base:down2resample w2v2_base
-
-``--out DIR`` writes ``bench.md``, ``bench.csv`` and ``bench.png`` (forward time against MACs; with
-``--wer MODEL=summary.json ...`` from ``sew infer --results-dir``, WER against forward time).
 """
 
 import statistics
@@ -63,9 +36,9 @@ class Row:
 
 
 def _plugin_model(name: str):
-    from . import presets
+    from .. import presets
 
-    from .modules import keep_layer_results
+    from ..modules import keep_layer_results
 
     model = presets.build_model(name)
     model.remove_pretraining_modules()
@@ -76,8 +49,8 @@ def _plugin_model(name: str):
 def _hf_model(name: str):
     import transformers
 
-    from .interop.hf import sew_d_hf_config_kwargs, sew_hf_config_kwargs, sew_state_dict_to_hf
-    from .models.sew_d import SEWDModel
+    from ..interop.hf import sew_d_hf_config_kwargs, sew_hf_config_kwargs, sew_state_dict_to_hf
+    from ..models.sew_d import SEWDModel
 
     ours, _ = _plugin_model(name)
     if isinstance(ours, SEWDModel):
@@ -89,7 +62,7 @@ def _hf_model(name: str):
 
 
 def available_models() -> List[str]:
-    from . import presets
+    from .. import presets
 
     names = presets.available("pretraining")
     return names + [f"hf:{n}" for n in names if n.startswith("sew")] + ["w2v2_large"]
@@ -106,7 +79,7 @@ def build(name: str):
     elif name == "w2v2_large":  # wav2vec 2.0 large (24 x 1024) with the base recipe's front end
         from fairseq.models.wav2vec.wav2vec2 import Wav2Vec2Model
 
-        from . import presets
+        from .. import presets
 
         cfg = presets.model_config("w2v2_base", encoder_layers=24, encoder_embed_dim=1024,
                                    encoder_ffn_embed_dim=4096, encoder_attention_heads=16)
@@ -119,7 +92,7 @@ def build(name: str):
         layer = int(k) - 1
         forward = lambda x: model(x, mask=False, features_only=True, layer=layer)["x"]  # noqa: E731
     elif ":down" in name:  # the waveform shortened by f before the model
-        from .modules.input_downsample import InputDownsampler
+        from ..modules.input_downsample import InputDownsampler
 
         base, factor, method = downsampling(name)
         model, inner = _plugin_model(base)
@@ -150,7 +123,7 @@ def _onnx_model(name: str):
 
     import numpy as np
 
-    from .interop import onnx as export
+    from ..interop import onnx as export
 
     base = name[: -len(":onnx")]
     if base.startswith("hf:") or ":" in base:
@@ -177,7 +150,7 @@ def _onnx_model(name: str):
 
 def downsampling(name: str) -> Tuple[str, int, str]:
     """``NAME:down{f}{method}`` -> (NAME, f, method), refusing a malformed row name."""
-    from .modules.input_downsample import FACTORS, METHODS
+    from ..modules.input_downsample import FACTORS, METHODS
 
     base, _, spec = name.partition(":down")
     if not spec[:1].isdigit() or int(spec[0]) not in FACTORS or spec[1:] not in METHODS:
@@ -354,25 +327,6 @@ def to_markdown(rows: List[Row], baseline: str) -> str:
     )
 
 
-def read_wer(specs: List[str]) -> Dict[str, float]:
-    """``--wer MODEL=summary.json`` pairs (``sew infer --results-dir`` output) -> {model: WER}."""
-    import json
-
-    wer = {}
-    for spec in specs:
-        name, sep, path = spec.partition("=")
-        if not sep or not name or not path:
-            raise SystemExit(f"sew bench: error: --wer {spec!r}: expected MODEL=path/to/summary.json")
-        try:
-            value = json.loads(Path(path).read_text())["wer"]
-        except (OSError, ValueError, KeyError) as err:
-            raise SystemExit(f"sew bench: error: --wer {spec!r}: no WER read from {path} ({err})") from None
-        if value is None:
-            raise SystemExit(f"sew bench: error: --wer {spec!r}: {path} has no WER (no references)")
-        wer[name] = value
-    return wer
-
-
 def plot(rows: List[Row], path: Path, wer: Dict[str, float] = None) -> None:
     """Forward time against GMACs, or, given WERs, WER against forward time; one colour per setting."""
     from .reports import scatter_png
@@ -386,56 +340,3 @@ def plot(rows: List[Row], path: Path, wer: Dict[str, float] = None) -> None:
     else:
         points = [(series(r), r.model, r.gmacs, r.median_ms) for r in rows]
         scatter_png(points, path, "multiply-accumulates (G)", "forward time, median (ms)")
-
-
-def add_arguments(p) -> None:
-    from .cli import at_least
-
-    p.add_argument("--models", nargs="+", default=["sew_d_mid", "hf:sew_d_mid", "w2v2_base"],
-                   help="rows to measure: names from --list, and the NAME@, :exitK, :down and :onnx forms above")
-    p.add_argument("--seconds", nargs="+", type=at_least(0.025, float), default=[10.0],
-                   help="audio length(s) of the random input; at least 0.025 (400 samples: one 20 ms frame)")
-    p.add_argument("--batch-size", nargs="+", type=at_least(1), default=[1, 8], help="batch size(s) of the input")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    p.add_argument("--dtype", default="fp32", choices=sorted(DTYPES), help="fp32, or autocast to bf16 / fp16")
-    p.add_argument("--repeat", type=at_least(1), default=5,
-                   help="timed forwards per row and setting (the median is reported)")
-    p.add_argument("--warmup", type=at_least(0), default=1,
-                   help="untimed forwards per row and setting before the timed ones")
-    p.add_argument("--threads", type=at_least(0), default=0, help="torch CPU threads (0: torch's default)")
-    p.add_argument("--baseline", default="w2v2_base", help="row the speed-ups are over (added if not in --models)")
-    p.add_argument("--out", type=Path, help="write bench.md, bench.csv and bench.png here")
-    p.add_argument("--wer", nargs="+", default=[], metavar="MODEL=SUMMARY",
-                   help="WER of a row from `sew infer --results-dir` (summary.json): bench.png plots WER vs time")
-    p.add_argument("--list", action="store_true", help="list the model names and exit")
-
-
-def main(args) -> int:
-    import warnings
-
-    import sew_plugin.models  # noqa: F401
-
-    if args.list:
-        print("\n".join(available_models()))
-        return 0
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    wer = read_wer(args.wer)
-    unknown = sorted(set(wer) - set(args.models) - {args.baseline})
-    if unknown:  # checked before the (long) measurement
-        raise SystemExit(f"sew bench: error: --wer names models that are not benchmarked: {', '.join(unknown)}")
-    try:
-        rows = run(args.models, args.seconds, args.batch_size, args.device, args.dtype, args.repeat,
-                   args.warmup, args.baseline)
-    except ValueError as err:  # a row name that does not describe a model
-        raise SystemExit(f"sew bench: error: {err}") from None
-    table = to_markdown(rows, args.baseline)
-    machine = f"{torch.get_num_threads()} threads, torch {torch.__version__}, device {args.device}, {args.dtype}"
-    print(f"\n{machine}\n\n{table}")
-    if args.out:
-        from .reports import write_tables
-
-        write_tables(args.out, "bench", machine, table, rows)
-        plot(rows, args.out / "bench.png", wer)
-    return 0

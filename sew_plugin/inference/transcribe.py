@@ -1,19 +1,15 @@
-"""``sew infer``: transcribe a manifest with a CTC checkpoint; WER, UER, and where the time goes.
+"""Transcribing a manifest with a CTC model: batching, decoding, WER / UER and where the time goes.
 
 Every utterance of the manifest is transcribed exactly once (batches never drop a remainder) and
 the count is checked. References come from the label file beside the manifest
-(``<split>.<labels>``, e.g. ``valid.ltr``): without ``--labels`` a missing ``.ltr`` only means no
-WER (the summary says so), a file named by ``--labels`` must exist. Timing separates the model
+(``<split>.<labels>``, e.g. ``valid.ltr``): with ``labels`` None a missing ``.ltr`` only means no
+WER (the summary says so), a label file named by ``labels`` must exist. Timing separates the model
 forward from decoding; the real-time factor is processing time over audio duration. The first
-batch runs ``--warmup`` untimed forwards first, so one-time costs (first-call allocations, thread
-pools) are not charged to it.
-
-    sew infer ckpt.pt data/dev_other.tsv --results-dir results/greedy
-    sew infer ckpt.pt data/dev_other.tsv --decoder kenlm --lm lm.arpa --lexicon lexicon.txt
+batch runs ``warmup`` untimed forwards first, so one-time costs (first-call allocations, thread
+pools) are not charged to it. ``sew infer`` is this module's command (``sew_plugin.cli.infer``).
 """
 
 import json
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from collections import Counter
@@ -26,59 +22,13 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .data.audio import SAMPLE_RATE, read_audio
-from .data.errors import DataError, DataErrors, read_lines
-from .data.manifest import Manifest, check_audio, read_manifest
-from .decoding import DECODERS, BeamOptions, build_decoder, letters_to_words
-from .modules.early_exit import POLICIES, make_policy
+from ..data.audio import SAMPLE_RATE, read_audio
+from ..data.errors import DataError, DataErrors, read_lines
+from ..data.manifest import Manifest, check_audio, read_manifest
+from .decoding import letters_to_words
 
 
-LABELS = "ltr"  # the reference labels read when --labels is not given
-
-
-def add_arguments(p) -> None:
-    p.add_argument("checkpoint", type=Path, help="fine-tuned CTC checkpoint (sew_ctc, wav2vec_ctc, ...)")
-    p.add_argument("manifest", type=Path, help="fairseq manifest (.tsv) to transcribe")
-    add_decoding_arguments(p)
-    p.add_argument("--results-dir", type=Path, help="write per-utterance results and summary.json here")
-    p.add_argument("--operating-point", help="St-SEW: fixed 'S_f,S_k,S_q' to run at, e.g. 2,2,1")
-    p.add_argument("--cif-lambda", type=float, help="CIF models: the lambda in [0, 2) to run at (sets the frame period)")
-    p.add_argument("--threshold", type=float, help="--exit-policy entropy/similarity/nbest: the exit threshold")
-
-
-def add_decoding_arguments(p) -> None:
-    """Decoder, batching and device options, shared by ``sew infer`` and ``sew sweep``."""
-    from .cli import at_least
-
-    p.add_argument("--labels", help=f"reference label extension beside the manifest, ltr or wrd; the file "
-                   f"must exist (default: {LABELS} when <split>.{LABELS} exists, else no WER)")
-    p.add_argument("--decoder", default="viterbi", choices=DECODERS,
-                   help="greedy (viterbi) or flashlight-text's lexicon beam search with a KenLM model (kenlm)")
-    p.add_argument("--lm", type=Path, help="KenLM language model (ARPA or binary) for --decoder kenlm")
-    p.add_argument("--lexicon", type=Path, help="flashlight lexicon (WORD W O R D |) for --decoder kenlm")
-    p.add_argument("--lm-weight", type=float, default=2.0,
-                   help="--decoder kenlm: weight of the LM score; the default is the papers'")
-    p.add_argument("--word-score", type=float, default=-1.0,
-                   help="--decoder kenlm: score added per word (an insertion penalty); the default is the papers'")
-    p.add_argument("--sil-score", type=float, default=0.0, help="--decoder kenlm: score added per silence (|)")
-    p.add_argument("--beam", type=at_least(1), default=50,
-                   help="--decoder kenlm: hypotheses kept; the default is the papers'")
-    p.add_argument("--beam-size-token", type=at_least(0), default=0,
-                   help="--decoder kenlm: letters tried per frame (0: the whole vocabulary)")
-    p.add_argument("--beam-threshold", type=float, default=25.0,
-                   help="--decoder kenlm: drop hypotheses scoring this far below the best")
-    p.add_argument("--batch-size", type=at_least(1), default=8, help="utterances per forward")
-    p.add_argument("--warmup", type=at_least(0), default=1,
-                   help="untimed forwards of the first batch before it is timed (0: time the first call too)")
-    p.add_argument("--max-tokens", type=at_least(0), default=0, help="if > 0, cap on padded samples per batch instead")
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--threads", type=at_least(0), default=0, help="torch CPU threads (0: torch's default)")
-    p.add_argument("--exit-policy", choices=POLICIES,
-                   help="early-exit models: leave at --exit-layer (layer), or at the first exit whose mean "
-                   "posterior entropy is below --threshold (entropy), whose cosine similarity to the previous "
-                   "layer is above it (similarity), or whose N-best confidence reaches it (nbest, --decoder kenlm)")
-    p.add_argument("--exit-layer", type=int, help="--exit-policy layer: the exit layer")
-    p.add_argument("--nbest", type=at_least(1), default=300, help="--exit-policy nbest: hypotheses in the confidence")
+LABELS = "ltr"  # the reference labels read when none are named
 
 
 @dataclass
@@ -246,23 +196,38 @@ def ctc_forward(model, source: torch.Tensor, padding: torch.Tensor, device: torc
         return net_output, model.get_normalized_probs(net_output, log_probs=True).transpose(0, 1).float().cpu()
 
 
-def transcribe(model, tgt_dict, manifest_path: Path, decoder, args, normalize: bool, warm_every_batch: bool = False):
-    """Transcribe every row of the manifest: (utterances, summary). ``args.warmup`` untimed forwards
-    run before the first batch's timed one, or before every batch's with ``warm_every_batch`` (each new
-    batch shape has first-call costs of its own: allocations, kernel choices)."""
-    manifest, refs = check_inputs(manifest_path, args.labels)
+@dataclass
+class Batching:
+    """How ``transcribe`` batches and times: ``batch_size`` utterances per forward (or, with
+    ``max_tokens`` > 0, as many as fit that many padded samples), on ``device``, with ``warmup``
+    untimed forwards before the first batch's timed one (before every batch's with
+    ``warm_every_batch``: each new batch shape has first-call costs of its own)."""
+
+    batch_size: int = 8
+    max_tokens: int = 0
+    device: str = "cpu"
+    warmup: int = 1
+    warm_every_batch: bool = False
+
+
+def transcribe(model, manifest_path: Path, decoder, labels: Optional[str] = None, normalize: bool = False,
+               batching: Batching = Batching()):
+    """Transcribe every row of the manifest with the CTC ``model`` and ``decoder``: (utterances,
+    summary). ``labels``: the reference labels' extension (None: ``.ltr`` if present); ``normalize``:
+    layer-normalise each waveform, as the checkpoint's task did."""
+    manifest, refs = check_inputs(manifest_path, labels)
     lengths = [n for _, n in manifest.entries]
     results: List[Optional[Utterance]] = [None] * len(lengths)
     forward_s = decode_s = 0.0
     cif_frames = cif_outputs = 0  # 20 ms frames in, compressed frames out
     encoder = model.w2v_encoder.w2v_model
-    device = torch.device(args.device)
-    batches = plan_batches(lengths, args.batch_size, args.max_tokens)
+    device = torch.device(batching.device)
+    batches = plan_batches(lengths, batching.batch_size, batching.max_tokens)
     for number, batch in enumerate(tqdm(batches, desc="transcribing", unit="batch", disable=None, leave=False)):
         wavs = load_batch(manifest, batch)
         source, padding = collate(wavs, normalize)
-        if number == 0 or warm_every_batch:  # the first is the longest: it makes the largest allocations
-            for _ in range(args.warmup):
+        if number == 0 or batching.warm_every_batch:  # the first is the longest: it makes the largest allocations
+            for _ in range(batching.warmup):
                 ctc_forward(model, source, padding, device)
         start = time.perf_counter()
         net_output, lprobs = ctc_forward(model, source, padding, device)
@@ -285,8 +250,8 @@ def transcribe(model, tgt_dict, manifest_path: Path, decoder, args, normalize: b
         raise RuntimeError(f"transcribed {len(done)} of {len(lengths)} utterances of {manifest_path}")
     parameters = sum(p.numel() for p in model.parameters())
     summary = Summary(len(lengths), len(done), sum(lengths) / SAMPLE_RATE, forward_s, decode_s, parameters=parameters,
-                      references=str(label_path(manifest_path, args.labels)), warmup_forwards=args.warmup,
-                      warmup_every_batch=warm_every_batch)
+                      references=str(label_path(manifest_path, labels)), warmup_forwards=batching.warmup,
+                      warmup_every_batch=batching.warm_every_batch)
     runner = getattr(model, "exit_runner", None)
     if runner is not None and runner.policy is not None:
         layers = [u.exit_layer for u in done]
@@ -294,7 +259,7 @@ def transcribe(model, tgt_dict, manifest_path: Path, decoder, args, normalize: b
         summary.mean_exit_layer = sum(layers) / len(layers)
         summary.exit_histogram = dict(sorted(Counter(layers).items()))
     if cif_outputs:
-        from .modules.cif import FRAME_MS  # imports fairseq, loaded by now; not at `sew` start-up
+        from ..modules.cif import FRAME_MS  # imports fairseq, loaded by now; not at `sew` start-up
 
         summary.cif_lambda = encoder.last_cif.lam
         summary.frame_period_ms = FRAME_MS * cif_frames / cif_outputs
@@ -314,92 +279,3 @@ def write_results(results_dir: Path, utterances: List[Utterance], summary: Summa
             exit_layer = u.exit_layer if u.exit_layer is not None else ""
             f.write(f"{u.id}\t{' '.join(u.hyp)}\t{ref}\t{errors}\t{exit_layer}\n")
     (results_dir / "summary.json").write_text(json.dumps(asdict(summary), indent=2) + "\n")
-
-
-def load_for_inference(args, command: str = "sew infer"):
-    """The CTC model (eval, on ``args.device``), its target dictionary, the decoder, and whether the
-    checkpoint's task normalised the audio. A checkpoint without a CTC head (pre-trained) is refused
-    by name: its task has no target dictionary to decode with."""
-    from .checkpoint import load_checkpoint, require_ctc
-    from .modules import keep_layer_results
-
-    if args.decoder == "kenlm" and (args.lm is None or args.lexicon is None):
-        raise SystemExit(f"{command}: error: --decoder kenlm needs --lm and --lexicon")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    model, cfg, task = load_checkpoint(args.checkpoint, {"data": str(args.manifest.parent)})
-    try:
-        require_ctc(model, command.split()[-1])
-    except ValueError as err:
-        raise SystemExit(f"{command}: error: {args.checkpoint}: {err}") from None
-    keep_layer_results(model, False)  # only the last layer feeds the CTC head
-    model.to(args.device)
-    tgt_dict = task.target_dictionary
-    options = BeamOptions(args.beam, args.beam_size_token, args.beam_threshold, args.lm_weight, args.word_score,
-                          sil_score=args.sil_score)
-    decoder = build_decoder(args.decoder, tgt_dict, args.lexicon, args.lm, options)
-    return model, tgt_dict, decoder, bool(cfg.task.get("normalize", False))
-
-
-def operating_point(model, point: Optional[str], command: str = "sew infer") -> None:
-    """Fix a St-SEW model at ``point``; a bad or inapplicable point, or none for a model that samples
-    its point at every forward (random transcripts), exits with a message."""
-    from .models.sew_ctc import SAMPLED_POINT, samples_operating_point, set_operating_point
-
-    if point is None:
-        if samples_operating_point(model):
-            raise SystemExit(f"{command}: error: {SAMPLED_POINT}")
-        return
-    try:
-        set_operating_point(model, point)
-    except ValueError as err:
-        raise SystemExit(f"{command}: error: --operating-point {point}: {err}") from None
-
-
-def cif_lambda(model, lam: Optional[float], command: str = "sew infer") -> None:
-    """Run a CIF model at lambda ``lam``; a model without CIF, a bad value, or no value for a model
-    fine-tuned with a sampled lambda exits with a message."""
-    from .models.sew_ctc import set_cif_lambda
-
-    cif = getattr(model.w2v_encoder.w2v_model, "cif", None)
-    if lam is None:
-        if cif is not None and cif.fixed_lambda is None:
-            raise SystemExit(f"{command}: error: this CIF model samples lambda (none was fixed in fine-tuning): "
-                             "pass --cif-lambda")
-        return
-    try:
-        set_cif_lambda(model, lam)
-    except ValueError as err:
-        raise SystemExit(f"{command}: error: --cif-lambda {lam}: {err}") from None
-
-
-def exit_policy(model, args, decoder, threshold: Optional[float], command: str = "sew infer") -> None:
-    """Put an early-exit model under ``args.exit_policy`` at ``threshold``; misuse exits with a message."""
-    runner = getattr(model, "exit_runner", None)
-    if runner is None:
-        raise SystemExit(f"{command}: error: --exit-policy needs a model fine-tuned with exits (model.exit_layers)")
-    if args.exit_policy == "layer":
-        if args.exit_layer not in runner.layers + [runner.encoder.num_layers]:
-            raise SystemExit(f"{command}: error: --exit-layer must be one of the model's exits "
-                             f"{runner.layers + [runner.encoder.num_layers]}, got {args.exit_layer}")
-    elif threshold is None:
-        raise SystemExit(f"{command}: error: --exit-policy {args.exit_policy} needs --threshold")
-    try:
-        runner.policy = make_policy(args.exit_policy, threshold if threshold is not None else math.inf,
-                                    args.exit_layer, args.nbest, decoder if args.decoder == "kenlm" else None)
-    except ValueError as err:
-        raise SystemExit(f"{command}: error: {err}") from None
-
-
-def main(args) -> int:
-    check_inputs(args.manifest, args.labels)  # bad input stops here, before the model loads
-    model, tgt_dict, decoder, normalize = load_for_inference(args)
-    operating_point(model, args.operating_point)
-    cif_lambda(model, args.cif_lambda)
-    if args.exit_policy:
-        exit_policy(model, args, decoder, args.threshold)
-    utterances, summary = transcribe(model, tgt_dict, args.manifest, decoder, args, normalize)
-    print(summary.report())
-    if args.results_dir:
-        write_results(args.results_dir, utterances, summary)
-    return 0

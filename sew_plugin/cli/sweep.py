@@ -19,55 +19,14 @@ as accurate, and strictly better in one of them.
 writes ``sweep.md``, ``sweep.csv`` and ``sweep.png`` (WER against forward time) in ``--out``.
 """
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional
 
-import torch
-
-from .data.errors import DataError
-from .infer import (add_decoding_arguments, check_inputs, cif_lambda, label_path, load_for_inference, operating_point,
-                    transcribe)
-
-MAC_SECONDS = 10.0
-
-
-@dataclass
-class Point:
-    point: str
-    wer: float
-    uer: float
-    forward_ms_per_s: float
-    gmacs_per_10s: Optional[float] = None  # St-SEW points
-    mean_exit_layer: Optional[float] = None  # early-exit thresholds
-    frame_period_ms: Optional[float] = None  # CIF lambdas
-    speedup: float = 1.0  # forward time of the first point over this one's
-    pareto: bool = False
-
-
-def mark_pareto(points: List[Point]) -> None:
-    """Set ``pareto`` on every point that no other point dominates in (forward time, WER)."""
-    for p in points:
-        p.pareto = not any(
-            q is not p and q.forward_ms_per_s <= p.forward_ms_per_s and q.wer <= p.wer
-            and (q.forward_ms_per_s < p.forward_ms_per_s or q.wer < p.wer)
-            for q in points
-        )
-
-
-EXTRA_COLUMNS = (("mean_exit_layer", "mean exit layer"), ("frame_period_ms", "mean frame period (ms)"),
-                 ("gmacs_per_10s", "GMACs per 10 s"))
-
-
-def to_markdown(points: List[Point], setting: str) -> str:
-    key, extra = next((k, name) for k, name in EXTRA_COLUMNS if getattr(points[0], k) is not None)
-    head = (f"| {setting} | {extra} | WER | letter error | forward ms per s of audio | speed-up vs {points[0].point} | "
-            "Pareto |\n|---|---|---|---|---|---|---|\n")
-    return head + "".join(
-        f"| {p.point} | {getattr(p, key):.2f} | {100 * p.wer:.2f}% | "
-        f"{100 * p.uer:.2f}% | {p.forward_ms_per_s:.1f} | {p.speedup:.2f}x | {'*' if p.pareto else ''} |\n"
-        for p in points
-    )
+from ..data.errors import DataError
+from ..inference.reports import scatter_png, write_tables
+from ..inference.sweep import sweep, to_markdown
+from ..inference.transcribe import check_inputs, label_path
+from . import infer
+from .infer import add_decoding_arguments
 
 
 def add_arguments(p) -> None:
@@ -82,10 +41,6 @@ def add_arguments(p) -> None:
 
 
 def main(args) -> int:
-    from .bench import count_macs
-    from .infer import exit_policy
-    from .reports import scatter_png, write_tables
-
     if args.thresholds and args.exit_policy in (None, "layer"):
         raise SystemExit("sew sweep: error: --thresholds needs --exit-policy entropy, similarity or nbest")
     if args.exit_policy and not args.thresholds:
@@ -93,30 +48,20 @@ def main(args) -> int:
     _, references = check_inputs(args.manifest, args.labels)  # bad input stops here, before the model loads
     if references is None:  # the WER column needs them
         raise DataError(label_path(args.manifest, None), "label file not found: sew sweep needs references")
-    model, tgt_dict, decoder, normalize = load_for_inference(args, "sew sweep")
-    x = torch.randn(1, int(16000 * MAC_SECONDS), device=args.device)
-    settings = args.points or args.cif_lambdas or args.thresholds
-    points = []
-    for setting in settings:
+    model, decoder, normalize = infer.load(args, "sweep")
+    kind = "points" if args.points else "cif_lambdas" if args.cif_lambdas else "thresholds"
+
+    def apply(setting):
         if args.points:
-            operating_point(model, setting, "sew sweep")
+            infer.operating_point(model, setting, "sweep")
         elif args.cif_lambdas:
-            cif_lambda(model, setting, "sew sweep")
+            infer.cif_lambda(model, setting, "sweep")
         else:
-            exit_policy(model, args, decoder, setting, "sew sweep")
-        _, summary = transcribe(model, tgt_dict, args.manifest, decoder, args, normalize, warm_every_batch=True)
-        point = Point(setting if args.points else f"{setting:g}", summary.wer, summary.uer, 1000 * summary.rtf_forward)
-        if args.points:
-            point.gmacs_per_10s = count_macs(model, lambda wav: model(source=wav, padding_mask=None), x) / 1e9
-        elif args.cif_lambdas:  # compression depends on the audio: its rate on this manifest
-            point.frame_period_ms = summary.frame_period_ms
-        else:
-            point.mean_exit_layer = summary.mean_exit_layer
-        points.append(point)
-        print(f"{point.point}: WER {100 * point.wer:.2f}%, forward {point.forward_ms_per_s:.1f} ms per s", flush=True)
-    for p in points:
-        p.speedup = points[0].forward_ms_per_s / p.forward_ms_per_s
-    mark_pareto(points)
+            infer.exit_policy(model, args, decoder, setting, "sweep")
+
+    points = sweep(model, args.manifest, decoder, kind, args.points or args.cif_lambdas or args.thresholds, apply,
+                   args.labels, normalize, infer.batching(args, warm_every_batch=True), args.device,
+                   log=lambda line: print(line, flush=True))
     setting_name = ("operating point" if args.points else "CIF lambda" if args.cif_lambdas
                     else f"{args.exit_policy} threshold")
     table = to_markdown(points, setting_name)

@@ -1,0 +1,63 @@
+"""``sew export-hf`` and ``sew export-onnx``: the commands of ``sew_plugin.interop.export_hf`` and
+``sew_plugin.interop.onnx`` (whose docstrings are their ``--help``)."""
+
+import sys
+import warnings
+from pathlib import Path
+
+from ..interop import export_hf as hf
+from ..interop import load_with_data, onnx
+from .infer import operating_point
+
+
+def add_data_argument(p) -> None:
+    """``--data``, of both exporters (see ``sew_plugin.interop.load_with_data``)."""
+    p.add_argument("--data", type=Path,
+                   help="folder with the target dictionary (dict.ltr.txt), if not where the checkpoint was trained")
+
+
+def add_hf_arguments(p) -> None:
+    p.add_argument("checkpoint", type=Path, help="fairseq checkpoint: sew / sew_d pre-trained, or sew_ctc fine-tuned")
+    p.add_argument("out_dir", type=Path, help="directory to write the transformers model to")
+    p.add_argument("--force", action="store_true",
+                   help="write into an existing non-empty OUT_DIR (replacing only transformers' model files)")
+    add_data_argument(p)
+
+
+def export_hf(args) -> int:
+    print(hf.export_hf(args.checkpoint, args.out_dir, force=args.force, data=args.data))
+    return 0
+
+
+def add_onnx_arguments(p) -> None:
+    p.add_argument("checkpoint", type=Path, help="fine-tuned CTC checkpoint (sew_ctc or wav2vec_ctc)")
+    p.add_argument("out", type=Path, help="the .onnx file to write")
+    p.add_argument("--operating-point", help="St-SEW: fixed 'S_f,S_k,S_q' to export, e.g. 2,2,1")
+    add_data_argument(p)
+    p.add_argument("--opset", type=int, default=onnx.OPSET, help="ONNX opset")
+    p.add_argument("--tolerance", type=float, default=onnx.TOLERANCE,
+                   help="largest |PyTorch - onnxruntime| logit accepted in the check after export")
+    p.add_argument("--no-check", action="store_true", help="skip the onnxruntime check")
+
+
+def export_onnx(args) -> int:
+    command = "export-onnx"
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    model, cfg, task = load_with_data(args.checkpoint, args.data)
+    if args.operating_point:
+        operating_point(model, args.operating_point, command)
+    try:
+        onnx.check_exportable(model)
+    except onnx.ExportError as err:
+        raise SystemExit(f"sew {command}: error: {args.checkpoint}: {err}") from None
+    onnx.export(model, args.out, args.opset, metadata=onnx.metadata_of(model, task, cfg, args.operating_point))
+    print(f"wrote {args.out} (opset {args.opset}; inputs source, padding_mask; outputs logits, lengths)")
+    if args.no_check:
+        return 0
+    diffs = onnx.check_against_pytorch(model, args.out)
+    report = ", ".join(f"{len(s)} x {'/'.join(f'{x:g}' for x in s)} s: {d:.2e}" for s, d in diffs.items())
+    print(f"onnxruntime vs PyTorch, max abs logit difference over valid frames: {report}")
+    if max(diffs.values()) > args.tolerance:
+        print(f"sew {command}: error: the difference exceeds --tolerance {args.tolerance:g}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,131 @@
+"""``sew infer``: transcribe a manifest with a CTC checkpoint; WER, UER, and where the time goes.
+
+Every utterance of the manifest is transcribed exactly once (batches never drop a remainder) and
+the count is checked. References come from the label file beside the manifest
+(``<split>.<labels>``, e.g. ``valid.ltr``): without ``--labels`` a missing ``.ltr`` only means no
+WER (the summary says so), a file named by ``--labels`` must exist. Timing separates the model
+forward from decoding; the real-time factor is processing time over audio duration. The first
+batch runs ``--warmup`` untimed forwards first, so one-time costs (first-call allocations, thread
+pools) are not charged to it.
+
+    sew infer ckpt.pt data/dev_other.tsv --results-dir results/greedy
+    sew infer ckpt.pt data/dev_other.tsv --decoder kenlm --lm lm.arpa --lexicon lexicon.txt
+"""
+
+from pathlib import Path
+
+from ..inference.decoding import DECODERS, BeamOptions, build_decoder
+from ..inference.settings import (load_for_inference, require_fixed_cif_lambda, require_fixed_operating_point,
+                                  set_exit_policy)
+from ..inference.transcribe import LABELS, Batching, check_inputs, transcribe, write_results
+from ..modules.early_exit import POLICIES
+from .options import at_least, refusing
+
+
+def add_arguments(p) -> None:
+    p.add_argument("checkpoint", type=Path, help="fine-tuned CTC checkpoint (sew_ctc, wav2vec_ctc, ...)")
+    p.add_argument("manifest", type=Path, help="fairseq manifest (.tsv) to transcribe")
+    add_decoding_arguments(p)
+    p.add_argument("--results-dir", type=Path, help="write per-utterance results and summary.json here")
+    p.add_argument("--operating-point", help="St-SEW: fixed 'S_f,S_k,S_q' to run at, e.g. 2,2,1")
+    p.add_argument("--cif-lambda", type=float, help="CIF models: the lambda in [0, 2) to run at (sets the frame period)")
+    p.add_argument("--threshold", type=float, help="--exit-policy entropy/similarity/nbest: the exit threshold")
+
+
+def add_decoding_arguments(p) -> None:
+    """Decoder, batching and device options, shared by ``sew infer`` and ``sew sweep``."""
+    p.add_argument("--labels", help=f"reference label extension beside the manifest, ltr or wrd; the file "
+                   f"must exist (default: {LABELS} when <split>.{LABELS} exists, else no WER)")
+    p.add_argument("--decoder", default="viterbi", choices=DECODERS,
+                   help="greedy (viterbi) or flashlight-text's lexicon beam search with a KenLM model (kenlm)")
+    p.add_argument("--lm", type=Path, help="KenLM language model (ARPA or binary) for --decoder kenlm")
+    p.add_argument("--lexicon", type=Path, help="flashlight lexicon (WORD W O R D |) for --decoder kenlm")
+    p.add_argument("--lm-weight", type=float, default=2.0,
+                   help="--decoder kenlm: weight of the LM score; the default is the papers'")
+    p.add_argument("--word-score", type=float, default=-1.0,
+                   help="--decoder kenlm: score added per word (an insertion penalty); the default is the papers'")
+    p.add_argument("--sil-score", type=float, default=0.0, help="--decoder kenlm: score added per silence (|)")
+    p.add_argument("--beam", type=at_least(1), default=50,
+                   help="--decoder kenlm: hypotheses kept; the default is the papers'")
+    p.add_argument("--beam-size-token", type=at_least(0), default=0,
+                   help="--decoder kenlm: letters tried per frame (0: the whole vocabulary)")
+    p.add_argument("--beam-threshold", type=float, default=25.0,
+                   help="--decoder kenlm: drop hypotheses scoring this far below the best")
+    p.add_argument("--batch-size", type=at_least(1), default=8, help="utterances per forward")
+    p.add_argument("--warmup", type=at_least(0), default=1,
+                   help="untimed forwards of the first batch before it is timed (0: time the first call too)")
+    p.add_argument("--max-tokens", type=at_least(0), default=0, help="if > 0, cap on padded samples per batch instead")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--threads", type=at_least(0), default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--exit-policy", choices=POLICIES,
+                   help="early-exit models: leave at --exit-layer (layer), or at the first exit whose mean "
+                   "posterior entropy is below --threshold (entropy), whose cosine similarity to the previous "
+                   "layer is above it (similarity), or whose N-best confidence reaches it (nbest, --decoder kenlm)")
+    p.add_argument("--exit-layer", type=int, help="--exit-policy layer: the exit layer")
+    p.add_argument("--nbest", type=at_least(1), default=300, help="--exit-policy nbest: hypotheses in the confidence")
+
+
+
+def load(args, command: str = "infer"):
+    """The model, task, decoder and normalisation of ``args.checkpoint`` for transcribing
+    ``args.manifest``; misuse stops with the command's error."""
+    if args.decoder == "kenlm" and (args.lm is None or args.lexicon is None):
+        raise SystemExit(f"sew {command}: error: --decoder kenlm needs --lm and --lexicon")
+    with refusing(command):
+        model, task, normalize = load_for_inference(args.checkpoint, args.manifest.parent, args.device, args.threads,
+                                                    command)
+    options = BeamOptions(args.beam, args.beam_size_token, args.beam_threshold, args.lm_weight, args.word_score,
+                          sil_score=args.sil_score)
+    decoder = build_decoder(args.decoder, task.target_dictionary, args.lexicon, args.lm, options)
+    return model, decoder, normalize
+
+
+def operating_point(model, point, command: str = "infer") -> None:
+    """Fix a St-SEW model at ``point`` (--operating-point); none for a model that samples its point is refused."""
+    from ..models.sew_ctc import set_operating_point
+
+    if point is None:
+        with refusing(command):
+            require_fixed_operating_point(model)
+        return
+    with refusing(command, f"--operating-point {point}"):
+        set_operating_point(model, point)
+
+
+def cif_lambda(model, lam, command: str = "infer") -> None:
+    """Run a CIF model at ``lam`` (--cif-lambda); none for a model fine-tuned with a sampled lambda is refused."""
+    from ..models.sew_ctc import set_cif_lambda
+
+    if lam is None:
+        with refusing(command):
+            require_fixed_cif_lambda(model)
+        return
+    with refusing(command, f"--cif-lambda {lam}"):
+        set_cif_lambda(model, lam)
+
+
+def exit_policy(model, args, decoder, threshold, command: str = "infer") -> None:
+    """Put an early-exit model under ``args.exit_policy`` at ``threshold``."""
+    if args.exit_policy != "layer" and threshold is None:
+        raise SystemExit(f"sew {command}: error: --exit-policy {args.exit_policy} needs --threshold")
+    with refusing(command, f"--exit-policy {args.exit_policy}"):
+        set_exit_policy(model, args.exit_policy, threshold, args.exit_layer, args.nbest,
+                        decoder if args.decoder == "kenlm" else None)
+
+
+def batching(args, warm_every_batch: bool = False) -> Batching:
+    return Batching(args.batch_size, args.max_tokens, args.device, args.warmup, warm_every_batch)
+
+
+def main(args) -> int:
+    check_inputs(args.manifest, args.labels)  # bad input stops here, before the model loads
+    model, decoder, normalize = load(args)
+    operating_point(model, args.operating_point)
+    cif_lambda(model, args.cif_lambda)
+    if args.exit_policy:
+        exit_policy(model, args, decoder, args.threshold)
+    utterances, summary = transcribe(model, args.manifest, decoder, args.labels, normalize, batching(args))
+    print(summary.report())
+    if args.results_dir:
+        write_results(args.results_dir, utterances, summary)
+    return 0

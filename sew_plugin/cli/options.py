@@ -1,0 +1,51 @@
+"""What the subcommands share: argparse types that refuse absurd values by option, the help
+formatter, and ``refusing``, which turns a library ``ValueError`` into the command's error line."""
+
+import argparse
+import contextlib
+import math
+
+
+def at_least(low, kind=int):
+    """argparse type: a number (``int`` or ``float``, finite) >= ``low``; absurd values stop at the
+    command line, by option."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {'an integer' if kind is int else 'a number'}, "
+                                             f"got {text!r}") from None
+        if not (value >= low and math.isfinite(value)):  # NaN fails the comparison
+            raise argparse.ArgumentTypeError(f"must be >= {low}{'' if kind is int else ' and finite'}, got {value}")
+        return value
+
+    return parse
+
+
+def percent(text: str) -> float:
+    value = float(text)
+    if not 0 <= value < 100:
+        raise argparse.ArgumentTypeError(f"must be in [0, 100), got {value}")
+    return value
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """A description as written, and every option's default where it has one (none for a switch,
+    an option that is off unless given, or an empty list)."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False or action.default == []:
+            return action.help
+        return super()._get_help_string(action)
+
+
+@contextlib.contextmanager
+def refusing(command: str, context: str = ""):
+    """A ``ValueError`` of the library inside becomes ``sew COMMAND: error: [CONTEXT: ]message``
+    (exit status 2, no traceback)."""
+    try:
+        yield
+    except ValueError as err:
+        prefix = f"{context}: " if context else ""
+        raise SystemExit(f"sew {command}: error: {prefix}{err}") from None

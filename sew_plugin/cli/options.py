@@ -43,9 +43,13 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
 @contextlib.contextmanager
 def refusing(command: str, context: str = ""):
     """A ``ValueError`` of the library inside becomes ``sew COMMAND: error: [CONTEXT: ]message``
-    (exit status 2, no traceback)."""
+    (exit status 2, no traceback); a ``DataError`` names its file already and passes on to ``main``."""
+    from ..data.errors import DataError, DataErrors
+
     try:
         yield
+    except (DataError, DataErrors):
+        raise
     except ValueError as err:
         prefix = f"{context}: " if context else ""
         raise SystemExit(f"sew {command}: error: {prefix}{err}") from None

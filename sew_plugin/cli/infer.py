@@ -80,28 +80,29 @@ def load(args, command: str = "infer"):
     return model, decoder, normalize
 
 
+def _setting(model, option: str, value, fix, require_fixed, command: str) -> None:
+    """``fix(model, value)`` (refused as ``OPTION VALUE: why``), or with no value
+    ``require_fixed(model)``: a model that samples the setting needs one."""
+    if value is None:
+        with refusing(command):
+            require_fixed(model)
+        return
+    with refusing(command, f"{option} {value}"):
+        fix(model, value)
+
+
 def operating_point(model, point, command: str = "infer") -> None:
     """Fix a St-SEW model at ``point`` (--operating-point); none for a model that samples its point is refused."""
     from ..models.sew_ctc import set_operating_point
 
-    if point is None:
-        with refusing(command):
-            require_fixed_operating_point(model)
-        return
-    with refusing(command, f"--operating-point {point}"):
-        set_operating_point(model, point)
+    _setting(model, "--operating-point", point, set_operating_point, require_fixed_operating_point, command)
 
 
 def cif_lambda(model, lam, command: str = "infer") -> None:
     """Run a CIF model at ``lam`` (--cif-lambda); none for a model fine-tuned with a sampled lambda is refused."""
     from ..models.sew_ctc import set_cif_lambda
 
-    if lam is None:
-        with refusing(command):
-            require_fixed_cif_lambda(model)
-        return
-    with refusing(command, f"--cif-lambda {lam}"):
-        set_cif_lambda(model, lam)
+    _setting(model, "--cif-lambda", lam, set_cif_lambda, require_fixed_cif_lambda, command)
 
 
 def exit_policy(model, args, decoder, threshold, command: str = "infer") -> None:

@@ -199,13 +199,15 @@ def context_macs(model: torch.nn.Module, counts: Dict[str, float]) -> float:
 
 
 def frame_period_ms(model: torch.nn.Module, name: str = "") -> float:
-    """Audio per frame the transformer ran on in the last forward: 20 ms times the squeeze (and the
-    input downsampling of a ``:down{f}`` row), or CIF's measured mean period."""
+    """Audio per frame the transformer ran on: the model's frame period (20 ms times the squeeze;
+    transformers models: their config's squeeze factor; fairseq's wav2vec 2.0: 20 ms) or, for CIF,
+    its mean period in the last forward, times the input downsampling of a ``:down{f}`` row."""
     downsampled = downsampling(name)[1] if ":down" in name else 1
     if getattr(model, "last_cif", None) is not None:
         return model.last_cif.frame_period_ms * downsampled
-    config = getattr(model, "config", None)  # transformers models
-    squeeze = getattr(config, "squeeze_factor", None) or getattr(getattr(model, "encoder", None), "squeeze_factor", 1)
+    if hasattr(model, "context_period_ms"):
+        return model.context_period_ms() * downsampled
+    squeeze = getattr(getattr(model, "config", None), "squeeze_factor", None) or 1  # transformers models
     return 20.0 * squeeze * downsampled
 
 

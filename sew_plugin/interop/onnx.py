@@ -21,28 +21,23 @@ index 0 first), ``blank_index``, ``normalize``, ``frame_ms``, ``operating_point`
 Why an input mask rather than lengths: the mask is what the model itself takes, so the same batch
 goes to both; both export equally robustly (the graph reduces the mask to lengths first).
 
-How it is exported: torch's TorchScript-based exporter (``dynamo=False``), tracing a copy of the
-encoder prepared for tracing (``prepare_encoder``). The copy differs only where a trace would bake
-one input's shape or data into the graph, and computes the same function:
+How it is exported: torch's TorchScript-based exporter (``dynamo=False``), tracing the model's own
+modules on a copy (``prepare_encoder``: weight norm folded into plain weights, fairseq's wav2vec 2.0
+encoder given this plugin's layer-wise steps). The modules take their trace-safe path when traced
+(``torch.jit.is_tracing()``), each computing the same function as in eager mode:
 
-- the positional convolution's weight norm is folded into a plain weight;
-- fairseq's frame mask (chosen by ``padding_mask.any()``) is replaced by the exact integer frame
-  count of every row (``sew_plugin.modules.frame_mask``), always computed;
-- the squeeze's ``min(conv length, pool length)`` (a Python ``min`` a trace fixes to one branch) is
-  made unnecessary by cropping the strided positional convolution to the pooled length
-  ``floor(T / s)`` (never longer: see ``_CroppedPosConv``), and the upsampler always pads to the
-  20 ms length (by zero frames when nothing is missing);
-- fairseq's ``pad_to_multiple`` (Python arithmetic on the length; padded frames are masked, so it
-  only matters for speed) is left out of the wav2vec 2.0 encoder;
-- SEW-D's relative-position bucket index is built inside the graph from the length, over the whole
-  table (the eager model slices the table to the rows a length reaches, a per-length constant),
-  and its attention runs over the whole batch at once (the eager model splits it into cache-sized
-  groups whose size depends on the length);
-- the feature extractor runs as fairseq's plain ``ConvFeatureExtractionModel`` (no cache-sized
-  groups, no in-place GELU);
-- the upsampler selects zeros for padded frames instead of multiplying by 0: onnxruntime's softmax
-  gives NaN for a fully masked attention row (an utterance with no squeezed frame), PyTorch's fused
-  attention 0, and NaN * 0 is NaN.
+- the exact integer frame count of every row is always computed (``sew_plugin.modules.frame_mask``),
+  where eager fairseq chooses its frame mask by ``padding_mask.any()``;
+- the squeeze crops the strided positional convolution to the pooled length ``floor(T / s)`` and
+  the upsampler always pads to the 20 ms length (``sew_plugin.modules.squeeze``), in eager mode too;
+- fairseq's ``pad_to_multiple`` (Python arithmetic on the length; the frames it adds are masked, so
+  it only matters for speed) is skipped;
+- SEW-D's relative-position bucket index covers the whole table, built from the length inside the
+  graph, nothing is cached, and attention runs over the whole batch at once (eager: the rows a
+  length reaches, cached per length, in cache-sized groups of utterances);
+- the feature extractor runs as fairseq's (no cache-sized groups of utterances);
+- the upsampler selects zeros for padded frames (in eager mode too): onnxruntime's softmax gives
+  NaN for a fully masked attention row (an utterance with no squeezed frame), and NaN * 0 is NaN.
 
 One fix is in the exporter itself, for the duration of the export: it writes Python's ``//``
 (``aten::floor_divide``) as truncating division, wrong for negative integers; St-SEW's pooling takes
@@ -52,8 +47,8 @@ floor division instead.
 The dynamo exporter (``torch.onnx.export(..., dynamo=True)``, with ``onnxscript``) was tried on
 torch 2.13: ``torch.export`` refuses the data-dependent shapes these models have by design (the
 frame lengths come from the padding mask and size the squeeze, the pooling and the masks:
-``GuardOnDataDependentSymNode``) and SEW-D's weight caches (``data_ptr``), with or without the copy
-above; only the prepared wav2vec 2.0 went through (7e-5 max abs difference, 5e-6 here). The
+``GuardOnDataDependentSymNode``) and SEW-D's weight caches (``data_ptr``); only the wav2vec 2.0
+encoder went through (7e-5 max abs difference, 5e-6 here). The
 TorchScript exporter needs only ``onnx``.
 
 Refused, with the reason: early-exit models (which layers run depends on each utterance's
@@ -67,12 +62,10 @@ over valid frames).
 
 import contextlib
 import copy
-import types
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from . import with_blank_weight
@@ -166,117 +159,21 @@ def _deepcopy(module: nn.Module) -> nn.Module:
     return copy.deepcopy(module)
 
 
-class _CroppedPosConv(nn.Sequential):
-    """The squeeze's strided positional convolution, cropped to the pooled length floor(T / s).
-
-    Its own length is floor((T + 2 * (k // 2) - k) / s) + 1, less SamePad's one frame for even k:
-    floor(T / s) for even k, ceil(T / s) for odd k, never less than floor(T / s); ``squeeze`` keeps
-    ``min(conv, pool)`` = floor(T / s) frames, so cropping here first changes nothing but makes both
-    lengths equal, and a trace then records no choice between them.
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = super().forward(x)
-        return out[..., : torch.div(x.size(-1), self[0].stride[0], rounding_mode="floor")]
-
-
-def _upsample_forward(self, x: torch.Tensor, lengths: torch.Tensor, target_len) -> torch.Tensor:
-    """``Upsample.forward`` that always pads to ``target_len`` (by zero frames when nothing is
-    missing: L * s <= T always, so only the amount varies, never whether to pad), and selects the
-    zeros of padded frames instead of multiplying by 0: an utterance with no squeezed frame has a
-    fully masked attention row, which onnxruntime's softmax turns into NaN (PyTorch's fused CPU
-    attention into 0), and NaN * 0 would carry it into that utterance's valid 20 ms frames."""
-    from ..modules.squeeze import lengths_to_padding_mask
-
-    bsz, sq_len, dim = x.shape
-    x = nn.Sequential.forward(self, x).reshape(bsz, sq_len * self.factor, dim)
-    valid = ~lengths_to_padding_mask(lengths * self.factor, x.size(1))
-    x = torch.where(valid.unsqueeze(-1), x, torch.zeros((), dtype=x.dtype))
-    x = F.pad(x, (0, 0, 0, target_len - x.size(1)))
-    return x[:, :target_len]
-
-
-def _transformer_begin(self, x, padding_mask):
-    """``SteppableTransformerEncoder.begin`` without ``pad_to_multiple`` (speed only: the frames it
-    adds are masked and cropped again)."""
-    from ..modules.layerwise import LayerState
-    from ..modules.squeeze import padding_mask_to_lengths
-
-    target_len, lengths = x.size(1), padding_mask_to_lengths(padding_mask, x)
-    if padding_mask is not None:
-        x = x.masked_fill(padding_mask.unsqueeze(-1), 0.0)
-    if self.pos_conv is not None:
-        x = x + self.pos_conv(x.transpose(1, 2)).transpose(1, 2)
-    if not self.layer_norm_first:
-        x = self.layer_norm(x)
-    return LayerState(x.transpose(0, 1), padding_mask, lengths, target_len, lengths)
-
-
-class _Positions:
-    """SEW-D's relative positions for a traced length: the (L, L) bucket index into the whole
-    table (``first`` 0, all ``2 * buckets`` rows), computed from ``length`` inside the graph."""
-
-    def __init__(self, length, buckets: int, max_position: int, device):
-        from ..modules.disentangled_attention import log_bucket
-
-        i = torch.arange(length, device=device)
-        relative = i[:, None] - i[None, :]
-        self.index = (log_bucket(relative, buckets, max_position) + buckets).clamp(0, 2 * buckets - 1)
-        self.index_t = self.index.t()
-        self.first, self.rows = 0, 2 * buckets
-
-
-def _relative_positions(self, length, device):
-    return _Positions(length, self.position_buckets, self.max_position, device)
-
-
-def _disentangled_forward(self, x, key_padding_mask, rel_embeddings, positions, rel_key=None):
-    """``DisentangledSelfAttention.forward`` over the whole batch at once (no cache-sized groups)."""
-    q = self._split_heads(self.query_proj(x)) * self.scale
-    k = self._split_heads(self.key_proj(x))
-    v = self._split_heads(self.value_proj(x))
-    bsz, _, length, _ = q.shape
-    pos_key, pos_query = self.position_tables(rel_embeddings, None)
-    out = self._attend(q, k, v, pos_key, pos_query, positions, key_padding_mask)
-    out = out.transpose(1, 2).reshape(bsz, length, -1)
-    if key_padding_mask is not None:
-        out = out.masked_fill(key_padding_mask.all(-1)[:, None, None], 0.0)
-    return out
-
-
 def prepare_encoder(w2v) -> nn.Module:
-    """A traceable copy of a wav2vec 2.0-family encoder (eval mode; ``w2v`` is left as it was)."""
-    from ..modules.deberta_encoder import DebertaEncoder
-    from ..modules.disentangled_attention import DisentangledSelfAttention
+    """A copy of a wav2vec 2.0-family encoder to trace (eval mode; ``w2v`` is left as it was): its
+    weight norm folded into plain weights, no per-layer results kept, and fairseq's own
+    ``TransformerEncoder`` given the layer-wise steps (``make_steppable``), whose ``begin`` traces."""
     from ..modules.layerwise import make_steppable
-    from ..modules.squeeze import Upsample
 
     check_encoder(w2v)
     w2v = _deepcopy(w2v).eval()
     _fold_weight_norm(w2v)
-    encoder = w2v.encoder
-    if hasattr(encoder, "squeeze_factor"):  # SEW, St-SEW, SEW-D: the squeeze's positional conv
-        encoder.pos_conv = _CroppedPosConv(*encoder.pos_conv.children())
-    else:  # fairseq's wav2vec 2.0 encoder
-        make_steppable(encoder)
-        encoder.begin = types.MethodType(_transformer_begin, encoder)
+    if not hasattr(w2v.encoder, "squeeze_factor"):  # fairseq's wav2vec 2.0 encoder
+        make_steppable(w2v.encoder)
     for module in w2v.modules():
-        if isinstance(module, Upsample):
-            module.forward = types.MethodType(_upsample_forward, module)
-        elif isinstance(module, DebertaEncoder):
-            module._positions, module._table = {}, None
-            module.relative_positions = types.MethodType(_relative_positions, module)
-        elif isinstance(module, DisentangledSelfAttention):
-            module._tables = None
-            module.forward = types.MethodType(_disentangled_forward, module)
         if hasattr(module, "keep_layer_results"):
             module.keep_layer_results = False
     return w2v
-
-
-def _conv_specs(extractor) -> List[Tuple[int, int, int]]:
-    convs = [block[0] for block in extractor.conv_layers]
-    return [(c.out_channels, c.kernel_size[0], c.stride[0]) for c in convs]
 
 
 class Graph(nn.Module):
@@ -288,14 +185,14 @@ class Graph(nn.Module):
 
     def __init__(self, w2v, proj: Optional[nn.Module] = None, downsampler: Optional[nn.Module] = None,
                  frames_per_step: int = 1, blank_weight: float = 0.0, blank_mode: str = "add"):
+        from ..modules.feature_extractor import conv_layers_of
+
         super().__init__()
         self.w2v, self.proj, self.downsampler = w2v, proj, downsampler
         self.frames_per_step, self.blank_weight, self.blank_mode = frames_per_step, blank_weight, blank_mode
-        self.conv_specs = _conv_specs(w2v.feature_extractor)
+        self.conv_specs = conv_layers_of(w2v.feature_extractor)
 
     def forward(self, source: torch.Tensor, padding_mask: torch.Tensor):
-        from fairseq.models.wav2vec.wav2vec2 import ConvFeatureExtractionModel
-
         from ..modules.feature_extractor import output_frames
         from ..modules.input_downsample import expand_ctc_frames
         from ..modules.squeeze import lengths_to_padding_mask
@@ -305,7 +202,7 @@ class Graph(nn.Module):
             source, padding_mask = self.downsampler(source, padding_mask)
         samples = (~padding_mask).long().sum(-1)
         frames = output_frames(samples, self.conv_specs)
-        features = ConvFeatureExtractionModel.forward(w2v.feature_extractor, source).transpose(1, 2)
+        features = w2v.feature_extractor(source).transpose(1, 2)
         features = w2v.layer_norm(features)
         mask = lengths_to_padding_mask(frames, features.size(1))
         if w2v.post_extract_proj is not None:
@@ -448,9 +345,7 @@ def metadata_of(model, task=None, cfg=None, point: Optional[str] = None) -> Dict
     meta = {"producer": "sew_plugin export-onnx", "model": type(model.w2v_encoder.w2v_model).__name__,
             "operating_point": point or "", "inputs": "source (B, S) float32; padding_mask (B, S) bool, True = padding",
             "outputs": "logits (B, T, V) float32; lengths (B,) int64 valid frames"}
-    steps = getattr(getattr(model, "cfg", None), "ctc_frames_per_step", 1) or 1
-    downsampler = getattr(model, "input_downsampler", None)
-    meta["frame_ms"] = f"{20 * (downsampler.factor if downsampler is not None else 1) / steps:g}"
+    meta["frame_ms"] = f"{model.frame_period_ms() if hasattr(model, 'frame_period_ms') else 20.0:g}"
     if task is not None and getattr(task, "target_dictionary", None) is not None:
         meta["vocabulary"] = " ".join(task.target_dictionary.symbols)
         meta["blank_index"] = "0"

@@ -17,6 +17,7 @@ fairseq's wav2vec 2.0, inherited unchanged, except that mask positions follow Nu
 (``sew_plugin.modules.masking``) so that a run can be repeated.
 """
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import List, Optional
 
@@ -26,7 +27,8 @@ from omegaconf import DictConfig, open_dict
 
 from ..modules.cif import CifCompressor
 from ..modules.frame_mask import exact_frame_mask_forward
-from ..modules.feature_extractor import GroupedConvFeatureExtractor, parse_conv_layers, wfe_c
+from ..data.audio import SAMPLE_RATE
+from ..modules.feature_extractor import GroupedConvFeatureExtractor, output_frames, parse_conv_layers, total_stride, wfe_c
 from ..modules.masking import seeded_mask_indices
 from ..modules.predictor_head import MLPPredictorHead
 from ..modules.squeezed_encoder import SqueezedTransformerEncoder
@@ -182,6 +184,21 @@ def resolve_config(cfg: SEWConfig) -> SEWConfig:
     return cfg
 
 
+def _without_extractor_and_encoder(cfg: SEWConfig) -> SEWConfig:
+    """``cfg`` for ``Wav2Vec2Model.__init__``, which builds a feature extractor and an encoder of its
+    own that ``SEWModel`` replaces: with no encoder layer, a positional convolution of width 1 and
+    one pointwise convolution of the extractor's output width (what fairseq sizes the rest of its
+    modules by), they cost next to nothing to build and are never used."""
+    width = parse_conv_layers(cfg.conv_feature_layers)[-1][0]
+    shell = {"encoder_layers": 0, "conv_pos": 1, "conv_feature_layers": f"[({width}, 1, 1)]"}
+    if isinstance(cfg, DictConfig):
+        shell_cfg = cfg.copy()
+        with open_dict(shell_cfg):
+            shell_cfg.update(shell)
+        return shell_cfg
+    return dataclasses.replace(cfg, **shell)
+
+
 class SEWModel(Wav2Vec2Model):
     """wav2vec 2.0 with WFE-C, a squeezed context network and optional MLP predictor heads.
 
@@ -195,10 +212,17 @@ class SEWModel(Wav2Vec2Model):
         """Refuse absurd or unsupported settings by key before anything is built (subclasses add theirs)."""
         return resolve_config(cfg)
 
+    @staticmethod
+    def build_encoder(cfg: SEWConfig):
+        """The context network (subclasses build theirs)."""
+        return SqueezedTransformerEncoder(cfg, cfg.squeeze_factor)
+
     def __init__(self, cfg: SEWConfig):
-        super().__init__(self.check_config(cfg))
+        cfg = self.check_config(cfg)
+        super().__init__(_without_extractor_and_encoder(cfg))
+        self.cfg = cfg
         self.feature_extractor = GroupedConvFeatureExtractor.from_config(cfg)
-        self.encoder = SqueezedTransformerEncoder(cfg, cfg.squeeze_factor)
+        self.encoder = self.build_encoder(cfg)
         if cfg.use_mlp:
             final_dim = cfg.final_dim if cfg.final_dim > 0 else cfg.encoder_embed_dim
             target_dim = self.project_q.in_features
@@ -233,6 +257,19 @@ class SEWModel(Wav2Vec2Model):
                 no_overlap=self.no_mask_channel_overlap, min_space=self.mask_channel_min_space,
             )).to(x.device).unsqueeze(1).expand(-1, T, -1)
         return super().apply_mask(x, padding_mask, mask_indices, mask_channel_indices)
+
+    def output_lengths(self, samples: torch.Tensor) -> torch.Tensor:
+        """(B,) waveform samples -> (B,) 20 ms frames of the feature extractor (0 below its receptive field)."""
+        return output_frames(samples, self.feature_extractor.layers)
+
+    def feature_period_ms(self) -> float:
+        """Audio per frame of the feature extractor (and of the model's output): 20 ms for WFE-O and WFE-C."""
+        return 1000 * total_stride(self.feature_extractor.layers) / SAMPLE_RATE
+
+    def context_period_ms(self) -> Optional[float]:
+        """Audio per frame the context network runs on: the feature period times the squeeze factor;
+        None where it depends on the audio (CIF: ``CifResult.frame_period_ms`` measures it)."""
+        return None if self.cif is not None else self.feature_period_ms() * self.encoder.squeeze_factor
 
     def get_extra_losses(self, net_output):
         """fairseq's (diversity, feature penalty), then CIF's rate or guidance loss: a CIF recipe

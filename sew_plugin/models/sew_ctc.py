@@ -22,8 +22,10 @@ import torch
 from fairseq.models.wav2vec.wav2vec2_asr import Linear, Wav2Vec2CtcConfig, Wav2VecCtc
 from torch import nn
 
+from ..data.audio import SAMPLE_RATE
 from ..data.checkpoints import read_weights, refusing_unsafe, verify_checkpoint
 from ..modules.cif import upsample_by_durations
+from ..modules.feature_extractor import conv_layers_of, total_stride
 from ..modules.early_exit import ExitRunner, exit_head, parse_exit_layers, parse_exit_weights
 from ..modules.input_downsample import InputDownsampler, expand_ctc_frames, expand_padding_mask
 from ..modules.layerwise import make_steppable
@@ -185,6 +187,18 @@ class SEWCtc(Wav2VecCtc):
         if self.input_downsampler is not None:
             samples = self.input_downsampler.output_lengths(samples)
         return encoder._get_feat_extract_output_lengths(samples).clamp(min=0) * self.cfg.ctc_frames_per_step
+
+    def frame_period_ms(self) -> Optional[float]:
+        """Audio per CTC frame: the encoder's output period (20 ms: squeezed encoders upsample back;
+        fairseq's wav2vec 2.0 too) times the input downsampling factor, over ``ctc_frames_per_step``.
+        None for a CIF encoder without ``cif_upsample`` (CTC on its compressed frames, whose period
+        depends on the audio)."""
+        encoder = self.w2v_encoder.w2v_model
+        if getattr(encoder, "cif", None) is not None and not self.cfg.cif_upsample:
+            return None
+        period = 1000 * total_stride(conv_layers_of(encoder.feature_extractor)) / SAMPLE_RATE
+        factor = self.input_downsampler.factor if self.input_downsampler is not None else 1
+        return period * factor / self.cfg.ctc_frames_per_step
 
     def check_downsampled_length(self, samples: int) -> None:
         """Refuse a waveform that leaves the feature extractor no frame once downsampled, counting

@@ -5,14 +5,14 @@ there is no LayerNorm or dropout between the squeeze and the first layer (as in 
 """
 
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import List
 
 import torch
 from torch import nn
 
 from ..modules.deberta_encoder import DebertaEncoder
-from ..modules.layerwise import LayerState, run_layers
-from ..modules.squeeze import Upsample, make_strided_pos_conv, padding_mask_to_lengths, squeeze_padded
+from ..modules.layerwise import LayerState
+from ..modules.squeezed_encoder import SqueezedEncoder
 from .registry import register_models
 from ..config_rules import Rule, check_rules
 from .sew import SEWConfig, SEWModel
@@ -50,53 +50,39 @@ def check_sew_d_config(cfg: SEWDConfig) -> None:
     check_rules(cfg, SEW_D_RULES)
 
 
-class SqueezedDebertaEncoder(nn.Module):
-    """Squeeze -> DeBERTa stack (``encoder``) -> upsample; fairseq's encoder call signature.
+class SqueezedDebertaEncoder(SqueezedEncoder):
+    """Squeeze -> DeBERTa stack (``encoder``) -> upsample, with no LayerNorm or dropout between the
+    squeeze and the first layer (as in the original).
 
     Parameter names: ``pos_conv.0.*``, ``encoder.*`` (see ``DebertaEncoder``), ``upsample.0.*``.
     """
 
     def __init__(self, cfg: SEWDConfig):
         super().__init__()
-        self.squeeze_factor = cfg.squeeze_factor
         self.layerdrop = cfg.encoder_layerdrop
-        self.keep_layer_results = True  # fairseq's contract; see sew_plugin.modules.keep_layer_results
-        self.pos_conv = make_strided_pos_conv(cfg.encoder_embed_dim, cfg.conv_pos, cfg.conv_pos_groups, cfg.squeeze_factor)
+        self.add_squeeze(cfg.encoder_embed_dim, cfg.conv_pos, cfg.conv_pos_groups, cfg.squeeze_factor)
         self.encoder = DebertaEncoder(
             cfg.encoder_layers, cfg.encoder_embed_dim, cfg.encoder_ffn_embed_dim, cfg.encoder_attention_heads,
             cfg.attention_dropout, cfg.activation_dropout, cfg.pos_att_type,
             cfg.position_buckets, cfg.max_position_embeddings,
         )
-        self.apply(_init_linear)
-        # built after the BERT init, which would overwrite its frame-repetition start (see Upsample)
-        self.upsample = Upsample(cfg.encoder_embed_dim, cfg.squeeze_factor) if cfg.squeeze_factor > 1 else None
+        self.encoder.apply(_init_linear)  # not the upsampler: its start is frame repetition (see Upsample)
 
     @property
     def num_layers(self) -> int:
         return len(self.encoder.layer)
 
-    def begin(self, x: torch.Tensor, padding_mask: Optional[torch.Tensor]) -> LayerState:
-        """(B, T, D) features at 20 ms -> squeezed state, batch first, with the position tables."""
-        target_len, frames = x.size(1), padding_mask_to_lengths(padding_mask, x)
-        x, sq_lengths, sq_mask = squeeze_padded(x, padding_mask, self.pos_conv, self.squeeze_factor)
+    def enter(self, x, padding_mask, lengths) -> LayerState:
+        """Batch first, with the position tables every layer reads."""
         context = {"layer_args": self.encoder.layer_context(x.size(1), x.device)}
-        return LayerState(x, sq_mask, sq_lengths, target_len, frames, time_first=False, context=context)
+        return LayerState(x, padding_mask, lengths, 0, lengths, time_first=False, context=context)
 
     def run_layer(self, i: int, state: LayerState):
         state.x = self.encoder.layer[i](state.x, state.padding_mask, *state.context["layer_args"])
         return None, None
 
-    def finish(self, state: LayerState) -> torch.Tensor:
-        if self.upsample is None:
-            return state.x
-        return self.upsample(state.x, state.lengths, state.target_len)
-
     def final_norm(self, x: torch.Tensor) -> torch.Tensor:
         return x  # every DeBERTa layer ends in its own layer norm
-
-    def forward(self, x: torch.Tensor, padding_mask: Optional[torch.Tensor] = None, layer: Optional[int] = None, corpus_key=None):
-        """(B, T, D) features at 20 ms and (B, T) padding mask -> (B, T, D) and per-layer results."""
-        return run_layers(self, x, padding_mask, tgt_layer=layer)
 
 
 def _init_linear(module: nn.Module) -> None:
@@ -115,9 +101,9 @@ class SEWDModel(SEWModel):
         check_sew_d_config(cfg)
         return super().check_config(cfg)
 
-    def __init__(self, cfg: SEWDConfig):
-        super().__init__(cfg)
-        self.encoder = SqueezedDebertaEncoder(cfg)
+    @staticmethod
+    def build_encoder(cfg: SEWDConfig) -> SqueezedDebertaEncoder:
+        return SqueezedDebertaEncoder(cfg)
 
 
 register_models(SEWDModel, SEWDConfig, "sew_d")

@@ -4,7 +4,7 @@ One model, many operating points (S_f, S_k, S_q): the squeeze factor S_f of SEW'
 context network and, in every transformer layer, the key-value and query mean-pooling factors
 (``sew_plugin.modules.pooled_attention``). Training samples them (S_f once per step, S_k and S_q
 per layer, uniformly from their sets); an ``operating_point`` fixes them for inference or for
-deterministic fine-tuning. The configuration of the last forward is in ``encoder.last_config``.
+deterministic fine-tuning. The configuration of the last sampled forward is in ``encoder.last_config``.
 
 Upsampler: SEW's ``Linear(D, s * D)`` only fits one factor, so every factor s > 1 of the set has
 its own (``encoder.upsamplers.{s}``, SEW's parameterisation, trained on the steps that sample s),
@@ -17,10 +17,9 @@ from dataclasses import dataclass, field
 from typing import List, Optional, Tuple
 
 import numpy as np
-from torch import nn
 
+from ..modules.layerwise import LayerState
 from ..modules.pooled_attention import PooledTransformerLayer
-from ..modules.squeeze import Upsample
 from ..modules.squeezed_encoder import SqueezedTransformerEncoder
 from .registry import register_models
 from .sew import SEWConfig, SEWModel
@@ -96,25 +95,27 @@ def check_st_sew_layers(cfg: StSEWConfig) -> None:
 
 
 class StochasticSqueezedEncoder(SqueezedTransformerEncoder):
-    """SEW's squeezed encoder with a per-step squeeze factor and pooled-attention layers."""
+    """SEW's squeezed encoder with a per-forward squeeze factor and pooled-attention layers.
+
+    A forward runs at the fixed operating point, or at a fresh draw (training, or evaluation with
+    none fixed), which it records in ``last_config`` for logging; a fixed-point forward changes
+    no attribute. The configuration travels in the layer state: (S_f) as its squeeze factor,
+    (S_q, S_k) per layer in ``context["pooling"]``.
+    """
 
     def __init__(self, cfg: StSEWConfig):
-        self.squeeze_set = _factor_set(cfg.squeeze_factors, "squeeze_factors")
         self.kv_set = _factor_set(cfg.kv_pool_factors, "kv_pool_factors")
         self.query_set = _factor_set(cfg.query_pool_factors, "query_pool_factors")
-        super().__init__(cfg, squeeze_factor=1)  # no single upsampler: one per factor below
-        self.upsamplers = nn.ModuleDict({str(s): Upsample(cfg.encoder_embed_dim, s) for s in self.squeeze_set if s > 1})
+        squeeze_set = _factor_set(cfg.squeeze_factors, "squeeze_factors")
+        super().__init__(cfg, 1, sampled_factors=squeeze_set)  # an upsampler per factor of the set
+        self.squeeze_set = squeeze_set
         self.pooling_layers = self._pooling_layers(cfg.pool_layers, len(self.layers))
         self.set_operating_point(cfg.operating_point)
         self.last_config: Optional[Tuple[int, List[int], List[int]]] = None
 
     def build_encoder_layer(self, args, **kwargs):
-        return PooledTransformerLayer(
-            embedding_dim=self.embedding_dim, ffn_embedding_dim=args.encoder_ffn_embed_dim,
-            num_attention_heads=args.encoder_attention_heads, dropout=self.dropout,
-            attention_dropout=args.attention_dropout, activation_dropout=args.activation_dropout,
-            activation_fn=args.activation_fn, layer_norm_first=args.layer_norm_first,
-        )
+        """fairseq's wav2vec 2.0 layer, made a ``PooledTransformerLayer`` (same parameters)."""
+        return PooledTransformerLayer.from_layer(super().build_encoder_layer(args, **kwargs))
 
     @staticmethod
     def _pooling_layers(text: str, layers: int) -> List[int]:
@@ -137,21 +138,24 @@ class StochasticSqueezedEncoder(SqueezedTransformerEncoder):
             s_q[i] = int(np.random.choice(self.query_set))
         return int(np.random.choice(self.squeeze_set)), s_k, s_q
 
-    def current_upsampler(self):
-        return self.upsamplers[str(self.squeeze_factor)] if self.squeeze_factor > 1 else None
-
     def set_operating_point(self, point: Optional[str]) -> None:
         """Fix (S_f, S_k, S_q) from now on ('2,2,1'), or go back to sampling (None)."""
         self.fixed = fixed_operating_point(point, len(self.layers), self.squeeze_set)
 
-    def extract_features(self, x, padding_mask=None, tgt_layer=None, min_layer=0, corpus_key=None):
-        """(B, T, D) at 20 ms -> (B, T, D) at 20 ms, under a fixed or freshly sampled configuration."""
-        s_f, s_k, s_q = self.fixed if self.fixed else self.sample_config()
-        self.last_config = (s_f, s_k, s_q)
-        for layer, kv, q in zip(self.layers, s_k, s_q):
-            layer.pooling = (q, kv)
-        self.squeeze_factor = s_f
-        return super().extract_features(x, padding_mask, tgt_layer, min_layer, corpus_key)
+    def begin(self, x, padding_mask, factor=None) -> LayerState:
+        """(B, T, D) at 20 ms -> the state under the fixed or a freshly drawn configuration."""
+        config = self.fixed
+        if config is None:
+            config = self.last_config = self.sample_config()
+        s_f, s_k, s_q = config
+        state = super().begin(x, padding_mask, s_f)
+        state.context["pooling"] = list(zip(s_q, s_k))
+        return state
+
+    def run_layer(self, i: int, state: LayerState):
+        state.x, (attn, ffn_out) = self.layers[i](state.x, self_attn_padding_mask=state.padding_mask,
+                                                  pooling=state.context["pooling"][i])
+        return attn, ffn_out
 
 
 class StSEWModel(SEWModel):
@@ -164,16 +168,20 @@ class StSEWModel(SEWModel):
         check_st_sew_layers(cfg)
         return cfg
 
-    def __init__(self, cfg: StSEWConfig):
-        super().__init__(cfg)
-        self.encoder = StochasticSqueezedEncoder(cfg)
+    @staticmethod
+    def build_encoder(cfg: StSEWConfig) -> StochasticSqueezedEncoder:
+        return StochasticSqueezedEncoder(cfg)
+
+    def context_period_ms(self) -> Optional[float]:
+        """The feature period times the fixed S_f; None while the model samples its operating point."""
+        return None if self.encoder.fixed is None else self.feature_period_ms() * self.encoder.fixed[0]
 
     def forward(self, *args, **kwargs):
         """fairseq's wav2vec 2.0 forward; the result also carries this step's configuration
         (``squeeze_factor``, ``kv_pool``, ``query_pool``: the mean over layers), which fairseq's
         ``wav2vec`` criterion logs when named in ``criterion.log_keys``."""
         result = super().forward(*args, **kwargs)
-        s_f, s_k, s_q = self.encoder.last_config
+        s_f, s_k, s_q = self.encoder.fixed or self.encoder.last_config
         result.update(squeeze_factor=float(s_f), kv_pool=float(np.mean(s_k)), query_pool=float(np.mean(s_q)))
         return result
 

@@ -92,6 +92,8 @@ class DebertaEncoder(nn.Module):
 
     def relative_positions(self, length: int, device: torch.device) -> RelativePositions:
         """Bucket index for ``length`` frames, built once per (length, device) while the cache has room."""
+        if torch.jit.is_tracing():
+            return RelativePositions.whole_table(length, self.position_buckets, self.max_position, device)
         key = (length, str(device))
         if key not in self._positions:
             held = sum(2 * p.index.numel() * p.index.element_size() for p in self._positions.values())
@@ -102,7 +104,7 @@ class DebertaEncoder(nn.Module):
 
     def position_table(self) -> Tuple[torch.Tensor, Optional[tuple]]:
         """R = LayerNorm(rel_embeddings), and a key that identifies it when it can be reused."""
-        reusable = not torch.is_grad_enabled() and not (self.training and self.hidden_dropout > 0)
+        reusable = not (torch.is_grad_enabled() or torch.jit.is_tracing() or (self.training and self.hidden_dropout > 0))
         if not reusable:
             table = F.dropout(self.LayerNorm(self.rel_embeddings.weight), self.hidden_dropout, self.training)
             return table, None

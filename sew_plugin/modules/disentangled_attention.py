@@ -19,6 +19,8 @@ How this is made fast (the public implementation computes the same function more
   nothing of size (B, H, L, L) is rescaled and fp16 scores stay small;
 - utterances are attended in groups whose score tensors fit in the CPU caches (at batch 8 the
   whole batch's scores would not);
+- traced (``torch.jit.trace``, the ONNX export), nothing is cached and the bucket index covers the
+  whole table, built from the length inside the graph, so the graph serves every length;
 - no Python loop over heads or positions.
 """
 
@@ -69,6 +71,19 @@ class RelativePositions:
         self.index = (rows - self.first)[i[:, None] - i[None, :] + length - 1]  # (L, L)
         self.index_t = self.index.t().contiguous()
 
+    @classmethod
+    def whole_table(cls, length, buckets: int, max_position: int, device: torch.device) -> "RelativePositions":
+        """The index into all ``2 * buckets`` rows, computed from ``length`` with tensor operations
+        only: what a trace records as a function of the length (``__init__``'s row range is a
+        Python number the trace would keep)."""
+        positions = cls.__new__(cls)
+        i = torch.arange(length, device=device)
+        relative = i[:, None] - i[None, :]
+        positions.index = (log_bucket(relative, buckets, max_position) + buckets).clamp(0, 2 * buckets - 1)
+        positions.index_t = positions.index.t()
+        positions.first, positions.rows = 0, 2 * buckets
+        return positions
+
 
 class DisentangledSelfAttention(nn.Module):
     """Multi-head disentangled self-attention; parameters ``query_proj``, ``key_proj``, ``value_proj``."""
@@ -99,7 +114,7 @@ class DisentangledSelfAttention(nn.Module):
         tables are reused until R or a projection weight changes (tensor version counters).
         """
         key = None
-        if rel_key is not None:
+        if rel_key is not None and not torch.jit.is_tracing():
             weights = weights_key(self.query_proj.weight, self.query_proj.bias, self.key_proj.weight, self.key_proj.bias)
             key = (rel_key, weights, torch.is_autocast_enabled("cpu"), torch.is_autocast_enabled("cuda"))
             if self._tables is not None and self._tables[0] == key:
@@ -149,13 +164,18 @@ class DisentangledSelfAttention(nn.Module):
         rows = slice(positions.first, positions.first + positions.rows)
         pos_key = pos_key[:, rows] if self.c2p else None
         pos_query = pos_query[:, rows] if self.p2c else None
-        # Attend in groups of utterances whose (H, L, L) score tensors fit in the cache together.
+        # Attend in groups of utterances whose (H, L, L) score tensors fit in the cache together (the
+        # whole batch at once when traced: the groups depend on the traced shape)
         group = max(1, self.CACHE_BYTES // (self.heads * length * max(length, positions.rows) * q.element_size()))
-        outs = []
-        for b in range(0, bsz, group):
-            mask = None if key_padding_mask is None else key_padding_mask[b : b + group]
-            outs.append(self._attend(q[b : b + group], k[b : b + group], v[b : b + group], pos_key, pos_query, positions, mask))
-        out = outs[0] if len(outs) == 1 else torch.cat(outs)
+        if torch.jit.is_tracing() or group >= bsz:
+            out = self._attend(q, k, v, pos_key, pos_query, positions, key_padding_mask)
+        else:
+            outs = []
+            for b in range(0, bsz, group):
+                mask = None if key_padding_mask is None else key_padding_mask[b : b + group]
+                outs.append(self._attend(q[b : b + group], k[b : b + group], v[b : b + group], pos_key, pos_query,
+                                         positions, mask))
+            out = torch.cat(outs)
         out = out.transpose(1, 2).reshape(bsz, length, -1)
         if key_padding_mask is not None:  # an utterance with no frames at all attends to nothing
             out = out.masked_fill(key_padding_mask.all(-1)[:, None, None], 0.0)

@@ -96,6 +96,13 @@ def output_frames(num_samples: torch.Tensor, layers: ConvLayers) -> torch.Tensor
     return frames.clamp(min=0)
 
 
+def conv_layers_of(extractor: ConvFeatureExtractionModel) -> ConvLayers:
+    """(channels, kernel, stride) of each conv of fairseq's extractor (or this plugin's), read from
+    its modules."""
+    convs = [block[0] for block in extractor.conv_layers]
+    return [(c.out_channels, c.kernel_size[0], c.stride[0]) for c in convs]
+
+
 class GroupedConvFeatureExtractor(ConvFeatureExtractionModel):
     """fairseq's conv feature extractor, run so that it stays in the CPU caches and, in inference,
     holds fewer activations at once. Parameters, their names and the outputs are fairseq's.
@@ -106,6 +113,9 @@ class GroupedConvFeatureExtractor(ConvFeatureExtractionModel):
       Every norm in the stack is per utterance (GroupNorm over time, LayerNorm per frame).
     - Without autograd each block's GELU runs in place (``aten.gelu_``, bit-identical), so a block
       holds its input and one output instead of three tensors.
+
+    Traced (``torch.jit.trace``, the ONNX export) it runs as fairseq's: the groups depend on the
+    traced shape, which the graph would then keep for every input.
     """
 
     GROUP_BYTES = 16 << 20
@@ -118,6 +128,8 @@ class GroupedConvFeatureExtractor(ConvFeatureExtractionModel):
                 f"field: at least {self.min_samples} samples ({self.min_samples / 16:g} ms at 16 kHz) "
                 "give one frame"
             )
+        if torch.jit.is_tracing():
+            return super().forward(x)
         first_channels = self.conv_layers[0][0].out_channels
         per_utterance = 4 * x.size(1) * (1 + first_channels // 5)
         group = max(1, self.GROUP_BYTES // per_utterance)
@@ -138,9 +150,7 @@ class GroupedConvFeatureExtractor(ConvFeatureExtractionModel):
 
     @property
     def layers(self) -> ConvLayers:
-        """(channels, kernel, stride) of each conv, read from the modules."""
-        convs = [block[0] for block in self.conv_layers]
-        return [(c.out_channels, c.kernel_size[0], c.stride[0]) for c in convs]
+        return conv_layers_of(self)
 
     @property
     def min_samples(self) -> int:

@@ -21,7 +21,6 @@ import torch
 import torch.nn.functional as F
 from fairseq.models.wav2vec.utils import pad_to_multiple
 from fairseq.models.wav2vec.wav2vec2 import TransformerEncoder
-from fairseq.utils import index_put
 
 from . import layer_dropped
 from .squeeze import lengths_to_padding_mask, padding_mask_to_lengths
@@ -39,6 +38,7 @@ class LayerState:
     time_first: bool = True
     rows: torch.Tensor = None  # (B,) which utterances of the original batch these are
     context: dict = field(default_factory=dict)  # batch-independent inputs (e.g. position tables)
+    squeeze_factor: int = 1  # frames at 20 ms per frame at the layer rate
 
     def __post_init__(self):
         if self.rows is None:
@@ -96,15 +96,17 @@ class SteppableTransformerEncoder(TransformerEncoder):
     def begin(self, x, padding_mask) -> LayerState:
         target_len, lengths = x.size(1), padding_mask_to_lengths(padding_mask, x)
         if padding_mask is not None:
-            x = index_put(x, padding_mask, 0)
+            x = x.masked_fill(padding_mask.unsqueeze(-1), 0.0)  # fairseq's index_put, out of place
         if self.pos_conv is not None:
             x = x + self.pos_conv(x.transpose(1, 2)).transpose(1, 2)
         if not self.layer_norm_first:
             x = self.layer_norm(x)
-        # fairseq pads the sequence to required_seq_len_multiple; finish() crops it again
-        x, pad = pad_to_multiple(x, self.required_seq_len_multiple, dim=-2, value=0)
-        if pad > 0:
-            padding_mask = lengths_to_padding_mask(lengths, x.size(1))
+        # fairseq pads the sequence to required_seq_len_multiple (for speed: the frames are masked,
+        # and finish() crops them again); a trace would fix the pad of one length, so it runs without
+        if not torch.jit.is_tracing():
+            x, pad = pad_to_multiple(x, self.required_seq_len_multiple, dim=-2, value=0)
+            if pad > 0:
+                padding_mask = lengths_to_padding_mask(lengths, x.size(1))
         x = F.dropout(x, p=self.dropout, training=self.training)
         return LayerState(x.transpose(0, 1), padding_mask, lengths, target_len, lengths)
 

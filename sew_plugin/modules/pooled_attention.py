@@ -58,16 +58,23 @@ class PooledTransformerLayer(TransformerSentenceEncoderLayer):
     (1, 1) it computes exactly the parent's function.
     """
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        # queries and keys may now differ in length: take k and v from `key` on every code path
-        self.self_attn.self_attention = False
-        self.self_attn.encoder_decoder_attention = True
-        self.pooling: Tuple[int, int] = (1, 1)  # (S_q, S_k) for the next forward
+    @classmethod
+    def from_layer(cls, layer: TransformerSentenceEncoderLayer) -> "PooledTransformerLayer":
+        """fairseq's layer, as its ``TransformerEncoder`` builds and initialises it, made pooled in
+        place: the same parameters, and queries and keys may now differ in length, so k and v are
+        taken from ``key`` on every code path of its attention."""
+        if type(layer) is not TransformerSentenceEncoderLayer:
+            raise TypeError(f"St-SEW pools fairseq's TransformerSentenceEncoderLayer, not {type(layer).__name__} "
+                            "(model.layer_type must be transformer, without model.checkpoint_activations)")
+        layer.__class__ = cls
+        layer.self_attn.self_attention = False
+        layer.self_attn.encoder_decoder_attention = True
+        return layer
 
-    def forward(self, x, self_attn_mask=None, self_attn_padding_mask=None, need_weights=False, att_args=None):
-        """x: (T, B, C) time first, as fairseq's layers; padding mask (B, T)."""
-        s_q, s_k = self.pooling
+    def forward(self, x, self_attn_mask=None, self_attn_padding_mask=None, need_weights=False, att_args=None,
+                pooling: Tuple[int, int] = (1, 1)):
+        """x: (T, B, C) time first, as fairseq's layers; padding mask (B, T); ``pooling`` (S_q, S_k)."""
+        s_q, s_k = pooling
         length = x.size(0)
         residual = x
         h = self.self_attn_layer_norm(x) if self.layer_norm_first else x

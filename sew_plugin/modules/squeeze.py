@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from fairseq.models.wav2vec.wav2vec2 import make_conv_pos
+from torch.nn.utils.weight_norm import WeightNorm
 
 
 def make_strided_pos_conv(dim: int, kernel: int, groups: int, stride: int) -> nn.Sequential:
@@ -29,6 +30,25 @@ def make_strided_pos_conv(dim: int, kernel: int, groups: int, stride: int) -> nn
     pos_conv = make_conv_pos(dim, kernel, groups)
     pos_conv[0].stride = (stride,)
     return pos_conv
+
+
+def conv_weight(conv: nn.Conv1d) -> torch.Tensor:
+    """The weight ``conv`` computes with now: under fairseq's weight norm (a pre-forward hook that
+    recomputes ``conv.weight``) computed from ``weight_g`` and ``weight_v``, else the weight itself."""
+    for hook in conv._forward_pre_hooks.values():
+        if isinstance(hook, WeightNorm):
+            return hook.compute_weight(conv)
+    return conv.weight
+
+
+def run_pos_conv(pos_conv: nn.Sequential, x: torch.Tensor, stride: int) -> torch.Tensor:
+    """(B, D, T) -> (B, D, T') through the positional convolution at ``stride``, without changing
+    the module (St-SEW runs one module at several strides)."""
+    conv, same_pad, activation = pos_conv
+    if conv.stride[0] == stride:
+        return pos_conv(x)
+    x = F.conv1d(x, conv_weight(conv), conv.bias, stride, conv.padding, conv.dilation, conv.groups)
+    return activation(same_pad(x))
 
 
 def conv_output_lengths(lengths: torch.Tensor, kernel: int, stride: int, padding: int = 0) -> torch.Tensor:
@@ -60,20 +80,20 @@ def squeeze(
         factor: squeeze factor s >= 1; s = 1 is wav2vec 2.0's ``x + pos_conv(x)``.
         lengths: (B,) valid frames per utterance.
     Returns:
-        (B, L, D) squeezed features and their (B,) lengths, L = min(pool length, conv length).
+        (B, L, D) squeezed features and their (B,) lengths, L = floor(T / s) (at least 1).
     """
     conv = pos_conv[0]
-    conv.stride = (factor,)
     x = x.transpose(1, 2)  # (B, D, T)
     if x.size(-1) < factor:
         # fewer frames than one pooling window (e.g. a single 20 ms frame at s = 2): pool a zero
         # tail, as a longer padded batch would, instead of failing inside avg_pool1d. The window is
         # not valid (``lengths // factor`` is 0), so the squeezed frame is padding either way.
         x = F.pad(x, (0, factor - x.size(-1)))
-    x_conv = pos_conv(x)
-    x_pool = F.avg_pool1d(x, factor, factor) if factor > 1 else x
-    out_len = min(x_conv.size(-1), x_pool.size(-1))
-    x = (x_pool[..., :out_len] + x_conv[..., :out_len]).transpose(1, 2)  # (B, L, D)
+    x_pool = F.avg_pool1d(x, factor, factor) if factor > 1 else x  # floor(T / s) frames
+    # the convolution gives floor(T / s) frames for an even kernel, ceil(T / s) for an odd one
+    # (SamePad drops one of floor(T / s) + 1 for even kernels): never fewer than the pooling
+    x_conv = run_pos_conv(pos_conv, x, factor)[..., : x_pool.size(-1)]
+    x = (x_pool + x_conv).transpose(1, 2)  # (B, L, D)
 
     conv_len = conv_output_lengths(lengths, conv.kernel_size[0], factor, conv.padding[0])
     conv_len = conv_len - pos_conv[1].remove  # SamePad drops the last frame for even kernels
@@ -130,13 +150,16 @@ class Upsample(nn.Sequential):
     def forward(self, x: torch.Tensor, lengths: torch.Tensor, target_len: int) -> torch.Tensor:
         """(B, L, D) squeezed frames with (B,) lengths -> (B, target_len, D).
 
-        Frames produced from padded squeezed frames are zeroed, so a padded batch gives each
+        Frames produced from padded squeezed frames are zero, so a padded batch gives each
         utterance the same output as running it alone (where those frames are the zero tail).
+        They are selected as zeros rather than multiplied by 0: an utterance with no squeezed frame
+        has a fully masked attention row, which some runtimes (onnxruntime) turn into NaN, and
+        NaN * 0 would carry it on. The pad to ``target_len`` is always applied (L * s <= T, so by
+        zero frames when nothing is missing), which a trace records for every length.
         """
         bsz, sq_len, dim = x.shape
         x = super().forward(x).reshape(bsz, sq_len * self.factor, dim)  # (B, L*s, D)
         valid = ~lengths_to_padding_mask(lengths * self.factor, x.size(1))
-        x = x * valid.unsqueeze(-1).to(x.dtype)
-        if x.size(1) < target_len:
-            x = F.pad(x, (0, 0, 0, target_len - x.size(1)))
+        x = torch.where(valid.unsqueeze(-1), x, torch.zeros((), dtype=x.dtype, device=x.device))
+        x = F.pad(x, (0, 0, 0, target_len - x.size(1)))
         return x[:, :target_len]

@@ -178,9 +178,7 @@ def lambda_for_period(model, forward: Callable, period_ms: float, seconds: float
     for _ in range(30):
         middle = (low + high) / 2
         model.cif.set_lambda(middle)
-        with torch.no_grad():
-            forward(x)
-        if model.last_cif.frame_period_ms < period_ms:
+        if cif_period_ms(forward, x) < period_ms:
             low = middle
         else:
             high = middle
@@ -198,13 +196,22 @@ def context_macs(model: torch.nn.Module, counts: Dict[str, float]) -> float:
     return counts.get(f"{root}.encoder", 0.0) + counts.get(f"{root}.cif", 0.0)
 
 
-def frame_period_ms(model: torch.nn.Module, name: str = "") -> float:
-    """Audio per frame the transformer ran on: the model's frame period (20 ms times the squeeze;
+def cif_period_ms(forward: Callable, x: torch.Tensor) -> float:
+    """The mean frame period a CIF model's ``forward`` compresses ``x`` to."""
+    from ..modules.side_outputs import collecting
+
+    with torch.no_grad(), collecting() as reported:
+        forward(x)
+    return reported["cif"].frame_period_ms
+
+
+def frame_period_ms(model: torch.nn.Module, forward: Callable, x: torch.Tensor, name: str = "") -> float:
+    """Audio per frame the transformer runs on: the model's frame period (20 ms times the squeeze;
     transformers models: their config's squeeze factor; fairseq's wav2vec 2.0: 20 ms) or, for CIF,
-    its mean period in the last forward, times the input downsampling of a ``:down{f}`` row."""
+    its mean period on ``x``, times the input downsampling of a ``:down{f}`` row."""
     downsampled = downsampling(name)[1] if ":down" in name else 1
-    if getattr(model, "last_cif", None) is not None:
-        return model.last_cif.frame_period_ms * downsampled
+    if getattr(model, "cif", None) is not None:
+        return cif_period_ms(forward, x) * downsampled
     if hasattr(model, "context_period_ms"):
         return model.context_period_ms() * downsampled
     squeeze = getattr(getattr(model, "config", None), "squeeze_factor", None) or 1  # transformers models
@@ -311,7 +318,8 @@ def run(models: List[str], seconds: List[float], batch_sizes: List[int], device:
                 rows.append(Row(
                     name, bsz, secs, sum(p.numel() for p in model.parameters()) / 1e6, 1000 * med,
                     1000 * min(times[name]), 1000 * max(times[name]), med / (bsz * secs), base / med,
-                    macs["Global"] / 1e9, peak / 2**20, context_macs(model, macs) / 1e9, frame_period_ms(model, name),
+                    macs["Global"] / 1e9, peak / 2**20, context_macs(model, macs) / 1e9,
+                    frame_period_ms(model, torch_forward or forward, x, name),
                 ))
                 log(f"{name} batch {bsz} {secs:g} s: {1000 * med:.0f} ms, x{base / med:.2f} vs {baseline}")
     return rows

@@ -220,7 +220,7 @@ def transcribe(model, manifest_path: Path, decoder, labels: Optional[str] = None
     results: List[Optional[Utterance]] = [None] * len(lengths)
     forward_s = decode_s = 0.0
     cif_frames = cif_outputs = 0  # 20 ms frames in, compressed frames out
-    encoder = model.w2v_encoder.w2v_model
+    cif_lambda = None
     device = torch.device(batching.device)
     batches = plan_batches(lengths, batching.batch_size, batching.max_tokens)
     for number, batch in enumerate(tqdm(batches, desc="transcribing", unit="batch", disable=None, leave=False)):
@@ -232,9 +232,11 @@ def transcribe(model, manifest_path: Path, decoder, labels: Optional[str] = None
         start = time.perf_counter()
         net_output, lprobs = ctc_forward(model, source, padding, device)
         forward_s += time.perf_counter() - start
-        if getattr(encoder, "last_cif", None) is not None:
-            cif_frames += int(encoder.last_cif.frames.sum())
-            cif_outputs += int(encoder.last_cif.lengths.sum())
+        compression = net_output.get("cif")  # CIF models: this batch's compression
+        if compression is not None:
+            cif_frames += int(compression.frames.sum())
+            cif_outputs += int(compression.lengths.sum())
+            cif_lambda = compression.lam
         out_mask = net_output["padding_mask"]
         frames = (~out_mask).sum(-1).tolist() if out_mask is not None else [lprobs.size(1)] * len(batch)
         start = time.perf_counter()
@@ -261,7 +263,7 @@ def transcribe(model, manifest_path: Path, decoder, labels: Optional[str] = None
     if cif_outputs:
         from ..modules.cif import FRAME_MS  # imports fairseq, loaded by now; not at `sew` start-up
 
-        summary.cif_lambda = encoder.last_cif.lam
+        summary.cif_lambda = cif_lambda
         summary.frame_period_ms = FRAME_MS * cif_frames / cif_outputs
     if refs is not None:
         we, words, le, letters = word_error_counts(done)

@@ -17,6 +17,7 @@ from typing import Optional
 import torch
 from fairseq.modules import GradMultiply
 
+from ..modules.side_outputs import report
 from ..modules.squeeze import lengths_to_padding_mask
 
 
@@ -43,7 +44,7 @@ def compressed_forward(
     cif_boundaries: Optional[torch.Tensor] = None,
 ):
     """``Wav2Vec2Model.forward`` of a model with ``model.cif``; same arguments and result keys, plus
-    ``cif_loss`` (rate or segment-guidance loss, an extra loss), ``cif_lambda`` and ``frame_period``
+    the ``CifResult`` reported as ``cif`` to an open ``collecting()`` scope, and ``cif_loss`` (rate or segment-guidance loss, an extra loss), ``cif_lambda`` and ``frame_period``
     (ms) for logging. ``padding_mask`` in the result is the compressed frames' (never None).
 
     ``cif_boundaries`` (B, K): segment end frames at 20 ms, padded with -1 (see ``guidance_loss``).
@@ -57,7 +58,7 @@ def compressed_forward(
         frame_mask = lengths_to_padding_mask(frames, features.size(1))
     # wav2vec 2.0 draws negatives from other masked frames: keep two per utterance
     compressed = model.cif(features, frame_mask, min_frames=1 if features_only else 2)
-    model.last_cif = compressed
+    report("cif", compressed)  # for SEWCtc's durations and the frame period (sew_plugin.modules.side_outputs)
     features, padding_mask = compressed.x, compressed.padding_mask
     unmasked_features = features.clone()  # the targets: compressed with the same alpha
     if model.post_extract_proj is not None:

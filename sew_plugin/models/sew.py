@@ -26,7 +26,7 @@ from fairseq.models.wav2vec.wav2vec2 import Wav2Vec2Config, Wav2Vec2Model
 from omegaconf import DictConfig, open_dict
 
 from ..modules.cif import CifCompressor
-from ..modules.frame_mask import exact_frame_mask_forward
+from ..modules.frame_mask import exact_frame_mask_forward, install_exact_frame_masks
 from ..data.audio import SAMPLE_RATE
 from ..modules.feature_extractor import GroupedConvFeatureExtractor, output_frames, parse_conv_layers, total_stride, wfe_c
 from ..modules.masking import seeded_mask_indices
@@ -231,7 +231,7 @@ class SEWModel(Wav2Vec2Model):
         self.cif = None
         if cfg.compressor == "cif":
             self.cif = CifCompressor(self.embed, cfg.cif_lambda_max, cfg.cif_lambda, cfg.cif_rate_target)
-            self.last_cif = None  # the last compression (lengths, durations, frame period)
+        install_exact_frame_masks(self)
 
     def forward(self, source, padding_mask=None, *args, **kwargs):
         """fairseq's wav2vec 2.0 forward (with exact masks for rows without a frame: ``frame_mask``),

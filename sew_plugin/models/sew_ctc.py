@@ -29,6 +29,7 @@ from ..modules.feature_extractor import conv_layers_of, total_stride
 from ..modules.early_exit import ExitRunner, exit_head, parse_exit_layers, parse_exit_weights
 from ..modules.input_downsample import InputDownsampler, expand_ctc_frames, expand_padding_mask
 from ..modules.layerwise import make_steppable
+from ..modules.side_outputs import collecting
 from ..modules.squeeze import lengths_to_padding_mask
 from .registry import register_models
 from ..config_rules import Rule, at_least, check_rules, is_rate, masking_rules
@@ -212,37 +213,41 @@ class SEWCtc(Wav2VecCtc):
     def forward(self, **kwargs):
         """fairseq's CTC forward; with exits, also ``exit_logits`` {layer: (T, B, V)} (training, or no
         policy) or, under an exit policy, the logits of each utterance's exit in ``encoder_out`` and
-        its exit layer in ``exit_layer`` (B,). CIF encoders with ``cif_upsample``: logits repeated by
-        the compressed frames' durations. With ``input_downsample`` the waveform is shortened first;
-        with ``ctc_frames_per_step`` k, each encoder frame gives k CTC frames."""
+        its exit layer in ``exit_layer`` (B,). CIF encoders: the compression (``CifResult``) in
+        ``cif`` and, with ``cif_upsample``, logits repeated by the compressed frames' durations. With
+        ``input_downsample`` the waveform is shortened first; with ``ctc_frames_per_step`` k, each
+        encoder frame gives k CTC frames. What the encoder computes besides its output reaches this
+        forward through ``sew_plugin.modules.side_outputs``."""
         if self.input_downsampler is not None:
             self.check_downsampled_length(kwargs["source"].size(-1))
             kwargs["source"], kwargs["padding_mask"] = self.input_downsampler(kwargs["source"], kwargs.get("padding_mask"))
-        out = self._exit_forward(**kwargs)
-        compressed = getattr(self.w2v_encoder.w2v_model, "last_cif", None)
-        if compressed is not None and self.cfg.cif_upsample:
-            out = _upsample_output(out, compressed.durations)
+        with collecting() as reported:
+            out = super().forward(**kwargs)
+        if "exits" in reported:
+            out = _with_exits(out, reported["exits"], self.exit_runner.policy is not None)
+        if "cif" in reported:
+            out["cif"] = reported["cif"]
+            if self.cfg.cif_upsample:
+                out = _upsample_output(out, reported["cif"].durations)
         if self.cfg.ctc_frames_per_step > 1:
             out["encoder_out"] = expand_ctc_frames(out["encoder_out"], self.cfg.ctc_frames_per_step)
             out["padding_mask"] = expand_padding_mask(out["padding_mask"], self.cfg.ctc_frames_per_step)
         return out
 
-    def _exit_forward(self, **kwargs):
-        runner = getattr(self, "exit_runner", None)
-        out = super().forward(**kwargs)
-        if runner is None:
-            return out
-        if runner.policy is None:
-            out["exit_logits"] = dict(runner.logits)
-            return out
-        final = out["encoder_out"]  # (T, B', V) for the utterances that reached the last layer
-        batch = runner.exit_layer.numel()
-        logits = final.new_zeros(final.size(0), batch, final.size(-1))
-        logits[:, runner.remaining_rows] = final
-        for layer, rows in runner.rows.items():
-            logits[:, rows] = runner.logits[layer]
-        out["encoder_out"], out["exit_layer"] = logits, runner.exit_layer.clone()
+
+def _with_exits(out: dict, record, policy: bool) -> dict:
+    """Without a policy, every exit's logits as ``exit_logits``; with one, each utterance's logits
+    from the exit it left at (the last layer's for those that stayed) and its ``exit_layer``."""
+    if not policy:
+        out["exit_logits"] = dict(record.logits)
         return out
+    final = out["encoder_out"]  # (T, B', V) for the utterances that reached the last layer
+    logits = final.new_zeros(final.size(0), record.exit_layer.numel(), final.size(-1))
+    logits[:, record.remaining_rows] = final
+    for layer, rows in record.rows.items():
+        logits[:, rows] = record.logits[layer]
+    out["encoder_out"], out["exit_layer"] = logits, record.exit_layer
+    return out
 
 
 def _upsample_output(out: dict, durations) -> dict:

@@ -9,11 +9,14 @@ policy it removes exited utterances from the batch, so later layers run only for
 """
 
 import math
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .side_outputs import report
 
 if TYPE_CHECKING:  # importing layerwise pulls in fairseq, which the `sew` command line avoids at start-up
     from .layerwise import LayerState
@@ -144,26 +147,31 @@ def make_policy(name: str, threshold: float = math.inf, layer: Optional[int] = N
     return kinds[name](threshold, layer, nbest, decoder)
 
 
+@dataclass
+class ExitRecord:
+    """What the exits of one forward gave: ``logits`` {layer: (T, B', V) for the rows ``rows[layer]``}
+    (every row at every exit without a policy), ``remaining_rows`` (those that reached the last
+    layer) and ``exit_layer`` (B,) (the last layer's number for those that never left)."""
+
+    remaining_rows: torch.Tensor
+    exit_layer: torch.Tensor
+    logits: Dict[int, torch.Tensor] = field(default_factory=dict)
+    rows: Dict[int, torch.Tensor] = field(default_factory=dict)
+    previous: Optional[torch.Tensor] = None  # the similarity policy: the rows' states after the last layer
+
+
 class ExitRunner:
     """The encoder's ``layer_hook``: at each exit layer, the head's log-probabilities for the
     utterances still running; with a policy, exited utterances leave the batch.
 
-    After a forward: ``logits`` {layer: (T, B', V) for the rows ``rows[layer]``} (training: every
-    row at every exit), and with a policy ``exit_layer`` (B,) (the final layer number for those that
-    never left).
+    Each forward keeps its ``ExitRecord`` in the layer state and reports it as ``exits``
+    (``sew_plugin.modules.side_outputs``); the runner itself holds only the heads, the exit layers
+    and the policy, which ``sew_plugin.inference.settings.set_exit_policy`` sets between forwards.
     """
 
     def __init__(self, encoder, heads: Dict[str, nn.Module], layers: List[int], dropout: nn.Module):
         self.encoder, self.heads, self.layers, self.dropout = encoder, heads, layers, dropout
         self.policy: Optional[ExitPolicy] = None
-        self.reset(0)
-
-    def reset(self, batch: int) -> None:
-        self.logits: Dict[int, torch.Tensor] = {}
-        self.rows: Dict[int, torch.Tensor] = {}
-        self.remaining_rows = torch.arange(batch)
-        self.exit_layer = torch.full((batch,), self.encoder.num_layers, dtype=torch.long)
-        self.previous: Optional[torch.Tensor] = None
 
     def head_logits(self, layer: int, state: "LayerState") -> torch.Tensor:
         """(T, B', V) logits of the head after ``layer`` for the rows in ``state``.
@@ -179,28 +187,31 @@ class ExitRunner:
     def __call__(self, index: int, state: "LayerState") -> None:
         layer = index + 1
         if index == 0:
-            self.reset(state.rows.numel())
+            batch = state.rows.numel()
+            state.context["exits"] = ExitRecord(torch.arange(batch), torch.full((batch,), self.encoder.num_layers))
+            report("exits", state.context["exits"])
+        record = state.context["exits"]
         if layer in self.layers:
-            self.exit(layer, state)
-        self.remaining_rows = state.rows
+            self.exit(layer, state, record)
+        record.remaining_rows = state.rows
         if self.policy is not None and self.policy.name == "similarity" and layer + 1 in self.layers:
-            self.previous = state.batch_first()  # after this layer's exits: the rows still running
+            record.previous = state.batch_first()  # after this layer's exits: the rows still running
 
-    def exit(self, layer: int, state: "LayerState") -> None:
+    def exit(self, layer: int, state: "LayerState", record: ExitRecord) -> None:
         logits = self.head_logits(layer, state)
         if self.policy is None:  # training, or every exit wanted
-            self.logits[layer], self.rows[layer] = logits, state.rows
+            record.logits[layer], record.rows[layer] = logits, state.rows
             return
         similarity = None
-        if self.policy.name == "similarity" and self.previous is None:  # an exit after layer 1
+        if self.policy.name == "similarity" and record.previous is None:  # an exit after layer 1
             similarity = torch.full((state.rows.numel(),), -1.0)
         elif self.policy.name == "similarity":
             current = state.batch_first()
-            per_frame = F.cosine_similarity(current, self.previous, dim=-1)  # (B', L)
+            per_frame = F.cosine_similarity(current, record.previous, dim=-1)  # (B', L)
             similarity = valid_mean(per_frame, state.lengths)
         lprobs = F.log_softmax(logits.float(), -1).transpose(0, 1)  # (B', T, V)
         leave = self.policy.decide(layer, lprobs, state.frames, similarity).to(state.rows.device)
         if leave.any():
-            self.logits[layer], self.rows[layer] = logits[:, leave], state.rows[leave]
-            self.exit_layer[state.rows[leave].cpu()] = layer
+            record.logits[layer], record.rows[layer] = logits[:, leave], state.rows[leave]
+            record.exit_layer[state.rows[leave].cpu()] = layer
             state.keep(~leave)

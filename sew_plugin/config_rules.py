@@ -3,7 +3,7 @@ value is refused by key (``model.mask_prob must be in [0, 1], got 1.5``) before 
 not by an error from deep inside fairseq or torch."""
 
 import math
-from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, List, Mapping, Optional, Sequence, Tuple, TypeVar, Union
 
 # A rule: (key, ok(value, cfg), requirement). The requirement reads after "model.<key> must be";
 # a string is formatted with the config as ``c``, a callable gets the config. Rules run in order,
@@ -21,6 +21,18 @@ def in_unit_interval(value, cfg) -> bool:  # probabilities: [0, 1]
 
 def is_rate(value, cfg) -> bool:  # dropout rates: [0, 1) (1 would drop everything)
     return 0 <= value < 1
+
+
+T = TypeVar("T")
+
+
+def choose(choices: Mapping[str, T], value, key: str, prefix: str = "model.") -> T:
+    """``choices[value]`` for a closed choice read from a config, or a ``ValueError`` naming the
+    key, the value and the choices: each variant lives in one registry, parsed in one place."""
+    try:
+        return choices[str(value)]
+    except KeyError:
+        raise ValueError(f"{prefix}{key}={value!r} must be one of {', '.join(choices)}") from None
 
 
 def check_rules(cfg, rules: Sequence[Rule], prefix: str = "model.") -> None:

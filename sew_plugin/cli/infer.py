@@ -36,7 +36,7 @@ def add_decoding_arguments(p) -> None:
     """Decoder, batching and device options, shared by ``sew infer`` and ``sew sweep``."""
     p.add_argument("--labels", help=f"reference label extension beside the manifest, ltr or wrd; the file "
                    f"must exist (default: {LABELS} when <split>.{LABELS} exists, else no WER)")
-    p.add_argument("--decoder", default="viterbi", choices=DECODERS,
+    p.add_argument("--decoder", default="viterbi", choices=list(DECODERS),
                    help="greedy (viterbi) or flashlight-text's lexicon beam search with a KenLM model (kenlm)")
     p.add_argument("--lm", type=Path, help="KenLM language model (ARPA or binary) for --decoder kenlm")
     p.add_argument("--lexicon", type=Path, help="flashlight lexicon (WORD W O R D |) for --decoder kenlm")

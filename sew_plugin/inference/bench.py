@@ -154,7 +154,7 @@ def downsampling(name: str) -> Tuple[str, int, str]:
 
     base, _, spec = name.partition(":down")
     if not spec[:1].isdigit() or int(spec[0]) not in FACTORS or spec[1:] not in METHODS:
-        raise ValueError(f"{name}: expected NAME:down{{f}}{{method}} with f in {FACTORS} and method in {METHODS}, "
+        raise ValueError(f"{name}: expected NAME:down{{f}}{{method}} with f in {FACTORS} and method in {tuple(METHODS)}, "
                          "e.g. w2v2_base:down2resample")
     return base, int(spec[0]), spec[1:]
 

@@ -110,14 +110,20 @@ class KenLMLexiconDecoder:
         return [self.word_dict.get_entry(w) for w in best.words if w >= 0]
 
 
-DECODERS = ("viterbi", "kenlm")
+def _kenlm(tgt_dict, lexicon, lm, options: BeamOptions) -> KenLMLexiconDecoder:
+    if lexicon is None or lm is None:
+        raise ValueError("--decoder kenlm needs --lexicon and --lm")
+    return KenLMLexiconDecoder(tgt_dict, lexicon, lm, options)
+
+
+DECODERS = {
+    "viterbi": lambda tgt_dict, lexicon, lm, options: ViterbiDecoder(tgt_dict),
+    "kenlm": _kenlm,
+}
 
 
 def build_decoder(kind: str, tgt_dict, lexicon=None, lm=None, options: BeamOptions = BeamOptions()):
-    if kind == "viterbi":
-        return ViterbiDecoder(tgt_dict)
-    if kind == "kenlm":
-        if lexicon is None or lm is None:
-            raise ValueError("--decoder kenlm needs --lexicon and --lm")
-        return KenLMLexiconDecoder(tgt_dict, lexicon, lm, options)
-    raise ValueError(f"unknown decoder {kind!r}; choose from {DECODERS}")
+    """The decoder ``kind`` of ``DECODERS`` over ``tgt_dict`` (the beam search with ``lexicon`` and ``lm``)."""
+    if kind not in DECODERS:
+        raise ValueError(f"unknown decoder {kind!r}; choose from {tuple(DECODERS)}")
+    return DECODERS[kind](tgt_dict, lexicon, lm, options)

@@ -11,6 +11,7 @@ from typing import Dict, Mapping
 
 import torch
 
+from ..modules.disentangled_attention import position_terms
 from ..modules.feature_extractor import parse_conv_layers
 
 # Keys that exist only for pre-training; HF's base model has no counterpart.
@@ -150,7 +151,7 @@ def sew_d_hf_config_kwargs(cfg) -> dict:
         share_att_key=cfg.share_att_key,
         relative_attention=cfg.relative_attention,
         position_biased_input=cfg.position_biased_input,
-        pos_att_type=tuple(t.strip() for t in cfg.pos_att_type.split("|")),
+        pos_att_type=position_terms(cfg.pos_att_type),
         norm_rel_ebd=cfg.norm_rel_ebd,
     )
     return kwargs

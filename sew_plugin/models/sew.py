@@ -33,10 +33,15 @@ from ..modules.masking import seeded_mask_indices
 from ..modules.predictor_head import MLPPredictorHead
 from ..modules.squeezed_encoder import SqueezedTransformerEncoder
 from .cif_forward import compressed_forward
-from ..config_rules import Rule, at_least, check_rules, is_rate, masking_rules
+from ..config_rules import Rule, at_least, check_rules, choose, is_rate, masking_rules
 from .registry import register_models
 
-COMPRESSORS = ("squeeze", "cif")
+# model.compressor: what shortens the 20 ms features before the context network (None: the squeeze,
+# inside the encoder), built from the model config and the extractor's output width
+COMPRESSORS = {
+    "squeeze": lambda cfg, width: None,
+    "cif": lambda cfg, width: CifCompressor(width, cfg.cif_lambda_max, cfg.cif_lambda, cfg.cif_rate_target),
+}
 
 
 @dataclass
@@ -165,8 +170,7 @@ def resolve_config(cfg: SEWConfig) -> SEWConfig:
         else:
             cfg.conv_feature_layers = derived
     parse_conv_layers(cfg.conv_feature_layers)
-    if cfg.compressor not in COMPRESSORS:
-        raise ValueError(f"model.compressor={cfg.compressor!r} must be one of {COMPRESSORS}")
+    choose(COMPRESSORS, cfg.compressor, "compressor")
     if cfg.compressor == "cif":
         if cfg.squeeze_factor != 1:
             raise ValueError(f"model.compressor=cif replaces the squeeze: set model.squeeze_factor=1 "
@@ -228,9 +232,7 @@ class SEWModel(Wav2Vec2Model):
             target_dim = self.project_q.in_features
             self.project_q = MLPPredictorHead(target_dim, final_dim, cfg.mlp_hidden_size)
             self.final_proj = MLPPredictorHead(cfg.encoder_embed_dim, final_dim, cfg.mlp_hidden_size)
-        self.cif = None
-        if cfg.compressor == "cif":
-            self.cif = CifCompressor(self.embed, cfg.cif_lambda_max, cfg.cif_lambda, cfg.cif_rate_target)
+        self.cif = COMPRESSORS[cfg.compressor](cfg, self.embed)
         install_exact_frame_masks(self)
 
     def forward(self, source, padding_mask=None, *args, **kwargs):

@@ -32,9 +32,13 @@ from ..modules.layerwise import make_steppable
 from ..modules.side_outputs import collecting
 from ..modules.squeeze import lengths_to_padding_mask
 from .registry import register_models
-from ..config_rules import Rule, at_least, check_rules, is_rate, masking_rules
+from ..config_rules import Rule, at_least, check_rules, choose, is_rate, masking_rules
 
-EXIT_TRAINING = ("joint", "exits_only")
+# model.exit_training: which parameters train, by name
+EXIT_TRAINING = {
+    "joint": lambda name: True,  # backbone and every head together
+    "exits_only": lambda name: name.startswith("exit_heads."),  # step two: backbone and final head frozen
+}
 
 
 def encoder_width(cfg) -> Optional[int]:
@@ -154,17 +158,15 @@ class SEWCtc(Wav2VecCtc):
         encoder = make_steppable(self.w2v_encoder.w2v_model.encoder)
         self.exit_layers = parse_exit_layers(cfg.exit_layers, encoder.num_layers)
         self.exit_weights = parse_exit_weights(cfg.exit_loss_weights, len(self.exit_layers) + 1)
-        if cfg.exit_training not in EXIT_TRAINING:
-            raise ValueError(f"model.exit_training={cfg.exit_training!r} must be one of {EXIT_TRAINING}")
+        trains = choose(EXIT_TRAINING, cfg.exit_training, "exit_training")
         dim = self.w2v_encoder.proj.in_features
         self.exit_heads = nn.ModuleDict({str(i): exit_head(dim, vocab, cfg.exit_head) for i in self.exit_layers})
         self.exit_runner = ExitRunner(encoder, self.exit_heads, self.exit_layers, self.w2v_encoder.final_dropout)
         encoder.layer_hook = self.exit_runner
         if cfg.exit_init:
             self.load_backbone(cfg.exit_init)
-        if cfg.exit_training == "exits_only":
-            for name, param in self.named_parameters():
-                param.requires_grad = name.startswith("exit_heads.")
+        for name, param in self.named_parameters():
+            param.requires_grad = param.requires_grad and trains(name)
 
     def load_backbone(self, path: str) -> None:
         """Every weight but the exit heads from a fine-tuned CTC checkpoint (refusing a mismatch)."""

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from ..modules.deberta_encoder import DebertaEncoder
+from ..modules.disentangled_attention import position_terms
 from ..modules.layerwise import LayerState
 from ..modules.squeezed_encoder import SqueezedEncoder
 from .registry import register_models
@@ -29,15 +30,11 @@ class SEWDConfig(SEWConfig):
     norm_rel_ebd: str = field(default="layer_norm", metadata={"help": "normalisation of the relative table"})
 
 
-def _pos_att_kinds(text: str) -> set:
-    return {t.strip() for t in str(text).split("|") if t.strip()}
-
-
 SEW_D_RULES: List[Rule] = [
     # log buckets: exact within +-buckets/2 (2 at least), log-spaced out to max_position_embeddings
     ("position_buckets", lambda v, c: 2 <= v < c.max_position_embeddings,
      "in [2, model.max_position_embeddings={c.max_position_embeddings})"),
-    ("pos_att_type", lambda v, c: _pos_att_kinds(v) <= {"c2p", "p2c"}, "'c2p', 'p2c' or 'p2c|c2p'"),
+    ("pos_att_type", lambda v, c: position_terms(v) is not None, "'c2p', 'p2c' or 'p2c|c2p'"),
 ]
 
 

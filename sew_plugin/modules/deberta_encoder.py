@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .disentangled_attention import DisentangledSelfAttention, RelativePositions, weights_key
+from .disentangled_attention import DisentangledSelfAttention, RelativePositions, position_terms, weights_key
 
 LAYER_NORM_EPS = 1e-7  # DeBERTa's, used by every LayerNorm of the SEW-D encoder
 
@@ -74,9 +74,7 @@ class DebertaEncoder(nn.Module):
         hidden_dropout: float, pos_att_type: str, position_buckets: int, max_position: int,
     ):
         super().__init__()
-        kinds = {t.strip() for t in pos_att_type.split("|") if t.strip()}
-        if not kinds <= {"c2p", "p2c"}:
-            raise ValueError(f"model.pos_att_type must combine 'c2p' and 'p2c' with '|', got {pos_att_type!r}")
+        kinds = position_terms(pos_att_type)
         self.position_buckets, self.max_position = position_buckets, max_position
         self.hidden_dropout = hidden_dropout
         self.layer = nn.ModuleList(

@@ -32,6 +32,18 @@ import torch.nn.functional as F
 from torch import nn
 
 
+POSITION_TERMS = ("c2p", "p2c")  # content-to-position, position-to-content
+
+
+def position_terms(pos_att_type: str) -> Tuple[str, ...]:
+    """The position terms a ``pos_att_type`` string names (``"p2c|c2p"`` -> ("p2c", "c2p"), in its
+    order), refused by key unless each is ``c2p`` or ``p2c``."""
+    terms = tuple(dict.fromkeys(t.strip() for t in str(pos_att_type).split("|") if t.strip()))
+    if not set(terms) <= set(POSITION_TERMS):
+        raise ValueError(f"model.pos_att_type must combine 'c2p' and 'p2c' with '|', got {pos_att_type!r}")
+    return terms
+
+
 def log_bucket(relative: torch.Tensor, buckets: int, max_position: int) -> torch.Tensor:
     """DeBERTa-v2's log bucketing of relative distances: exact within +-buckets/2, log beyond.
 

@@ -16,12 +16,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config_rules import choose
 from .side_outputs import report
 
 if TYPE_CHECKING:  # importing layerwise pulls in fairseq, which the `sew` command line avoids at start-up
     from .layerwise import LayerState
 
-HEAD_TYPES = ("linear", "mlp")
 POLICIES = ("layer", "entropy", "similarity", "nbest")
 
 
@@ -53,14 +53,15 @@ def parse_exit_weights(text: str, count: int) -> List[float]:
     return weights
 
 
+HEADS = {
+    "linear": lambda dim, vocab: nn.Linear(dim, vocab),
+    "mlp": lambda dim, vocab: nn.Sequential(nn.Linear(dim, dim), nn.LeakyReLU(), nn.Linear(dim, vocab)),
+}
+
+
 def exit_head(dim: int, vocab: int, kind: str) -> nn.Module:
-    """A CTC head: ``linear``, or ``mlp`` (Linear-LeakyReLU-Linear, as in Zaiem et al.)."""
-    if kind == "linear":
-        head = nn.Linear(dim, vocab)
-    elif kind == "mlp":
-        head = nn.Sequential(nn.Linear(dim, dim), nn.LeakyReLU(), nn.Linear(dim, vocab))
-    else:
-        raise ValueError(f"model.exit_head={kind!r} must be one of {HEAD_TYPES}")
+    """A CTC head of ``HEADS``: ``linear``, or ``mlp`` (Linear-LeakyReLU-Linear, as in Zaiem et al.)."""
+    head = choose(HEADS, kind, "exit_head")(dim, vocab)
     for m in head.modules():
         if isinstance(m, nn.Linear):
             nn.init.xavier_uniform_(m.weight)

@@ -21,15 +21,16 @@ padded samples are zeroed before filtering (they then act as the zero padding of
 convolution), and outputs beyond each utterance's output length are zeroed.
 """
 
-from typing import Optional, Tuple
+from dataclasses import dataclass
+from typing import Callable, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config_rules import choose
 from .squeeze import conv_output_lengths, lengths_to_padding_mask, padding_mask_to_lengths
 
-METHODS = ("conv", "avgpool", "resample")
 FACTORS = (2, 3, 4)
 TAPS = 161
 POOL_KERNEL, POOL_PADDING = 10, 2
@@ -49,30 +50,59 @@ def lowpass_filter(factor: int, taps: int = TAPS) -> torch.Tensor:
     return (h / h.sum()).float()
 
 
+def learned_filter(factor: int) -> nn.Conv1d:
+    """``"conv"``: a learned ``Conv1d(1, 1, 161, stride=f)`` that starts as the resampling lowpass."""
+    conv = nn.Conv1d(1, 1, TAPS, stride=factor, padding=TAPS // 2)
+    with torch.no_grad():
+        conv.weight.copy_(lowpass_filter(factor).view(1, 1, TAPS))
+        conv.bias.zero_()
+    return conv
+
+
+class FixedLowpass(nn.Module):
+    """``"resample"``: the Kaiser-windowed sinc lowpass applied with stride f. A function of the
+    factor alone, kept as a non-persistent buffer, so checkpoints need no copy of it."""
+
+    def __init__(self, factor: int):
+        super().__init__()
+        self.factor = factor
+        self.register_buffer("lowpass", lowpass_filter(factor).view(1, 1, TAPS), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv1d(x, self.lowpass, stride=self.factor, padding=TAPS // 2)
+
+
+@dataclass(frozen=True)
+class Method:
+    """How one method shortens the waveform: the child module (built from the factor) under the
+    attribute name checkpoints know it by, and its kernel and padding for the length formula."""
+
+    attribute: str
+    build: Callable[[int], nn.Module]
+    kernel: int
+    padding: int
+
+
+METHODS = {
+    "conv": Method("conv", learned_filter, TAPS, TAPS // 2),
+    "avgpool": Method("pool", lambda f: nn.AvgPool1d(POOL_KERNEL, stride=f, padding=POOL_PADDING), POOL_KERNEL,
+                      POOL_PADDING),
+    "resample": Method("resample", FixedLowpass, TAPS, TAPS // 2),
+}
+
+
 class InputDownsampler(nn.Module):
-    """Shortens a padded batch of 16 kHz waveforms by ``factor`` with one of ``METHODS``."""
+    """Shortens a padded batch of 16 kHz waveforms by ``factor`` with one of ``METHODS``
+    (parameters: ``conv.weight`` and ``conv.bias`` for the learned filter, none otherwise)."""
 
     def __init__(self, method: str, factor: int):
         super().__init__()
-        if method not in METHODS:
-            raise ValueError(f"model.input_downsample={method!r}: expected one of {METHODS}")
+        chosen = choose(METHODS, method, "input_downsample")
         if factor not in FACTORS:
             raise ValueError(f"model.input_downsample_factor={factor!r}: expected one of {FACTORS}")
-        self.method, self.factor = method, int(factor)
-        if method == "avgpool":
-            self.kernel, self.padding = POOL_KERNEL, POOL_PADDING
-            self.pool = nn.AvgPool1d(POOL_KERNEL, stride=self.factor, padding=POOL_PADDING)
-            return
-        self.kernel, self.padding = TAPS, TAPS // 2
-        lowpass = lowpass_filter(self.factor).view(1, 1, TAPS)
-        if method == "conv":
-            self.conv = nn.Conv1d(1, 1, TAPS, stride=self.factor, padding=self.padding)
-            with torch.no_grad():
-                self.conv.weight.copy_(lowpass)
-                self.conv.bias.zero_()
-        else:
-            # A function of the factor alone, so checkpoints need no copy of it.
-            self.register_buffer("lowpass", lowpass, persistent=False)
+        self.method, self.factor = str(method), int(factor)
+        self.attribute, self.kernel, self.padding = chosen.attribute, chosen.kernel, chosen.padding
+        self.add_module(chosen.attribute, chosen.build(self.factor))
 
     def extra_repr(self) -> str:
         return f"method={self.method!r}, factor={self.factor}"
@@ -94,14 +124,7 @@ class InputDownsampler(nn.Module):
         """(B, S) waveforms and (B, S) padding mask (True = padding, or None) -> (B, S') and (B, S')."""
         if padding_mask is not None:
             source = source.masked_fill(padding_mask, 0.0)
-        x = source.unsqueeze(1)  # (B, 1, S)
-        if self.method == "conv":
-            x = self.conv(x)
-        elif self.method == "avgpool":
-            x = self.pool(x)
-        else:
-            x = F.conv1d(x, self.lowpass, stride=self.factor, padding=self.padding)
-        x = x.squeeze(1)  # (B, S')
+        x = getattr(self, self.attribute)(source.unsqueeze(1)).squeeze(1)  # (B, 1, S) -> (B, S')
         if padding_mask is None:
             return x, None
         out_lengths = self.output_lengths(padding_mask_to_lengths(padding_mask, source))

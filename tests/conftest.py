@@ -1,5 +1,6 @@
 """Shared helpers: tiny model configs and real WAV corpora written with soundfile."""
 
+import json
 import os
 import subprocess
 import sys
@@ -128,6 +129,24 @@ TINY_PRETRAINING = TINY_PRETRAINING_COMMON + ["model.wfe_c_channels=8", "model.m
 TINY_W2V2_FRONT_END = "[(32,10,5)] + [(32,3,2)]*4 + [(32,2,2)]*2"
 TINY_W2V2_PRETRAINING = TINY_PRETRAINING_COMMON + [f"model.conv_feature_layers='{TINY_W2V2_FRONT_END}'", "model.conv_pos=16"]
 
+# A short CTC fine-tuning schedule on top of the real configs/finetuning/*.yaml (tiny pre-trained encoders).
+TINY_FINETUNING = [
+    "common.cpu=true",
+    "common.fp16=false",
+    "common.log_interval=1",
+    "distributed_training.distributed_world_size=1",
+    "dataset.num_workers=0",
+    "dataset.max_tokens=120000",
+    "optimization.max_update=6",
+    "optimization.lr=[0.0005]",
+    "model.freeze_finetune_updates=2",
+    "model.mask_length=2",
+    "model.mask_prob=0.2",
+    "model.mask_channel_length=4",
+    "model.mask_channel_prob=0.1",
+    "model.layerdrop=0.05",
+]
+
 
 def hydra_train_command(tmp_path: Path, group: str, config: str, overrides, run_dir: str = "hydra"):
     """The real ``fairseq-hydra-train`` command line for ``configs/<group>/<config>.yaml``,
@@ -142,6 +161,12 @@ def hydra_train_command(tmp_path: Path, group: str, config: str, overrides, run_
         f"hydra.run.dir={tmp_path / run_dir}",
         *overrides,
     ]
+
+
+def log_records(log: str, name: str = "train_inner"):
+    """The records fairseq's json log format prints under ``[name]`` (``train_inner``: one per
+    ``common.log_interval`` updates; ``valid``: one per validation; ``train``: one per epoch), in order."""
+    return [json.loads(line[line.index("{"):]) for line in log.splitlines() if f"[{name}]" in line]
 
 
 def hydra_train(tmp_path: Path, group: str, config: str, overrides, threads: int = 2):

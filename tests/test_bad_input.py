@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 from hypothesis import HealthCheck, given, settings, strategies as st
-from omegaconf import OmegaConf
 
 from conftest import TINY_PRETRAINING, hydra_train, write_manifest, write_wav_corpus
+from helpers import finetuning_task, pretraining_task
 from sew_plugin.cli import main as sew
 from sew_plugin.data.audio import audio_frames
 from sew_plugin.data.errors import DataError, DataErrors, read_lines
@@ -415,21 +415,6 @@ def test_any_text_as_transcripts_is_read_or_refused_by_line(text, tsv):
 # ---------------------------------------------------------------- the training tasks' dataset loader
 
 
-def pretraining_task(data: Path, **cfg):
-    from fairseq.tasks.audio_pretraining import AudioPretrainingConfig
-    from sew_plugin.tasks.audio import SewAudioPretrainingTask
-
-    return SewAudioPretrainingTask.setup_task(OmegaConf.structured(AudioPretrainingConfig(data=str(data), tpu=False, seed=1, **cfg)))
-
-
-def finetuning_task(data: Path, **cfg):
-    from fairseq.tasks.audio_finetuning import AudioFinetuningConfig
-    from sew_plugin.tasks.audio import SewAudioFinetuningTask
-
-    cfg.setdefault("labels", "ltr")
-    return SewAudioFinetuningTask.setup_task(OmegaConf.structured(AudioFinetuningConfig(data=str(data), tpu=False, seed=1, **cfg)))
-
-
 @pytest.mark.parametrize("finetuning", [False, True], ids=["pretraining", "finetuning"])
 @pytest.mark.parametrize("kind", HEADER_KINDS)
 def test_training_loader_refuses_bad_audio_by_manifest_line(tmp_path, kind, finetuning):
@@ -572,6 +557,7 @@ def tail(run, lines=8):
     return "\n".join((run.stderr or "").strip().splitlines()[-lines:])
 
 
+@pytest.mark.slow
 def test_hydra_train_stops_on_a_bad_manifest_naming_each_line(tmp_path, corpus):
     root, rows = corpus
     data = tmp_path / "data"
@@ -590,6 +576,7 @@ def test_hydra_train_stops_on_a_bad_manifest_naming_each_line(tmp_path, corpus):
     assert not (tmp_path / "ckpt" / "checkpoint_last.pt").exists()
 
 
+@pytest.mark.slow
 def test_hydra_train_refuses_an_absurd_task_key_by_name(tmp_path, corpus):
     root, _ = corpus
     run = hydra_train(tmp_path, "pretraining", "sew_tiny",
@@ -599,6 +586,7 @@ def test_hydra_train_refuses_an_absurd_task_key_by_name(tmp_path, corpus):
     assert not (tmp_path / "ckpt" / "checkpoint_last.pt").exists()
 
 
+@pytest.mark.slow
 def test_hydra_finetuning_stops_on_labels_outside_the_dictionary(tmp_path, corpus):
     root, rows = corpus
     data = tmp_path / "data"

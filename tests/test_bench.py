@@ -113,10 +113,10 @@ def test_cif_rows_by_lambda_and_by_frame_period():
     tiny.cif.set_lambda(lam)
     x = torch.randn(1, 64000, generator=torch.Generator().manual_seed(0))  # the noise it was found on
     compressed = mac_counts(tiny, forward, x)
-    assert abs(frame_period_ms(tiny) - 80.0) < 5.0
+    assert abs(frame_period_ms(tiny, forward, x) - 80.0) < 5.0
     tiny.cif.set_lambda(0.0)
     full = mac_counts(tiny, forward, x)
-    assert frame_period_ms(tiny) == 20.0
+    assert frame_period_ms(tiny, forward, x) == 20.0
     # the context network (encoder + CIF) shrinks with the frames; the CIF module and the front end do not
     assert compressed["SEWModel.cif"] == full["SEWModel.cif"]
     assert compressed["SEWModel.encoder"] < full["SEWModel.encoder"] / 3.5
@@ -133,7 +133,7 @@ def test_downsampled_rows_shorten_the_input_before_the_model(method):
     down_model, down = build(f"sew_tiny:down2{method}")
     assert down(x).size(1) == full(x[:, ::2]).size(1)  # half the samples, half the frames
     assert 0.4 < count_macs(down_model, down, x) / count_macs(full_model, full, x) < 0.6
-    assert frame_period_ms(down_model, f"sew_tiny:down2{method}") == 2 * frame_period_ms(full_model) == 80.0
+    assert frame_period_ms(down_model, down, x, f"sew_tiny:down2{method}") == 2 * frame_period_ms(full_model, full, x) == 80.0
 
 
 @pytest.mark.parametrize("name, message", [
@@ -169,16 +169,59 @@ def test_every_row_moves_whole_with_its_model(tiny_presets, name):
     assert features.dtype == torch.float64 and features.size(0) == 2
 
 
+def timed_forwards(monkeypatch):
+    """Spy on ``sew bench``'s timed forwards: for each, the row it belongs to, whether CPU autocast
+    was on and at which dtype, and the dtypes the ``nn.Linear`` layers computed in during it."""
+    from sew_plugin.inference import bench
+
+    rows, calls = {}, []
+    build, timed = bench.build, bench._timed
+
+    def recording_build(name):
+        model, forward = build(name)
+        rows[id(forward)] = name
+        return model, forward
+
+    def recording_timed(forward, x):
+        linear = set()
+
+        def hook(module, inputs, output):
+            if isinstance(module, torch.nn.Linear):
+                linear.add(output.dtype)
+
+        handle = torch.nn.modules.module.register_module_forward_hook(hook)
+        try:
+            seconds = timed(forward, x)
+        finally:
+            handle.remove()
+        calls.append((rows[id(forward)], torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu"), linear))
+        return seconds
+
+    monkeypatch.setattr(bench, "build", recording_build)
+    monkeypatch.setattr(bench, "_timed", recording_timed)
+    return calls
+
+
 @pytest.mark.parametrize("dtype", ["bf16", "fp16"])
-def test_half_precision_rows_run_under_autocast_with_the_fp32_macs(tiny_presets, dtype):
+def test_half_precision_rows_run_under_autocast_with_the_fp32_macs(tiny_presets, monkeypatch, dtype):
+    """Every timed forward of a ``--dtype bf16`` / ``fp16`` row runs under CPU autocast at that dtype
+    (its linear layers compute in it); the MACs are those of the fp32 rows, which autocast leaves alone."""
     from sew_plugin.inference.bench import run
 
     models = ["sew_d_tiny", "st_sew_base@2,2,1", "w2v2_base:down2conv", "sew_tiny"]
     kwargs = dict(seconds=[0.5], batch_sizes=[1], repeat=1, warmup=0, baseline="sew_tiny", log=lambda _: None)
+    calls = timed_forwards(monkeypatch)
     half = {r.model: r for r in run(models, dtype=dtype, **kwargs)}
+    half_calls, calls[:] = list(calls), []
     full = {r.model: r for r in run(models, **kwargs)}
     for name in models:
         assert half[name].median_ms > 0 and half[name].gmacs == full[name].gmacs > 0
+    want = {"bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
+    assert sorted(c[0] for c in half_calls) == sorted(c[0] for c in calls) == sorted(models)  # one timed forward each
+    for name, enabled, autocast_dtype, linear in half_calls:
+        assert enabled and autocast_dtype == want and linear == {want}, (name, enabled, autocast_dtype, linear)
+    for name, enabled, _, linear in calls:
+        assert not enabled and linear == {torch.float32}, (name, enabled, linear)
 
 
 @pytest.mark.parametrize("argv, message", [

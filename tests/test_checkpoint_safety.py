@@ -76,6 +76,7 @@ def test_early_exit_training_refuses_a_poisoned_backbone(poisoned):
         SEWCtc.load_backbone(None, str(poisoned))
 
 
+@pytest.mark.slow
 def test_a_resume_from_a_poisoned_checkpoint_stops_before_training(poisoned, tmp_path):
     save_dir = tmp_path / "ckpt"
     save_dir.mkdir()

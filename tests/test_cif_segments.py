@@ -12,6 +12,7 @@ import torch
 from omegaconf import OmegaConf
 
 import sew_plugin.models  # noqa: F401
+from sew_plugin.modules.side_outputs import collecting
 from sew_plugin.criterions.sew_wav2vec import SewWav2vecCriterion
 from sew_plugin.data.errors import DataError, DataErrors
 from sew_plugin.data.manifest import read_manifest
@@ -151,12 +152,13 @@ def test_criterion_logs_the_guidance_loss_of_the_batch_boundaries(tmp_path):
     batch = ds.collater([ds[0], ds[1]])
     model = tiny_model(task, compressor="cif", cif_lambda=1.0).train()
     criterion = SewWav2vecCriterion(task, infonce=True, loss_weights=[0.1, 10, 1.0], log_keys=[])
-    _, sample_size, log = criterion(model, batch)
-    alpha, boundaries = model.last_cif.alpha, batch["net_input"]["cif_boundaries"]
+    with collecting() as reported:
+        _, sample_size, log = criterion(model, batch)
+    alpha, boundaries = reported["cif"].alpha, batch["net_input"]["cif_boundaries"]
     assert boundaries.tolist() == [[20, 40, 60], [15, 45, -1]]
     # loss_0 is the contrastive loss, loss_1..3 the extra losses weighted by criterion.loss_weights
     assert log["loss_3"] == pytest.approx(guidance_loss(alpha, boundaries).item() * sample_size, rel=1e-5)
-    assert log["loss_3"] != pytest.approx(rate_loss(alpha, model.last_cif.frames, 0.25).item() * sample_size)
+    assert log["loss_3"] != pytest.approx(rate_loss(alpha, reported["cif"].frames, 0.25).item() * sample_size)
 
 
 def test_a_model_without_cif_is_refused_naming_task_segments(tmp_path):
@@ -168,6 +170,7 @@ def test_a_model_without_cif_is_refused_naming_task_segments(tmp_path):
 # ---------------------------------------------------------------- a real pre-training run
 
 
+@pytest.mark.slow
 def test_pretraining_run_is_guided_by_the_segment_files(tmp_path):
     data = pretraining_corpus(tmp_path / "data")
     for split in ("train", "valid"):  # an end every 0.2 s: alpha must fall from its initial 0.25 to 0.1

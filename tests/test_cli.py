@@ -1,15 +1,22 @@
 """The ``sew`` command line itself: help that names every option's default, exit statuses, a
-pre-trained checkpoint refused where a fine-tuned one is needed, and output kept to results."""
+pre-trained checkpoint refused where a fine-tuned one is needed, and output kept to results (the
+libraries' log levels set before torch starts)."""
 
+import json
+import logging
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 from typing import Dict
 
 import pytest
+import torch
 
+import sew_plugin
 from conftest import write_manifest, write_wav_corpus
+from helpers import pretrained_checkpoint
 from sew_plugin.cli import main as sew
 
 SEW = str(Path(sys.executable).with_name("sew"))
@@ -76,8 +83,6 @@ def test_usage_and_data_errors_both_exit_2_without_a_traceback(tmp_path):
 
 @pytest.mark.parametrize("command", ["infer", "sweep", "export-onnx"])
 def test_a_pretrained_checkpoint_is_refused_where_a_ctc_one_is_needed(tmp_path, capsys, command):
-    from test_export_hf import pretrained_checkpoint
-
     checkpoint = pretrained_checkpoint(tmp_path / "pretrained.pt", "sew")
     rows = write_wav_corpus(tmp_path / "audio", [16000])
     write_manifest(tmp_path / "valid.tsv", tmp_path / "audio", rows)
@@ -91,12 +96,80 @@ def test_a_pretrained_checkpoint_is_refused_where_a_ctc_one_is_needed(tmp_path, 
                                                f"{command} takes fine-tuned sew_ctc or wav2vec_ctc checkpoints")
 
 
-def test_library_noise_is_silenced(tmp_path):
+QUIET = {"KINETO_LOG_LEVEL": "6", "TORCH_CPP_LOG_LEVEL": "ERROR"}  # what sew_plugin.cli._quiet_libraries sets
+TEXT_TO_SPEECH = "fairseq.tasks.text_to_speech"  # logs its tensorboardX hint at INFO on import
+
+# Run as the console script runs main (the plugin's CLI imported, nothing else yet): the two variables
+# as torch saw them when it was imported (c10 reads TORCH_CPP_LOG_LEVEL then), and the fairseq logger's level.
+AT_TORCH_IMPORT = """
+import json, logging, os, sys
+seen = {}
+class Spy:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" and not seen:
+            seen.update({k: os.environ.get(k) for k in %r})
+sys.meta_path.insert(0, Spy())
+from sew_plugin.cli import main
+torch_before_main = "torch" in sys.modules
+main(["user-dir"])
+import torch  # noqa: F401  (already imported if the command needed it)
+print(json.dumps({"torch_before_main": torch_before_main, "at_torch_import": seen,
+                  "level": logging.getLogger(%r).level}))
+""" % (sorted(QUIET), TEXT_TO_SPEECH)
+
+
+def test_main_quiets_the_libraries_before_torch_starts():
     """fairseq's tensorboardX hint, kineto's profiler_start/stop lines and c10's allocator warning
-    (``sew bench`` profiles the CPU forward for its peak memory) stay out of the output."""
+    (``sew bench`` profiles the CPU forward for its peak memory) are kept out of the output by levels
+    main sets before torch is imported: the logger's to WARNING, kineto's and c10's by variable."""
+    env = {k: v for k, v in os.environ.items() if k not in QUIET}
+    run = subprocess.run([sys.executable, "-c", AT_TORCH_IMPORT], capture_output=True, text=True, env=env, timeout=120)
+    assert run.returncode == 0, run.stderr[-3000:]
+    user_dir, report = run.stdout.splitlines()
+    assert user_dir == str(Path(sew_plugin.__file__).parent)
+    assert json.loads(report) == {"torch_before_main": False, "at_torch_import": QUIET, "level": logging.WARNING}
+
+
+def test_a_users_own_library_log_levels_are_kept(monkeypatch):
+    """The variables are defaults only: set them to see those messages again."""
+    from sew_plugin.cli import _quiet_libraries
+
+    logger = logging.getLogger(TEXT_TO_SPEECH)
+    monkeypatch.setenv("KINETO_LOG_LEVEL", "2")
+    monkeypatch.delenv("TORCH_CPP_LOG_LEVEL", raising=False)
+    level = logger.level
+    try:
+        logger.setLevel(logging.NOTSET)
+        _quiet_libraries()
+        assert logger.level == logging.WARNING
+    finally:
+        logger.setLevel(level)
+    assert (os.environ["KINETO_LOG_LEVEL"], os.environ["TORCH_CPP_LOG_LEVEL"]) == ("2", "ERROR")
+
+
+@pytest.mark.slow
+def test_sew_bench_prints_its_results_and_nothing_else():
+    """The installed script, profiling included: stdout holds exactly the progress lines, the machine
+    line and the table; stderr is empty (no library's hint, profiler line or allocator warning)."""
     run = subprocess.run([SEW, "bench", "--models", "sew_d_tiny", "--baseline", "sew_d_tiny", "--seconds", "0.1",
                           "--batch-size", "1", "--repeat", "1", "--warmup", "0", "--threads", "1"],
                          capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
     assert run.returncode == 0, run.stderr
-    for noise in ("tensorboardX", "profiler_start", "USDT", "CPUAllocator", "Memory block of unknown size"):
-        assert noise not in run.stderr + run.stdout, noise
+    assert run.stderr == ""
+    from sew_plugin.inference.bench import to_markdown
+
+    header, rule = to_markdown([], "sew_d_tiny").splitlines()
+    number = r"[0-9]+(\.[0-9]+)?"
+    expected = [
+        re.escape("building sew_d_tiny"),
+        r"sew_d_tiny batch 1 0\.1 s: [0-9]+ ms, x1\.00 vs sew_d_tiny",
+        "",
+        rf"1 threads, torch {re.escape(torch.__version__)}, device cpu, fp32",
+        "",
+        re.escape(header),
+        re.escape(rule),
+        rf"\| sew_d_tiny \| 1 \| 0\.1 \| 24\.1 \| [0-9]+ \| [0-9]+-[0-9]+ \| {number} \| 1\.00x( \| {number}){{4}} \|",
+        "",  # the table ends its last line, print its own
+    ]
+    lines = run.stdout.splitlines()
+    assert len(lines) == len(expected) and all(re.fullmatch(p, line) for p, line in zip(expected, lines)), run.stdout

@@ -21,8 +21,7 @@ from sew_plugin.models.sew_d import SEWDConfig, SEWDModel
 from sew_plugin.models.st_sew import StSEWConfig, StSEWModel
 
 from conftest import TINY_SEW, TINY_W2V2_FRONT_END
-from test_numerics_edges import _ctc
-from test_original_release import write_release_checkpoint
+from helpers import tiny_ctc, write_release_checkpoint
 
 FAMILIES = {"sew": (SEWModel, SEWConfig), "sew_d": (SEWDModel, SEWDConfig), "st_sew": (StSEWModel, StSEWConfig)}
 
@@ -188,8 +187,8 @@ def test_channel_mask_lengths_accepted_are_those_fairseq_draws(prob):
 def test_fine_tuning_channel_masks_are_checked_against_the_encoder_width():
     """fairseq writes the fine-tuning masks over the pre-trained encoder's (32 channels here)."""
     with pytest.raises(ValueError, match=r"^model\.mask_channel_length must be below the 32 channels"):
-        _ctc(SEWConfig(**TINY_SEW), "sew", mask_channel_prob=0.25, mask_channel_length=64)
-    assert _ctc(SEWConfig(**TINY_SEW), "sew", mask_channel_prob=0.25, mask_channel_length=8) is not None
+        tiny_ctc(SEWConfig(**TINY_SEW), "sew", mask_channel_prob=0.25, mask_channel_length=64)
+    assert tiny_ctc(SEWConfig(**TINY_SEW), "sew", mask_channel_prob=0.25, mask_channel_length=8) is not None
 
 
 def test_fine_tuning_channel_masks_of_a_wav2vec2_checkpoint_are_checked_once_it_is_read(tmp_path):

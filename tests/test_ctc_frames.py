@@ -7,20 +7,19 @@ import logging
 import pytest
 import torch
 
-from conftest import TINY_PRETRAINING, TINY_SEW, hydra_train, waveform_batch, write_manifest, write_wav_corpus
+from conftest import (TINY_FINETUNING, TINY_PRETRAINING, TINY_SEW, hydra_train, waveform_batch, write_manifest,
+                      write_wav_corpus)
+from helpers import finetuning_task, tiny_ctc
 from sew_plugin.models.sew import SEWConfig
 from sew_plugin.models.st_sew import StSEWConfig
-from test_bad_input import finetuning_task
-from test_finetune_e2e import TINY_FINETUNING
-from test_numerics_edges import _ctc
 
 DOWN4 = dict(input_downsample="avgpool", input_downsample_factor=4)
 CTC_MODELS = {
-    "sew_s2": lambda: _ctc(SEWConfig(**TINY_SEW, squeeze_factor=2), "sew"),
-    "avgpool4": lambda: _ctc(SEWConfig(**TINY_SEW), "sew", **DOWN4),
-    "avgpool4_2_per_step": lambda: _ctc(SEWConfig(**TINY_SEW), "sew", **DOWN4, ctc_frames_per_step=2),
-    "st_sew_222_resample2": lambda: _ctc(StSEWConfig(**TINY_SEW), "st_sew", operating_point="2,2,2",
-                                         input_downsample="resample", input_downsample_factor=2),
+    "sew_s2": lambda: tiny_ctc(SEWConfig(**TINY_SEW, squeeze_factor=2), "sew"),
+    "avgpool4": lambda: tiny_ctc(SEWConfig(**TINY_SEW), "sew", **DOWN4),
+    "avgpool4_2_per_step": lambda: tiny_ctc(SEWConfig(**TINY_SEW), "sew", **DOWN4, ctc_frames_per_step=2),
+    "st_sew_222_resample2": lambda: tiny_ctc(StSEWConfig(**TINY_SEW), "st_sew", operating_point="2,2,2",
+                                             input_downsample="resample", input_downsample_factor=2),
 }
 CIF = SEWConfig(**TINY_SEW, squeeze_factor=1, compressor="cif")
 
@@ -37,7 +36,7 @@ def test_ctc_frames_are_the_frames_forward_emits(name):
 
 @pytest.mark.parametrize("upsample", [True, False])
 def test_ctc_frames_of_cif_vary_with_the_audio(upsample):
-    model = _ctc(CIF, "sew", cif_lambda=1.0, cif_upsample=upsample).eval()
+    model = tiny_ctc(CIF, "sew", cif_lambda=1.0, cif_upsample=upsample).eval()
     assert model.ctc_frames(torch.tensor([16000])) is None
     source, padding = waveform_batch([9001])
     with torch.no_grad():  # at most the 27 frames of 20 ms, which the task counts as the upper bound
@@ -60,7 +59,7 @@ def labelled_split(folder, labels):
 def task_with_model(folder, **ctc):
     """The fine-tuning task of ``folder`` after building a tiny ``sew_ctc`` through it, as fairseq does."""
     task = finetuning_task(folder)
-    task.build_model(_ctc(SEWConfig(**TINY_SEW), "sew", _name="sew_ctc", **ctc).cfg)
+    task.build_model(tiny_ctc(SEWConfig(**TINY_SEW), "sew", _name="sew_ctc", **ctc).cfg)
     return task
 
 
@@ -91,12 +90,13 @@ def test_a_split_ctc_cannot_align_at_all_is_refused(tmp_path):
 def test_cif_counts_20ms_frames_as_an_upper_bound(tmp_path, caplog):
     folder = labelled_split(tmp_path, [" ".join("AB" * 26), SPARSE, SPARSE])  # 52 symbols > 49 frames
     task = finetuning_task(folder)
-    task.build_model(_ctc(CIF, "sew", _name="sew_ctc", cif_lambda=1.0, cif_upsample=False).cfg)
+    task.build_model(tiny_ctc(CIF, "sew", _name="sew_ctc", cif_lambda=1.0, cif_upsample=False).cfg)
     with caplog.at_level(logging.WARNING, logger="sew_plugin.tasks.audio"):
         task.load_dataset("valid")
     assert "1 of 3 utterances have more label symbols than 20 ms frames (an upper bound" in caplog.text
 
 
+@pytest.mark.slow
 def test_fairseq_hydra_train_refuses_letters_80ms_frames_cannot_hold(tmp_path):
     """fairseq-hydra-train at input_downsample_factor 4: every loss would be zeroed, so training is
     refused by key; with 2 CTC frames per encoder frame the same data trains."""

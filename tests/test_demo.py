@@ -51,6 +51,7 @@ def smoke(tmp_path_factory):
     return out, cmd, first
 
 
+@pytest.mark.slow
 def test_smoke_run_goes_through_every_step(smoke):
     out, _, first = smoke
     for model in ("sew_d", "w2v2"):
@@ -67,6 +68,7 @@ def test_smoke_run_goes_through_every_step(smoke):
     assert "[sew_d]" in first.stdout and "[w2v2]" in first.stdout  # training progress is shown
 
 
+@pytest.mark.slow
 def test_a_rerun_resumes_from_the_finished_steps(smoke):
     out, cmd, _ = smoke
     (out / "results.md").unlink()

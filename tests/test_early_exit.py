@@ -116,6 +116,7 @@ def layer_calls(model):
 
 
 @pytest.mark.parametrize("name", ["sew", "sew_d", "st_sew", "wav2vec2"])
+@pytest.mark.slow
 def test_joint_loss_is_the_weighted_sum_of_per_exit_ctc_losses(pretrained, name):
     from sew_plugin.criterions.ctc_exits import CtcExitsCriterion
     from fairseq.criterions.ctc import CtcCriterionConfig
@@ -146,6 +147,7 @@ def test_joint_loss_is_the_weighted_sum_of_per_exit_ctc_losses(pretrained, name)
     assert "exit3_w_errors" in logging  # validation counts per exit
 
 
+@pytest.mark.slow
 def test_exit_policy_that_always_exits_first_computes_no_later_layer(pretrained):
     model = ctc_model(pretrained, exit_layers="1,2,3")
     source, padding = waveform_batch([16000, 12000, 9000])
@@ -160,6 +162,7 @@ def test_exit_policy_that_always_exits_first_computes_no_later_layer(pretrained)
 
 
 @pytest.mark.parametrize("policy", ["entropy", "similarity", "layer"])
+@pytest.mark.slow
 def test_exit_policy_that_never_exits_is_the_full_model(pretrained, policy):
     model = ctc_model(pretrained, exit_layers="1,2,3")
     source, padding = waveform_batch([16000, 12000, 9000])
@@ -171,6 +174,7 @@ def test_exit_policy_that_never_exits_is_the_full_model(pretrained, policy):
     assert torch.equal(out["encoder_out"], full)
 
 
+@pytest.mark.slow
 def test_exit_decisions_are_per_utterance(pretrained):
     model = ctc_model(pretrained, exit_layers="2")
     source, padding = waveform_batch([16000, 12000])
@@ -192,6 +196,7 @@ def test_exit_decisions_are_per_utterance(pretrained):
             assert (alone["encoder_out"][:, 0] - together["encoder_out"][:t, b]).abs().max() < 1e-4
 
 
+@pytest.mark.slow
 def test_exit_init_must_exist_and_match_the_model(pretrained, tmp_path):
     with pytest.raises(FileNotFoundError, match="model.exit_init="):
         ctc_model(pretrained, exit_layers="2", exit_init=str(tmp_path / "missing.pt"))
@@ -200,6 +205,7 @@ def test_exit_init_must_exist_and_match_the_model(pretrained, tmp_path):
         ctc_model(pretrained, exit_layers="2", exit_init=str(pretrained[1]["sew"]))
 
 
+@pytest.mark.slow
 def test_exits_refuse_an_unknown_training_mode(pretrained):
     with pytest.raises(ValueError, match="model.exit_training='sometimes'"):
         ctc_model(pretrained, exit_layers="2", exit_training="sometimes")
@@ -213,6 +219,7 @@ def test_exits_refuse_an_unknown_training_mode(pretrained):
     (dict(ctc_frames_per_step=2, exit_layers="1"), "model.ctc_frames_per_step > 1 is not supported with model.exit_layers"),
     (dict(cif_lambda=1.0), "model.cif_lambda applies to encoders pre-trained with model.compressor=cif"),
 ])
+@pytest.mark.slow
 def test_bad_sew_ctc_compression_keys_name_the_key(pretrained, keys, message):
     """The other compute-reduction keys of sew_ctc (input downsampling, CIF) on a plain SEW encoder."""
     with pytest.raises(ValueError, match=re.escape(message)):

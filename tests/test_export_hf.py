@@ -25,58 +25,12 @@ from sew_plugin.cli import main
 from sew_plugin.inference.decoding import ViterbiDecoder
 from sew_plugin.interop.export_hf import ctc_vocabulary
 from sew_plugin.interop.hf import sew_ctc_state_dict_to_hf
-from sew_plugin.models.sew import SEWConfig, SEWModel
 from sew_plugin.models.sew_ctc import SEWCtc, SEWCtcConfig
-from sew_plugin.models.sew_d import SEWDConfig, SEWDModel
-from sew_plugin.models.st_sew import StSEWConfig, StSEWModel
 
-from conftest import TINY_SEW
+from helpers import model_cfg, perturbed, pretrained_checkpoint, save_checkpoint
 
 SEW = str(Path(sys.executable).with_name("sew"))
 LETTERS = "|ETAONISHRDLU"  # a letter dictionary as `sew labels` writes it
-
-PRETRAINING = {"sew": (SEWConfig, SEWModel), "sew_d": (SEWDConfig, SEWDModel), "st_sew": (StSEWConfig, StSEWModel)}
-
-
-def model_cfg(name, **overrides):
-    cfg = OmegaConf.structured(PRETRAINING[name][0](**{**TINY_SEW, "encoder_layers": 3, **overrides}))
-    with open_dict(cfg):
-        cfg._name = name
-    return cfg
-
-
-def perturbed(model):
-    """Biases and norm parameters off their 0 / 1 start, so a mapping slip cannot hide."""
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 1:
-                p.add_(0.1 * torch.randn_like(p))
-    return model
-
-
-def save_checkpoint(path: Path, model_section, task_section, state_dict, task_state=None) -> Path:
-    """A checkpoint as fairseq writes it (plain containers, weights, task state)."""
-    torch.save({
-        "args": None,
-        "cfg": {"_name": None, "common": {"user_dir": "/elsewhere/sew_plugin"},
-                "model": OmegaConf.to_container(model_section, resolve=True, enum_to_str=True), "task": task_section},
-        "model": state_dict,
-        "criterion": None,
-        "optimizer_history": [{"criterion_name": "CtcCriterion", "optimizer_name": "FairseqAdam",
-                               "lr_scheduler_state": {"best": None}, "num_updates": 0}],
-        "task_state": task_state or {},
-        "extra_state": {"train_iterator": {"epoch": 1, "iterations_in_epoch": 0}},
-        "last_optimizer_state": None,
-    }, path)
-    return path
-
-
-def pretrained_checkpoint(path, name, normalize=False, **overrides) -> Path:
-    cfg = model_cfg(name, quantize_targets=True, **overrides)
-    model = perturbed(PRETRAINING[name][1].build_model(cfg).eval())
-    task = {"_name": "sew_audio_pretraining", "data": str(path.parent), "normalize": normalize}
-    return save_checkpoint(path, cfg, task, model.state_dict())
-
 
 def target_dictionary():
     d = Dictionary()  # <s>=0 (fairseq's CTC blank), <pad>=1, </s>=2, <unk>=3
@@ -132,6 +86,7 @@ FRAMES = [61, 24, 16]
     ("sew", "default", transformers.SEWModel),
     ("sew_d", "layer_norm", transformers.SEWDModel),
 ])
+@pytest.mark.slow
 def test_pretrained_export_loads_in_transformers_and_matches(tmp_path, name, extractor_mode, hf_class):
     ckpt = pretrained_checkpoint(tmp_path / "checkpoint_best.pt", name, normalize=extractor_mode == "layer_norm",
                                  extractor_mode=extractor_mode)
@@ -170,6 +125,7 @@ def test_pretrained_export_loads_in_transformers_and_matches(tmp_path, name, ext
     ("sew", "layer_norm", transformers.SEWForCTC),
     ("sew_d", "default", transformers.SEWDForCTC),
 ])
+@pytest.mark.slow
 def test_ctc_export_gives_the_same_logits_and_letters(tmp_path, name, extractor_mode, hf_class):
     ckpt = ctc_checkpoint(tmp_path / "checkpoint_best.pt", name, encoder={"extractor_mode": extractor_mode})
     out = tmp_path / "hf"

@@ -3,17 +3,10 @@ lengths and batch sizes the trace never saw; refusals; the ``NAME:onnx`` row of 
 
 import argparse
 import math
-from argparse import Namespace
 
 import pytest
 import torch
-from fairseq.data import Dictionary
-from fairseq.dataclass.configs import FairseqConfig
-from fairseq.models.wav2vec.wav2vec2 import Wav2Vec2Config
-from fairseq.models.wav2vec.wav2vec2_asr import Wav2Vec2CtcConfig, Wav2VecCtc
-from fairseq.tasks.audio_finetuning import AudioFinetuningConfig
-from fairseq.tasks.audio_pretraining import AudioPretrainingConfig
-from omegaconf import OmegaConf, open_dict
+from fairseq.models.wav2vec.wav2vec2_asr import Wav2VecCtc
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
@@ -22,81 +15,15 @@ import sew_plugin.models  # noqa: E402,F401
 from sew_plugin.cli import main  # noqa: E402
 from sew_plugin.data.errors import DataError  # noqa: E402
 from sew_plugin.interop import onnx as export  # noqa: E402
-from sew_plugin.models.sew import SEWConfig  # noqa: E402
-from sew_plugin.models.sew_ctc import SEWCtc, SEWCtcConfig  # noqa: E402
-from sew_plugin.models.sew_d import SEWDConfig  # noqa: E402
-from sew_plugin.models.st_sew import StSEWConfig  # noqa: E402
 
-from conftest import TINY_SEW  # noqa: E402
+from helpers import LETTERS, ctc_model, letters, write_checkpoint  # noqa: E402
 
-LETTERS = list("|ETAONS")
 TOLERANCE = 1e-4
 # batches the graph was not traced on (it is traced on 2 rows of 1.3 and 1.1 s): one row; three
 # padded rows; a row of 30 ms (one 20 ms frame, no squeezed frame) beside a longer one; no padding
 UNSEEN = [(0.9,), (0.7, 1.9, 2.6), (0.03, 0.5), (1.6, 1.6)]
 # single rows of 20 ... 27 frames: every remainder of the length modulo the squeeze and pooling factors
 EVERY_REMAINDER = [((400 + 320 * frames) / 16000,) for frames in range(19, 27)]
-
-
-def encoder_config(kind: str, extractor_mode: str = "layer_norm"):
-    if kind == "sew":
-        return SEWConfig(**TINY_SEW, extractor_mode=extractor_mode, _name="sew")
-    if kind == "sew_d":
-        return SEWDConfig(**TINY_SEW, extractor_mode=extractor_mode, position_buckets=8, max_position_embeddings=32,
-                          _name="sew_d")
-    if kind == "st_sew":
-        return StSEWConfig(**{**TINY_SEW, "squeeze_factor": 1}, extractor_mode=extractor_mode, _name="st_sew")
-    if kind == "sew_cif":
-        return SEWConfig(**{**TINY_SEW, "squeeze_factor": 1}, compressor="cif", extractor_mode=extractor_mode,
-                         _name="sew")
-    assert kind == "wav2vec2"  # fairseq's own, with its default GroupNorm front end
-    return Wav2Vec2Config(encoder_layers=2, encoder_embed_dim=32, encoder_ffn_embed_dim=64, encoder_attention_heads=2,
-                          conv_feature_layers="[(16,10,5)] + [(16,3,2)]*4 + [(16,2,2)]*2", conv_pos=8,
-                          conv_pos_groups=4, encoder_layerdrop=0.0, _name="wav2vec2")
-
-
-def resolved(model_cfg, task_cfg) -> dict:
-    """A whole fairseq config (as a checkpoint stores it: a plain dict, interpolations resolved)."""
-    full = OmegaConf.structured(FairseqConfig())
-    with open_dict(full):
-        full.model, full.task = model_cfg, task_cfg
-    return OmegaConf.to_container(full, resolve=True, enum_to_str=True)
-
-
-def letters() -> Dictionary:
-    d = Dictionary()
-    for c in LETTERS:
-        d.add_symbol(c)
-    return d
-
-
-def ctc_model(kind: str, extractor_mode: str = "layer_norm", **ctc):
-    """A tiny fine-tuned-shape CTC model with random weights: the encoder's config is given as
-    ``w2v_args`` (what a fine-tuned checkpoint carries), so no pre-training checkpoint is needed."""
-    task = OmegaConf.structured(AudioPretrainingConfig(data="unused", normalize=False, _name="audio_pretraining"))
-    w2v_args = OmegaConf.create(resolved(OmegaConf.structured(encoder_config(kind, extractor_mode)), task))
-    common = dict(w2v_args=w2v_args, w2v_path="pretrained.pt", data="unused", normalize=False, apply_mask=False, layerdrop=0.0,
-                  final_dropout=0.0, dropout=0.0, activation_dropout=0.0, attention_dropout=0.0)
-    if kind == "wav2vec2":
-        cfg, cls = Wav2Vec2CtcConfig(**common, **ctc, _name="wav2vec_ctc"), Wav2VecCtc
-    else:
-        cfg, cls = SEWCtcConfig(**common, **ctc, _name="sew_ctc"), SEWCtc
-    return cls.build_model(OmegaConf.structured(cfg), Namespace(target_dictionary=letters())).eval()
-
-
-def write_checkpoint(model, path, data, task_name="audio_finetuning") -> None:
-    """``model`` as fairseq writes a fine-tuned checkpoint: cfg as a plain dict, weights, history (no
-    target dictionary: it is read from ``data``)."""
-    task = OmegaConf.structured(AudioFinetuningConfig(data=str(data), labels="ltr", normalize=False,
-                                                      _name=task_name))
-    state = {
-        "cfg": resolved(model.cfg, task),
-        "model": model.state_dict(),
-        "optimizer_history": [{"criterion_name": "ctc", "optimizer_name": "adam", "lr_scheduler_state": {"best": 1.0},
-                               "num_updates": 10}],
-        "extra_state": {"train_iterator": {"epoch": 1}},
-    }
-    torch.save(state, path)
 
 
 def write_dictionary(folder) -> None:

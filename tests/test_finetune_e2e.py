@@ -15,28 +15,15 @@ import pytest
 import soundfile as sf
 import torch
 
-from conftest import TINY_PRETRAINING, TINY_PRETRAINING_COMMON, TINY_W2V2_PRETRAINING, hydra_train
+from conftest import (TINY_FINETUNING, TINY_PRETRAINING, TINY_PRETRAINING_COMMON, TINY_W2V2_PRETRAINING, hydra_train,
+                      log_records)
+from helpers import half_precision_record
+
+pytestmark = pytest.mark.slow  # every test stands on fairseq-hydra-train runs (module fixtures) and the sew script
 
 SEW = str(Path(sys.executable).with_name("sew"))
 VOCAB = ["THE", "CAT", "SAT", "ON", "A", "MAT", "DOG", "RAN"]
 N_UTTERANCES, N_VALID = 37, 13  # 13 held out, transcribed in batches of 8 (8 + 5)
-
-TINY_FINETUNING = [
-    "common.cpu=true",
-    "common.fp16=false",
-    "common.log_interval=1",
-    "distributed_training.distributed_world_size=1",
-    "dataset.num_workers=0",
-    "dataset.max_tokens=120000",
-    "optimization.max_update=6",
-    "optimization.lr=[0.0005]",
-    "model.freeze_finetune_updates=2",
-    "model.mask_length=2",
-    "model.mask_prob=0.2",
-    "model.mask_channel_length=4",
-    "model.mask_channel_prob=0.1",
-    "model.layerdrop=0.05",
-]
 
 
 def sew_cli(*args):
@@ -197,6 +184,12 @@ def test_sweep_measures_every_operating_point_as_infer_does(finetuned, labelled,
 # ---- early exit: joint and two-step fine-tuning with fairseq-hydra-train, then exit policies ----
 
 EXITS = ["criterion._name=ctc_exits", "+model.exit_layers='1,3'"]
+EXIT_LOSSES = ("exit1_loss", "exit3_loss", "final_loss")
+# The exit runs validate every 2 updates (not only at the end of the epoch, update 6): the held-out
+# losses, deterministic in eval mode, are logged three times on the same data, so their fall measures
+# training (the training batches differ in their utterances' lengths from update to update, and
+# their losses with them).
+VALIDATE_EVERY_2 = ["dataset.validate_interval_updates=2"]
 
 
 @pytest.fixture(scope="module")
@@ -208,13 +201,13 @@ def exit_models(tmp_path_factory, labelled):
                       [f"task.data={labelled / 'data'}", *tiny, "model.encoder_layers=4", "optimization.max_update=2"])
     assert pre.returncode == 0, pre.stderr[-3000:]
     base = [f"task.data={labelled / 'data'}", f"model.w2v_path={work / 'pre' / 'ckpt' / 'checkpoint_last.pt'}", *TINY_FINETUNING]
-    joint = hydra_train(work / "joint", "finetuning", "10h", base + EXITS)
+    joint = hydra_train(work / "joint", "finetuning", "10h", base + EXITS + VALIDATE_EVERY_2)
     assert joint.returncode == 0, joint.stderr[-3000:]
     step1 = hydra_train(work / "step1", "finetuning", "10h", base)  # the backbone alone
     assert step1.returncode == 0, step1.stderr[-3000:]
     step1_ckpt = work / "step1" / "ckpt" / "checkpoint_last.pt"
     step2 = hydra_train(work / "step2", "finetuning", "10h",
-                        base + EXITS + ["+model.exit_training=exits_only", f"+model.exit_init={step1_ckpt}"])
+                        base + EXITS + VALIDATE_EVERY_2 + ["+model.exit_training=exits_only", f"+model.exit_init={step1_ckpt}"])
     assert step2.returncode == 0, step2.stderr[-3000:]
     return {"joint": (work / "joint" / "ckpt" / "checkpoint_last.pt", joint),
             "step1": (step1_ckpt, step1), "step2": (work / "step2" / "ckpt" / "checkpoint_last.pt", step2)}
@@ -227,9 +220,31 @@ def test_fine_tuning_with_exits_logs_every_exit(exit_models):
             assert key in log, (mode, key)
 
 
+def test_every_exit_loss_is_finite_and_falls_with_training(exit_models):
+    """Each exit's CTC loss, and the final head's, is a finite number at every update and every
+    validation; on the held-out data each exit's loss falls from the first validation (after update
+    2) to the last (update 6), jointly trained or alone. Exits-only training (step 2) leaves the final
+    head's held-out loss exactly where it was."""
+    valid = {}
+    for mode in ("joint", "step2"):
+        log = exit_models[mode][1].stdout + exit_models[mode][1].stderr
+        train = log_records(log, "train_inner")
+        assert [r["num_updates"] for r in train] == [str(n) for n in range(1, 7)], mode
+        valid[mode] = log_records(log, "valid")
+        assert [r["valid_num_updates"] for r in valid[mode]] == ["2", "4", "6"], mode
+        for key in EXIT_LOSSES:
+            assert all(math.isfinite(float(r[key])) for r in train), (mode, key, [r[key] for r in train])
+            assert all(math.isfinite(float(r[f"valid_{key}"])) for r in valid[mode]), (mode, key)
+        first, last = valid[mode][0], valid[mode][-1]
+        for key in ("exit1_loss", "exit3_loss"):
+            assert float(last[f"valid_{key}"]) < float(first[f"valid_{key}"]), (mode, key, first, last)
+    assert len({r["valid_final_loss"] for r in valid["step2"]}) == 1, valid["step2"]  # backbone, final head frozen
+
+
 def test_ctc_fine_tuning_with_exits_in_half_precision(exit_models, labelled, tmp_path):
     """The recipes fine-tune with ``common.fp16`` on GPUs; ``common.bf16`` takes fairseq's same
-    half-precision path on the CPU (model and criterion halved, fp32 master weights)."""
+    half-precision path on the CPU (model and criterion halved, fp32 master weights): the checkpoint
+    names fairseq's FP16Optimizer and holds bf16 values only, and every exit's loss is finite."""
     pre = exit_models["step1"][0].parents[2] / "pre" / "ckpt" / "checkpoint_last.pt"
     run = hydra_train(tmp_path, "finetuning", "10h", [f"task.data={labelled / 'data'}", f"model.w2v_path={pre}",
                                                       *TINY_FINETUNING, *EXITS, "common.bf16=true",
@@ -239,6 +254,12 @@ def test_ctc_fine_tuning_with_exits_in_half_precision(exit_models, labelled, tmp
     assert "'bf16': True" in log
     losses = [float(v) for v in re.findall(r'"loss": "([^"]+)"', log)]
     assert losses and all(math.isfinite(v) for v in losses) and "exit1_loss" in log
+    train = log_records(log, "train_inner")
+    assert [r["num_updates"] for r in train] == ["1", "2", "3"]
+    for key in EXIT_LOSSES:
+        assert all(math.isfinite(float(r[key])) for r in train), (key, [r[key] for r in train])
+    optimizer, tensors, not_bf16 = half_precision_record(tmp_path / "ckpt" / "checkpoint_last.pt")
+    assert optimizer == "FP16Optimizer" and tensors > 0 and not_bf16 == [], (optimizer, not_bf16[:5])
 
 
 def test_two_step_training_changes_only_the_exit_heads(exit_models):
@@ -358,8 +379,8 @@ def test_cif_fine_tuned_model_runs_at_any_lambda(compressed_models, labelled, tm
     padding = torch.zeros(2, 32000, dtype=torch.bool)
     padding[1, 20000:] = True
     with torch.no_grad():
-        upsampled = (~model(source=source, padding_mask=padding)["padding_mask"]).sum(-1)
-        compressed = model.w2v_encoder.w2v_model.last_cif
+        out = model(source=source, padding_mask=padding)
+        upsampled, compressed = (~out["padding_mask"]).sum(-1), out["cif"]
         assert torch.equal(upsampled, compressed.durations.sum(1)) and (upsampled > 2 * compressed.lengths).all()
         model.cfg.cif_upsample = False
         assert torch.equal((~model(source=source, padding_mask=padding)["padding_mask"]).sum(-1), compressed.lengths)

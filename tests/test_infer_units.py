@@ -222,12 +222,12 @@ def test_a_stochastic_st_sew_model_needs_an_operating_point():
     from sew_plugin.models.st_sew import StSEWConfig
 
     from conftest import TINY_SEW
-    from test_numerics_edges import _ctc
+    from helpers import tiny_ctc
 
-    stochastic = _ctc(StSEWConfig(**TINY_SEW), "st_sew")
+    stochastic = tiny_ctc(StSEWConfig(**TINY_SEW), "st_sew")
     with pytest.raises(SystemExit, match=r"sew infer: error: this St-SEW model samples its operating point .* "
                                          r"--operating-point S_f,S_k,S_q"):
         operating_point(stochastic, None)
     operating_point(stochastic, "2,2,1")
     assert stochastic.w2v_encoder.w2v_model.encoder.fixed
-    operating_point(_ctc(SEWConfig(**TINY_SEW), "sew"), None)  # nothing to fix
+    operating_point(tiny_ctc(SEWConfig(**TINY_SEW), "sew"), None)  # nothing to fix

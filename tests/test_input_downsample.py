@@ -87,7 +87,8 @@ def test_resample_passes_1khz_and_stops_above_new_nyquist(factor, stop_hz):
 def test_conv_starts_as_resample_and_trains(factor):
     conv, resample = InputDownsampler("conv", factor), InputDownsampler("resample", factor)
     assert list(resample.parameters()) == []
-    assert torch.equal(dict(resample.named_buffers())["lowpass"].flatten(), lowpass_filter(factor))
+    assert torch.equal(dict(resample.named_buffers())["resample.lowpass"].flatten(), lowpass_filter(factor))
+    assert "resample.lowpass" not in resample.state_dict()  # a function of the factor: not in checkpoints
     params = dict(conv.named_parameters())
     assert all(p.requires_grad for p in params.values())
     assert torch.equal(params["conv.weight"].flatten(), lowpass_filter(factor))

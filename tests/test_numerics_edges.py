@@ -16,25 +16,20 @@ because a fresh model's biases are.
 """
 
 import functools
-from argparse import Namespace
 
 import pytest
 import torch
-from fairseq.data import Dictionary
-from omegaconf import OmegaConf, open_dict
 
 import sew_plugin.models  # noqa: F401
+from sew_plugin.modules.side_outputs import collecting
 from sew_plugin.modules.feature_extractor import output_frames
 from sew_plugin.models.sew import SEWConfig
-from sew_plugin.models.sew_ctc import SEWCtc, SEWCtcConfig
+from sew_plugin.models.sew_ctc import SEWCtc
 from sew_plugin.models.sew_d import SEWDConfig
 from sew_plugin.models.st_sew import StSEWConfig
 
 from conftest import TINY_SEW, waveform_batch
-from test_cif_model import tiny_cif
-from test_sew_d import tiny_sew_d
-from test_sew_model import tiny_sew
-from test_st_sew import tiny_st_sew
+from helpers import tiny_cif, tiny_ctc, tiny_sew, tiny_sew_d, tiny_st_sew
 
 SR = 16000
 RECEPTIVE_FIELD = 400  # WFE-C (and WFE-O): samples for the first 20 ms frame
@@ -42,21 +37,6 @@ LN = dict(extractor_mode="layer_norm")
 
 
 # ---- the model table -------------------------------------------------------------------------
-
-def _ctc(pretraining_cfg, name, **ctc):
-    """``sew_ctc`` on a tiny random encoder: the pre-training cfg goes in as ``w2v_args``, as fairseq
-    stores it in a fine-tuned checkpoint (``w2v_path`` is then unused), so no pre-training run is needed."""
-    model_cfg = OmegaConf.structured(pretraining_cfg)
-    with open_dict(model_cfg):
-        model_cfg._name = name
-    w2v_args = OmegaConf.create({"model": model_cfg, "task": {"_name": "audio_pretraining", "data": ".", "normalize": False}})
-    cfg = SEWCtcConfig(w2v_args=w2v_args, w2v_path="unused.pt", data=".", normalize=False, apply_mask=False, layerdrop=0.0, final_dropout=0.0,
-                       dropout=0.0, activation_dropout=0.0, attention_dropout=0.0, **ctc)
-    vocab = Dictionary()
-    for c in "|ETAONS":
-        vocab.add_symbol(c)
-    return SEWCtc.build_model(OmegaConf.structured(cfg), Namespace(target_dictionary=vocab))
-
 
 # name -> (builder, squeeze factor of the encoder (None: CIF), input downsampling factor)
 MODELS = {
@@ -67,12 +47,12 @@ MODELS = {
     "st_sew_221": (lambda: tiny_st_sew(operating_point="2,2,1", **LN), 2, 1),
     "st_sew_222": (lambda: tiny_st_sew(operating_point="2,2,2", **LN), 2, 1),
     "cif": (lambda: tiny_cif(cif_lambda=1.0, **LN), None, 1),
-    "ctc_sew_s2_exit1": (lambda: _ctc(SEWConfig(**TINY_SEW, squeeze_factor=2, **LN), "sew", exit_layers="1"), 2, 1),
-    "ctc_sew_d_s2_exit1": (lambda: _ctc(SEWDConfig(**TINY_SEW, squeeze_factor=2, **LN), "sew_d", exit_layers="1",
-                                        exit_head="mlp"), 2, 1),
-    "ctc_st_sew_222_down2": (lambda: _ctc(StSEWConfig(**TINY_SEW, **LN), "st_sew", operating_point="2,2,2",
-                                          input_downsample="resample", input_downsample_factor=2), 2, 2),
-    "ctc_cif": (lambda: _ctc(SEWConfig(**TINY_SEW, squeeze_factor=1, compressor="cif", **LN), "sew", cif_lambda=1.0), None, 1),
+    "ctc_sew_s2_exit1": (lambda: tiny_ctc(SEWConfig(**TINY_SEW, squeeze_factor=2, **LN), "sew", exit_layers="1"), 2, 1),
+    "ctc_sew_d_s2_exit1": (lambda: tiny_ctc(SEWDConfig(**TINY_SEW, squeeze_factor=2, **LN), "sew_d", exit_layers="1",
+                                            exit_head="mlp"), 2, 1),
+    "ctc_st_sew_222_down2": (lambda: tiny_ctc(StSEWConfig(**TINY_SEW, **LN), "st_sew", operating_point="2,2,2",
+                                              input_downsample="resample", input_downsample_factor=2), 2, 2),
+    "ctc_cif": (lambda: tiny_ctc(SEWConfig(**TINY_SEW, squeeze_factor=1, compressor="cif", **LN), "sew", cif_lambda=1.0), None, 1),
 }
 NAMES = sorted(MODELS)
 
@@ -96,9 +76,18 @@ def pretraining_model(m):
     return m.w2v_encoder.w2v_model if is_ctc(m) else m
 
 
+REPORTED = {}  # what the last ``run``'s forward reported (sew_plugin.modules.side_outputs)
+
+
+def last_compression():
+    """The CIF compression of the last ``run``."""
+    return REPORTED["cif"]
+
+
 def run(m, source, padding=None):
     """-> (B, T, D or V) outputs, (B,) valid frames, {exit layer: (B, T, V)} (CTC with exits)."""
-    with torch.no_grad():
+    REPORTED.clear()
+    with torch.no_grad(), collecting() as reported:
         if is_ctc(m):
             out = m(source=source, padding_mask=padding)
             x, mask = out["encoder_out"].transpose(0, 1), out["padding_mask"]
@@ -106,6 +95,7 @@ def run(m, source, padding=None):
         else:
             out = m(source, padding_mask=padding, mask=False, features_only=True)
             x, mask, exits = out["x"], out["padding_mask"], {}
+    REPORTED.update(reported)
     valid = torch.full((x.size(0),), x.size(1)) if mask is None else (~mask).sum(1)
     return x, valid, exits
 
@@ -118,7 +108,7 @@ def expected_frames(name, m, samples):
         samples = m.input_downsampler.output_lengths(samples)
     frames = output_frames(samples, pretraining_model(m).feature_extractor.layers)
     if MODELS[name][1] is None:
-        cif = pretraining_model(m).last_cif
+        cif = last_compression()
         compressed = cif.lengths  # CIF: compressed, at least one frame, at most T
         assert ((compressed >= (frames > 0).long()) & (compressed <= frames)).all(), (compressed, frames)
         if not is_ctc(m):
@@ -225,7 +215,7 @@ def test_bf16_autocast_is_finite_and_close_to_fp32(name):
     source, padding = waveform_batch(lengths)
     ref, ref_valid, ref_exits = run(m, source, padding)
     cif = MODELS[name][1] is None
-    ref_alpha = pretraining_model(m).last_cif.alpha if cif else None
+    ref_alpha = last_compression().alpha if cif else None
     with torch.autocast("cpu", dtype=torch.bfloat16):
         half, valid, exits = run(m, source, padding)
     assert half.dtype == torch.bfloat16  # autocast did reach the matmuls
@@ -234,7 +224,7 @@ def test_bf16_autocast_is_finite_and_close_to_fp32(name):
     if cif:
         # bf16 moves the weights alpha a little, and where their running sum passes an integer
         # nearby a frame is integrated into a different compressed frame: compare alpha and lengths
-        alpha = pretraining_model(m).last_cif.alpha
+        alpha = last_compression().alpha
         assert torch.isfinite(alpha).all() and (alpha.float() - ref_alpha).abs().max() <= 0.02
         assert (valid - ref_valid).abs().max() <= 2
         return

@@ -16,6 +16,7 @@ from fairseq import checkpoint_utils
 from fairseq.data import Dictionary
 
 from conftest import TINY_SEW, hydra_train, waveform_batch, write_manifest, write_wav_corpus
+from helpers import write_release_checkpoint
 
 from sew_plugin.checkpoint import load_checkpoint
 from sew_plugin.models.original import ReleaseCtc, ReleaseSEWDModel, ReleaseSEWModel
@@ -59,20 +60,6 @@ def release_model_cfg(model: SEWModel, name: str, **changes) -> dict:
     out = {k: (list(getattr(cfg, k)) if k == "latent_temp" else getattr(cfg, k)) for k in fields}
     out = {k: (str(v) if k.endswith(("_selection", "extractor_mode", "activation_fn")) else v) for k, v in out.items()}
     return {"_name": name, "squeeze_factor": cfg.squeeze_factor, **out, **RELEASE_ONLY, **changes}
-
-
-def write_release_checkpoint(path: Path, model_cfg: dict, task_cfg: dict, weights: dict, criterion: str) -> Path:
-    """fairseq's checkpoint layout as the release wrote it (hydra era: a ``cfg``, no ``args``)."""
-    torch.save({
-        "args": None,
-        "cfg": {"_name": None, "common": {"_name": None, "seed": 1}, "task": task_cfg, "model": model_cfg,
-                "criterion": {"_name": criterion}},
-        "model": weights,
-        "optimizer_history": [{"criterion_name": "x", "optimizer_name": "Adam",
-                               "lr_scheduler_state": {"best": None}, "num_updates": 100}],
-        "extra_state": {}, "last_optimizer_state": None,
-    }, path)
-    return path
 
 
 def tiny(kind: str) -> SEWModel:
@@ -124,6 +111,7 @@ def test_pretrained_checkpoint_loads_through_fairseq_and_computes_the_same_funct
     assert torch.equal(features(loaded, source, padding), features(ours, source, padding))
 
 
+@pytest.mark.slow
 def test_fine_tuning_from_a_release_checkpoint_with_fairseq_hydra_train(pretrained, data, tmp_path):
     kind, ours, path = pretrained
     run = hydra_train(tmp_path, "finetuning", "10m", [
@@ -193,6 +181,7 @@ def test_fine_tuned_checkpoint_of_the_release_task_loads_through_fairseq(fine_tu
     assert torch.allclose(logits, expected, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_sew_infer_transcribes_with_a_release_checkpoint(fine_tuned, data):
     _, _, path = fine_tuned
     run = subprocess.run([SEW, "infer", str(path), str(data / "valid.tsv")], capture_output=True, text=True, timeout=300)

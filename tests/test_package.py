@@ -65,6 +65,7 @@ def test_sew_sizes_follow_the_paper_table():
     }
 
 
+@pytest.mark.slow
 def test_a_wheel_carries_every_config_and_presets_reads_them_from_it(tmp_path):
     """``pip install .`` (not editable): the configs travel as ``sew_plugin/configs`` and presets
     finds them there, not in the checkout (the cwd elsewhere, the installed wheel first on the path)."""

@@ -7,6 +7,10 @@ import pytest
 import torch
 
 from conftest import TINY_PRETRAINING, hydra_train, pretraining_corpus
+from helpers import half_precision_record
+
+pytestmark = pytest.mark.slow  # every test runs fairseq-hydra-train in a subprocess
+
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
@@ -82,7 +86,8 @@ def test_invalid_config_fails_naming_the_key(tmp_path, corpus, override, key):
 def test_half_precision_training_through_fairseqs_fp16_optimizer(tmp_path, corpus, config):
     """The GPU recipes train with ``common.fp16`` (fairseq halves the model and keeps fp32 master
     weights in its FP16Optimizer). ``common.bf16`` takes the same path on the CPU: every model family
-    trains in half precision with finite losses."""
+    trains in half precision with finite losses (the checkpoint names FP16Optimizer, and every model
+    tensor in it is a bf16 value: fairseq saves the halved model as fp32)."""
     from conftest import TINY_W2V2_PRETRAINING
 
     sizes = TINY_W2V2_PRETRAINING if config.startswith("w2v2") else [o for o in TINY_PRETRAINING if "mlp_hidden" not in o]
@@ -94,3 +99,5 @@ def test_half_precision_training_through_fairseqs_fp16_optimizer(tmp_path, corpu
     assert "'bf16': True" in log  # the config fairseq ran with (its trainer then calls model.bfloat16())
     losses = train_losses(log)
     assert len(losses) == 3 and all(math.isfinite(v) for v in losses)
+    optimizer, tensors, not_bf16 = half_precision_record(tmp_path / "ckpt" / "checkpoint_last.pt")
+    assert optimizer == "FP16Optimizer" and tensors > 0 and not_bf16 == [], (optimizer, not_bf16[:5])

@@ -43,6 +43,7 @@ def test_the_readme_shows_the_recipes_training_commands():
 
 @pytest.mark.parametrize("args", COMMANDS, ids=[f"{i}-{a[a.index('--config-name') + 1]}" if "--config-name" in a else str(i)
                                                for i, a in enumerate(COMMANDS)])
+@pytest.mark.slow
 def test_readme_training_command_composes_its_config(args, tmp_path):
     args = [a.replace("$PWD", str(tmp_path)) for a in args]
     run = subprocess.run([str(ENTRY), "--cfg", "job", *args], cwd=ROOT, capture_output=True, text=True, timeout=300)

@@ -24,6 +24,8 @@ from sew_plugin.checkpoint import load_checkpoint
 from sew_plugin.data.checkpoints import read_weights, verify_checkpoint
 from sew_plugin.data.errors import DataError
 
+pytestmark = pytest.mark.slow  # every test runs fairseq-hydra-train (or torchrun) in subprocesses
+
 # One thread per process: the same float summation order in every run of a comparison.
 THREADS = 1
 LAYOUT_KEYS = ("distributed_training.distributed_world_size", "optimization.update_freq", "optimization.max_update")

@@ -3,20 +3,15 @@
 import pytest
 import torch
 import transformers  # a test-only dependency, declared in setup.py
-from omegaconf import OmegaConf
 
 import sew_plugin.models  # noqa: F401
 from sew_plugin import presets
 from sew_plugin.interop.hf import sew_d_hf_config_kwargs, sew_state_dict_to_hf
-from sew_plugin.models.sew_d import SEWDConfig, SEWDModel
+from sew_plugin.models.sew_d import SEWDModel
 from sew_plugin.modules.disentangled_attention import RelativePositions, log_bucket
 
 from conftest import TINY_SEW, max_diff_to_transformers, waveform_batch
-
-
-def tiny_sew_d(**overrides) -> SEWDModel:
-    cfg = OmegaConf.structured(SEWDConfig(**{**TINY_SEW, "quantize_targets": True, **overrides}))
-    return SEWDModel.build_model(cfg).eval()
+from helpers import tiny_sew_d
 
 
 def features_batch(lengths, dim, seed=0):

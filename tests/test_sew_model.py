@@ -12,11 +12,7 @@ from sew_plugin.modules.predictor_head import MLPPredictorHead
 from sew_plugin.modules.squeeze import Upsample
 
 from conftest import TINY_SEW, waveform_batch as batch
-
-
-def tiny_sew(**overrides) -> SEWModel:
-    cfg = OmegaConf.structured(SEWConfig(**{**TINY_SEW, "quantize_targets": True, **overrides}))
-    return SEWModel.build_model(cfg).eval()
+from helpers import tiny_sew
 
 
 def n_params(model) -> int:

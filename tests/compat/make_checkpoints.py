@@ -14,7 +14,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from conftest import waveform_batch  # noqa: E402
-from test_export_onnx import LETTERS, ctc_model, write_checkpoint  # noqa: E402
+from helpers import LETTERS, ctc_model, write_checkpoint  # noqa: E402
 
 # name -> (encoder kind, front end, sew_ctc keys)
 MODELS = {

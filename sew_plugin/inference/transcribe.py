@@ -219,7 +219,7 @@ def transcribe(model, manifest_path: Path, decoder, labels: Optional[str] = None
     lengths = [n for _, n in manifest.entries]
     results: List[Optional[Utterance]] = [None] * len(lengths)
     forward_s = decode_s = 0.0
-    cif_frames = cif_outputs = 0  # 20 ms frames in, compressed frames out
+    cif_input_ms = cif_outputs = 0.0  # audio in, compressed frames out
     cif_lambda = None
     device = torch.device(batching.device)
     batches = plan_batches(lengths, batching.batch_size, batching.max_tokens)
@@ -234,7 +234,7 @@ def transcribe(model, manifest_path: Path, decoder, labels: Optional[str] = None
         forward_s += time.perf_counter() - start
         compression = net_output.get("cif")  # CIF models: this batch's compression
         if compression is not None:
-            cif_frames += int(compression.frames.sum())
+            cif_input_ms += float(compression.frames.sum()) * compression.frame_ms
             cif_outputs += int(compression.lengths.sum())
             cif_lambda = compression.lam
         out_mask = net_output["padding_mask"]
@@ -261,10 +261,8 @@ def transcribe(model, manifest_path: Path, decoder, labels: Optional[str] = None
         summary.mean_exit_layer = sum(layers) / len(layers)
         summary.exit_histogram = dict(sorted(Counter(layers).items()))
     if cif_outputs:
-        from ..modules.cif import FRAME_MS  # imports fairseq, loaded by now; not at `sew` start-up
-
         summary.cif_lambda = cif_lambda
-        summary.frame_period_ms = FRAME_MS * cif_frames / cif_outputs
+        summary.frame_period_ms = cif_input_ms / cif_outputs
     if refs is not None:
         we, words, le, letters = word_error_counts(done)
         summary.wer, summary.uer, summary.word_errors, summary.words = we / max(words, 1), le / max(letters, 1), we, words

@@ -54,7 +54,7 @@ def compressed_forward(
     features = model.layer_norm(features.transpose(1, 2))  # (B, T, C)
     frame_mask = None
     if padding_mask is not None:
-        frames = model._get_feat_extract_output_lengths((~padding_mask).long().sum(-1))
+        frames = model.output_lengths((~padding_mask).long().sum(-1))
         frame_mask = lengths_to_padding_mask(frames, features.size(1))
     # wav2vec 2.0 draws negatives from other masked frames: keep two per utterance
     compressed = model.cif(features, frame_mask, min_frames=1 if features_only else 2)

@@ -37,10 +37,11 @@ from ..config_rules import Rule, at_least, check_rules, choose, is_rate, masking
 from .registry import register_models
 
 # model.compressor: what shortens the 20 ms features before the context network (None: the squeeze,
-# inside the encoder), built from the model config and the extractor's output width
+# inside the encoder), built from the model config, the extractor's output width and frame period
 COMPRESSORS = {
-    "squeeze": lambda cfg, width: None,
-    "cif": lambda cfg, width: CifCompressor(width, cfg.cif_lambda_max, cfg.cif_lambda, cfg.cif_rate_target),
+    "squeeze": lambda cfg, width, frame_ms: None,
+    "cif": lambda cfg, width, frame_ms: CifCompressor(width, cfg.cif_lambda_max, cfg.cif_lambda, cfg.cif_rate_target,
+                                                      frame_ms),
 }
 
 
@@ -232,7 +233,7 @@ class SEWModel(Wav2Vec2Model):
             target_dim = self.project_q.in_features
             self.project_q = MLPPredictorHead(target_dim, final_dim, cfg.mlp_hidden_size)
             self.final_proj = MLPPredictorHead(cfg.encoder_embed_dim, final_dim, cfg.mlp_hidden_size)
-        self.cif = COMPRESSORS[cfg.compressor](cfg, self.embed)
+        self.cif = COMPRESSORS[cfg.compressor](cfg, self.embed, self.feature_period_ms())
         install_exact_frame_masks(self)
 
     def forward(self, source, padding_mask=None, *args, **kwargs):

@@ -25,7 +25,7 @@ from torch import nn
 from ..data.audio import SAMPLE_RATE
 from ..data.checkpoints import read_weights, refusing_unsafe, verify_checkpoint
 from ..modules.cif import upsample_by_durations
-from ..modules.feature_extractor import conv_layers_of, total_stride
+from ..modules.feature_extractor import conv_layers_of, output_frames, total_stride
 from ..modules.early_exit import ExitRunner, exit_head, parse_exit_layers, parse_exit_weights
 from ..modules.input_downsample import InputDownsampler, expand_ctc_frames, expand_padding_mask
 from ..modules.layerwise import make_steppable
@@ -189,7 +189,7 @@ class SEWCtc(Wav2VecCtc):
             return None
         if self.input_downsampler is not None:
             samples = self.input_downsampler.output_lengths(samples)
-        return encoder._get_feat_extract_output_lengths(samples).clamp(min=0) * self.cfg.ctc_frames_per_step
+        return output_frames(samples, conv_layers_of(encoder.feature_extractor)) * self.cfg.ctc_frames_per_step
 
     def frame_period_ms(self) -> Optional[float]:
         """Audio per CTC frame: the encoder's output period (20 ms: squeezed encoders upsample back;

@@ -22,8 +22,6 @@ from torch import nn
 
 from .squeeze import lengths_to_padding_mask, padding_mask_to_lengths
 
-FRAME_MS = 20.0  # frame period of the convolutional front end
-
 
 class AlphaPredictor(nn.Module):
     """alpha_t in (0, 1) from (B, T, C) features: Conv1d(k=5) -> LayerNorm -> ReLU -> Linear -> sigmoid."""
@@ -169,11 +167,12 @@ class CifResult:
     alpha: torch.Tensor  # (B, T) unmodified weights, 0 on padding
     frames: torch.Tensor  # (B,) valid input frames
     lam: float
+    frame_ms: float  # period of the input frames (the feature extractor's, 20 ms for WFE-O and WFE-C)
 
     @property
     def frame_period_ms(self) -> float:
         """Mean frame period of the batch: input duration over compressed frames."""
-        return FRAME_MS * float(self.frames.sum()) / max(float(self.lengths.sum()), 1.0)
+        return self.frame_ms * float(self.frames.sum()) / max(float(self.lengths.sum()), 1.0)
 
 
 class CifCompressor(nn.Module):
@@ -183,8 +182,10 @@ class CifCompressor(nn.Module):
     lambda, ``lambda_logit``.
     """
 
-    def __init__(self, dim: int, lambda_max: float = 1.0, lam: Optional[float] = None, rate_target: float = 0.25):
+    def __init__(self, dim: int, lambda_max: float = 1.0, lam: Optional[float] = None, rate_target: float = 0.25,
+                 frame_ms: float = 20.0):
         super().__init__()
+        self.frame_ms = frame_ms  # of the input frames
         if not 0 < lambda_max <= 2:
             raise ValueError(f"model.cif_lambda_max must be in (0, 2], got {lambda_max}")
         if not 0 < rate_target < 1:
@@ -224,7 +225,7 @@ class CifCompressor(nn.Module):
         out, lengths, durations = cif(x, scale_alpha(alpha, lam), keep_tail=not self.training, min_frames=min_frames)
         frames = padding_mask_to_lengths(padding_mask, x)
         return CifResult(out, lengths_to_padding_mask(lengths, out.size(1)), lengths, durations, alpha, frames,
-                         float(lam.detach()) if torch.is_tensor(lam) else lam)
+                         float(lam.detach()) if torch.is_tensor(lam) else lam, self.frame_ms)
 
     def loss(self, result: CifResult, boundaries: Optional[torch.Tensor] = None) -> torch.Tensor:
         """The loss on the unmodified alpha: segment guidance when boundaries are given, else the rate loss."""

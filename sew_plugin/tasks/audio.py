@@ -53,13 +53,19 @@ from ..data.audio import MIN_SAMPLES, check_samples
 from ..data.errors import DataError, DataErrors, read_lines
 from ..data.manifest import Manifest, check_audio, read_manifest, row_count_error
 from ..data.segments import read_segments, to_frames
-from ..modules.feature_extractor import output_frames, parse_conv_layers, total_stride
+from ..modules.feature_extractor import ConvLayers, conv_layers_of, output_frames, parse_conv_layers, total_stride
 
 logger = logging.getLogger(__name__)
 
-# wav2vec 2.0's conv stack: the 20 ms frames CTC sees (WFE-C has the same strides and receptive field)
-FRAME_LAYERS = parse_conv_layers(Wav2Vec2Config.conv_feature_layers)
-FRAME_SAMPLES = total_stride(FRAME_LAYERS)
+# wav2vec 2.0's conv stack, whose 20 ms frames the task counts until it has built a model (WFE-C has
+# the same strides and receptive field); from then on it counts the built model's
+DEFAULT_FRAME_LAYERS = parse_conv_layers(Wav2Vec2Config.conv_feature_layers)
+
+
+def extractor_layers(model) -> ConvLayers:
+    """(channels, kernel, stride) of the feature extractor of a pre-training or CTC model."""
+    encoder = model.w2v_encoder.w2v_model if hasattr(model, "w2v_encoder") else model
+    return conv_layers_of(encoder.feature_extractor)
 
 
 @dataclass
@@ -114,6 +120,7 @@ class CheckedFileAudioDataset(FileAudioDataset):
     crop_seed: int
     epoch: int = 1
     segments: Optional[List[np.ndarray]] = None  # per item, its segment ends (s) with task.segments
+    frame_layers: ConvLayers = DEFAULT_FRAME_LAYERS  # the conv stack whose frames the segments are counted in
 
     def set_epoch(self, epoch):
         self.epoch = epoch
@@ -147,10 +154,11 @@ class CheckedFileAudioDataset(FileAudioDataset):
         kept = (~mask).sum(1) if mask is not None else torch.full((len(samples),), net_input["source"].size(1))
         starts = iter(self._crop_starts)  # one per cropped waveform (longer than what is kept), in order
         rows = []
-        for s, n, frames in zip(samples, kept.tolist(), output_frames(kept, FRAME_LAYERS).tolist()):
+        frame_seconds = total_stride(self.frame_layers) / self.sample_rate
+        for s, n, frames in zip(samples, kept.tolist(), output_frames(kept, self.frame_layers).tolist()):
             start = next(starts) if s["source"].numel() > n else 0
             rows.append(to_frames(self.segments[s["id"]], start / self.sample_rate, n / self.sample_rate, frames,
-                                  FRAME_SAMPLES / self.sample_rate))
+                                  frame_seconds))
         out = torch.full((len(rows), max([1, *map(len, rows)])), -1, dtype=torch.long)
         for i, row in enumerate(rows):
             out[i, : len(row)] = torch.from_numpy(row)
@@ -177,6 +185,8 @@ class CheckedAudioTaskMixin:
 
     finetuning = False
     model_ctc_frames = None  # the ctc_frames of the model this task built (sew_ctc), once built
+    model_frame_period_ms = None  # and its frame_period_ms
+    frame_layers = DEFAULT_FRAME_LAYERS  # the conv stack of the model this task built, once built
 
     def _simple_layout(self, task_cfg) -> bool:
         return not (isinstance(task_cfg, Namespace) or getattr(task_cfg, "binarized_dataset", False)
@@ -207,6 +217,7 @@ class CheckedAudioTaskMixin:
             base.manifest_path = manifest_path
             base.manifest_lines = [manifest.line(i) for i in kept]
             base.crop_seed = task_cfg.get("seed", self.cfg.seed)
+            base.frame_layers = self.frame_layers
             if segments is not None:
                 base.segments = [segments[i] for i in kept]  # aligned with the rows fairseq kept
         elif segments is not None:
@@ -292,10 +303,10 @@ class CheckedAudioTaskMixin:
         lengths = torch.tensor(samples)
         frames = self.model_ctc_frames(lengths) if self.model_ctc_frames else None
         if frames is not None:
-            period = 100_000 / int(self.model_ctc_frames(torch.tensor([100 * sample_rate])))
-            what = f"the model's CTC frames ({period:.0f} ms each)"
+            what = f"the model's CTC frames ({self.model_frame_period_ms():.0f} ms each)"
         else:
-            frames, what = output_frames(lengths, FRAME_LAYERS), "20 ms frames"
+            frames = output_frames(lengths, self.frame_layers)
+            what = f"{1000 * total_stride(self.frame_layers) / sample_rate:.0f} ms frames"
             if self.model_ctc_frames:
                 what += " (an upper bound on what this CIF encoder emits: more utterances may be unalignable)"
         bad = [f"{label_path}:{i + 1}" for i, n, f in zip(rows, needs, frames.tolist()) if n > f]
@@ -347,6 +358,7 @@ class SewAudioPretrainingTask(CheckedAudioTaskMixin, AudioPretrainingTask):
         """fairseq's; with ``task.segments``, a model without CIF (which has no use for, and no
         forward argument for, ``cif_boundaries``) is refused by key."""
         model = super().build_model(model_cfg, from_checkpoint)
+        self.frame_layers = extractor_layers(model)
         segments = getattr(self.cfg, "segments", None)
         if segments and getattr(model, "cif", None) is None:
             raise ValueError(f"task.segments={segments} guides CIF compression, but {type(model).__name__} has none: "
@@ -370,7 +382,9 @@ class SewAudioFinetuningTask(CheckedAudioTaskMixin, AudioFinetuningTask):
         model) count their labels against the CTC frames this model emits (``SEWCtc.ctc_frames``:
         input downsampling and ``ctc_frames_per_step`` change them), not 20 ms frames."""
         model = super().build_model(model_cfg, from_checkpoint)
+        self.frame_layers = extractor_layers(model)
         self.model_ctc_frames = getattr(model, "ctc_frames", None)
+        self.model_frame_period_ms = getattr(model, "frame_period_ms", None)
         return model
 
     def load_target_dictionary(self):

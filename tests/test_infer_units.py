@@ -231,3 +231,22 @@ def test_a_stochastic_st_sew_model_needs_an_operating_point():
     operating_point(stochastic, "2,2,1")
     assert stochastic.w2v_encoder.w2v_model.encoder.fixed
     operating_point(tiny_ctc(SEWConfig(**TINY_SEW), "sew"), None)  # nothing to fix
+
+
+def test_sweep_reads_each_audio_header_once_for_all_its_points(tmp_path, fake_model, monkeypatch):
+    """The manifest is checked before the model loads and that check serves every point (it was
+    repeated at each point: one header read per row per point)."""
+    from sew_plugin.cli import main as sew
+    from sew_plugin.data import manifest as manifests
+
+    reads = []
+    audio_frames = manifests.audio_frames
+
+    def counting(path, *args):
+        reads.append(path.name)
+        return audio_frames(path, *args)
+
+    monkeypatch.setattr(manifests, "audio_frames", counting)
+    manifest = three_utterances(tmp_path)
+    assert sew(["sweep", "none.pt", str(manifest), "--points", "1,1,1", "2,1,1", "1,1,1"]) == 0
+    assert sorted(reads) == ["utt000.wav", "utt001.wav", "utt002.wav"]

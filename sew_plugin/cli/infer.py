@@ -119,13 +119,13 @@ def batching(args, warm_every_batch: bool = False) -> Batching:
 
 
 def main(args) -> int:
-    check_inputs(args.manifest, args.labels)  # bad input stops here, before the model loads
+    inputs = check_inputs(args.manifest, args.labels)  # bad input stops here, before the model loads
     model, decoder, normalize = load(args)
     operating_point(model, args.operating_point)
     cif_lambda(model, args.cif_lambda)
     if args.exit_policy:
         exit_policy(model, args, decoder, args.threshold)
-    utterances, summary = transcribe(model, args.manifest, decoder, args.labels, normalize, batching(args))
+    utterances, summary = transcribe(model, args.manifest, decoder, args.labels, normalize, batching(args), inputs)
     print(summary.report())
     if args.results_dir:
         write_results(args.results_dir, utterances, summary)

@@ -45,8 +45,8 @@ def main(args) -> int:
         raise SystemExit("sew sweep: error: --thresholds needs --exit-policy entropy, similarity or nbest")
     if args.exit_policy and not args.thresholds:
         raise SystemExit("sew sweep: error: --exit-policy goes with --thresholds")
-    _, references = check_inputs(args.manifest, args.labels)  # bad input stops here, before the model loads
-    if references is None:  # the WER column needs them
+    inputs = check_inputs(args.manifest, args.labels)  # bad input stops here, before the model loads
+    if inputs[1] is None:  # the WER column needs them
         raise DataError(label_path(args.manifest, None), "label file not found: sew sweep needs references")
     model, decoder, normalize = infer.load(args, "sweep")
     kind = "points" if args.points else "cif_lambdas" if args.cif_lambdas else "thresholds"
@@ -61,7 +61,7 @@ def main(args) -> int:
 
     points = sweep(model, args.manifest, decoder, kind, args.points or args.cif_lambdas or args.thresholds, apply,
                    args.labels, normalize, infer.batching(args, warm_every_batch=True), args.device,
-                   log=lambda line: print(line, flush=True))
+                   log=lambda line: print(line, flush=True), inputs=inputs)
     setting_name = ("operating point" if args.points else "CIF lambda" if args.cif_lambdas
                     else f"{args.exit_policy} threshold")
     table = to_markdown(points, setting_name)

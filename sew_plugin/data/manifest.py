@@ -98,6 +98,24 @@ def check_audio(manifest: Manifest, sample_rate: int = SAMPLE_RATE, min_samples:
     return errors
 
 
+def check_manifest(path: Path, sample_rate: int = SAMPLE_RATE,
+                   left_out_below: Optional[int] = None) -> Tuple[Manifest, List[DataError]]:
+    """The manifest at ``path`` and all its bad rows, by line: malformed lines and entries whose audio
+    header disagrees with them (``check_audio``). Rows shorter than ``left_out_below`` samples, which
+    the caller leaves out (fairseq's ``task.min_sample_size``), are checked without the receptive
+    field's floor. A manifest with no utterance is refused at once."""
+    errors: List[DataError] = []
+    manifest = read_manifest(path, errors)
+    if not manifest.entries and not errors:
+        raise DataError(path, "manifest has no utterances")
+    short = [i for i, (_, n) in enumerate(manifest.entries) if left_out_below is not None and n < left_out_below]
+    long = sorted(set(range(len(manifest.entries))) - set(short))
+    bad = check_audio(manifest, sample_rate, MIN_SAMPLES, long)
+    bad.update(check_audio(manifest, sample_rate, 1, short))
+    errors += bad.values()
+    return manifest, sorted(errors, key=lambda e: e.line or 0)
+
+
 def format_manifest(manifest: Manifest) -> str:
     return f"{manifest.root}\n" + "".join(f"{p}\t{n}\n" for p, n in manifest.entries)
 

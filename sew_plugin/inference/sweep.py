@@ -12,7 +12,7 @@ from typing import Callable, List, Optional, Sequence
 import torch
 
 from .bench import count_macs
-from .transcribe import Batching, transcribe
+from .transcribe import Batching, check_inputs, transcribe
 
 MAC_SECONDS = 10.0
 
@@ -57,15 +57,17 @@ def to_markdown(points: List[Point], setting: str) -> str:
 
 def sweep(model, manifest: Path, decoder, kind: str, settings: Sequence, apply: Callable, labels: Optional[str] = None,
           normalize: bool = False, batching: Batching = Batching(warm_every_batch=True), device: str = "cpu",
-          log: Callable[[str], None] = print) -> List[Point]:
+          log: Callable[[str], None] = print, inputs=None) -> List[Point]:
     """Transcribe ``manifest`` at each of ``settings`` (``kind``: ``points`` for St-SEW operating
     points, ``cif_lambdas``, or ``thresholds`` of an exit policy), fixed on the model by ``apply(setting)``;
-    the points with their speed-ups over the first and the Pareto front marked."""
+    the points with their speed-ups over the first and the Pareto front marked. ``inputs``: what
+    ``check_inputs`` returned for the manifest, if the caller checked it already."""
     x = torch.randn(1, int(16000 * MAC_SECONDS), device=device)
+    inputs = inputs if inputs is not None else check_inputs(manifest, labels)  # once for every point
     points = []
     for setting in settings:
         apply(setting)
-        _, summary = transcribe(model, manifest, decoder, labels, normalize, batching)
+        _, summary = transcribe(model, manifest, decoder, labels, normalize, batching, inputs)
         point = Point(setting if kind == "points" else f"{setting:g}", summary.wer, summary.uer,
                       1000 * summary.rtf_forward)
         if kind == "points":

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from ..data.audio import SAMPLE_RATE, read_audio
 from ..data.errors import DataError, DataErrors, read_lines
-from ..data.manifest import Manifest, check_audio, read_manifest
+from ..data.manifest import Manifest, check_manifest
 from .decoding import letters_to_words
 
 
@@ -166,13 +166,8 @@ def check_inputs(manifest_path: Path, labels: Optional[str]):
     """The manifest and its references (or None), every row checked before any model runs: its
     format, its audio file's header against its sample count, and the label file's line count.
     All bad rows are reported together, each by manifest line and audio file."""
-    errors: List[DataError] = []
-    manifest = read_manifest(manifest_path, errors)
-    if not manifest.entries and not errors:
-        raise DataError(manifest_path, "manifest has no utterances")
-    errors += check_audio(manifest, SAMPLE_RATE).values()
+    manifest, errors = check_manifest(manifest_path, SAMPLE_RATE)
     if errors:
-        errors.sort(key=lambda e: e.line)
         raise DataErrors("manifest rows", errors, "fix them, or leave them out of the manifest")
     return manifest, read_references(manifest_path, labels, len(manifest.entries))
 
@@ -211,11 +206,13 @@ class Batching:
 
 
 def transcribe(model, manifest_path: Path, decoder, labels: Optional[str] = None, normalize: bool = False,
-               batching: Batching = Batching()):
+               batching: Batching = Batching(), inputs=None):
     """Transcribe every row of the manifest with the CTC ``model`` and ``decoder``: (utterances,
     summary). ``labels``: the reference labels' extension (None: ``.ltr`` if present); ``normalize``:
-    layer-normalise each waveform, as the checkpoint's task did."""
-    manifest, refs = check_inputs(manifest_path, labels)
+    layer-normalise each waveform, as the checkpoint's task did; ``inputs``: what ``check_inputs``
+    returned for them, when the caller has checked them already (each manifest row's audio header
+    is read once)."""
+    manifest, refs = inputs if inputs is not None else check_inputs(manifest_path, labels)
     lengths = [n for _, n in manifest.entries]
     results: List[Optional[Utterance]] = [None] * len(lengths)
     forward_s = decode_s = 0.0

@@ -51,7 +51,7 @@ from fairseq.tasks.audio_pretraining import AudioPretrainingConfig, AudioPretrai
 
 from ..data.audio import MIN_SAMPLES, check_samples
 from ..data.errors import DataError, DataErrors, read_lines
-from ..data.manifest import Manifest, check_audio, read_manifest, row_count_error
+from ..data.manifest import Manifest, check_manifest, row_count_error
 from ..data.segments import read_segments, to_frames
 from ..modules.feature_extractor import ConvLayers, conv_layers_of, output_frames, parse_conv_layers, total_stride
 
@@ -236,16 +236,9 @@ class CheckedAudioTaskMixin:
     def check_split(self, manifest_path: Path, sample_rate: int, task_cfg) -> Tuple[Manifest, List[int]]:
         """Validate one split (see the module's docstring); return its manifest and the indices of
         the rows fairseq keeps (those not shorter than ``task.min_sample_size``)."""
-        errors: List[DataError] = []
-        manifest = read_manifest(manifest_path, errors)
-        if not manifest.entries and not errors:
-            raise DataError(manifest_path, "manifest has no utterances")
         low = self.cfg.min_sample_size
+        manifest, errors = check_manifest(manifest_path, sample_rate, left_out_below=low)  # fairseq leaves those out
         kept = [i for i, (_, n) in enumerate(manifest.entries) if low is None or n >= low]
-        dropped = [i for i in range(len(manifest.entries)) if low is not None and manifest.entries[i][1] < low]
-        bad = check_audio(manifest, sample_rate, MIN_SAMPLES, kept)
-        bad.update(check_audio(manifest, sample_rate, 1, dropped))  # never read by fairseq: no length floor
-        errors += bad.values()
         if self.finetuning and not errors:
             errors += self.check_labels(manifest_path, manifest, kept, sample_rate, task_cfg)
         if errors:

@@ -17,10 +17,13 @@ from hydra.experimental.callback import Callback
 
 from .data.checkpoints import load_state, refusing_unsafe, verify_checkpoint
 from .data.errors import DataError
+from .modules.masked_group_norm import mask_feature_norm
 
 
 def load_checkpoint(path: Path, arg_overrides: Optional[dict] = None, quiet: bool = True):
-    """``(model, cfg, task)`` of a checkpoint, loaded in eval mode on the CPU.
+    """``(model, cfg, task)`` of a checkpoint, loaded for inference: in eval mode on the CPU, with a
+    GroupNorm front end's statistics taken over each utterance's own frames
+    (``sew_plugin.modules.masked_group_norm``: a padded batch gives each utterance what it gives alone).
 
     Registers this plugin's models first, so checkpoints of ``sew``, ``sew_ctc`` and their original
     release names resolve even when ``common.user_dir`` was another path on the training machine.
@@ -38,7 +41,9 @@ def load_checkpoint(path: Path, arg_overrides: Optional[dict] = None, quiet: boo
         state = checkpoint_utils.load_checkpoint_to_cpu(str(path), overrides)
         upgrade_release_fine_tuning(state["cfg"])
         models, cfg, task = checkpoint_utils.load_model_ensemble_and_task([str(path)], overrides, state=state)
-    return models[0].eval(), cfg, task
+    model = models[0].eval()
+    mask_feature_norm(model)
+    return model, cfg, task
 
 
 def require_ctc(model, command: str, error=ValueError) -> None:

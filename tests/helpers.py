@@ -105,14 +105,15 @@ def letters() -> Dictionary:
     return d
 
 
-def ctc_model(kind: str, extractor_mode: str = "layer_norm", **ctc):
+def ctc_model(kind: str, extractor_mode: str = "layer_norm", sew_ctc: bool = False, **ctc):
     """A tiny fine-tuned-shape CTC model with random weights: the encoder's config is given as
-    ``w2v_args`` (what a fine-tuned checkpoint carries), so no pre-training checkpoint is needed."""
+    ``w2v_args`` (what a fine-tuned checkpoint carries), so no pre-training checkpoint is needed.
+    fairseq's wav2vec 2.0 gets fairseq's ``wav2vec_ctc`` head unless ``sew_ctc``."""
     task = OmegaConf.structured(AudioPretrainingConfig(data="unused", normalize=False, _name="audio_pretraining"))
     w2v_args = OmegaConf.create(resolved(OmegaConf.structured(encoder_config(kind, extractor_mode)), task))
     common = dict(w2v_args=w2v_args, w2v_path="pretrained.pt", data="unused", normalize=False, apply_mask=False, layerdrop=0.0,
                   final_dropout=0.0, dropout=0.0, activation_dropout=0.0, attention_dropout=0.0)
-    if kind == "wav2vec2":
+    if kind == "wav2vec2" and not sew_ctc:
         cfg, cls = Wav2Vec2CtcConfig(**common, **ctc, _name="wav2vec_ctc"), Wav2VecCtc
     else:
         cfg, cls = SEWCtcConfig(**common, **ctc, _name="sew_ctc"), SEWCtc

@@ -204,3 +204,23 @@ def test_layer_results_can_be_dropped_for_inference():
         lean = model(source, padding_mask=padding, mask=False, features_only=True)
     assert len(full["layer_results"]) == TINY_SEW["encoder_layers"] and lean["layer_results"] == []
     assert torch.equal(full["x"], lean["x"])
+
+
+def test_the_saved_config_records_the_wfe_c_layers_the_model_built(tmp_path):
+    """fairseq-hydra-train saves the config it handed ``task.build_model``: after the build it names
+    the WFE-C layers the weights have, not wav2vec 2.0's default string (a reader without the
+    plugin would build the wrong front end), and the plugin still builds the same model from it."""
+    from fairseq.models.wav2vec.wav2vec2 import Wav2Vec2Config
+
+    from sew_plugin.modules.feature_extractor import wfe_c
+
+    from conftest import pretraining_corpus
+    from helpers import pretraining_task
+
+    task = pretraining_task(pretraining_corpus(tmp_path))
+    model_cfg = OmegaConf.structured(SEWConfig(**TINY_SEW, _name="sew"))
+    assert model_cfg.conv_feature_layers == Wav2Vec2Config.conv_feature_layers
+    model = task.build_model(model_cfg)
+    assert model_cfg.conv_feature_layers == wfe_c(TINY_SEW["wfe_c_channels"], 1) == model.cfg.conv_feature_layers
+    rebuilt = task.build_model(OmegaConf.create(OmegaConf.to_container(model_cfg)))
+    assert set(rebuilt.state_dict()) == set(model.state_dict())

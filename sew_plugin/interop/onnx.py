@@ -194,6 +194,7 @@ class Graph(nn.Module):
 
     def forward(self, source: torch.Tensor, padding_mask: torch.Tensor):
         from ..modules.feature_extractor import output_frames
+        from ..modules.masked_group_norm import valid_samples
         from ..modules.input_downsample import expand_ctc_frames
         from ..modules.squeeze import lengths_to_padding_mask
 
@@ -202,7 +203,8 @@ class Graph(nn.Module):
             source, padding_mask = self.downsampler(source, padding_mask)
         samples = (~padding_mask).long().sum(-1)
         frames = output_frames(samples, self.conv_specs)
-        features = w2v.feature_extractor(source).transpose(1, 2)
+        with valid_samples(samples=samples):  # a masked GroupNorm front end normalises each row over its own frames
+            features = w2v.feature_extractor(source).transpose(1, 2)
         features = w2v.layer_norm(features)
         mask = lengths_to_padding_mask(frames, features.size(1))
         if w2v.post_extract_proj is not None:

@@ -29,6 +29,7 @@ from ..modules.cif import CifCompressor
 from ..modules.frame_mask import exact_frame_mask_forward, install_exact_frame_masks
 from ..data.audio import SAMPLE_RATE
 from ..modules.feature_extractor import GroupedConvFeatureExtractor, output_frames, parse_conv_layers, total_stride, wfe_c
+from ..modules.masked_group_norm import mask_feature_norm, valid_samples
 from ..modules.masking import seeded_mask_indices
 from ..modules.predictor_head import MLPPredictorHead
 from ..modules.squeezed_encoder import SqueezedTransformerEncoder
@@ -79,6 +80,12 @@ class SEWConfig(Wav2Vec2Config):
     cif_rate_target: float = field(
         default=0.25,
         metadata={"help": "cif: target mean of the unmodified alpha (rate loss; 0.25 = 80 ms at lambda 1)"},
+    )
+    masked_feature_norm: bool = field(
+        default=False,
+        metadata={"help": "extractor_mode default: normalise each utterance's first-layer features over its own "
+                  "frames in training too (fairseq's statistics over the padded batch otherwise; inference "
+                  "always masks them)"},
     )
 
 
@@ -212,6 +219,8 @@ class SEWModel(Wav2Vec2Model):
     ``wav2vec`` criterion.
     """
 
+    opens_valid_samples = True  # its forward says each row's valid samples (masked GroupNorm front end)
+
     @classmethod
     def check_config(cls, cfg: SEWConfig) -> SEWConfig:
         """Refuse absurd or unsupported settings by key before anything is built (subclasses add theirs)."""
@@ -235,13 +244,16 @@ class SEWModel(Wav2Vec2Model):
             self.final_proj = MLPPredictorHead(cfg.encoder_embed_dim, final_dim, cfg.mlp_hidden_size)
         self.cif = COMPRESSORS[cfg.compressor](cfg, self.embed, self.feature_period_ms())
         install_exact_frame_masks(self)
+        if cfg.masked_feature_norm:
+            mask_feature_norm(self)
 
     def forward(self, source, padding_mask=None, *args, **kwargs):
         """fairseq's wav2vec 2.0 forward (with exact masks for rows without a frame: ``frame_mask``),
         or its CIF-compressed version (``compressed_forward``)."""
-        if self.cif is None:
-            return exact_frame_mask_forward(self, super().forward, source, padding_mask, *args, **kwargs)
-        return compressed_forward(self, source, padding_mask, *args, **kwargs)
+        with valid_samples(padding_mask):  # for the masked GroupNorm front end
+            if self.cif is None:
+                return exact_frame_mask_forward(self, super().forward, source, padding_mask, *args, **kwargs)
+            return compressed_forward(self, source, padding_mask, *args, **kwargs)
 
     def apply_mask(self, x, padding_mask, mask_indices=None, mask_channel_indices=None):
         """fairseq's time and channel masking, with positions drawn through ``seeded_mask_indices``

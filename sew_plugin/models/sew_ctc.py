@@ -29,6 +29,7 @@ from ..modules.feature_extractor import conv_layers_of, output_frames, total_str
 from ..modules.early_exit import ExitRunner, exit_head, parse_exit_layers, parse_exit_weights
 from ..modules.input_downsample import InputDownsampler, expand_ctc_frames, expand_padding_mask
 from ..modules.layerwise import make_steppable
+from ..modules.masked_group_norm import mask_feature_norm, valid_samples
 from ..modules.side_outputs import collecting
 from ..modules.squeeze import lengths_to_padding_mask
 from .registry import register_models
@@ -87,6 +88,11 @@ class SEWCtcConfig(Wav2Vec2CtcConfig):
         default=None,
         metadata={"help": "CIF encoders: fixed lambda in [0, 2) to fine-tune at; unset: keep sampling"},
     )
+    masked_feature_norm: bool = field(
+        default=False,
+        metadata={"help": "GroupNorm front ends (extractor_mode default): normalise each utterance's first-layer "
+                  "features over its own frames in fine-tuning too (inference always does)"},
+    )
     cif_learn_lambda: bool = field(
         default=False,
         metadata={"help": "CIF encoders: learn lambda, starting at cif_lambda, through a sigmoid onto "
@@ -115,6 +121,8 @@ class SEWCtc(Wav2VecCtc):
     ``forward(source (B, S), padding_mask (B, S))`` -> ``encoder_out`` (T, B, V) logits at the
     encoder's frame rate and the (B, T) ``padding_mask``.
     """
+
+    opens_valid_samples = True  # its forward says each row's valid samples (masked GroupNorm front end)
 
     def __init__(self, cfg: SEWCtcConfig, w2v_encoder):
         super().__init__(cfg, w2v_encoder)
@@ -151,6 +159,8 @@ class SEWCtc(Wav2VecCtc):
             set_cif_lambda(model, cfg.cif_lambda, cfg.cif_learn_lambda)
         if str(cfg.exit_layers or "").strip():
             model.add_exits(cfg, len(task.target_dictionary))
+        if cfg.masked_feature_norm:
+            mask_feature_norm(model)
         return model
 
     def add_exits(self, cfg: SEWCtcConfig, vocab: int) -> None:
@@ -223,7 +233,7 @@ class SEWCtc(Wav2VecCtc):
         if self.input_downsampler is not None:
             self.check_downsampled_length(kwargs["source"].size(-1))
             kwargs["source"], kwargs["padding_mask"] = self.input_downsampler(kwargs["source"], kwargs.get("padding_mask"))
-        with collecting() as reported:
+        with collecting() as reported, valid_samples(kwargs.get("padding_mask")):  # valid_samples: masked GroupNorm
             out = super().forward(**kwargs)
         if "exits" in reported:
             out = _with_exits(out, reported["exits"], self.exit_runner.policy is not None)

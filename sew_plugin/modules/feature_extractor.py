@@ -11,6 +11,8 @@ from typing import List, Tuple
 import torch
 from fairseq.models.wav2vec.wav2vec2 import ConvFeatureExtractionModel
 
+from .masked_group_norm import rows
+
 ConvLayers = List[Tuple[int, int, int]]
 
 
@@ -136,7 +138,11 @@ class GroupedConvFeatureExtractor(ConvFeatureExtractionModel):
         run = super().forward if torch.is_grad_enabled() else self._forward_without_autograd
         if x.size(0) <= group:
             return run(x)
-        return torch.cat([run(x[i : i + group]) for i in range(0, x.size(0), group)])
+        outs = []
+        for i in range(0, x.size(0), group):
+            with rows(i, i + group):  # the group's valid samples, for the masked GroupNorm
+                outs.append(run(x[i : i + group]))
+        return torch.cat(outs)
 
     def _forward_without_autograd(self, x: torch.Tensor) -> torch.Tensor:
         x = x.unsqueeze(1)  # (B, 1, S)

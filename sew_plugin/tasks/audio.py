@@ -48,6 +48,7 @@ from fairseq.tasks import register_task
 from fairseq.tasks.audio_finetuning import AudioFinetuningConfig, AudioFinetuningTask
 from fairseq.models.wav2vec.wav2vec2 import Wav2Vec2Config
 from fairseq.tasks.audio_pretraining import AudioPretrainingConfig, AudioPretrainingTask
+from omegaconf import DictConfig, open_dict
 
 from ..data.audio import MIN_SAMPLES, check_samples
 from ..data.errors import DataError, DataErrors, read_lines
@@ -60,6 +61,17 @@ logger = logging.getLogger(__name__)
 # wav2vec 2.0's conv stack, whose 20 ms frames the task counts until it has built a model (WFE-C has
 # the same strides and receptive field); from then on it counts the built model's
 DEFAULT_FRAME_LAYERS = parse_conv_layers(Wav2Vec2Config.conv_feature_layers)
+
+
+def record_feature_layers(model_cfg, model) -> None:
+    """Write the layer list the model built (WFE-C expanded from ``wfe_c_channels``) into the config
+    fairseq-hydra-train saves in its checkpoints: fairseq builds the model from a merged copy, so
+    the saved config kept wav2vec 2.0's default string beside WFE-C weights, and a reader without
+    this plugin built the wrong front end. The plugin accepts either when it loads them."""
+    built = getattr(getattr(model, "cfg", None), "conv_feature_layers", None)
+    if built is not None and isinstance(model_cfg, DictConfig) and "conv_feature_layers" in model_cfg:
+        with open_dict(model_cfg):
+            model_cfg.conv_feature_layers = built
 
 
 def extractor_layers(model) -> ConvLayers:
@@ -351,6 +363,7 @@ class SewAudioPretrainingTask(CheckedAudioTaskMixin, AudioPretrainingTask):
         """fairseq's; with ``task.segments``, a model without CIF (which has no use for, and no
         forward argument for, ``cif_boundaries``) is refused by key."""
         model = super().build_model(model_cfg, from_checkpoint)
+        record_feature_layers(model_cfg, model)
         self.frame_layers = extractor_layers(model)
         segments = getattr(self.cfg, "segments", None)
         if segments and getattr(model, "cif", None) is None:

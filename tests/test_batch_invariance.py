@@ -1,0 +1,92 @@
+"""A padded batch gives each utterance what it gives alone, for the papers' GroupNorm front end
+(``extractor_mode: default``) too: every model family, loaded as ``load_checkpoint`` loads it for
+inference (``sew_plugin.modules.masked_group_norm``), with rows 1.5 to 10 times shorter than the
+longest and a row shorter than one squeezed frame; fp32, eval, within 1e-5."""
+
+import pytest
+import torch
+
+from sew_plugin.checkpoint import load_checkpoint
+from sew_plugin.modules.masked_group_norm import MaskedGroupNorm, mask_feature_norm
+
+from conftest import waveform_batch
+from helpers import LETTERS, ctc_model, write_checkpoint
+
+MODELS = {  # name -> (encoder kind, sew_ctc keys, fairseq's wav2vec 2.0 under sew_ctc)
+    "sew": ("sew", {}, False),
+    "sew_d": ("sew_d", {}, False),
+    "st_sew_111": ("st_sew", {"operating_point": "1,1,1"}, False),
+    "st_sew_222": ("st_sew", {"operating_point": "2,2,2"}, False),
+    "sew_cif": ("sew_cif", {"cif_lambda": 1.0}, False),
+    "sew_down2": ("sew", {"input_downsample": "resample", "input_downsample_factor": 2}, False),
+    "wav2vec2_sew_ctc": ("wav2vec2", {}, True),
+    "wav2vec2_ctc": ("wav2vec2", {}, False),
+}
+# the longest row, rows 1.5x and 10x shorter, and one of 500 samples: one 20 ms frame (none squeezed);
+# 1000 under 2x input downsampling, the fewest it takes (500 once downsampled)
+LENGTHS = [40000, 26667, 4000, 500]
+
+
+def lengths(name):
+    return LENGTHS[:3] + [1000] if name == "sew_down2" else LENGTHS
+
+
+@pytest.fixture(scope="module")
+def loaded(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("batch_invariance")
+    (folder / "dict.ltr.txt").write_text("".join(f"{c} 1\n" for c in LETTERS))
+    models = {}
+    for i, (name, (kind, ctc, through_sew_ctc)) in enumerate(MODELS.items()):
+        torch.manual_seed(i)
+        write_checkpoint(ctc_model(kind, "default", sew_ctc=through_sew_ctc, **ctc), folder / f"{name}.pt", folder)
+        models[name] = load_checkpoint(folder / f"{name}.pt")[0]
+    return models
+
+
+def logits(model, source, padding):
+    with torch.no_grad():
+        out = model(source=source, padding_mask=padding)
+    mask = out["padding_mask"]
+    x = out["encoder_out"].transpose(0, 1)
+    return x, (torch.full(x.shape[:1], x.size(1)) if mask is None else (~mask).sum(-1))
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_each_utterance_of_a_padded_batch_gets_its_logits_alone(loaded, name):
+    model = loaded[name]
+    assert any(isinstance(m, MaskedGroupNorm) and m.masked for m in model.modules())
+    source, padding = waveform_batch(lengths(name), seed=2)
+    together, frames = logits(model, source, padding)
+    for i, n in enumerate(lengths(name)):
+        alone, alone_frames = logits(model, source[i : i + 1, :n], None)
+        assert frames[i] == alone_frames[0], (name, n)
+        diff = (together[i, : frames[i]] - alone[0, : frames[i]]).abs().max() if frames[i] else 0.0
+        assert diff <= 1e-5, (name, n, float(diff))
+
+
+@pytest.mark.parametrize("name", ["sew", "sew_d", "st_sew_222", "sew_cif"])
+def test_the_encoder_features_are_batch_invariant_too(loaded, name):
+    w2v = loaded[name].w2v_encoder.w2v_model
+    source, padding = waveform_batch(LENGTHS[:3], seed=4)
+    with torch.no_grad():
+        together = w2v(source, padding_mask=padding, mask=False, features_only=True)
+        for i, n in enumerate(LENGTHS[:3]):
+            alone = w2v(source[i : i + 1, :n], padding_mask=None, mask=False, features_only=True)["x"][0]
+            valid = ~together["padding_mask"][i]
+            assert (together["x"][i][valid] - alone[: int(valid.sum())]).abs().max() <= 1e-5, (name, n)
+
+
+def test_fairseqs_batch_statistics_are_what_training_keeps_by_default():
+    """Without the masked statistics (a model built for training), a short row of a padded batch is
+    normalised with the padding: far from what it gives alone. The masked norm alone is fairseq's."""
+    model = ctc_model("sew", "default")
+    assert not any(isinstance(m, MaskedGroupNorm) for m in model.modules())
+    source, padding = waveform_batch([32000, 8000], seed=3)
+    batch_stats, frames = logits(model, source, padding)
+    alone, _ = logits(model, source[1:, :8000], None)
+    assert (batch_stats[1, : frames[1]] - alone[0]).abs().max() > 1e-2
+    assert mask_feature_norm(model) == 1
+    masked, _ = logits(model, source, padding)
+    assert (masked[1, : frames[1]] - alone[0]).abs().max() <= 1e-5
+    alone_masked, _ = logits(model, source[1:, :8000], None)
+    assert torch.equal(alone_masked, alone)  # one utterance: fairseq's function, bit for bit

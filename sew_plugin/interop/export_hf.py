@@ -218,6 +218,13 @@ def batch_caveat(squeeze_factor: int) -> str:
             f"outputs")
 
 
+GROUP_NORM_CAVEAT = (
+    "note: this model's front end is GroupNorm (extractor_mode default): in a padded batch transformers normalises "
+    "each utterance's first-layer features over the padded length, with or without an attention mask, so padded "
+    "utterances get other logits than alone (and their padded frames decode to letters); batch with sew infer, "
+    "which normalises each utterance over its own frames, or run transformers one utterance at a time")
+
+
 def export_hf(checkpoint: Path, out_dir: Path, force: bool = False, data: Optional[Path] = None) -> str:
     """Write ``checkpoint`` as a transformers model directory ``out_dir``; the report to print (its
     first line what was written, then a caveat on padded batches). ``data``: the folder with the
@@ -269,4 +276,7 @@ def export_hf(checkpoint: Path, out_dir: Path, force: bool = False, data: Option
     report = (f"{type(hf).__name__} ({params / 1e6:.2f}M parameters{vocab}) written to {out_dir}: "
               f"{', '.join(written)}; max abs diff to the checkpoint on 1 s of noise: {diff:.2e}")
     squeeze = encoder.cfg.squeeze_factor
-    return f"{report}\n{batch_caveat(squeeze)}" if squeeze > 1 else report
+    notes = [batch_caveat(squeeze)] if squeeze > 1 else []
+    if hf.config.feat_extract_norm == "group":  # so its preprocessor passes no attention mask, as transformers expects
+        notes.append(GROUP_NORM_CAVEAT)
+    return "\n".join([report, *notes])

@@ -140,7 +140,7 @@ def fake_model(monkeypatch):
 
     monkeypatch.setattr(infer, "load", load)
 
-    def operating_point(model, point, command="infer"):
+    def operating_point(model, point, command="infer", option="--operating-point"):
         if point is not None:
             model.point = point
 

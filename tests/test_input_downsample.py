@@ -17,7 +17,7 @@ from sew_plugin.modules.input_downsample import (
 )
 
 FACTORS = (2, 3, 4)
-# (kernel, padding) per method, from methods.md section 4 and the module's spec.
+# (kernel, padding) per method, as Zaiem et al. and the module's docstring give them.
 GEOMETRY = {"conv": (161, 80), "avgpool": (10, 2), "resample": (161, 80)}
 ALL = [(m, f) for m in METHODS for f in FACTORS]
 

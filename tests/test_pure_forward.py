@@ -13,7 +13,9 @@ from helpers import ctc_model
 
 # memoization whose contents are a function of the weights and the length, kept across forwards by design
 CACHES = {"_positions", "_table", "_tables"}
-KINDS = [("sew", {}), ("sew_d", {}), ("st_sew", {"operating_point": "2,2,1"}), ("wav2vec2", {}),
+# nn.Module's own dicts: parameters and buffers are compared as tensors below, submodules by name
+TORCH_CONTAINERS = {"_parameters", "_buffers", "_modules"}
+KINDS = [("sew", {}), ("sew_d", {}), ("st_sew", {"operating_point": "2,2,1"}), ("st_sew", {}), ("wav2vec2", {}),
          ("sew", {"input_downsample": "resample", "input_downsample_factor": 2}),
          ("sew_cif", {"cif_lambda": 1.0}), ("sew", {"exit_layers": "1"}), ("sew_d", {"exit_layers": "1"})]
 
@@ -24,7 +26,7 @@ def attributes(model) -> dict:
     for name, module in model.named_modules():
         recomputed = {h.name for h in module._forward_pre_hooks.values() if isinstance(h, WeightNorm)}
         plain = {k: v for k, v in vars(module).items()
-                 if k not in CACHES | recomputed and not k.startswith("_") and not torch.is_tensor(v)}
+                 if k not in CACHES | recomputed | TORCH_CONTAINERS and not torch.is_tensor(v)}
         tensors = {k: (id(t), t.detach().clone()) for k, t in [*module._parameters.items(), *module._buffers.items()]
                    if t is not None}
         snapshot[name] = (repr(plain), tensors)
@@ -53,7 +55,7 @@ def test_an_eval_forward_changes_no_module_attribute(kind, ctc):
 
 
 @pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")  # the values each module keeps fixed on purpose
-@pytest.mark.parametrize("kind, ctc", KINDS[:4])
+@pytest.mark.parametrize("kind, ctc", [k for k in KINDS[:5] if k != ("st_sew", {})])
 def test_a_fixed_model_traces_into_a_length_and_batch_generic_graph(kind, ctc):
     model = ctc_model(kind, **ctc)
     graph = export.ctc_graph(model)

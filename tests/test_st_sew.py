@@ -10,6 +10,7 @@ import sew_plugin.models  # noqa: F401
 from sew_plugin import presets
 from sew_plugin.models.sew import SEWConfig, SEWModel
 from sew_plugin.modules.pooled_attention import mean_pool, repeat_upsample
+from sew_plugin.modules.side_outputs import collecting
 
 from conftest import TINY_SEW, waveform_batch as batch
 from helpers import tiny_st_sew
@@ -92,19 +93,20 @@ def test_pooling_changes_the_output_and_saves_attention_work():
     model.encoder.set_operating_point("2,2,2")
     assert used[-1][1] == [1, 1]
     pooled = encode(model, source)
-    assert used[-1] == (2, [2, 2], [2, 2]) and model.encoder.last_config is None  # nothing was sampled
+    assert used[-1] == (2, [2, 2], [2, 2])
     assert pooled.shape == reference.shape and not torch.allclose(pooled, reference)
 
 
 def test_sampling_covers_the_sets_and_nothing_else():
     model = tiny_st_sew(squeeze_factors="1,2,3", kv_pool_factors="1,2", query_pool_factors="1,3").train()
+    used = configs_used(model)
     source, _ = batch([6000, 6000])
     seen_f, seen_k, seen_q = set(), set(), set()
     np.random.seed(0)
     with torch.no_grad():
         for _ in range(40):
             model(source, mask=False, features_only=True)
-            s_f, s_k, s_q = model.encoder.last_config
+            s_f, s_k, s_q = used[-1]
             seen_f.add(s_f), seen_k.update(s_k), seen_q.update(s_q)
     assert (seen_f, seen_k, seen_q) == ({1, 2, 3}, {1, 2}, {1, 3})
 
@@ -121,8 +123,11 @@ def test_fixed_point_never_samples_and_respects_pool_layers():
 
     restricted = tiny_st_sew(pool_layers="1").train()
     for _ in range(10):
-        restricted(source, mask=False, features_only=True)
-        _, s_k, s_q = restricted.encoder.last_config
+        out = restricted(source, mask=False, features_only=True)  # the result names the draw, as logged
+        with collecting() as reported:
+            restricted(source, mask=False, features_only=True)
+        _, s_k, s_q = reported["st_sew_config"]
+        assert out["squeeze_factor"] in (1.0, 2.0)
         assert s_k[0] == 1 and s_q[0] == 1
 
 

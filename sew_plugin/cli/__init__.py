@@ -62,12 +62,13 @@ def get_parser() -> argparse.ArgumentParser:
     data.add_parsers(sub)
     _module_command(sub, "infer", "transcribe a manifest with a CTC checkpoint; WER, UER and timing",
                     infer.add_arguments, infer.main, infer.__doc__)
-    _module_command(sub, "sweep", "WER and time of one checkpoint at several St-SEW points or early-exit thresholds",
+    _module_command(sub, "sweep", "WER and time of one checkpoint at several St-SEW points, CIF lambdas or "
+                    "early-exit thresholds",
                     sweep.add_arguments, sweep.main, sweep.__doc__)
     _module_command(sub, "bench", "forward time, MACs and memory of models side by side",
                     bench.add_arguments, bench.main, bench.__doc__)
     _module_command(sub, "export-hf", "write a checkpoint as a HuggingFace transformers model directory",
-                    export.add_hf_arguments, export.export_hf, export.hf.__doc__)
+                    export.add_hf_arguments, export.export_hf, export.hf_export.__doc__)
     _module_command(sub, "export-onnx", "export a fine-tuned CTC checkpoint to ONNX (dynamic batch and length)",
                     export.add_onnx_arguments, export.export_onnx, export.onnx.__doc__)
     return parser

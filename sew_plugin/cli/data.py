@@ -4,7 +4,7 @@
 import sys
 from pathlib import Path
 
-from .options import at_least, percent
+from .options import HelpFormatter, at_least, percent
 
 
 def manifest(args) -> int:
@@ -50,10 +50,10 @@ def lm(args) -> int:
 
 
 def add_parsers(sub) -> None:
-    p = sub.add_parser("manifest", help="write fairseq manifests (train.tsv, valid.tsv) for an audio folder")
+    p = sub.add_parser("manifest", formatter_class=HelpFormatter, help="write fairseq manifests (train.tsv, valid.tsv) for an audio folder")
     p.add_argument("audio_dir", type=Path, help="folder searched recursively for --ext files")
     p.add_argument("--dest", type=Path, required=True, help="folder to write <split>.tsv (and valid.tsv) to")
-    p.add_argument("--ext", default="wav", choices=["wav", "flac"])
+    p.add_argument("--ext", default="wav", choices=["wav", "flac"], help="audio files to list")
     p.add_argument("--valid-percent", type=percent, default=0.0, help="share of files for valid.tsv (0: none)")
     p.add_argument("--seed", type=int, default=42, help="seed of the train/valid split")
     p.add_argument("--sample-rate", type=at_least(1), default=16000, help="required sample rate")
@@ -65,8 +65,8 @@ def add_parsers(sub) -> None:
                    "training or inference instead of here")
     p.set_defaults(func=manifest)
 
-    p = sub.add_parser("labels", help="write <split>.wrd, <split>.ltr and dict.ltr.txt for a manifest")
-    p.add_argument("manifest", type=Path)
+    p = sub.add_parser("labels", formatter_class=HelpFormatter, help="write <split>.wrd, <split>.ltr and dict.ltr.txt for a manifest")
+    p.add_argument("manifest", type=Path, help="the fairseq manifest (.tsv) whose rows to label")
     p.add_argument("transcripts", type=Path, nargs="+",
                    help="'ID TEXT' files (or folders of *.trans.txt), or ID<TAB>TEXT .tsv files")
     p.add_argument("--dest", type=Path, required=True,
@@ -78,13 +78,13 @@ def add_parsers(sub) -> None:
                    help="leave bad utterances out of a rewritten DEST/<split>.tsv (listed in <split>.skipped.tsv)")
     p.set_defaults(func=labels)
 
-    p = sub.add_parser("lexicon", help="write a flashlight lexicon (WORD W O R D |) for word lists or .wrd files")
+    p = sub.add_parser("lexicon", formatter_class=HelpFormatter, help="write a flashlight lexicon (WORD W O R D |) for word lists or .wrd files")
     p.add_argument("words", type=Path, nargs="+", help="word lists or .wrd files (every token is a word)")
     p.add_argument("--dest", type=Path, required=True, help="the lexicon file to write")
     p.add_argument("--dict", type=Path, help="letter dictionary every spelling must fit")
     p.set_defaults(func=lexicon)
 
-    p = sub.add_parser("lm", help="write a word n-gram ARPA language model (Witten-Bell) from text")
+    p = sub.add_parser("lm", formatter_class=HelpFormatter, help="write a word n-gram ARPA language model (Witten-Bell) from text")
     p.add_argument("text", type=Path, nargs="+", help="one sentence per line, e.g. train.wrd")
     p.add_argument("--dest", type=Path, required=True, help="the ARPA file to write")
     p.add_argument("--order", type=at_least(2), default=3, help="n-gram order (KenLM needs at least 2)")

@@ -5,7 +5,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from ..interop import export_hf as hf
+from ..interop import export_hf as hf_export
 from ..interop import load_with_data, onnx
 from .infer import operating_point
 
@@ -25,7 +25,7 @@ def add_hf_arguments(p) -> None:
 
 
 def export_hf(args) -> int:
-    print(hf.export_hf(args.checkpoint, args.out_dir, force=args.force, data=args.data))
+    print(hf_export.export_hf(args.checkpoint, args.out_dir, force=args.force, data=args.data))
     return 0
 
 

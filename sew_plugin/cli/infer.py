@@ -16,10 +16,10 @@ from pathlib import Path
 
 from ..inference.decoding import DECODERS, BeamOptions, build_decoder
 from ..inference.settings import (load_for_inference, require_fixed_cif_lambda, require_fixed_operating_point,
-                                  set_exit_policy)
+                                  set_cif_lambda, set_exit_policy, set_operating_point)
 from ..inference.transcribe import LABELS, Batching, check_inputs, transcribe, write_results
 from ..modules.early_exit import POLICIES
-from .options import at_least, refusing
+from .options import at_least, device, refusing
 
 
 def add_arguments(p) -> None:
@@ -55,7 +55,7 @@ def add_decoding_arguments(p) -> None:
     p.add_argument("--warmup", type=at_least(0), default=1,
                    help="untimed forwards of the first batch before it is timed (0: time the first call too)")
     p.add_argument("--max-tokens", type=at_least(0), default=0, help="if > 0, cap on padded samples per batch instead")
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--device", type=device, default="cpu", help="cpu or cuda")
     p.add_argument("--threads", type=at_least(0), default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--exit-policy", choices=POLICIES,
                    help="early-exit models: leave at --exit-layer (layer), or at the first exit whose mean "
@@ -91,24 +91,22 @@ def _setting(model, option: str, value, fix, require_fixed, command: str) -> Non
         fix(model, value)
 
 
-def operating_point(model, point, command: str = "infer") -> None:
-    """Fix a St-SEW model at ``point`` (--operating-point); none for a model that samples its point is refused."""
-    from ..models.sew_ctc import set_operating_point
-
-    _setting(model, "--operating-point", point, set_operating_point, require_fixed_operating_point, command)
+def operating_point(model, point, command: str = "infer", option: str = "--operating-point") -> None:
+    """Fix a St-SEW model at ``point`` (``option``); none for a model that samples its point is refused."""
+    _setting(model, option, point, set_operating_point, require_fixed_operating_point, command)
 
 
-def cif_lambda(model, lam, command: str = "infer") -> None:
-    """Run a CIF model at ``lam`` (--cif-lambda); none for a model fine-tuned with a sampled lambda is refused."""
-    from ..models.sew_ctc import set_cif_lambda
-
-    _setting(model, "--cif-lambda", lam, set_cif_lambda, require_fixed_cif_lambda, command)
+def cif_lambda(model, lam, command: str = "infer", option: str = "--cif-lambda") -> None:
+    """Run a CIF model at ``lam`` (``option``); none for a model fine-tuned with a sampled lambda is refused."""
+    _setting(model, option, lam, set_cif_lambda, require_fixed_cif_lambda, command)
 
 
 def exit_policy(model, args, decoder, threshold, command: str = "infer") -> None:
     """Put an early-exit model under ``args.exit_policy`` at ``threshold``."""
     if args.exit_policy != "layer" and threshold is None:
         raise SystemExit(f"sew {command}: error: --exit-policy {args.exit_policy} needs --threshold")
+    if args.exit_policy == "layer" and args.exit_layer is None:
+        raise SystemExit(f"sew {command}: error: --exit-policy layer needs --exit-layer")
     with refusing(command, f"--exit-policy {args.exit_policy}"):
         set_exit_policy(model, args.exit_policy, threshold, args.exit_layer, args.nbest,
                         decoder if args.decoder == "kenlm" else None)

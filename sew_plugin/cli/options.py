@@ -23,6 +23,22 @@ def at_least(low, kind=int):
     return parse
 
 
+def device(text: str) -> str:
+    """argparse type: a torch device this torch can use (cpu, cuda, cuda:N)."""
+    import torch
+
+    try:
+        parsed = torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"must be cpu, cuda or cuda:N, got {text!r}") from None
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"{text}: this torch ({torch.__version__}) sees no CUDA device; on a GPU "
+                                         "machine install a CUDA build of torch (README: Install)")
+    if parsed.type not in ("cpu", "cuda"):
+        raise argparse.ArgumentTypeError(f"must be cpu, cuda or cuda:N, got {text!r}")
+    return text
+
+
 def percent(text: str) -> float:
     value = float(text)
     if not 0 <= value < 100:

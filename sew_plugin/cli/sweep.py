@@ -53,11 +53,14 @@ def main(args) -> int:
 
     def apply(setting):
         if args.points:
-            infer.operating_point(model, setting, "sweep")
+            infer.operating_point(model, setting, "sweep", "--points")
         elif args.cif_lambdas:
-            infer.cif_lambda(model, setting, "sweep")
+            infer.cif_lambda(model, setting, "sweep", "--cif-lambdas")
         else:
             infer.exit_policy(model, args, decoder, setting, "sweep")
+
+    for setting in args.points or args.cif_lambdas or args.thresholds:  # every one refused now, not midway
+        apply(setting)
 
     points = sweep(model, args.manifest, decoder, kind, args.points or args.cif_lambdas or args.thresholds, apply,
                    args.labels, normalize, infer.batching(args, warm_every_batch=True), args.device,

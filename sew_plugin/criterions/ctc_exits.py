@@ -3,8 +3,8 @@
 
 Each exit is scored by fairseq's own ``CtcCriterion.forward`` on that exit's logits, so the loss,
 the letter/word error counts and their logging are exactly fairseq's; the total is the weighted sum.
-The final exit's figures keep fairseq's names (``loss``, ``wer``...); exit ``k`` adds ``exit{k}_loss``
-and, in validation, ``exit{k}_wer`` and ``exit{k}_uer``.
+``loss`` is that weighted total; the final exit's own figures are ``final_loss`` and fairseq's ``wer``,
+``uer``...; exit ``k`` adds ``exit{k}_loss`` and, in validation, ``exit{k}_wer`` and ``exit{k}_uer``.
 """
 
 import math

@@ -49,7 +49,7 @@ class KenLMLexiconDecoder:
     """flashlight-text ``LexiconDecoder`` over a lexicon trie scored by a KenLM model.
 
     The trie holds every lexicon spelling with its word's unigram LM score, smeared with MAX
-    (methods.md section 5); only lexicon words can be produced.
+    (as flashlight-text and fairseq build it); only lexicon words can be produced.
     """
 
     def __init__(self, tgt_dict, lexicon: Path, lm: Path, options: BeamOptions = BeamOptions()):

@@ -1,5 +1,6 @@
 """Loading a CTC checkpoint for inference, and the settings a model runs at: the St-SEW operating
-point, the CIF lambda, the early-exit policy.
+point (``set_operating_point``), the CIF lambda (``set_cif_lambda``), the early-exit policy
+(``set_exit_policy``).
 
 Each function raises ``ValueError`` saying what is wrong (the commands in ``sew_plugin.cli`` add the
 option that carried it); none of them reads command-line arguments.
@@ -20,12 +21,13 @@ def load_for_inference(checkpoint: Path, data: Path, device: str = "cpu", thread
     whether the checkpoint's task normalised the audio. A checkpoint without a CTC head
     (pre-trained) is refused (``ValueError`` naming the file): its task has no target dictionary
     to decode with; ``command`` names who asks."""
-    from ..checkpoint import load_checkpoint, require_ctc
+    from ..checkpoint import require_ctc
+    from ..interop import load_with_data
     from ..modules import keep_layer_results
 
     if threads:
         torch.set_num_threads(threads)
-    model, cfg, task = load_checkpoint(checkpoint, {"data": str(data)})
+    model, cfg, task = load_with_data(checkpoint, data)  # a missing dictionary: a DataError naming it
     try:
         require_ctc(model, command)
     except ValueError as err:
@@ -35,18 +37,38 @@ def load_for_inference(checkpoint: Path, data: Path, device: str = "cpu", thread
     return model, task, bool(cfg.task.get("normalize", False))
 
 
+def set_operating_point(model, point: Optional[str]) -> None:
+    """Fix the (S_f, S_k, S_q) of a St-SEW CTC model ('2,2,1'), or return it to sampling (None)."""
+    from ..models.sew_ctc import set_operating_point as fix
+
+    fix(model, point)
+
+
+def set_cif_lambda(model, lam: Optional[float]) -> None:
+    """Run a CIF CTC model at lambda ``lam`` in [0, 2) (its mean frame period grows with it)."""
+    from ..models.sew_ctc import set_cif_lambda as fix
+
+    fix(model, lam)
+
+
+def _encoder(model):
+    """The wav2vec 2.0-family model inside a CTC model (None for another kind of model)."""
+    return getattr(getattr(model, "w2v_encoder", None), "w2v_model", None)
+
+
 def require_fixed_operating_point(model) -> None:
     """Refuse a St-SEW model that samples its operating point at every forward (fine-tuned
     stochastically): its transcripts would change from call to call."""
-    from ..models.sew_ctc import SAMPLED_POINT, samples_operating_point
+    from ..models.sew_ctc import SAMPLED_POINT
 
-    if samples_operating_point(model):
+    encoder = getattr(_encoder(model), "encoder", None)
+    if hasattr(encoder, "set_operating_point") and not encoder.fixed:
         raise ValueError(SAMPLED_POINT)
 
 
 def require_fixed_cif_lambda(model) -> None:
     """Refuse a CIF model fine-tuned with a sampled lambda: it needs one to run at."""
-    cif = getattr(model.w2v_encoder.w2v_model, "cif", None)
+    cif = getattr(_encoder(model), "cif", None)
     if cif is not None and cif.fixed_lambda is None:
         raise ValueError("this CIF model samples lambda (none was fixed in fine-tuning): pass --cif-lambda")
 

@@ -64,6 +64,8 @@ def sweep(model, manifest: Path, decoder, kind: str, settings: Sequence, apply: 
     ``check_inputs`` returned for the manifest, if the caller checked it already."""
     x = torch.randn(1, int(16000 * MAC_SECONDS), device=device)
     inputs = inputs if inputs is not None else check_inputs(manifest, labels)  # once for every point
+    if inputs[1] is None:
+        raise ValueError(f"{manifest}: no references beside it (a .ltr file): a sweep compares WERs")
     points = []
     for setting in settings:
         apply(setting)

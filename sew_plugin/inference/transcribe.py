@@ -26,6 +26,7 @@ from ..data.audio import SAMPLE_RATE, read_audio
 from ..data.errors import DataError, DataErrors, read_lines
 from ..data.manifest import Manifest, check_manifest
 from .decoding import letters_to_words
+from .settings import require_fixed_cif_lambda, require_fixed_operating_point
 
 
 LABELS = "ltr"  # the reference labels read when none are named
@@ -212,6 +213,8 @@ def transcribe(model, manifest_path: Path, decoder, labels: Optional[str] = None
     layer-normalise each waveform, as the checkpoint's task did; ``inputs``: what ``check_inputs``
     returned for them, when the caller has checked them already (each manifest row's audio header
     is read once)."""
+    require_fixed_operating_point(model)  # a model drawing its setting per forward transcribes at random
+    require_fixed_cif_lambda(model)
     manifest, refs = inputs if inputs is not None else check_inputs(manifest_path, labels)
     lengths = [n for _, n in manifest.entries]
     results: List[Optional[Utterance]] = [None] * len(lengths)

@@ -26,8 +26,9 @@ modules on a copy (``prepare_encoder``: weight norm folded into plain weights, f
 encoder given this plugin's layer-wise steps). The modules take their trace-safe path when traced
 (``torch.jit.is_tracing()``), each computing the same function as in eager mode:
 
-- the exact integer frame count of every row is always computed (``sew_plugin.modules.frame_mask``),
-  where eager fairseq chooses its frame mask by ``padding_mask.any()``;
+- the exact integer frame count of every row is always computed (``feature_extractor.output_frames``,
+  what ``sew_plugin.modules.frame_mask`` gives eager models), where eager fairseq chooses its frame
+  mask by ``padding_mask.any()``;
 - the squeeze crops the strided positional convolution to the pooled length ``floor(T / s)`` and
   the upsampler always pads to the 20 ms length (``sew_plugin.modules.squeeze``), in eager mode too;
 - fairseq's ``pad_to_multiple`` (Python arithmetic on the length; the frames it adds are masked, so
@@ -55,8 +56,8 @@ Refused, with the reason: early-exit models (which layers run depends on each ut
 posteriors at run time) and CIF models (the compressed length comes from an integrate-and-fire
 loop over the frames); St-SEW without a fixed operating point (it would sample one per forward).
 
-After writing, the graph is run with onnxruntime (CPU) on a padded batch of other lengths and batch
-size than the trace's, and compared with PyTorch (``--tolerance``, default 5e-4 max abs difference
+After writing, the graph is run with onnxruntime (CPU) on two batches of other lengths and batch
+sizes than the trace's (one row; three padded rows), and compared with PyTorch (``--tolerance``, default 5e-4 max abs difference
 over valid frames).
 """
 
@@ -178,8 +179,9 @@ def prepare_encoder(w2v) -> nn.Module:
 
 class Graph(nn.Module):
     """What is traced: ``(source, padding_mask) -> (logits (B, T, V), lengths (B,))``, as the eval-mode
-    model computes them: fairseq's ``Wav2Vec2Model.forward(features_only=True, mask=False)`` of an
-    encoder prepared by ``prepare_encoder``, with the exact frame mask, then the CTC head (``proj``;
+    model computes them: the steps of fairseq's ``Wav2Vec2Model.forward(features_only=True, mask=False)``
+    (extractor, layer norm, projection, encoder) on an encoder prepared by ``prepare_encoder``, with
+    the exact frame mask and each row's valid samples for a masked GroupNorm, then the CTC head (``proj``;
     None: the encoder's (B, T, D) output), ``ctc_frames_per_step`` and ``blank_weight``. An input
     downsampler shortens the waveform first."""
 

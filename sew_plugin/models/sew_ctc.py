@@ -8,8 +8,8 @@ registers it as ``sew_ctc`` (``wav2vec_ctc_v2`` of the original SEW release is i
 ``sew_plugin.models.original``), fails early with the config key when ``w2v_path`` is missing, fixes the operating
 point of a St-SEW encoder for deterministic fine-tuning (``operating_point``), fixes (or learns) the
 lambda of a CIF-compressed encoder (``cif_lambda``) and repeats its compressed frames by their durations
-before CTC (``cif_upsample``), shortens the waveform before the encoder (``input_downsample``, paper
-000; ``sew_plugin.modules.input_downsample``) with a head that may emit several frames per encoder
+before CTC (``cif_upsample``), shortens the waveform before the encoder (``input_downsample``, Zaiem
+et al.; ``sew_plugin.modules.input_downsample``) with a head that may emit several frames per encoder
 frame (``ctc_frames_per_step``), and adds early-exit CTC heads after chosen layers (``exit_layers``;
 ``sew_plugin.modules.early_exit``).
 """
@@ -285,13 +285,6 @@ def set_cif_lambda(model, lam: Optional[float], learnable: bool = False) -> None
 
 SAMPLED_POINT = ("this St-SEW model samples its operating point at every forward (it was fine-tuned "
                  "stochastically): fix one with --operating-point S_f,S_k,S_q (e.g. 2,2,1)")
-
-
-def samples_operating_point(model) -> bool:
-    """Whether a CTC model's St-SEW encoder draws a new (S_f, S_k, S_q) at every forward: its outputs
-    then change from call to call, so inference and export need a fixed one."""
-    encoder = model.w2v_encoder.w2v_model.encoder
-    return hasattr(encoder, "set_operating_point") and not encoder.fixed
 
 
 def set_operating_point(model, point: Optional[str]) -> None:

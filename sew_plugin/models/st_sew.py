@@ -4,7 +4,8 @@ One model, many operating points (S_f, S_k, S_q): the squeeze factor S_f of SEW'
 context network and, in every transformer layer, the key-value and query mean-pooling factors
 (``sew_plugin.modules.pooled_attention``). Training samples them (S_f once per step, S_k and S_q
 per layer, uniformly from their sets); an ``operating_point`` fixes them for inference or for
-deterministic fine-tuning. The configuration of the last sampled forward is in ``encoder.last_config``.
+deterministic fine-tuning. Each forward's configuration is in its result (and reported as
+``st_sew_config`` to a ``sew_plugin.modules.side_outputs.collecting()`` scope).
 
 Upsampler: SEW's ``Linear(D, s * D)`` only fits one factor, so every factor s > 1 of the set has
 its own (``encoder.upsamplers.{s}``, SEW's parameterisation, trained on the steps that sample s),
@@ -20,6 +21,7 @@ import numpy as np
 
 from ..modules.layerwise import LayerState
 from ..modules.pooled_attention import PooledTransformerLayer
+from ..modules.side_outputs import collecting, report
 from ..modules.squeezed_encoder import SqueezedTransformerEncoder
 from .registry import register_models
 from .sew import SEWConfig, SEWModel
@@ -98,9 +100,9 @@ class StochasticSqueezedEncoder(SqueezedTransformerEncoder):
     """SEW's squeezed encoder with a per-forward squeeze factor and pooled-attention layers.
 
     A forward runs at the fixed operating point, or at a fresh draw (training, or evaluation with
-    none fixed), which it records in ``last_config`` for logging; a fixed-point forward changes
-    no attribute. The configuration travels in the layer state: (S_f) as its squeeze factor,
-    (S_q, S_k) per layer in ``context["pooling"]``.
+    none fixed), which it reports as ``st_sew_config`` (``sew_plugin.modules.side_outputs``) for
+    logging; no forward changes an attribute. The configuration travels in the layer state: (S_f) as
+    its squeeze factor, (S_q, S_k) per layer in ``context["pooling"]``.
     """
 
     def __init__(self, cfg: StSEWConfig):
@@ -111,7 +113,6 @@ class StochasticSqueezedEncoder(SqueezedTransformerEncoder):
         self.squeeze_set = squeeze_set
         self.pooling_layers = self._pooling_layers(cfg.pool_layers, len(self.layers))
         self.set_operating_point(cfg.operating_point)
-        self.last_config: Optional[Tuple[int, List[int], List[int]]] = None
 
     def build_encoder_layer(self, args, **kwargs):
         """fairseq's wav2vec 2.0 layer, made a ``PooledTransformerLayer`` (same parameters)."""
@@ -144,9 +145,8 @@ class StochasticSqueezedEncoder(SqueezedTransformerEncoder):
 
     def begin(self, x, padding_mask, factor=None) -> LayerState:
         """(B, T, D) at 20 ms -> the state under the fixed or a freshly drawn configuration."""
-        config = self.fixed
-        if config is None:
-            config = self.last_config = self.sample_config()
+        config = self.fixed or self.sample_config()
+        report("st_sew_config", config)
         s_f, s_k, s_q = config
         state = super().begin(x, padding_mask, s_f)
         state.context["pooling"] = list(zip(s_q, s_k))
@@ -180,8 +180,9 @@ class StSEWModel(SEWModel):
         """fairseq's wav2vec 2.0 forward; the result also carries this step's configuration
         (``squeeze_factor``, ``kv_pool``, ``query_pool``: the mean over layers), which fairseq's
         ``wav2vec`` criterion logs when named in ``criterion.log_keys``."""
-        result = super().forward(*args, **kwargs)
-        s_f, s_k, s_q = self.encoder.fixed or self.encoder.last_config
+        with collecting() as reported:
+            result = super().forward(*args, **kwargs)
+        s_f, s_k, s_q = reported["st_sew_config"]
         result.update(squeeze_factor=float(s_f), kv_pool=float(np.mean(s_k)), query_pool=float(np.mean(s_q)))
         return result
 

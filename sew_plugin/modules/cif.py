@@ -158,7 +158,8 @@ def guidance_loss(alpha: torch.Tensor, boundaries: torch.Tensor) -> torch.Tensor
 
 @dataclass
 class CifResult:
-    """One compression of a batch (kept by the model as ``last_cif`` for logging and CTC)."""
+    """One compression of a batch (reported as ``cif``, ``sew_plugin.modules.side_outputs``, for
+    logging, CTC's durations and the frame period)."""
 
     x: torch.Tensor  # (B, L, C) compressed frames
     padding_mask: torch.Tensor  # (B, L), True at padding

@@ -13,19 +13,9 @@ import time
 import torch
 
 from sew_plugin import presets
+from sew_plugin.interop.onnx import waveform_batch
 from sew_plugin.modules import keep_layer_results
 from sew_plugin.modules.masked_group_norm import mask_feature_norm
-
-
-def padded_batch(seconds, seed=0):
-    lengths = [int(16000 * s) for s in seconds]
-    g = torch.Generator().manual_seed(seed)
-    source = torch.zeros(len(lengths), max(lengths))
-    padding = torch.ones(len(lengths), max(lengths), dtype=torch.bool)
-    for i, n in enumerate(lengths):
-        source[i, :n] = torch.randn(n, generator=g)
-        padding[i, :n] = False
-    return source, padding
 
 
 def main() -> None:
@@ -37,7 +27,7 @@ def main() -> None:
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    source, padding = padded_batch(args.seconds)
+    source, padding = waveform_batch(args.seconds)
     print(f"{torch.get_num_threads()} threads, batch of {len(args.seconds)} padded to {max(args.seconds):g} s")
     for name in args.models:
         model = presets.build_model(name, extractor_mode="default")

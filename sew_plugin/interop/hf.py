@@ -19,22 +19,24 @@ PRETRAINING_ONLY = re.compile(r"^(quantizer\.|project_q\.|final_proj\.|target_gl
 
 # (pattern, replacement) applied to fairseq SEW keys, first match wins.
 _SEW_RULES = [
+    # the front end: feature extractor (GroupNorm of layer 0 with extractor_mode=default, LayerNorm of
+    # every layer with layer_norm), its layer norm and the projection into the transformer's width
     (r"^mask_emb$", "masked_spec_embed"),
-    (r"^feature_extractor\.conv_layers\.(\d+)\.0\.weight$", r"feature_extractor.conv_layers.\1.conv.weight"),
-    (r"^feature_extractor\.conv_layers\.(\d+)\.0\.bias$", r"feature_extractor.conv_layers.\1.conv.bias"),
-    # GroupNorm of layer 0 (extractor_mode=default) and LayerNorm of every layer (layer_norm)
-    (r"^feature_extractor\.conv_layers\.(\d+)\.2\.(weight|bias)$", r"feature_extractor.conv_layers.\1.layer_norm.\2"),
-    (r"^feature_extractor\.conv_layers\.(\d+)\.2\.1\.(weight|bias)$", r"feature_extractor.conv_layers.\1.layer_norm.\2"),
+    (r"^feature_extractor\.conv_layers\.(\d+)\.0\.(weight|bias)$", r"feature_extractor.conv_layers.\1.conv.\2"),
+    (r"^feature_extractor\.conv_layers\.(\d+)\.2(\.1)?\.(weight|bias)$", r"feature_extractor.conv_layers.\1.layer_norm.\3"),
     (r"^layer_norm\.(weight|bias)$", r"layer_norm.\1"),
     (r"^post_extract_proj\.(weight|bias)$", r"feature_projection.\1"),
+    # the squeeze's positional convolution, under transformers' weight-norm parametrization
     (r"^encoder\.pos_conv\.0\.bias$", "encoder.pos_conv_embed.conv.bias"),
     (r"^encoder\.pos_conv\.0\.weight_g$", "encoder.pos_conv_embed.conv.parametrizations.weight.original0"),
     (r"^encoder\.pos_conv\.0\.weight_v$", "encoder.pos_conv_embed.conv.parametrizations.weight.original1"),
+    # SEW's transformer layers
     (r"^encoder\.layers\.(\d+)\.self_attn\.(k|v|q|out)_proj\.(weight|bias)$", r"encoder.layers.\1.attention.\2_proj.\3"),
     (r"^encoder\.layers\.(\d+)\.self_attn_layer_norm\.(weight|bias)$", r"encoder.layers.\1.layer_norm.\2"),
     (r"^encoder\.layers\.(\d+)\.fc1\.(weight|bias)$", r"encoder.layers.\1.feed_forward.intermediate_dense.\2"),
     (r"^encoder\.layers\.(\d+)\.fc2\.(weight|bias)$", r"encoder.layers.\1.feed_forward.output_dense.\2"),
     (r"^encoder\.layers\.(\d+)\.final_layer_norm\.(weight|bias)$", r"encoder.layers.\1.final_layer_norm.\2"),
+    # after the layers: the final norm and the upsampler
     (r"^encoder\.layer_norm\.(weight|bias)$", r"encoder.layer_norm.\1"),
     (r"^encoder\.upsample\.0\.(weight|bias)$", r"encoder.upsample.projection.\1"),
     # SEW-D: the DeBERTa stack already carries HF's names
@@ -105,6 +107,17 @@ def hf_activation(name) -> str:
         raise ValueError(f"model.activation_fn={name!r} has no transformers equivalent") from None
 
 
+# transformers.SEWConfig key -> the fairseq config key it takes its value from
+SEW_CONFIG_KEYS = {
+    "conv_bias": "conv_bias", "hidden_size": "encoder_embed_dim", "intermediate_size": "encoder_ffn_embed_dim",
+    "num_attention_heads": "encoder_attention_heads", "num_hidden_layers": "encoder_layers",
+    "num_conv_pos_embeddings": "conv_pos", "num_conv_pos_embedding_groups": "conv_pos_groups",
+    "squeeze_factor": "squeeze_factor", "layerdrop": "encoder_layerdrop", "hidden_dropout": "dropout",
+    "attention_dropout": "attention_dropout", "activation_dropout": "activation_dropout",
+    "feat_proj_dropout": "dropout_input",
+}
+
+
 def sew_hf_config_kwargs(cfg) -> dict:
     """``transformers.SEWConfig`` keyword arguments equivalent to a SEW model config (eval mode)."""
     if cfg.layer_norm_first:
@@ -119,23 +132,11 @@ def sew_hf_config_kwargs(cfg) -> dict:
         conv_dim=[c for c, _, _ in layers],
         conv_kernel=[k for _, k, _ in layers],
         conv_stride=[s for _, _, s in layers],
-        conv_bias=cfg.conv_bias,
         feat_extract_norm="group" if str(cfg.extractor_mode) == "default" else "layer",
         feat_extract_activation="gelu",
         hidden_act=hf_activation(cfg.activation_fn),
-        hidden_size=cfg.encoder_embed_dim,
-        intermediate_size=cfg.encoder_ffn_embed_dim,
-        num_attention_heads=cfg.encoder_attention_heads,
-        num_hidden_layers=cfg.encoder_layers,
-        num_conv_pos_embeddings=cfg.conv_pos,
-        num_conv_pos_embedding_groups=cfg.conv_pos_groups,
-        squeeze_factor=cfg.squeeze_factor,
-        layerdrop=cfg.encoder_layerdrop,
-        hidden_dropout=cfg.dropout,
-        attention_dropout=cfg.attention_dropout,
-        activation_dropout=cfg.activation_dropout,
-        feat_proj_dropout=cfg.dropout_input,
         layer_norm_eps=1e-5,
+        **{theirs: getattr(cfg, ours) for theirs, ours in SEW_CONFIG_KEYS.items()},
     )
 
 

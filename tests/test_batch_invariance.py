@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from sew_plugin.checkpoint import load_checkpoint
+from sew_plugin.inference.settings import set_exit_policy
 from sew_plugin.modules.masked_group_norm import MaskedGroupNorm, mask_feature_norm
 
 from conftest import waveform_batch
@@ -19,6 +20,7 @@ MODELS = {  # name -> (encoder kind, sew_ctc keys, fairseq's wav2vec 2.0 under s
     "st_sew_222": ("st_sew", {"operating_point": "2,2,2"}, False),
     "sew_cif": ("sew_cif", {"cif_lambda": 1.0}, False),
     "sew_down2": ("sew", {"input_downsample": "resample", "input_downsample_factor": 2}, False),
+    "sew_exits": ("sew", {"exit_layers": "1"}, False),  # under an exit policy, set below
     "wav2vec2_sew_ctc": ("wav2vec2", {}, True),
     "wav2vec2_ctc": ("wav2vec2", {}, False),
 }
@@ -40,6 +42,9 @@ def loaded(tmp_path_factory):
         torch.manual_seed(i)
         write_checkpoint(ctc_model(kind, "default", sew_ctc=through_sew_ctc, **ctc), folder / f"{name}.pt", folder)
         models[name] = load_checkpoint(folder / f"{name}.pt")[0]
+    # mean entropy below 2.3 nats: with random weights (about log 11 = 2.4) some utterances leave at
+    # the first exit, the others run on, each decided alone
+    set_exit_policy(models["sew_exits"], "entropy", threshold=2.3)
     return models
 
 
@@ -57,6 +62,9 @@ def test_each_utterance_of_a_padded_batch_gets_its_logits_alone(loaded, name):
     assert any(isinstance(m, MaskedGroupNorm) and m.masked for m in model.modules())
     source, padding = waveform_batch(lengths(name), seed=2)
     together, frames = logits(model, source, padding)
+    if name == "sew_exits":  # the batch holds utterances leaving at either exit
+        with torch.no_grad():
+            assert set(model(source=source, padding_mask=padding)["exit_layer"].tolist()) == {1, 2}
     for i, n in enumerate(lengths(name)):
         alone, alone_frames = logits(model, source[i : i + 1, :n], None)
         assert frames[i] == alone_frames[0], (name, n)

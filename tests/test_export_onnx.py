@@ -213,3 +213,19 @@ def test_bench_onnx_row_is_timed_beside_its_pytorch_row(tiny_presets):
         build("sew_d_tiny:exit1:onnx")
     with pytest.raises(ValueError, match="onnxruntime on the CPU in fp32"):
         run(["sew_d_tiny:onnx"], [0.5], [1], dtype="bf16", baseline="sew_d_tiny")
+
+
+def test_a_graph_that_fails_the_check_is_refused_and_not_left_behind(tmp_path, capsys):
+    """``--tolerance 0``: the check after export fails; the command says so (exit 2, one error line)
+    and OUT is not written, nor its staging file left beside it."""
+    write_dictionary(tmp_path / "data")
+    ckpt = tmp_path / "checkpoint.pt"
+    write_checkpoint(ctc_model("sew", extractor_mode="default"), ckpt, tmp_path / "data")
+    out = tmp_path / "out" / "model.onnx"
+    with pytest.raises(SystemExit) as stopped:
+        main(["export-onnx", str(ckpt), str(out), "--tolerance", "0"])
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err.strip().endswith(f"exceeds --tolerance 0; {out} was not written")
+    assert not out.exists() and list(out.parent.iterdir()) == []
+    assert main(["export-onnx", str(ckpt), str(out)]) == 0 and out.is_file()
+    assert list(out.parent.iterdir()) == [out]

@@ -1,13 +1,13 @@
 """``sew export-hf`` and ``sew export-onnx``: the commands of ``sew_plugin.interop.export_hf`` and
 ``sew_plugin.interop.onnx`` (whose docstrings are their ``--help``)."""
 
-import sys
 import warnings
 from pathlib import Path
 
 from ..interop import export_hf as hf_export
 from ..interop import load_with_data, onnx
 from .infer import operating_point
+from .options import at_least
 
 
 def add_data_argument(p) -> None:
@@ -35,7 +35,7 @@ def add_onnx_arguments(p) -> None:
     p.add_argument("--operating-point", help="St-SEW: fixed 'S_f,S_k,S_q' to export, e.g. 2,2,1")
     add_data_argument(p)
     p.add_argument("--opset", type=int, default=onnx.OPSET, help="ONNX opset")
-    p.add_argument("--tolerance", type=float, default=onnx.TOLERANCE,
+    p.add_argument("--tolerance", type=at_least(0.0, float), default=onnx.TOLERANCE,
                    help="largest |PyTorch - onnxruntime| logit accepted in the check after export")
     p.add_argument("--no-check", action="store_true", help="skip the onnxruntime check")
 
@@ -50,14 +50,19 @@ def export_onnx(args) -> int:
         onnx.check_exportable(model)
     except onnx.ExportError as err:
         raise SystemExit(f"sew {command}: error: {args.checkpoint}: {err}") from None
-    onnx.export(model, args.out, args.opset, metadata=onnx.metadata_of(model, task, cfg, args.operating_point))
+    # written beside OUT first and renamed once checked, so a graph that fails the check is not left there
+    staged = args.out.with_name(f".{args.out.name}.unchecked")
+    onnx.export(model, staged, args.opset, metadata=onnx.metadata_of(model, task, cfg, args.operating_point))
+    try:
+        if not args.no_check:
+            diffs = onnx.check_against_pytorch(model, staged)
+            report = ", ".join(f"{len(s)} x {'/'.join(f'{x:g}' for x in s)} s: {d:.2e}" for s, d in diffs.items())
+            print(f"onnxruntime vs PyTorch, max abs logit difference over valid frames: {report}")
+            if max(diffs.values()) > args.tolerance:
+                raise SystemExit(f"sew {command}: error: the difference exceeds --tolerance {args.tolerance:g}; "
+                                 f"{args.out} was not written")
+        staged.replace(args.out)
+    finally:
+        staged.unlink(missing_ok=True)
     print(f"wrote {args.out} (opset {args.opset}; inputs source, padding_mask; outputs logits, lengths)")
-    if args.no_check:
-        return 0
-    diffs = onnx.check_against_pytorch(model, args.out)
-    report = ", ".join(f"{len(s)} x {'/'.join(f'{x:g}' for x in s)} s: {d:.2e}" for s, d in diffs.items())
-    print(f"onnxruntime vs PyTorch, max abs logit difference over valid frames: {report}")
-    if max(diffs.values()) > args.tolerance:
-        print(f"sew {command}: error: the difference exceeds --tolerance {args.tolerance:g}", file=sys.stderr)
-        return 1
     return 0

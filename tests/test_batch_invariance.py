@@ -98,3 +98,23 @@ def test_fairseqs_batch_statistics_are_what_training_keeps_by_default():
     assert (masked[1, : frames[1]] - alone[0]).abs().max() <= 1e-5
     alone_masked, _ = logits(model, source[1:, :8000], None)
     assert torch.equal(alone_masked, alone)  # one utterance: fairseq's function, bit for bit
+
+
+def test_sew_infer_refuses_rows_too_short_for_a_downsampling_model_by_line(tmp_path, capsys):
+    """500 samples pass the manifest's 400-sample check but give a 2x-downsampling model no frame:
+    refused by manifest line before any forward (alone it failed inside the model, in a batch it
+    silently got no words)."""
+    from sew_plugin.cli import main as sew
+
+    from conftest import write_manifest, write_wav_corpus
+
+    (tmp_path / "dict.ltr.txt").write_text("".join(f"{c} 1\n" for c in LETTERS))
+    rows = write_wav_corpus(tmp_path / "wav", [16000, 500, 9000])
+    write_manifest(tmp_path / "test.tsv", tmp_path / "wav", rows)
+    write_checkpoint(ctc_model("sew", "default", input_downsample="resample", input_downsample_factor=2),
+                     tmp_path / "ckpt.pt", tmp_path)
+    for batch in ("1", "8"):
+        assert sew(["infer", str(tmp_path / "ckpt.pt"), str(tmp_path / "test.tsv"), "--batch-size", batch]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("sew infer: error: 1 bad manifest rows") and f"{tmp_path / 'test.tsv'}:3" in err, err
+        assert "500 samples; this model downsamples its input and needs at least 799" in err

@@ -282,3 +282,29 @@ def test_a_directory_as_dest_is_refused_by_name(tmp_path, capsys, command):
     (tmp_path / "a.wrd").write_text("THE CAT\n")
     assert sew([command, str(tmp_path / "a.wrd"), "--dest", str(tmp_path)]) == 2
     assert f"{tmp_path}: is a directory" in capsys.readouterr().err
+
+
+def test_sew_manifest_follows_folder_links_and_names_links_to_nothing(tmp_path):
+    """A LibriSpeech-style train-960 made of links to its subsets: every file behind the links is
+    found (Python 3.11's Path.rglob follows none), each real folder once (a link cycle ends), and a
+    link whose target is gone is named, not dropped."""
+    from sew_plugin.data.errors import DataErrors
+    from sew_plugin.data.manifest import write_manifests
+
+    from conftest import write_wav_corpus
+
+    write_wav_corpus(tmp_path / "clean" / "a", [4000, 5000])
+    write_wav_corpus(tmp_path / "other" / "b", [6000], seed=1)
+    linked = tmp_path / "train-960"
+    linked.mkdir()
+    (linked / "clean").symlink_to(tmp_path / "clean", target_is_directory=True)
+    (linked / "other").symlink_to(tmp_path / "other", target_is_directory=True)
+    (linked / "loop").symlink_to(linked, target_is_directory=True)
+    (linked / "gone.wav").symlink_to(tmp_path / "nowhere.wav")
+
+    with pytest.raises(DataErrors, match=r"1 bad audio files:\n  .*gone\.wav: a link to nothing"):
+        write_manifests(linked, tmp_path / "data", "wav", 0.0, 1, 16000, False, "train", False)
+    report = write_manifests(linked, tmp_path / "data", "wav", 0.0, 1, 16000, True, "train", False)
+    rows = (tmp_path / "data" / "train.tsv").read_text().splitlines()[1:]
+    assert sorted(r.split("\t")[0] for r in rows) == ["clean/a/utt000.wav", "clean/a/utt001.wav", "other/b/utt000.wav"]
+    assert report.found == 4 and len(report.skipped) == 1

@@ -13,7 +13,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 from .audio import SAMPLE_RATE
 from .errors import DataError, DataErrors, output_file, read_lines
-from .manifest import Manifest, check_audio, format_manifest, read_manifest
+from .manifest import Manifest, check_audio, files_below, format_manifest, read_manifest
 
 WORD_BOUNDARY = "|"
 
@@ -40,7 +40,7 @@ def transcript_files(sources: Sequence[Path]) -> List[Path]:
     files = []
     for src in map(Path, sources):
         if src.is_dir():
-            found = sorted(src.rglob("*.trans.txt"))
+            found = files_below(src, ".trans.txt")[0]
             if not found:
                 raise DataError(src, "no *.trans.txt transcript files in this directory")
             files.extend(found)
@@ -197,7 +197,7 @@ def write_labels(
 
     in_manifest = set(ids)
     suffixes = {Path(rel).suffix for rel, _ in manifest.entries} or {".wav"}
-    audio_ids = {p.stem for s in suffixes for p in manifest.root.rglob(f"*{s}")}
+    audio_ids = {p.stem for s in suffixes for p in files_below(manifest.root, s.lower())[0]}
     orphans = [
         DataError(t.path, f"transcript of {utt_id} has no audio file under {manifest.root}", t.line)
         for utt_id, t in texts.items()

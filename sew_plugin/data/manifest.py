@@ -4,6 +4,7 @@
 with checked audio and a deterministic order and split.
 """
 
+import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -98,6 +99,24 @@ def check_audio(manifest: Manifest, sample_rate: int = SAMPLE_RATE, min_samples:
     return errors
 
 
+def files_below(root: Path, suffix: str) -> Tuple[List[Path], List[Path]]:
+    """The files under ``root`` whose name ends in ``suffix`` (any case), following links to folders
+    as fairseq's ``glob`` does (each real folder once, so a link cycle ends), and, apart, the links
+    among them that point to nothing. ``Path.rglob`` on Python 3.11 follows no folder link."""
+    found, dangling, seen = [], [], set()
+    for folder, subfolders, names in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            subfolders.clear()
+            continue
+        seen.add(real)
+        for name in names:
+            if name.lower().endswith(suffix):
+                path = Path(folder) / name
+                (found if path.is_file() else dangling).append(path)
+    return sorted(found), sorted(dangling)
+
+
 def check_manifest(path: Path, sample_rate: int = SAMPLE_RATE,
                    left_out_below: Optional[int] = None) -> Tuple[Manifest, List[DataError]]:
     """The manifest at ``path`` and all its bad rows, by line: malformed lines and entries whose audio
@@ -158,12 +177,13 @@ def write_manifests(
     if "\n" in str(audio_dir) or "\r" in str(audio_dir):
         raise DataError(audio_dir, "a line break in the directory name would break the manifest's first line")
     suffix = f".{ext.lower()}"  # upper-case .WAV / .FLAC too: none is left behind unnoticed
-    files = sorted(p.relative_to(audio_dir).as_posix() for p in audio_dir.rglob("*")
-                   if p.suffix.lower() == suffix and p.is_file())
-    if not files:
+    found, dangling = files_below(audio_dir, suffix)
+    files = [p.relative_to(audio_dir).as_posix() for p in found]
+    if not files and not dangling:
         raise DataError(audio_dir, f"no .{ext} files found (searched recursively)")
 
-    report = ManifestReport(found=len(files))
+    report = ManifestReport(found=len(files) + len(dangling))
+    report.skipped += [DataError(p, "a link to nothing (its target is gone)") for p in dangling]
     good = []
     for rel in files:
         try:

@@ -2,11 +2,13 @@
 and the training tasks in ``sew_plugin.tasks``).
 
 Two levels: ``audio_frames`` reads only the header (fast; missing, unreadable, other sample rate,
-not mono, zero or too short, a WAV cut short), ``read_audio`` / ``check_samples`` decode every
-sample as well (a FLAC cut short, NaN or infinite samples).
+not mono, zero or too short, a WAV, RF64, W64, AIFF, CAF, NIST or AU file cut short), ``read_audio`` /
+``check_samples`` decode every sample as well (a FLAC cut short, NaN or infinite samples).
 """
 
 import os
+import re
+from functools import partial
 from pathlib import Path
 from typing import Optional, Tuple
 
@@ -23,30 +25,123 @@ SAMPLE_RATE = 16000
 MIN_SAMPLES = 400
 
 
-def _wav_shortfall(path: Path) -> Optional[Tuple[int, int]]:
-    """``(declared, present)`` bytes of a RIFF/WAVE file's ``data`` chunk when the file ends before
-    the chunk does (a copy or download cut short); None when complete or not a RIFF/WAVE file.
+# Sony Wave64 chunk ids: GUIDs, as stored (the first three fields little-endian).
+_W64_RIFF = bytes.fromhex("726966662e91cf11a5d628db04c10000")  # 66666972-912E-11CF-A5D6-28DB04C10000
+_W64_WAVE = bytes.fromhex("77617665f3acd3118cd100c04f8edb8a")  # 65766177-ACF3-11D3-8CD1-00C04F8EDB8A
+_W64_DATA = bytes.fromhex("64617461f3acd3118cd100c04f8edb8a")  # 61746164-ACF3-11D3-8CD1-00C04F8EDB8A
+# The 32-bit size a stream writer leaves (RF64: the size is in ds64). The other placeholder, 0,
+# never exceeds the bytes present.
+_UNKNOWN = 0xFFFFFFFF
 
-    libsndfile reads such a file without complaint and reports only the samples present, so a
-    truncated WAV would otherwise pass as a shorter utterance. Sizes 0 and 0xFFFFFFFF are the
-    placeholders of streamed WAVs, not truncation.
+
+def _chunks(f, pos: int, end: int, id_size=4, size_size=4, order="little", size_has_header=False, align=2):
+    """``(id, offset of its body, size of its body)`` of each chunk from ``pos`` on."""
+    head_size = id_size + size_size
+    while pos + head_size <= end:
+        f.seek(pos)
+        head = f.read(head_size)
+        length = int.from_bytes(head[id_size:], order) - (head_size if size_has_header else 0)
+        if length < 0:
+            return
+        yield head[:id_size], pos + head_size, length
+        pos += head_size + length + (-length % align)
+
+
+def _riff(f, size: int, order="little"):
+    """RIFF/WAVE, RIFX (big-endian) and RF64 (the 64-bit sizes in ``ds64``)."""
+    ds64_data = None
+    for chunk, start, length in _chunks(f, 12, size, order=order):
+        if chunk == b"ds64":
+            f.seek(start + 8)
+            ds64_data = int.from_bytes(f.read(8), "little")
+        elif chunk == b"data":
+            if length == _UNKNOWN:
+                length = ds64_data
+            return None if length is None else (length, size - start)
+    return None
+
+
+def _w64(f, size: int):
+    """Sony Wave64: 16-byte GUID ids, 64-bit sizes that count the 24-byte chunk header."""
+    for chunk, start, length in _chunks(f, 40, size, id_size=16, size_size=8, size_has_header=True, align=8):
+        if chunk == _W64_DATA:
+            return length, size - start
+    return None
+
+
+def _iff(f, size: int, body: bytes, skip: int):
+    """AIFF, AIFF-C and SVX: big-endian chunks in a FORM; the samples ``skip`` bytes into ``body``."""
+    for chunk, start, length in _chunks(f, 12, size, order="big"):
+        if chunk == body:
+            return length - skip, size - start - skip
+    return None
+
+
+def _caf(f, size: int):
+    """CAF: big-endian chunks with 64-bit sizes; ``data`` starts with a 4-byte edit count, size -1 is
+    "up to the end"."""
+    for chunk, start, length in _chunks(f, 8, size, size_size=8, order="big", align=1):
+        if chunk == b"data":
+            return None if length == 2**64 - 1 else (length - 4, size - start - 4)
+    return None
+
+
+def _au(f, size: int, order: str):
+    """Sun AU: the samples from the offset at byte 4 to the end, their size at byte 8."""
+    f.seek(4)
+    offset, length = int.from_bytes(f.read(4), order), int.from_bytes(f.read(4), order)
+    return None if length == _UNKNOWN else (length, size - offset)
+
+
+def _nist(f, size: int):
+    """NIST SPHERE: a text header of ``name -type value`` lines, its size on the second line."""
+    f.seek(0)
+    match = re.match(rb"NIST_1A\s+(\d+)\s", f.read(32))
+    if match is None:
+        return None
+    header_size = int(match[1])
+    f.seek(0)
+    # numbers only; libsndfile writes sample_n_bytes as text (-s1) for u-law and A-law
+    fields = {name: int(value) for name, value in
+              re.findall(rb"^(\w+) -(?:i|s\d+) (\d+)\s*$", f.read(header_size), re.M)}
+    if b"sample_count" not in fields or b"sample_n_bytes" not in fields:
+        return None
+    length = fields[b"sample_count"] * fields[b"sample_n_bytes"] * fields.get(b"channel_count", 1)
+    return length, size - header_size
+
+
+# (container, pattern its first 40 bytes match, parser(file, size) -> (declared, present) or None)
+_CONTAINERS = [
+    ("WAV", rb"RIFF.{4}WAVE", _riff),
+    ("RIFX", rb"RIFX.{4}WAVE", partial(_riff, order="big")),
+    ("RF64", rb"RF64.{4}WAVE", _riff),
+    ("W64", re.escape(_W64_RIFF) + rb".{8}" + re.escape(_W64_WAVE), _w64),
+    ("AIFF", rb"FORM.{4}AIFF", partial(_iff, body=b"SSND", skip=8)),
+    ("AIFF-C", rb"FORM.{4}AIFC", partial(_iff, body=b"SSND", skip=8)),
+    ("SVX", rb"FORM.{4}(8SVX|16SV)", partial(_iff, body=b"BODY", skip=0)),
+    ("CAF", rb"caff", _caf),
+    ("AU", rb"\.snd", partial(_au, order="big")),
+    ("AU", rb"dns\.", partial(_au, order="little")),
+    ("NIST", rb"NIST_1A\s", _nist),
+]
+
+
+def _declared_shortfall(path: Path) -> Optional[Tuple[str, int, int]]:
+    """``(container, declared, present)`` bytes of samples when the file ends before the samples its
+    header declares (a copy or download cut short); None when complete or the header declares no size.
+
+    libsndfile reads such a file without complaint and reports only the samples present, so it would
+    otherwise pass as a shorter utterance. The container is recognised by content, never by name.
     """
     with open(path, "rb") as f:
-        head = f.read(12)
-        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
-            return None
+        head = f.read(40)
         size = os.fstat(f.fileno()).st_size
-        pos = 12
-        while pos + 8 <= size:
-            f.seek(pos)
-            chunk = f.read(8)
-            length = int.from_bytes(chunk[4:8], "little")
-            if chunk[:4] == b"data":
-                present = size - pos - 8
-                if present < length and length not in (0, 0xFFFFFFFF):
-                    return length, present
+        for container, pattern, parse in _CONTAINERS:
+            if re.match(pattern, head, re.S):
+                found = parse(f, size)
+                if found is not None and found[1] < found[0]:
+                    return (container, *found)
                 return None
-            pos += 8 + length + (length & 1)
     return None
 
 
@@ -55,7 +150,7 @@ def audio_frames(path: Path, sample_rate: int = SAMPLE_RATE, min_samples: int = 
 
     Raises ``DataError`` naming the file for: missing, unreadable, other sample rate, more than
     one channel, zero length, fewer than ``min_samples`` samples (the feature extractor's
-    receptive field), a WAV whose data chunk is cut short.
+    receptive field), a file that ends before the samples its header declares.
     """
     path = Path(path)
     if path.is_dir():
@@ -75,10 +170,11 @@ def audio_frames(path: Path, sample_rate: int = SAMPLE_RATE, min_samples: int = 
     if info.frames < min_samples:
         raise DataError(path, f"only {info.frames} samples, shorter than the feature extractor's receptive field "
                         f"({min_samples} samples): it gives no output frame")
-    shortfall = _wav_shortfall(path)
+    shortfall = _declared_shortfall(path)
     if shortfall is not None:
-        raise DataError(path, f"truncated: the WAV header declares {shortfall[0]} bytes of samples, "
-                        f"the file holds {shortfall[1]}")
+        container, declared, present = shortfall
+        raise DataError(path, f"truncated: the {container} header declares {declared} bytes of samples, "
+                        f"the file holds {present}")
     return info.frames
 
 

@@ -6,7 +6,13 @@ interpolated Witten-Bell estimate
     p(w | h) = (c(h, w) + t(h) * p(w | h')) / (c(h) + t(h)),   t(h) = distinct words after h,
 
 is written in ARPA's backoff form: explicit probabilities for seen n-grams and, for each history,
-the backoff weight that makes its distribution sum to one. Unigrams reserve one count for <unk>.
+the backoff weight that makes its distribution sum to one.
+
+<unk> in the text (TED-LIUM and Switchboard transcripts mark unintelligible words so) is counted as
+the unknown word, plus one count reserved so that it is never zero: one <unk> unigram, and n-grams
+with <unk> like any other word's. <s> and </s> are the sentence boundaries the model adds around
+each line itself; inside a line they would be predicted mid-sentence, so such text is refused, by
+file and line (KenLM's lmplz refuses them too, unless --skip_symbols makes them whitespace).
 """
 
 import math
@@ -46,7 +52,7 @@ class WittenBellLM:
         key = (history, word)
         if key not in self._cache:
             if not history:
-                count = self.counts[1].get((word,), 0) if word != UNK else 1
+                count = self.counts[1][(word,)] + (word == UNK)
                 p = count / (self.total + 1)
             else:
                 lower = self.prob(word, history[1:])
@@ -71,7 +77,7 @@ class WittenBellLM:
 
     def to_arpa(self) -> str:
         sections = []
-        unigrams = [(UNK,)] + [(BOS,)] + sorted(self.counts[1])
+        unigrams = [(BOS,)] + sorted(self.counts[1].keys() | {(UNK,)})
         grams_by_order = [unigrams] + [sorted(self.counts[k]) for k in range(2, self.order + 1)]
         for k, grams in enumerate(grams_by_order, start=1):
             lines = []
@@ -86,17 +92,25 @@ class WittenBellLM:
         return header + "\n" + "\n\n".join(sections) + "\n\n\\end\\\n"
 
 
-def write_arpa(text_files: Sequence[Path], dest: Path, order: int = 3) -> Tuple[int, int]:
-    """Estimate from ``text_files`` (one sentence per line, e.g. ``.wrd``) and write ``dest``.
+def write_arpa(text_files: Sequence[Path], dest: Path, order: int = 3, overwrite: bool = False) -> Tuple[int, int]:
+    """Estimate from ``text_files`` (one sentence per line, e.g. ``.wrd``) and write ``dest`` (an
+    existing one only with ``overwrite``).
 
     Returns (sentences, vocabulary size).
     """
     sentences = []
     for path in map(Path, text_files):
-        sentences += [line.split() for line in read_lines(path, "text file") if line.strip()]
+        for number, line in enumerate(read_lines(path, "text file"), start=1):
+            words = line.split()
+            boundary = next((w for w in words if w in (BOS, EOS)), None)
+            if boundary:
+                raise DataError(path, f"{boundary} in the text: <s> and </s> are the sentence-boundary symbols "
+                                      "the model adds around every line itself; remove them", number)
+            if words:
+                sentences.append(words)
     if not sentences:
         raise DataError(", ".join(map(str, text_files)), "no sentences found")
+    dest = output_file(dest, overwrite)
     lm = WittenBellLM(sentences, order)
-    dest = output_file(dest)
     dest.write_text(lm.to_arpa(), encoding="utf-8")
     return len(sentences), len(lm.counts[1])

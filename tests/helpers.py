@@ -228,3 +228,12 @@ def half_precision_record(path: Path):
     floating = {k: v for k, v in state["model"].items() if v.is_floating_point()}
     not_bf16 = [k for k, v in floating.items() if not torch.equal(v.to(torch.bfloat16).to(v.dtype), v)]
     return state["optimizer_history"][-1]["optimizer_name"], len(floating), not_bf16
+
+
+# ---- sew infer's results ----------------------------------------------------------------------
+
+def infer_result(results_dir: Path, kind: str = "summary") -> Path:
+    """The one ``kind`` file (summary, hypotheses, hypo.word, ...) ``sew infer --results-dir`` wrote."""
+    found = sorted(Path(results_dir).glob(f"{kind}-*"))
+    assert len(found) == 1, found
+    return found[0]

@@ -127,7 +127,7 @@ def test_sew_manifest_skip_bad_counts_and_lists_every_bad_file(tmp_path, capsys)
     kinds = [k for k in BAD_AUDIO if k not in ("missing", "corrupt_flac", "truncated_flac")]
     for kind in kinds:
         BAD_AUDIO[kind][0](audio / kind)
-    argv = ["manifest", str(audio), "--dest", str(tmp_path / "d"), "--skip-bad", "--valid-percent", "34"]
+    argv = ["manifest", str(audio), "--dest", str(tmp_path / "d"), "--skip-bad", "--valid-percent", "0.34"]
     assert sew(argv) == 0
     captured = capsys.readouterr()
     assert f"{len(kinds) + 3} audio files found; written: train 2, valid 1; skipped: {len(kinds)}" in captured.out
@@ -333,8 +333,9 @@ def test_sew_infer_reference_labels_must_match_the_manifest(tmp_path, capsys):
 
 @pytest.mark.parametrize("argv, message", [
     (["manifest", "A", "--dest", "D", "--sample-rate", "0"], "argument --sample-rate: must be >= 1, got 0"),
-    (["manifest", "A", "--dest", "D", "--valid-percent", "150"], "argument --valid-percent: must be in [0, 100)"),
-    (["manifest", "A", "--dest", "D", "--valid-percent", "nan"], "argument --valid-percent: must be in [0, 100)"),
+    (["manifest", "A", "--dest", "D", "--valid-percent", "150"], "argument --valid-percent: a fraction in [0, 1), as in fairseq, got 150"),
+    (["manifest", "A", "--dest", "D", "--valid-percent", "2"], "a fraction in [0, 1), as in fairseq, got 2 (for 2% write 0.02)"),
+    (["manifest", "A", "--dest", "D", "--valid-percent", "nan"], "argument --valid-percent: must be >= 0.0 and finite"),
     (["labels", "M", "T", "--dest", "D", "--sample-rate", "-16000"], "argument --sample-rate: must be >= 1"),
     (["lm", "T", "--dest", "D", "--order", "1"], "argument --order: must be >= 2, got 1"),
     (["infer", "C", "M", "--batch-size", "0"], "argument --batch-size: must be >= 1, got 0"),

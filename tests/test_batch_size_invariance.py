@@ -34,7 +34,7 @@ def corpus(tmp_path_factory):
 def hypotheses(corpus, *options) -> bytes:
     out = corpus / ("results" + "_".join(options))
     assert sew(["infer", str(corpus / "ckpt.pt"), str(corpus / "test.tsv"), "--results-dir", str(out), *options]) == 0
-    return (out / "hypotheses.tsv").read_bytes()
+    return (out / "hypotheses-ckpt.pt-test.tsv").read_bytes()
 
 
 def test_sew_infer_hypotheses_do_not_depend_on_the_batching(corpus):

@@ -239,9 +239,13 @@ def test_sew_bench_refuses_absurd_values_by_option(capsys, argv, message):
     assert info.value.code == 2 and message in capsys.readouterr().err
 
 
-def test_sew_bench_on_cuda_without_a_gpu_says_so(monkeypatch):
+@pytest.mark.parametrize("device, message", [("cuda", "cuda: this torch .* sees no CUDA device"),
+                                             ("gpu", "must be cpu, cuda or cuda:N, got 'gpu'")])
+def test_sew_bench_on_cuda_without_a_gpu_says_so(monkeypatch, capsys, device, message):
     from sew_plugin.cli import main as sew
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with pytest.raises(SystemExit, match="sew bench: error: --device cuda: this torch .* sees no CUDA device"):
-        sew(["bench", "--models", "sew_tiny", "--baseline", "sew_tiny", "--device", "cuda", "--seconds", "0.1"])
+    with pytest.raises(SystemExit) as stop:
+        sew(["bench", "--models", "sew_tiny", "--baseline", "sew_tiny", "--device", device, "--seconds", "0.1"])
+    assert stop.value.code == 2
+    assert re.search(f"sew bench: error: argument --device: {message}", capsys.readouterr().err)

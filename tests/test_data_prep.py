@@ -50,7 +50,7 @@ def test_manifest_split_is_deterministic_disjoint_and_complete(corpus, tmp_path)
     root, sizes = corpus
     splits = {}
     for run, seed in (("a", 1), ("b", 1), ("c", 7)):
-        write_manifests(root, tmp_path / run, valid_percent=34, seed=seed)
+        write_manifests(root, tmp_path / run, valid_fraction=0.34, seed=seed)
         train = read_manifest(tmp_path / run / "train.tsv").entries
         valid = read_manifest(tmp_path / run / "valid.tsv").entries
         assert len(valid) == 2 and len(train) == 4  # round(6 * 0.34)
@@ -135,7 +135,7 @@ def test_labels_write_aligned_words_letters_and_dictionary(corpus, tmp_path):
 def test_labels_for_a_second_split_are_checked_against_the_existing_dictionary(corpus, tmp_path):
     root, _ = corpus
     data = tmp_path / "data"
-    write_manifests(root, data, valid_percent=34, seed=1)
+    write_manifests(root, data, valid_fraction=0.34, seed=1)
     write_labels(data / "train.tsv", [root], data)
     dictionary = (data / "dict.ltr.txt").read_text()
     valid_ids = [Path(p).stem for p, _ in read_manifest(data / "valid.tsv").entries]
@@ -271,10 +271,10 @@ def test_console_script_reports_bad_input_without_a_traceback(tmp_path):
 
 def test_a_split_that_would_be_empty_is_refused(tmp_path, capsys):
     wav(tmp_path / "audio" / "only.wav", 1000)
-    assert sew(["manifest", str(tmp_path / "audio"), "--dest", str(tmp_path / "d"), "--valid-percent", "40"]) == 2
+    assert sew(["manifest", str(tmp_path / "audio"), "--dest", str(tmp_path / "d"), "--valid-percent", "0.4"]) == 2
     assert "leaves an empty split" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        sew(["manifest", str(tmp_path / "audio"), "--dest", str(tmp_path / "d"), "--valid-percent", "100"])
+        sew(["manifest", str(tmp_path / "audio"), "--dest", str(tmp_path / "d"), "--valid-percent", "1"])
 
 
 @pytest.mark.parametrize("command", ["lexicon", "lm"])

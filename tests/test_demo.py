@@ -59,7 +59,7 @@ def test_smoke_run_goes_through_every_step(smoke):
             log = (out / model / step / "train.log").read_text()
             assert "done training" in log, (model, step)
         for decoder in ("greedy", "lm"):
-            result = json.loads((out / model / f"test_{decoder}" / "summary.json").read_text())
+            result = json.loads((out / model / f"test_{decoder}" / "summary-checkpoint_best.pt-test.json").read_text())
             assert result["utterances_transcribed"] == result["utterances_in_manifest"] == 6
             assert result["parameters"] > 0 and result["forward_seconds"] > 0
     table = (out / "results.md").read_text().splitlines()

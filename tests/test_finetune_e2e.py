@@ -17,7 +17,7 @@ import torch
 
 from conftest import (TINY_FINETUNING, TINY_PRETRAINING, TINY_PRETRAINING_COMMON, TINY_W2V2_PRETRAINING, hydra_train,
                       log_records)
-from helpers import half_precision_record
+from helpers import half_precision_record, infer_result
 
 pytestmark = pytest.mark.slow  # every test stands on fairseq-hydra-train runs (module fixtures) and the sew script
 
@@ -47,7 +47,7 @@ def labelled(tmp_path_factory):
         lines.append(f"utt{i:02d} {' '.join(words)}")
     (root / "audio" / "all.trans.txt").write_text("\n".join(lines) + "\n")
     data = root / "data"
-    sew_cli("manifest", root / "audio", "--dest", data, "--valid-percent", 100 * N_VALID / N_UTTERANCES)
+    sew_cli("manifest", root / "audio", "--dest", data, "--valid-percent", N_VALID / N_UTTERANCES)
     sew_cli("labels", data / "train.tsv", root / "audio", "--dest", data)
     sew_cli("labels", data / "valid.tsv", root / "audio", "--dest", data)
     sew_cli("lexicon", data / "train.wrd", "--dest", data / "lexicon.txt", "--dict", data / "dict.ltr.txt")
@@ -108,10 +108,10 @@ def test_infer_transcribes_every_utterance_with_both_decoders(finetuned, labelle
     out = sew_cli("infer", ckpt, data / "valid.tsv", "--batch-size", 8, "--results-dir", tmp_path / "greedy", *point)
     assert f"transcribed {N_VALID} of {N_VALID} utterances" in out
     assert "WER" in out and "ms per second of audio" in out
-    summary = json.loads((tmp_path / "greedy" / "summary.json").read_text())
+    summary = json.loads(infer_result(tmp_path / "greedy").read_text())
     assert summary["utterances_transcribed"] == N_VALID and summary["words"] == 3 * N_VALID
     assert summary["forward_seconds"] > 0 and 0 <= summary["wer"]
-    rows = (tmp_path / "greedy" / "hypotheses.tsv").read_text().splitlines()[1:]
+    rows = infer_result(tmp_path / "greedy", "hypotheses").read_text().splitlines()[1:]
     assert len(rows) == N_VALID
 
     out = sew_cli(
@@ -119,7 +119,7 @@ def test_infer_transcribes_every_utterance_with_both_decoders(finetuned, labelle
         "--lm", labelled / "lm.arpa", "--lexicon", data / "lexicon.txt", "--beam", 20, "--results-dir", tmp_path / "lm",
     )
     assert f"transcribed {N_VALID} of {N_VALID} utterances" in out
-    hyps = [row.split("\t")[1].split() for row in (tmp_path / "lm" / "hypotheses.tsv").read_text().splitlines()[1:]]
+    hyps = [row.split("\t")[1].split() for row in infer_result(tmp_path / "lm", "hypotheses").read_text().splitlines()[1:]]
     assert len(hyps) == N_VALID
     assert all(set(h) <= lexicon_words for h in hyps)  # the lexicon decoder only says lexicon words
 
@@ -176,7 +176,7 @@ def test_sweep_measures_every_operating_point_as_infer_does(finetuned, labelled,
     assert any(r["pareto"] == "True" for r in rows)
     # each point's WER is what sew infer reports at that point
     sew_cli("infer", ckpt, data / "valid.tsv", "--operating-point", "2,1,1", "--results-dir", tmp_path / "infer")
-    assert json.loads((tmp_path / "infer" / "summary.json").read_text())["wer"] == float(rows[1]["wer"])
+    assert json.loads(infer_result(tmp_path / "infer").read_text())["wer"] == float(rows[1]["wer"])
     assert (tmp_path / "sweep" / "sweep.png").read_bytes()[:4] == b"\x89PNG"
     assert "| 2,2,2 |" in (tmp_path / "sweep" / "sweep.md").read_text()
 
@@ -280,7 +280,7 @@ def test_infer_with_exit_policies(exit_models, labelled, tmp_path):
 
     def summary(name, *policy):
         sew_cli("infer", ckpt, data / "valid.tsv", "--results-dir", tmp_path / name, *policy)
-        return json.loads((tmp_path / name / "summary.json").read_text())
+        return json.loads(infer_result(tmp_path / name).read_text())
 
     first = summary("layer1", "--exit-policy", "layer", "--exit-layer", 1)
     assert first["exit_histogram"] == {"1": N_VALID} and first["mean_exit_layer"] == 1
@@ -289,7 +289,7 @@ def test_infer_with_exit_policies(exit_models, labelled, tmp_path):
     assert never["exit_histogram"] == {"4": N_VALID} and never["wer"] == full["wer"]
     always = summary("always", "--exit-policy", "entropy", "--threshold", "inf")
     assert always["exit_histogram"] == {"1": N_VALID} and always["wer"] == first["wer"]
-    rows = (tmp_path / "always" / "hypotheses.tsv").read_text().splitlines()
+    rows = infer_result(tmp_path / "always", "hypotheses").read_text().splitlines()
     assert rows[0].endswith("\texit_layer") and all(r.endswith("\t1") for r in rows[1:])
     bad = subprocess.run([SEW, "infer", str(ckpt), str(data / "valid.tsv"), "--exit-policy", "entropy"],
                          capture_output=True, text=True)
@@ -360,7 +360,7 @@ def test_cif_fine_tuned_model_runs_at_any_lambda(compressed_models, labelled, tm
     summaries = {}
     for lam in ("0", "1.0", "1.5"):
         sew_cli("infer", ckpt, data / "valid.tsv", "--cif-lambda", lam, "--results-dir", tmp_path / lam)
-        summaries[lam] = json.loads((tmp_path / lam / "summary.json").read_text())
+        summaries[lam] = json.loads(infer_result(tmp_path / lam).read_text())
         assert summaries[lam]["utterances_transcribed"] == N_VALID
     assert summaries["0"]["frame_period_ms"] == pytest.approx(20.0)  # lambda 0: every frame fires
     assert 20.0 < summaries["1.0"]["frame_period_ms"] < summaries["1.5"]["frame_period_ms"]
@@ -409,7 +409,7 @@ def test_downsampled_model_emits_two_ctc_frames_per_encoder_frame(compressed_mod
         encoder_frames = model.w2v_encoder.w2v_model._get_feat_extract_output_lengths(torch.tensor([8000, 5000]))
     assert ((~out["padding_mask"]).sum(-1) == 2 * encoder_frames).all()
     sew_cli("infer", ckpt, labelled / "data" / "valid.tsv", "--results-dir", tmp_path / "infer")
-    assert json.loads((tmp_path / "infer" / "summary.json").read_text())["utterances_transcribed"] == N_VALID
+    assert json.loads(infer_result(tmp_path / "infer").read_text())["utterances_transcribed"] == N_VALID
     bad = subprocess.run([SEW, "infer", str(ckpt), str(labelled / "data" / "valid.tsv"), "--cif-lambda", "1"],
                          capture_output=True, text=True)
     assert bad.returncode != 0 and "Traceback" not in bad.stderr

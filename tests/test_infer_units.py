@@ -136,7 +136,10 @@ def fake_model(monkeypatch):
     monkeypatch.setattr(transcribe, "time", clock)
 
     def load(args, command="infer"):
-        return FakeCtc(clock), ViterbiDecoder(Dictionary()), False
+        letters = Dictionary()
+        for symbol in "|HI":  # the references' letters
+            letters.add_symbol(symbol)
+        return FakeCtc(clock), ViterbiDecoder(letters), False
 
     monkeypatch.setattr(infer, "load", load)
 
@@ -190,7 +193,7 @@ def test_infer_time_excludes_the_warm_up_and_a_missing_label_file_is_named(tmp_p
     out = capsys.readouterr().out
     assert f"no references: {tmp_path / 'valid.ltr'} not found, WER is not computed" in out
     assert "excluding 1 untimed warm-up forward of the first batch" in out
-    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    summary = json.loads((tmp_path / "r" / "summary-none.pt-valid.json").read_text())
     # the first batch's first call is warmed up; the second batch's new shape is paid, as in a real run
     assert summary["forward_seconds"] == 2 * FakeCtc.COST["1,1,1"] + FakeCtc.FIRST_CALL and summary["wer"] is None
 

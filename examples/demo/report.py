@@ -6,7 +6,7 @@ COLUMNS = ["model", "parameters", "forward ms per s of audio", "WER greedy", "WE
 
 
 def table_rows(summaries):
-    """One row per model from ``sew infer``'s summary.json files ({model: {"greedy": .., "lm": ..}})."""
+    """One row per model from ``sew infer``'s summary JSON files ({model: {"greedy": .., "lm": ..}})."""
     rows = []
     for model, by_decoder in summaries.items():
         greedy, lm = by_decoder["greedy"], by_decoder["lm"]

@@ -136,6 +136,11 @@ def run_pipelines(out: Path, data: Path, extra, jobs: int):
         raise SystemExit("\n".join(map(str, errors)))
 
 
+def summary_file(results: Path) -> Path:
+    """The summary ``sew infer --results-dir RESULTS`` writes for the best checkpoint on test.tsv."""
+    return results / "summary-checkpoint_best.pt-test.json"
+
+
 def evaluate(out: Path, data: Path):
     """Greedy and LM decoding of the test sentences, one model after the other, all cores."""
     threads = os.cpu_count() or 1
@@ -145,7 +150,7 @@ def evaluate(out: Path, data: Path):
                                          "--lexicon", data / "lexicon.txt", *LM_DECODING]}
         for decoder, options in decoders.items():
             results = out / name / f"test_{decoder}"
-            if (results / "summary.json").exists():
+            if summary_file(results).exists():
                 continue
             sew("infer", checkpoint, data / "test.tsv", "--batch-size", 8, "--threads", threads,
                 "--results-dir", results, *options)
@@ -167,7 +172,7 @@ def main(argv=None):
     prepare_data(out / "corpus", data, args.lm_order)
     run_pipelines(out, data, SMOKE_TRAINING if args.smoke else [], args.jobs)
     evaluate(out, data)
-    summaries = {MODELS[name]: {d: json.loads((out / name / f"test_{d}" / "summary.json").read_text())
+    summaries = {MODELS[name]: {d: json.loads(summary_file(out / name / f"test_{d}").read_text())
                                 for d in ("greedy", "lm")} for name in MODELS}
     table = write_report(summaries, out / "results.md", out / "results.png")
     print(table)

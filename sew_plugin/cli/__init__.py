@@ -3,7 +3,7 @@
 Examples::
 
     sew user-dir                                      # path to pass as common.user_dir
-    sew manifest /data/wavs --dest data --valid-percent 5
+    sew manifest /data/wavs --dest data --valid-percent 0.05
     sew labels data/train.tsv /data/transcripts --dest data
     sew labels data/valid.tsv /data/transcripts --dest data    # checked against data/dict.ltr.txt
     sew lexicon data/train.wrd --dest data/lexicon.txt
@@ -87,7 +87,7 @@ def _quiet_libraries() -> None:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    from ..data.errors import DataError, DataErrors
+    from ..data.errors import DataError, DataErrors, printable
 
     _quiet_libraries()
     args = get_parser().parse_args(argv)
@@ -95,6 +95,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         return args.func(args)
     except (DataError, DataErrors) as err:
         print(f"sew {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # a file system refusing a write the checks could not foresee (disk full, say)
+        where = printable(f"{err.filename}: ") if err.filename else ""
+        print(f"sew {args.command}: error: {where}{err.strerror or err}", file=sys.stderr)
         return 2
     except SystemExit as err:
         if isinstance(err.code, str):  # a command's own "sew X: error: ..." (a misused option): status 2

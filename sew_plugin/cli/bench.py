@@ -42,7 +42,7 @@ import torch
 
 from ..inference.bench import DTYPES, available_models, plot, run, to_markdown
 from ..inference.reports import write_tables
-from .options import at_least
+from .options import at_least, device
 
 
 def read_wer(specs: List[str]) -> Dict[str, float]:
@@ -68,7 +68,7 @@ def add_arguments(p) -> None:
     p.add_argument("--seconds", nargs="+", type=at_least(0.025, float), default=[10.0],
                    help="audio length(s) of the random input; at least 0.025 (400 samples: one 20 ms frame)")
     p.add_argument("--batch-size", nargs="+", type=at_least(1), default=[1, 8], help="batch size(s) of the input")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--device", type=device, default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--dtype", default="fp32", choices=sorted(DTYPES), help="fp32, or autocast to bf16 / fp16")
     p.add_argument("--repeat", type=at_least(1), default=5,
                    help="timed forwards per row and setting (the median is reported)")

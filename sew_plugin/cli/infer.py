@@ -10,14 +10,21 @@ pools) are not charged to it.
 
     sew infer ckpt.pt data/dev_other.tsv --results-dir results/greedy
     sew infer ckpt.pt data/dev_other.tsv --decoder kenlm --lm lm.arpa --lexicon lexicon.txt
+
+The options of fairseq's ``examples/speech_recognition/infer.py`` that users type by habit are
+accepted with the same meaning (``--results-path``, ``--w2l-decoder``, ``--kenlm-model``/``--lm-model``,
+``--sil-weight``, ``--unk-weight``, ``--post-process letter``); ``--gen-subset`` is refused with the
+way to say it here (the manifest itself, not a data folder and a subset).
 """
 
+import argparse
 from pathlib import Path
 
+from ..data.errors import output_dir, refuse_existing
 from ..inference.decoding import DECODERS, BeamOptions, build_decoder
 from ..inference.settings import (load_for_inference, require_fixed_cif_lambda, require_fixed_operating_point,
                                   set_cif_lambda, set_exit_policy, set_operating_point)
-from ..inference.transcribe import LABELS, Batching, check_inputs, transcribe, write_results
+from ..inference.transcribe import LABELS, Batching, check_inputs, result_paths, transcribe, write_results
 from ..modules.early_exit import POLICIES
 from .options import at_least, device, refusing
 
@@ -26,7 +33,11 @@ def add_arguments(p) -> None:
     p.add_argument("checkpoint", type=Path, help="fine-tuned CTC checkpoint (sew_ctc, wav2vec_ctc, ...)")
     p.add_argument("manifest", type=Path, help="fairseq manifest (.tsv) to transcribe")
     add_decoding_arguments(p)
-    p.add_argument("--results-dir", type=Path, help="write per-utterance results and summary.json here")
+    p.add_argument("--results-dir", "--results-path", type=Path,
+                   help="write fairseq's hypo.word-CHECKPOINT-SPLIT.txt, ref.word-, hypo.units-, ref.units- files, "
+                   "hypotheses-CHECKPOINT-SPLIT.tsv and summary-CHECKPOINT-SPLIT.json here")
+    p.add_argument("--overwrite", action="store_true", help="replace the results of an earlier run in --results-dir")
+    p.add_argument("--gen-subset", type=_no_subset, help=argparse.SUPPRESS)
     p.add_argument("--operating-point", help="St-SEW: fixed 'S_f,S_k,S_q' to run at, e.g. 2,2,1")
     p.add_argument("--cif-lambda", type=float, help="CIF models: the lambda in [0, 2) to run at (sets the frame period)")
     p.add_argument("--threshold", type=float, help="--exit-policy entropy/similarity/nbest: the exit threshold")
@@ -36,15 +47,21 @@ def add_decoding_arguments(p) -> None:
     """Decoder, batching and device options, shared by ``sew infer`` and ``sew sweep``."""
     p.add_argument("--labels", help=f"reference label extension beside the manifest, ltr or wrd; the file "
                    f"must exist (default: {LABELS} when <split>.{LABELS} exists, else no WER)")
-    p.add_argument("--decoder", default="viterbi", choices=list(DECODERS),
+    p.add_argument("--decoder", "--w2l-decoder", default="viterbi", choices=list(DECODERS),
                    help="greedy (viterbi) or flashlight-text's lexicon beam search with a KenLM model (kenlm)")
-    p.add_argument("--lm", type=Path, help="KenLM language model (ARPA or binary) for --decoder kenlm")
+    p.add_argument("--lm", "--kenlm-model", "--lm-model", type=Path,
+                   help="KenLM language model (ARPA or binary) for --decoder kenlm")
     p.add_argument("--lexicon", type=Path, help="flashlight lexicon (WORD W O R D |) for --decoder kenlm")
     p.add_argument("--lm-weight", type=float, default=2.0,
                    help="--decoder kenlm: weight of the LM score; the default is the papers'")
     p.add_argument("--word-score", type=float, default=-1.0,
                    help="--decoder kenlm: score added per word (an insertion penalty); the default is the papers'")
-    p.add_argument("--sil-score", type=float, default=0.0, help="--decoder kenlm: score added per silence (|)")
+    p.add_argument("--sil-score", "--sil-weight", type=float, default=0.0,
+                   help="--decoder kenlm: score added per silence (|)")
+    p.add_argument("--unk-score", "--unk-weight", type=float, default=float("-inf"),
+                   help="--decoder kenlm: score of a word outside the lexicon (-inf: never produced)")
+    p.add_argument("--post-process", choices=["letter"], default="letter",
+                   help="how label symbols become words; letters joined at | (fairseq's letter), the only one here")
     p.add_argument("--beam", type=at_least(1), default=50,
                    help="--decoder kenlm: hypotheses kept; the default is the papers'")
     p.add_argument("--beam-size-token", type=at_least(0), default=0,
@@ -66,6 +83,21 @@ def add_decoding_arguments(p) -> None:
 
 
 
+def _no_subset(text: str):
+    raise argparse.ArgumentTypeError(f"sew infer takes the manifest itself: pass DATA/{text}.tsv as its second "
+                                     f"argument instead of fairseq's data folder and --gen-subset {text}")
+
+
+def results_files(args):
+    """Where ``--results-dir`` results go, checked before the model loads: a folder that can be
+    written, without the results of an earlier run for this checkpoint and split (unless
+    ``--overwrite``)."""
+    with refusing("infer"):
+        paths = result_paths(output_dir(args.results_dir, "--results-dir"), args.checkpoint, args.manifest)
+        refuse_existing(paths.values(), args.overwrite)
+    return paths
+
+
 def load(args, command: str = "infer"):
     """The model, task, decoder and normalisation of ``args.checkpoint`` for transcribing
     ``args.manifest``; misuse stops with the command's error."""
@@ -75,7 +107,7 @@ def load(args, command: str = "infer"):
         model, task, normalize = load_for_inference(args.checkpoint, args.manifest.parent, args.device, args.threads,
                                                     command)
     options = BeamOptions(args.beam, args.beam_size_token, args.beam_threshold, args.lm_weight, args.word_score,
-                          sil_score=args.sil_score)
+                          unk_score=args.unk_score, sil_score=args.sil_score)
     decoder = build_decoder(args.decoder, task.target_dictionary, args.lexicon, args.lm, options)
     return model, decoder, normalize
 
@@ -118,6 +150,7 @@ def batching(args, warm_every_batch: bool = False) -> Batching:
 
 def main(args) -> int:
     inputs = check_inputs(args.manifest, args.labels)  # bad input stops here, before the model loads
+    results = results_files(args) if args.results_dir else None
     model, decoder, normalize = load(args)
     operating_point(model, args.operating_point)
     cif_lambda(model, args.cif_lambda)
@@ -125,6 +158,6 @@ def main(args) -> int:
         exit_policy(model, args, decoder, args.threshold)
     utterances, summary = transcribe(model, args.manifest, decoder, args.labels, normalize, batching(args), inputs)
     print(summary.report())
-    if args.results_dir:
-        write_results(args.results_dir, utterances, summary)
+    if results:
+        write_results(results, utterances, summary)
     return 0

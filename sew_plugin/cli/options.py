@@ -39,10 +39,13 @@ def device(text: str) -> str:
     return text
 
 
-def percent(text: str) -> float:
-    value = float(text)
-    if not 0 <= value < 100:
-        raise argparse.ArgumentTypeError(f"must be in [0, 100), got {value}")
+def fraction(text: str) -> float:
+    """argparse type: a fraction in [0, 1), as fairseq's ``--valid-percent`` takes it (0.01 is 1%);
+    a value above 1 is refused with that hint, not read as a tiny share."""
+    value = at_least(0.0, float)(text)
+    if value >= 1:
+        hint = f" (for {value:g}% write {value / 100:g})" if value < 100 else ""
+        raise argparse.ArgumentTypeError(f"a fraction in [0, 1), as in fairseq, got {value:g}{hint}")
     return value
 
 

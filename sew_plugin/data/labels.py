@@ -6,16 +6,19 @@ every word (``HI THERE`` -> ``H I | T H E R E |``); ``dict.ltr.txt`` ``symbol co
 frequent first; a flashlight lexicon line is ``WORD W O R D |``.
 """
 
+import os
+import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 from .audio import SAMPLE_RATE
-from .errors import DataError, DataErrors, output_file, read_lines
+from .errors import DataError, DataErrors, output_dir, output_file, read_lines, refuse_existing
 from .manifest import Manifest, check_audio, files_below, format_manifest, read_manifest
 
 WORD_BOUNDARY = "|"
+LABEL_OUTPUTS = (".wrd", ".ltr", ".unfiltered.tsv", ".skipped.tsv")  # what write_labels writes beside <split>.tsv
 
 
 def to_letters(words: str) -> str:
@@ -51,10 +54,25 @@ def transcript_files(sources: Sequence[Path]) -> List[Path]:
     return files
 
 
-def read_transcripts(sources: Sequence[Path], upper: bool = False) -> Dict[str, Transcript]:
+AUDIO_SUFFIXES = (".wav", ".flac")
+
+
+def utterance_id(name: str, audio_suffixes: Sequence[str] = AUDIO_SUFFIXES) -> str:
+    """The ID an audio file or transcript line names: the file name without its audio extension
+    (only that: ``spk.utt.1`` stays whole), in Unicode's composed form (NFC), so a name written
+    decomposed (macOS file names are NFD) matches its transcript."""
+    name = PurePosixPath(name.strip()).name
+    stem, suffix = os.path.splitext(name)
+    if suffix.lower() in audio_suffixes:
+        name = stem
+    return unicodedata.normalize("NFC", name)
+
+
+def read_transcripts(sources: Sequence[Path], upper: bool = False,
+                     audio_suffixes: Sequence[str] = AUDIO_SUFFIXES) -> Dict[str, Transcript]:
     """Utterance ID -> transcript, from ``ID TEXT`` lines, or ``ID<TAB>TEXT`` lines in ``.tsv`` files.
 
-    The ID is the audio file's name without extension (a path in a TSV is reduced to that).
+    The ID is the audio file's name, or the path's, without its audio extension (``utterance_id``).
     """
     out: Dict[str, Transcript] = {}
     for path in transcript_files(sources):
@@ -65,7 +83,7 @@ def read_transcripts(sources: Sequence[Path], upper: bool = False) -> Dict[str, 
             cols = line.split("\t", 1) if tsv else line.strip().split(None, 1)
             if len(cols) != 2 or not cols[1].strip():
                 raise DataError(path, "expected an utterance ID followed by its transcript", number)
-            utt_id, text = Path(cols[0].strip()).stem, normalise(cols[1], upper)
+            utt_id, text = utterance_id(cols[0], audio_suffixes), normalise(cols[1], upper)
             if WORD_BOUNDARY in text:
                 raise DataError(path, f"transcript contains {WORD_BOUNDARY!r}, the word-boundary symbol", number)
             if utt_id in out:
@@ -78,7 +96,7 @@ def read_transcripts(sources: Sequence[Path], upper: bool = False) -> Dict[str, 
 def read_dictionary(path: Path) -> List[str]:
     """Symbols of a fairseq dictionary file (``symbol count`` lines)."""
     symbols, seen = [], {}
-    for number, line in enumerate(read_lines(path, "dictionary"), start=1):
+    for number, line in enumerate(read_lines(path, "dictionary", fairseq_reads=True), start=1):
         cols = line.split()
         if len(cols) != 2 or not cols[1].lstrip("-").isdigit():
             raise DataError(path, "expected 'symbol count'", number)
@@ -130,10 +148,10 @@ class LabelReport:
         )
 
 
-def _utterance_ids(manifest: Manifest) -> List[str]:
+def _utterance_ids(manifest: Manifest, audio_suffixes: Sequence[str]) -> List[str]:
     ids, seen = [], {}
     for index, (rel, _) in enumerate(manifest.entries):
-        utt_id = Path(rel).stem
+        utt_id = utterance_id(rel, audio_suffixes)
         if utt_id in seen:
             raise DataError(manifest.path, f"utterance ID {utt_id} also names line {seen[utt_id]}", index + 2)
         seen[utt_id] = index + 2
@@ -149,8 +167,13 @@ def write_labels(
     upper: bool = False,
     skip_bad: bool = False,
     sample_rate: int = SAMPLE_RATE,
+    overwrite: bool = False,
 ) -> LabelReport:
     """Write ``<split>.wrd`` and ``<split>.ltr`` aligned with the manifest, and the dictionary.
+
+    fairseq reads ``DATA/<split>.tsv`` with ``DATA/<split>.ltr``, so ``dest`` gets the manifest too
+    when it lies elsewhere; a ``dest/<split>.tsv`` with other rows, or label files of an earlier run,
+    are refused before any work unless ``overwrite``.
 
     The dictionary is checked against, not rewritten, when given or when ``dest/dict.ltr.txt``
     exists (the usual case for a valid or test split); otherwise it is built from this split, with a
@@ -163,13 +186,20 @@ def write_labels(
     ``skip_bad``: then the bad utterances are left out of a rewritten ``dest/<split>.tsv`` (the
     original is kept as ``<split>.unfiltered.tsv``) and listed in ``dest/<split>.skipped.tsv``.
     """
-    manifest_path, dest = Path(manifest_path), Path(dest)
+    manifest_path, dest = Path(manifest_path), output_dir(dest)
     manifest = read_manifest(manifest_path)
     if not manifest.entries:
         raise DataError(manifest_path, "manifest has no utterances")
     split = manifest_path.stem
-    ids = _utterance_ids(manifest)
-    texts = read_transcripts(transcripts, upper)
+    beside = dest / f"{split}.tsv"
+    copy_manifest = not (beside.exists() and beside.samefile(manifest_path))
+    if copy_manifest and beside.is_file() and beside.read_bytes() == manifest_path.read_bytes():
+        copy_manifest = False  # the same rows already
+    replaced = refuse_existing(([beside] if copy_manifest else []) + [dest / f"{split}{s}" for s in LABEL_OUTPUTS],
+                               overwrite, f" (the labels of {manifest_path} are read with {beside} by fairseq)")
+    suffixes = sorted({Path(rel).suffix.lower() for rel, _ in manifest.entries} | set(AUDIO_SUFFIXES))
+    ids = _utterance_ids(manifest, suffixes)
+    texts = read_transcripts(transcripts, upper, suffixes)
     report = LabelReport(split, len(ids), transcripts_read=len(texts))
 
     dict_path = Path(dictionary) if dictionary else dest / "dict.ltr.txt"
@@ -196,8 +226,7 @@ def write_labels(
                 errors[index] = DataError(t.path, f"characters {bad} of {utt_id} are not in {dict_path}{built}", t.line)
 
     in_manifest = set(ids)
-    suffixes = {Path(rel).suffix for rel, _ in manifest.entries} or {".wav"}
-    audio_ids = {p.stem for s in suffixes for p in files_below(manifest.root, s.lower())[0]}
+    audio_ids = {utterance_id(p.name, suffixes) for s in suffixes for p in files_below(manifest.root, s)[0]}
     orphans = [
         DataError(t.path, f"transcript of {utt_id} has no audio file under {manifest.root}", t.line)
         for utt_id, t in texts.items()
@@ -206,39 +235,47 @@ def write_labels(
     report.other_split_transcripts = sum(1 for u in texts if u in audio_ids and u not in in_manifest)
 
     problems = [errors[i] for i in sorted(errors)] + orphans
-    if problems and not skip_bad:
-        hint = "fix them, or pass --skip-bad to leave them out"
-        if origin and origin != "train":
-            hint = f"{dict_path} was built from {origin}: delete it and label train first, or {hint}"
+    keep = [i for i in range(len(ids)) if i not in errors]
+    if problems and (not skip_bad or not keep):
+        if skip_bad:
+            hint = "no utterance is left to label: fix them"
+        else:
+            hint = "fix them, or pass --skip-bad to leave them out"
+            if origin and origin != "train":
+                hint = f"{dict_path} was built from {origin}: delete it and label train first, or {hint}"
         raise DataErrors("utterances or transcripts", problems, hint)
     report.skipped = problems
 
-    keep = [i for i in range(len(ids)) if i not in errors]
     words = [texts[ids[i]].text for i in keep]
     letters = [to_letters(w) for w in words]
-    dest.mkdir(parents=True, exist_ok=True)
+    outputs = {dest / f"{split}.wrd": "".join(w + "\n" for w in words),
+               dest / f"{split}.ltr": "".join(l + "\n" for l in letters)}
     if errors:
-        unfiltered = dest / f"{split}.unfiltered.tsv"
-        unfiltered.write_text(format_manifest(manifest), encoding="utf-8")
-        kept = Manifest(manifest.root, [manifest.entries[i] for i in keep])
-        (dest / f"{split}.tsv").write_text(format_manifest(kept), encoding="utf-8")
+        outputs[dest / f"{split}.unfiltered.tsv"] = format_manifest(manifest)
+    if errors or copy_manifest:
+        outputs[beside] = format_manifest(Manifest(manifest.root, [manifest.entries[i] for i in keep]))
     if problems:
-        (dest / f"{split}.skipped.tsv").write_text("".join(f"{e.where}\t{e.message}\n" for e in problems))
-    (dest / f"{split}.wrd").write_text("".join(w + "\n" for w in words), encoding="utf-8")
-    (dest / f"{split}.ltr").write_text("".join(l + "\n" for l in letters), encoding="utf-8")
+        outputs[dest / f"{split}.skipped.tsv"] = "".join(f"{e.where}\t{e.message}\n" for e in problems)
     if symbols is None:
-        dict_path.write_text(format_dictionary(letters), encoding="utf-8")
+        outputs[dict_path] = format_dictionary(letters)
+    for path, text in outputs.items():
+        path.write_text(text, encoding="utf-8")
+    for path in set(replaced) - set(outputs):  # an earlier run's skip lists, stale now
+        path.unlink()
     report.labelled = len(keep)
     assert report.labelled + len(errors) == report.utterances
     return report
 
 
-def write_lexicon(word_sources: Sequence[Path], dest: Path, dictionary: Optional[Path] = None) -> Tuple[int, Path]:
+def write_lexicon(word_sources: Sequence[Path], dest: Path, dictionary: Optional[Path] = None,
+                  overwrite: bool = False) -> Tuple[int, Path]:
     """Write a flashlight lexicon (``WORD W O R D |``) for every distinct word of the given files.
 
     Word lists and ``.wrd`` files both work: every whitespace-separated token is a word. With a
     dictionary, a word spelled with a letter outside it raises ``DataError`` at its first line.
+    An existing ``dest`` is refused unless ``overwrite``.
     """
+    dest = output_file(dest, overwrite)
     symbols = set(read_dictionary(dictionary)) if dictionary else None
     first_seen: Dict[str, Tuple[Path, int]] = {}
     for path in map(Path, word_sources):
@@ -256,6 +293,5 @@ def write_lexicon(word_sources: Sequence[Path], dest: Path, dictionary: Optional
             bad = unknown_letters(word, symbols)
             if bad:
                 raise DataError(path, f"word {word!r} has characters {bad} not in {dictionary}", number)
-    dest = output_file(dest)
     dest.write_text("".join(f"{w} {to_letters(w)}\n" for w in sorted(first_seen)), encoding="utf-8")
     return len(first_seen), dest

@@ -1,7 +1,8 @@
 """fairseq audio manifests: the first line is the audio root, then ``relative/path<TAB>num_samples``.
 
-``write_manifests`` replaces fairseq's ``examples/wav2vec/wav2vec_manifest.py`` (not in the wheel),
-with checked audio and a deterministic order and split.
+``write_manifests`` does what fairseq's ``examples/wav2vec/wav2vec_manifest.py`` does (the same
+files, through links to folders; ``--valid-percent`` the same fraction), with checked audio and file
+names, a deterministic order and split, and no earlier run's files left beside the new ones.
 """
 
 import os
@@ -11,7 +12,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from .audio import MIN_SAMPLES, SAMPLE_RATE, audio_frames, decode
-from .errors import DataError, DataErrors, read_lines
+from .errors import DataError, DataErrors, output_dir, printable, read_lines, refuse_existing
 
 
 @dataclass
@@ -36,6 +37,9 @@ def _parse_row(line: str) -> Tuple[str, int]:
         raise ValueError(f"expected 'relative/path<TAB>num_samples', got {len(cols)} column(s)")
     if not cols[0].strip():
         raise ValueError("empty audio path")
+    if cols[0] != cols[0].lstrip():
+        raise ValueError(f"the path {cols[0]!r} begins with a blank, which fairseq strips (it would read "
+                         f"{cols[0].lstrip()!r})")
     try:
         frames = int(cols[1])
     except ValueError:
@@ -52,7 +56,7 @@ def read_manifest(path: Path, errors: Optional[List[DataError]] = None) -> Manif
     raising at the first; ``Manifest.lines`` then says on which line each kept entry stands.
     """
     path = Path(path)
-    lines = read_lines(path, "manifest")
+    lines = read_lines(path, "manifest", fairseq_reads=True)
     if not lines or not lines[0].strip():
         raise DataError(path, "empty manifest: the first line must be the audio root directory", 1)
     entries, numbers = [], []
@@ -144,78 +148,147 @@ class ManifestReport:
     found: int
     written: dict = field(default_factory=dict)  # split -> count
     skipped: List[DataError] = field(default_factory=list)
+    removed: List[Path] = field(default_factory=list)  # an earlier run's files, stale beside the new ones
 
     def summary(self) -> str:
         parts = ", ".join(f"{split} {n}" for split, n in self.written.items())
-        return f"{self.found} audio files found; written: {parts}; skipped: {len(self.skipped)}"
+        removed = f"; removed, from an earlier run: {', '.join(p.name for p in self.removed)}" if self.removed else ""
+        return f"{self.found} audio files found; written: {parts}; skipped: {len(self.skipped)}{removed}"
+
+
+def check_split_name(split: str) -> str:
+    """A split names files in one folder (``<split>.tsv``, ``<split>.ltr``): a plain, visible name."""
+    if not split or split != split.strip() or split.startswith(".") or any(c in split for c in "/\\") \
+            or not split.isprintable():
+        raise ValueError(f"--split {printable(repr(split))}: expected a plain file name such as train, valid or "
+                         f"test (no folder, no leading dot or blank)")
+    return split
+
+
+def manifest_outputs(dest: Path, splits: Sequence[str]) -> List[Path]:
+    """Every file of ``dest`` that belongs to a manifest of ``splits``: the manifest, the label files
+    ``sew labels`` writes for it, and the lists of what either left out. A new manifest makes an
+    earlier run's copies stale (a label file of the old rows still has the new row count)."""
+    names = [f"{s}{suffix}" for s in splits
+             for suffix in (".tsv", ".skipped_audio.tsv", ".wrd", ".ltr", ".unfiltered.tsv", ".skipped.tsv")]
+    return [dest / n for n in names]
+
+
+def _valid_outputs(dest: Path, found: List[Path], writing_valid: bool) -> List[Path]:
+    """The files of ``dest``'s valid split this run replaces: all of them when it writes a valid
+    split, else those of a ``valid.tsv`` listing any of the ``found`` files (an earlier split of
+    this folder, which would overlap the new manifest); none for another folder's valid split."""
+    old = dest / "valid.tsv"
+    if not writing_valid:
+        try:
+            listed = read_manifest(old) if old.is_file() else None
+        except DataError:  # not a manifest of ours: nothing to compare
+            listed = None
+        if listed is None or not {os.path.normpath(listed.root / rel) for rel, _ in listed.entries} \
+                & {os.path.normpath(p) for p in found}:
+            return []
+    return manifest_outputs(dest, ["valid"])
+
+
+def _bad_name(rel: str) -> Optional[str]:
+    """Why fairseq would not read the file at ``rel`` (relative to the manifest's root), or None."""
+    if any(c in rel for c in "\t\n\r"):
+        return "a tab or line break in the file name would break the manifest"
+    if rel != rel.lstrip():
+        return "the path begins with a blank, which fairseq strips from each manifest line (rename the file)"
+    try:
+        rel.encode("utf-8")
+    except UnicodeEncodeError:
+        return "the file name is not UTF-8, and fairseq reads manifests as UTF-8 (rename the file)"
+    return None
 
 
 def write_manifests(
     audio_dir: Path,
     dest: Path,
     ext: str = "wav",
-    valid_percent: float = 0.0,
+    valid_fraction: float = 0.0,
     seed: int = 42,
     sample_rate: int = SAMPLE_RATE,
     skip_bad: bool = False,
     split: str = "train",
     header_only: bool = False,
+    overwrite: bool = False,
 ) -> ManifestReport:
-    """Write ``dest/<split>.tsv`` (and ``dest/valid.tsv`` when ``valid_percent`` > 0).
+    """Write ``dest/<split>.tsv`` (and ``dest/valid.tsv`` when ``valid_fraction`` > 0).
 
     ``split`` names the main manifest: ``train``, or e.g. ``test`` for a folder of held-out audio.
-    Files are found recursively and sorted by relative path; the validation split is a seeded
-    random sample of ``round(N * valid_percent / 100)`` files, each split written in sorted order.
-    Every file is decoded to check it (a FLAC cut short, NaN or infinite samples) unless
-    ``header_only``, which reads headers only (those problems then surface in training or
-    ``sew infer``, still naming the file). Bad files raise ``DataErrors`` listing every one, unless
-    ``skip_bad``, which leaves them out and lists them in ``dest/<split>.skipped_audio.tsv``.
+    Files are found recursively (through links to folders) and sorted by relative path; the
+    validation split is a seeded random sample of ``round(N * valid_fraction)`` files, each split
+    written in sorted order. Every file is decoded to check it (a FLAC cut short, NaN or infinite
+    samples) unless ``header_only``, which reads headers only (those problems then surface in
+    training or ``sew infer``, still naming the file). Bad files raise ``DataErrors`` listing every
+    one, unless ``skip_bad``, which leaves them out and lists them in ``dest/<split>.skipped_audio.tsv``.
+    Files of an earlier run for ``split`` and ``valid`` in ``dest`` (``manifest_outputs``) are
+    refused before any audio is read, or with ``overwrite`` replaced: the ones not written again
+    are removed, so none is left to be read with the new manifests.
     """
+    check_split_name(split)
+    if not 0 <= valid_fraction < 1:
+        raise ValueError(f"--valid-percent {valid_fraction}: a fraction in [0, 1), as in fairseq "
+                         f"(0.01 is 1% of the files)")
+    if split == "valid" and valid_fraction:
+        raise ValueError("--split valid clashes with the --valid-percent split")
     audio_dir = Path(audio_dir).resolve()
     if not audio_dir.is_dir():
         raise DataError(audio_dir, "audio directory not found")
     if "\n" in str(audio_dir) or "\r" in str(audio_dir):
         raise DataError(audio_dir, "a line break in the directory name would break the manifest's first line")
+    if str(audio_dir) != str(audio_dir).strip():
+        raise DataError(audio_dir, "the directory name ends in a blank, which fairseq strips from the manifest's "
+                        "first line (it would read another folder): rename it")
+    dest = output_dir(dest)
     suffix = f".{ext.lower()}"  # upper-case .WAV / .FLAC too: none is left behind unnoticed
     found, dangling = files_below(audio_dir, suffix)
     files = [p.relative_to(audio_dir).as_posix() for p in found]
     if not files and not dangling:
         raise DataError(audio_dir, f"no .{ext} files found (searched recursively)")
+    replaced = manifest_outputs(dest, [split]) + _valid_outputs(dest, found, valid_fraction > 0)
+    stale = refuse_existing(replaced, overwrite, " (an earlier run's manifests and labels would be read with the new ones)")
 
     report = ManifestReport(found=len(files) + len(dangling))
     report.skipped += [DataError(p, "a link to nothing (its target is gone)") for p in dangling]
     good = []
     for rel in files:
         try:
-            if "\t" in rel or "\n" in rel or "\r" in rel:
-                raise DataError(audio_dir / rel, "a tab or line break in the file name would break the manifest")
+            why = _bad_name(rel)
+            if why:
+                raise DataError(audio_dir / rel, why)
             frames = audio_frames(audio_dir / rel, sample_rate)
             if not header_only:
                 decode(audio_dir / rel, frames)
             good.append((rel, frames))
         except DataError as err:
             report.skipped.append(err)
-    if report.skipped and not skip_bad:
-        raise DataErrors("audio files", report.skipped, "fix them, or pass --skip-bad to leave them out")
+    if report.skipped and (not skip_bad or not good):
+        hint = "none is left to write: fix them" if skip_bad else "fix them, or pass --skip-bad to leave them out"
+        raise DataErrors("audio files", report.skipped, hint)
 
-    n_valid = round(len(good) * valid_percent / 100)
-    if valid_percent > 0 and not 0 < n_valid < len(good):
-        raise DataError(audio_dir, f"--valid-percent {valid_percent} of {len(good)} files leaves an empty split")
+    n_valid = round(len(good) * valid_fraction)
+    if valid_fraction > 0 and not 0 < n_valid < len(good):
+        raise DataError(audio_dir, f"--valid-percent {valid_fraction} of {len(good)} files leaves an empty split")
     order = list(range(len(good)))
     random.Random(seed).shuffle(order)
     valid_ids = set(order[:n_valid])
-    if split == "valid" and n_valid:
-        raise DataError(audio_dir, "--split valid clashes with the --valid-percent split")
     splits = {split: [e for i, e in enumerate(good) if i not in valid_ids]}
     if n_valid:
         splits["valid"] = [e for i, e in enumerate(good) if i in valid_ids]
 
-    dest = Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
+    written = []
     for name, entries in splits.items():
-        (dest / f"{name}.tsv").write_text(format_manifest(Manifest(audio_dir, entries)), encoding="utf-8")
+        written.append(dest / f"{name}.tsv")
+        written[-1].write_text(format_manifest(Manifest(audio_dir, entries)), encoding="utf-8")
         report.written[name] = len(entries)
     if report.skipped:
-        (dest / f"{split}.skipped_audio.tsv").write_text("".join(f"{e.where}\t{e.message}\n" for e in report.skipped))
+        written.append(dest / f"{split}.skipped_audio.tsv")
+        written[-1].write_text("".join(f"{e.where}\t{e.message}\n" for e in report.skipped), encoding="utf-8")
+    for path in set(stale) - set(written):
+        path.unlink()
+    report.removed = sorted(set(stale) - set(written))
     assert sum(report.written.values()) + len(report.skipped) == report.found
     return report

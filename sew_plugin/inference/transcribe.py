@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from ..data.audio import SAMPLE_RATE, read_audio
 from ..data.errors import DataError, DataErrors, read_lines
+from ..data.labels import to_letters
 from ..data.manifest import Manifest, check_manifest
 from .decoding import letters_to_words
 from .settings import require_fixed_cif_lambda, require_fixed_operating_point
@@ -129,12 +130,26 @@ def read_references(manifest_path: Path, labels: Optional[str], expected: int) -
         if labels:
             raise DataError(path, f"label file not found (--labels {labels})")
         return None
-    lines = read_lines(path, "label file")
+    lines = read_lines(path, "label file", fairseq_reads=True)
     if len(lines) != expected:
         raise DataError(path, f"{len(lines)} label lines for {expected} manifest entries")
     if path.suffix == ".ltr":
         return [letters_to_words(line.split()) for line in lines]
     return [line.split() for line in lines]
+
+
+def check_reference_letters(path: Path, refs: List[List[str]], tgt_dict) -> None:
+    """Refuse, by label file and line, references spelled with letters outside the model's dictionary
+    (lower case for an upper-case model, say): scored anyway, every such word would be an error."""
+    symbols = tgt_dict.indices
+    errors = []
+    for line, words in enumerate(refs, start=1):
+        unknown = sorted({c for c in "".join(words) if c not in symbols})
+        if unknown:
+            errors.append(DataError(path, f"letters {unknown} are not in the model's dictionary", line))
+    if errors:
+        raise DataErrors("reference lines", errors, "the references must be written in the model's letters "
+                         f"(its dictionary: {' '.join(s for s in tgt_dict.symbols[tgt_dict.nspecial:])})")
 
 
 def word_error_counts(utterances: List[Utterance]):
@@ -230,6 +245,8 @@ def transcribe(model, manifest_path: Path, decoder, labels: Optional[str] = None
     require_fixed_cif_lambda(model)
     manifest, refs = inputs if inputs is not None else check_inputs(manifest_path, labels)
     refuse_short_rows(model, manifest)
+    if refs is not None:
+        check_reference_letters(label_path(manifest_path, labels), refs, decoder.tgt_dict)
     lengths = [n for _, n in manifest.entries]
     results: List[Optional[Utterance]] = [None] * len(lengths)
     forward_s = decode_s = 0.0
@@ -283,13 +300,35 @@ def transcribe(model, manifest_path: Path, decoder, labels: Optional[str] = None
     return done, summary
 
 
-def write_results(results_dir: Path, utterances: List[Utterance], summary: Summary) -> None:
-    results_dir.mkdir(parents=True, exist_ok=True)
-    with open(results_dir / "hypotheses.tsv", "w", encoding="utf-8") as f:
-        f.write("id\thypothesis\treference\tword_errors\texit_layer\n")
-        for u in utterances:
-            ref = " ".join(u.ref) if u.ref is not None else ""
-            errors = editdistance.eval(u.hyp, u.ref) if u.ref is not None else ""
-            exit_layer = u.exit_layer if u.exit_layer is not None else ""
-            f.write(f"{u.id}\t{' '.join(u.hyp)}\t{ref}\t{errors}\t{exit_layer}\n")
-    (results_dir / "summary.json").write_text(json.dumps(asdict(summary), indent=2) + "\n")
+def result_paths(results_dir: Path, checkpoint: Path, manifest_path: Path) -> Dict[str, Path]:
+    """The files ``write_results`` writes, named as fairseq's ``examples/speech_recognition/infer.py``
+    names its own (``hypo.word-<checkpoint file>-<subset>.txt``, ``ref.word-...``, ``hypo.units-...``,
+    ``ref.units-...``), so sclite pipelines read them and a second subset or checkpoint gets files of
+    its own; ``hypotheses-...tsv`` and ``summary-...json`` are this project's."""
+    tag = f"{Path(checkpoint).name}-{Path(manifest_path).stem}"
+    paths = {kind: results_dir / f"{kind}-{tag}.txt" for kind in ("hypo.word", "hypo.units", "ref.word", "ref.units")}
+    return {**paths, "hypotheses": results_dir / f"hypotheses-{tag}.tsv", "summary": results_dir / f"summary-{tag}.json"}
+
+
+def write_results(paths: Dict[str, Path], utterances: List[Utterance], summary: Summary) -> None:
+    """Per-utterance results in manifest order at ``result_paths``: fairseq's four files (each line
+    ``TEXT (None-ROW)``, as fairseq tags an utterance without speaker by its row; the ``ref`` files only
+    with references), the TSV of hypotheses, references and errors, and the summary."""
+    def fairseq_lines(texts):
+        return "".join(f"{' '.join(words)} (None-{row})\n" for row, words in enumerate(texts))
+
+    files = {"hypo.word": fairseq_lines(u.hyp for u in utterances),
+             "hypo.units": fairseq_lines([to_letters(" ".join(u.hyp))] for u in utterances)}
+    if all(u.ref is not None for u in utterances):
+        files["ref.word"] = fairseq_lines(u.ref for u in utterances)
+        files["ref.units"] = fairseq_lines([to_letters(" ".join(u.ref))] for u in utterances)
+    rows = ["id\thypothesis\treference\tword_errors\texit_layer\n"]
+    for u in utterances:
+        ref = " ".join(u.ref) if u.ref is not None else ""
+        errors = editdistance.eval(u.hyp, u.ref) if u.ref is not None else ""
+        exit_layer = u.exit_layer if u.exit_layer is not None else ""
+        rows.append(f"{u.id}\t{' '.join(u.hyp)}\t{ref}\t{errors}\t{exit_layer}\n")
+    files["hypotheses"] = "".join(rows)
+    files["summary"] = json.dumps(asdict(summary), indent=2) + "\n"
+    for kind, text in files.items():
+        paths[kind].write_text(text, encoding="utf-8")

@@ -473,6 +473,9 @@ LABEL_CASES = {
     "dictionary_not_utf8": (b"H I |\nH I |\n", b"| 3\n\xe9 3\n", "D", 2, "not UTF-8 text"),
     "dictionary_repeats_a_symbol": (b"H I |\nH I |\n", b"| 3\nH 3\nH 3\n", "D", None, "not a fairseq dictionary (Duplicate word"),
     "dictionary_missing": (b"H I |\nH I |\n", None, "D", None, "dictionary not found"),
+    # fairseq keeps a byte-order mark as part of the first symbol: <unk> in a label, a new symbol in the dictionary
+    "labels_start_with_a_bom": ("\ufeffH I |\nH I |\n".encode(), b"| 3\nH 3\nI 3\n", "L", 1, "byte-order mark"),
+    "dictionary_starts_with_a_bom": (b"H I |\nH I |\n", "\ufeff| 3\nH 3\nI 3\n".encode(), "D", 1, "byte-order mark"),
 }
 
 

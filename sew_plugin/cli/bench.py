@@ -31,7 +31,7 @@ Examples::
     sew bench --models w2v2_base_cif@0 w2v2_base_cif@1.1 w2v2_base_cif@90ms w2v2_base:down2resample w2v2_base
 
 ``--out DIR`` writes ``bench.md``, ``bench.csv`` and ``bench.png`` (forward time against MACs; with
-``--wer MODEL=summary.json ...`` from ``sew infer --results-dir``, WER against forward time).
+``--wer MODEL=summary-CKPT-SPLIT.json ...`` from ``sew infer --results-dir``, WER against forward time).
 """
 
 import json
@@ -46,7 +46,7 @@ from .options import at_least, device
 
 
 def read_wer(specs: List[str]) -> Dict[str, float]:
-    """``--wer MODEL=summary.json`` pairs (``sew infer --results-dir`` output) -> {model: WER}."""
+    """``--wer MODEL=SUMMARY`` pairs (``sew infer --results-dir`` output) -> {model: WER}."""
     wer = {}
     for spec in specs:
         name, sep, path = spec.partition("=")
@@ -78,7 +78,7 @@ def add_arguments(p) -> None:
     p.add_argument("--baseline", default="w2v2_base", help="row the speed-ups are over (added if not in --models)")
     p.add_argument("--out", type=Path, help="write bench.md, bench.csv and bench.png here")
     p.add_argument("--wer", nargs="+", default=[], metavar="MODEL=SUMMARY",
-                   help="WER of a row from `sew infer --results-dir` (summary.json): bench.png plots WER vs time")
+                   help="WER of a row from `sew infer --results-dir` (its summary-CKPT-SPLIT.json): bench.png plots WER vs time")
     p.add_argument("--list", action="store_true", help="list the model names and exit")
 
 

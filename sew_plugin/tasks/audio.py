@@ -275,7 +275,7 @@ class CheckedAudioTaskMixin:
     def check_labels(self, manifest_path: Path, manifest: Manifest, kept: List[int], sample_rate: int,
                      task_cfg) -> List[DataError]:
         label_path = Path(self.cfg.data) / f"{manifest_path.stem}.{task_cfg.labels}"
-        lines = read_lines(label_path, "label file")
+        lines = read_lines(label_path, "label file", fairseq_reads=True)
         mismatch = row_count_error(label_path, lines, manifest, "label")
         if mismatch:
             return [mismatch]
@@ -398,7 +398,7 @@ class SewAudioFinetuningTask(CheckedAudioTaskMixin, AudioFinetuningTask):
         if self.cfg.labels:
             folder = self.cfg.target_dictionary or self.cfg.data
             dict_path = Path(folder) / f"dict.{self.cfg.labels}.txt"
-            read_lines(dict_path, "dictionary")
+            read_lines(dict_path, "dictionary", fairseq_reads=True)
             try:
                 return super().load_target_dictionary()
             except (ValueError, RuntimeError) as err:

@@ -138,6 +138,7 @@ TINY_FINETUNING = [
     "dataset.num_workers=0",
     "dataset.max_tokens=120000",
     "optimization.max_update=6",
+    "dataset.validate_after_updates=0",  # the recipes validate from update 10000 (fairseq's schedule)
     "optimization.lr=[0.0005]",
     "model.freeze_finetune_updates=2",
     "model.mask_length=2",

@@ -333,8 +333,8 @@ def test_sew_infer_reference_labels_must_match_the_manifest(tmp_path, capsys):
 
 @pytest.mark.parametrize("argv, message", [
     (["manifest", "A", "--dest", "D", "--sample-rate", "0"], "argument --sample-rate: must be >= 1, got 0"),
-    (["manifest", "A", "--dest", "D", "--valid-percent", "150"], "argument --valid-percent: a fraction in [0, 1), as in fairseq, got 150"),
-    (["manifest", "A", "--dest", "D", "--valid-percent", "2"], "a fraction in [0, 1), as in fairseq, got 2 (for 2% write 0.02)"),
+    (["manifest", "A", "--dest", "D", "--valid-percent", "150"], "--valid-percent 150: a fraction in [0, 1), as in fairseq"),
+    (["manifest", "A", "--dest", "D", "--valid-percent", "2"], "--valid-percent 2: a fraction in [0, 1), as in fairseq (for 2% write 0.02)"),
     (["manifest", "A", "--dest", "D", "--valid-percent", "nan"], "argument --valid-percent: must be >= 0.0 and finite"),
     (["labels", "M", "T", "--dest", "D", "--sample-rate", "-16000"], "argument --sample-rate: must be >= 1"),
     (["lm", "T", "--dest", "D", "--order", "1"], "argument --order: must be >= 2, got 1"),

@@ -73,6 +73,10 @@ def test_sew_bench_writes_table_csv_and_plots_with_ratios_to_the_named_baseline(
     png = (tmp_path / "out" / "bench.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
 
+    # a rerun into the same --out is refused before the measurement, unless --overwrite
+    with pytest.raises(SystemExit, match="bench.md, .*bench.png already exist; pass --overwrite"):
+        sew(argv)
+    argv.append("--overwrite")
     # WER against time: the WER comes from sew infer's summary.json; a name not benchmarked is refused
     assert sew(argv + ["--wer", f"sew_tiny={tmp_path / 'summary.json'}"]) == 0
     assert (tmp_path / "out" / "bench.png").read_bytes() != png

@@ -108,6 +108,42 @@ def test_manifests_of_other_folders_in_one_dest_are_not_stale(tmp_path):
         wav(tmp_path / split / f"{split}.wav")
         sew("manifest", tmp_path / split, "--dest", tmp_path / "data", "--split", split)
     assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["test.tsv", "train.tsv", "valid.tsv"]
+    # a subset of the pre-training folder, as its own split beside the pre-training train/valid
+    for i in range(4):
+        wav(tmp_path / "all" / "sub" / f"u{i}.wav")
+    sew("manifest", tmp_path / "all", "--dest", tmp_path / "pre", "--valid-percent", "0.25")
+    sew("manifest", tmp_path / "all" / "sub", "--dest", tmp_path / "pre", "--split", "train_sub")
+    assert sorted(p.name for p in (tmp_path / "pre").iterdir()) == ["train.tsv", "train_sub.tsv", "valid.tsv"]
+
+
+def test_labels_rerun_after_skip_bad_starts_from_every_row_and_rebuilds_its_dictionary(tmp_path):
+    for i in range(4):
+        wav(tmp_path / "audio" / f"u{i}.wav")
+    data = tmp_path / "data"
+    sew("manifest", tmp_path / "audio", "--dest", data)
+    (tmp_path / "t.txt").write_text("u0 THE CAT\nu1 THE DOG\nu2 A CAT\n")  # u3 has no transcript
+    sew("labels", data / "train.tsv", tmp_path / "t.txt", "--dest", data, "--skip-bad")
+    assert len(rows(data / "train.tsv")) == 3 and len(rows(data / "train.unfiltered.tsv")) == 4
+
+    (tmp_path / "t.txt").write_text("u0 THE CAT\nu1 THE DOG\nu2 A CAT\nu3 QUIZ\n")  # fixed, with new letters
+    refused = sew("labels", data / "train.tsv", tmp_path / "t.txt", "--dest", data, expect=2)
+    assert "already exist (the labels of an earlier run)" in refused.stderr
+    done = sew("labels", data / "train.tsv", tmp_path / "t.txt", "--dest", data, "--overwrite")
+    assert "4 utterances in, 4 labelled out" in done.stdout and "rebuilt" in done.stdout
+    assert "before an earlier --skip-bad" in done.stdout
+    assert len(rows(data / "train.tsv")) == 4 and not (data / "train.unfiltered.tsv").exists()
+    assert not (data / "train.skipped.tsv").exists() and "Q 1" in (data / "dict.ltr.txt").read_text()
+
+
+def test_hidden_files_are_left_out_as_fairseqs_glob_leaves_them_and_counted(tmp_path):
+    wav(tmp_path / "audio" / "a.wav")
+    (tmp_path / "audio" / "._a.wav").write_bytes(b"\x00\x05\x16\x07")  # macOS's AppleDouble copy
+    wav(tmp_path / "audio" / ".Trash" / "old.wav")
+    done = sew("manifest", tmp_path / "audio", "--dest", tmp_path / "d")
+    assert "1 audio files found; written: train 1; skipped: 0; 2 hidden files or folders left out" in done.stdout
+    fairseq = subprocess.run([sys.executable, str(FAIRSEQ_MANIFEST), str(tmp_path / "audio"), "--dest",
+                              str(tmp_path / "f"), "--ext", "wav", "--valid-percent", "0"], capture_output=True, text=True)
+    assert fairseq.returncode == 0 and len((tmp_path / "f" / "train.tsv").read_text().splitlines()) == 2
 
 
 # 3. --valid-percent is fairseq's fraction
@@ -118,7 +154,7 @@ def test_valid_percent_is_a_fraction_and_a_percent_is_refused_with_the_hint(tmp_
     done = sew("manifest", tmp_path / "audio", "--dest", tmp_path / "d", "--valid-percent", "0.2")
     assert "written: train 8, valid 2" in done.stdout
     refused = sew("manifest", tmp_path / "audio", "--dest", tmp_path / "e", "--valid-percent", "2", expect=2)
-    assert "argument --valid-percent: a fraction in [0, 1), as in fairseq, got 2 (for 2% write 0.02)" in refused.stderr
+    assert "sew manifest: error: --valid-percent 2: a fraction in [0, 1), as in fairseq (for 2% write 0.02)" in refused.stderr
 
 
 # 4. labels named after a manifest elsewhere never replace the labels of DEST's own manifest
@@ -160,14 +196,29 @@ def test_results_of_two_subsets_sit_side_by_side_and_a_rerun_is_explicit(tmp_pat
         assert (results / f"ref.word-ckpt.pt-{subset}.txt").read_text().startswith("ETA (None-0)\n")
         summary = json.loads((results / f"summary-ckpt.pt-{subset}.json").read_text())
         assert summary["utterances_transcribed"] == n
+    units = (results / "hypo.units-ckpt.pt-test.txt").read_text().splitlines()
+    words = (results / "hypo.word-ckpt.pt-test.txt").read_text().splitlines()
+    for unit, word in zip(units, words):  # units are the dictionary's symbols, as fairseq writes them
+        assert unit.rsplit(" ", 1)[0].replace(" ", "").replace("|", " ").split() == word.rsplit(" ", 1)[0].split()
     refused = sew("infer", ckpt, folder / "test.tsv", "--results-dir", results, expect=2)
     assert f"{results / 'hypo.word-ckpt.pt-test.txt'}" in refused.stderr and "--overwrite" in refused.stderr
-    sew("infer", ckpt, folder / "test.tsv", "--results-dir", results, "--overwrite")
+
+    unlabelled = tmp_path / "unlabelled"  # the same subset without references: the earlier ref files go
+    unlabelled.mkdir()
+    for name in ("test.tsv", "dict.ltr.txt"):
+        (unlabelled / name).write_text((folder / name).read_text())
+    sew("infer", ckpt, unlabelled / "test.tsv", "--results-dir", results, "--overwrite")
+    assert not (results / "ref.word-ckpt.pt-test.txt").exists() and (results / "hypo.word-ckpt.pt-test.txt").exists()
 
 
-def test_fairseqs_gen_subset_is_refused_naming_the_way_here(tmp_path):
-    refused = sew("infer", tmp_path / "ckpt.pt", tmp_path, "--gen-subset", "dev_other", expect=2)
-    assert "argument --gen-subset: sew infer takes the manifest itself: pass DATA/dev_other.tsv" in refused.stderr
+@pytest.mark.parametrize("option, value, message", [
+    ("--gen-subset", "dev_other", "sew infer takes the manifest itself: pass DATA/dev_other.tsv"),
+    ("--path", "ckpt.pt", "sew infer takes the checkpoint as its first argument"),
+    ("--task", "audio_finetuning", "sew infer takes the task from the checkpoint"),
+])
+def test_fairseqs_options_without_an_equivalent_are_refused_naming_the_way_here(tmp_path, option, value, message):
+    refused = sew("infer", tmp_path / "ckpt.pt", tmp_path, option, value, expect=2)
+    assert f"argument {option}: {message}" in refused.stderr
 
 
 # 6. references in letters the model does not have, or a byte-order mark fairseq would read as a letter
@@ -196,7 +247,7 @@ def test_skip_bad_with_every_file_bad_writes_nothing(tmp_path):
     wav(tmp_path / "audio" / "short.wav", 100)
     sf.write(tmp_path / "audio" / "stereo.wav", np.zeros((4000, 2), np.float32), 16000)
     refused = sew("manifest", tmp_path / "audio", "--dest", tmp_path / "d", "--skip-bad", expect=2)
-    assert "2 bad audio files" in refused.stderr and "none is left to write" in refused.stderr
+    assert "2 bad audio files" in refused.stderr and "none is left: fix them" in refused.stderr
     assert not (tmp_path / "d" / "train.tsv").exists()
 
 
@@ -294,11 +345,11 @@ def test_blanks_fairseq_would_strip_are_refused(tmp_path):
 
 # 15. split names stay in DEST; IDs keep their dots; composed and decomposed names match
 
-@pytest.mark.parametrize("split", ["../x", "", ".hidden", "a/b"])
+@pytest.mark.parametrize("split", ["../x", "", ".hidden", "a/b", "test.tsv", "dev,test"])
 def test_a_split_that_is_not_a_plain_name_is_refused(tmp_path, split):
     wav(tmp_path / "audio" / "u0.wav")
     refused = sew("manifest", tmp_path / "audio", "--dest", tmp_path / "d", "--split", split, expect=2)
-    assert "sew manifest: error: --split " in refused.stderr and "expected a plain file name" in refused.stderr
+    assert "sew manifest: error: --split " in refused.stderr and "expected a plain name" in refused.stderr
     assert not (tmp_path / "x.tsv").exists() and not list((tmp_path / "d").glob("*.tsv"))
 
 

@@ -135,7 +135,7 @@ def fake_model(monkeypatch):
     clock = FakeClock()
     monkeypatch.setattr(transcribe, "time", clock)
 
-    def load(args, command="infer"):
+    def load(args, command="infer", data=None):
         letters = Dictionary()
         for symbol in "|HI":  # the references' letters
             letters.add_symbol(symbol)

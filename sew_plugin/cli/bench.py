@@ -42,7 +42,7 @@ import torch
 
 from ..inference.bench import DTYPES, available_models, plot, run, to_markdown
 from ..inference.reports import write_tables
-from .options import at_least, device
+from .options import add_overwrite_argument, at_least, check_outputs, device
 
 
 def read_wer(specs: List[str]) -> Dict[str, float]:
@@ -51,7 +51,7 @@ def read_wer(specs: List[str]) -> Dict[str, float]:
     for spec in specs:
         name, sep, path = spec.partition("=")
         if not sep or not name or not path:
-            raise SystemExit(f"sew bench: error: --wer {spec!r}: expected MODEL=path/to/summary.json")
+            raise SystemExit(f"sew bench: error: --wer {spec!r}: expected MODEL=path/to/summary-CKPT-SPLIT.json")
         try:
             value = json.loads(Path(path).read_text())["wer"]
         except (OSError, ValueError, KeyError) as err:
@@ -77,6 +77,7 @@ def add_arguments(p) -> None:
     p.add_argument("--threads", type=at_least(0), default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--baseline", default="w2v2_base", help="row the speed-ups are over (added if not in --models)")
     p.add_argument("--out", type=Path, help="write bench.md, bench.csv and bench.png here")
+    add_overwrite_argument(p, "the tables and plot in --out")
     p.add_argument("--wer", nargs="+", default=[], metavar="MODEL=SUMMARY",
                    help="WER of a row from `sew infer --results-dir` (its summary-CKPT-SPLIT.json): bench.png plots WER vs time")
     p.add_argument("--list", action="store_true", help="list the model names and exit")
@@ -91,6 +92,8 @@ def main(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", category=FutureWarning)
+    if args.out:
+        check_outputs("bench", args.out, ["bench.md", "bench.csv", "bench.png"], args.overwrite)
     wer = read_wer(args.wer)
     unknown = sorted(set(wer) - set(args.models) - {args.baseline})
     if unknown:  # checked before the (long) measurement

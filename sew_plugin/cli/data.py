@@ -4,7 +4,8 @@
 import sys
 from pathlib import Path
 
-from .options import HelpFormatter, at_least, fraction, refusing
+from ..data.labels import AUDIO_SUFFIXES
+from .options import HelpFormatter, at_least, refusing
 
 
 def manifest(args) -> int:
@@ -55,8 +56,8 @@ def add_parsers(sub) -> None:
     p = sub.add_parser("manifest", formatter_class=HelpFormatter, help="write fairseq manifests (train.tsv, valid.tsv) for an audio folder")
     p.add_argument("audio_dir", type=Path, help="folder searched recursively for --ext files")
     p.add_argument("--dest", type=Path, required=True, help="folder to write <split>.tsv (and valid.tsv) to")
-    p.add_argument("--ext", default="wav", choices=["wav", "flac"], help="audio files to list")
-    p.add_argument("--valid-percent", type=fraction, default=0.0,
+    p.add_argument("--ext", default="wav", choices=[s.lstrip(".") for s in AUDIO_SUFFIXES], help="audio files to list")
+    p.add_argument("--valid-percent", type=at_least(0.0, float), default=0.0,
                    help="fraction of the files for valid.tsv, as in fairseq (0.01: 1%%; 0: none, where fairseq's "
                    "default is 0.01)")
     p.add_argument("--seed", type=int, default=42, help="seed of the train/valid split")

@@ -7,7 +7,7 @@ from pathlib import Path
 from ..interop import export_hf as hf_export
 from ..interop import load_with_data, onnx
 from .infer import operating_point
-from .options import at_least
+from .options import add_overwrite_argument, at_least, check_outputs
 
 
 def add_data_argument(p) -> None:
@@ -38,10 +38,12 @@ def add_onnx_arguments(p) -> None:
     p.add_argument("--tolerance", type=at_least(0.0, float), default=onnx.TOLERANCE,
                    help="largest |PyTorch - onnxruntime| logit accepted in the check after export")
     p.add_argument("--no-check", action="store_true", help="skip the onnxruntime check")
+    add_overwrite_argument(p, "OUT")
 
 
 def export_onnx(args) -> int:
     command = "export-onnx"
+    check_outputs(command, args.out.parent, [args.out.name], args.overwrite, "the folder of OUT")
     warnings.filterwarnings("ignore", category=FutureWarning)
     model, cfg, task = load_with_data(args.checkpoint, args.data)
     if args.operating_point:

@@ -36,8 +36,32 @@ def add_arguments(p) -> None:
     p.add_argument("--results-dir", "--results-path", type=Path,
                    help="write fairseq's hypo.word-CHECKPOINT-SPLIT.txt, ref.word-, hypo.units-, ref.units- files, "
                    "hypotheses-CHECKPOINT-SPLIT.tsv and summary-CHECKPOINT-SPLIT.json here")
-    p.add_argument("--overwrite", action="store_true", help="replace the results of an earlier run in --results-dir")
-    p.add_argument("--gen-subset", type=_no_subset, help=argparse.SUPPRESS)
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the results of an earlier run in --results-dir (those not written again are removed)")
+    add_setting_arguments(p)
+    for option, hint in FAIRSEQ_ONLY.items():
+        p.add_argument(option, type=_refused(option, hint), help=argparse.SUPPRESS)
+
+
+# fairseq's infer.py options with no equivalent here, refused with the way to say it
+FAIRSEQ_ONLY = {
+    "--gen-subset": "sew infer takes the manifest itself: pass DATA/{}.tsv as its second argument instead of "
+                    "fairseq's data folder and --gen-subset {}",
+    "--path": "sew infer takes the checkpoint as its first argument",
+    "--task": "sew infer takes the task from the checkpoint",
+    "--criterion": "sew infer needs no criterion: it reads the task and model from the checkpoint",
+}
+
+
+def _refused(option: str, hint: str):
+    def parse(text: str):
+        raise argparse.ArgumentTypeError(hint.format(text, text))
+
+    return parse
+
+
+def add_setting_arguments(p) -> None:
+    """The setting a model runs at: St-SEW's point, CIF's lambda, the early-exit threshold."""
     p.add_argument("--operating-point", help="St-SEW: fixed 'S_f,S_k,S_q' to run at, e.g. 2,2,1")
     p.add_argument("--cif-lambda", type=float, help="CIF models: the lambda in [0, 2) to run at (sets the frame period)")
     p.add_argument("--threshold", type=float, help="--exit-policy entropy/similarity/nbest: the exit threshold")
@@ -47,6 +71,15 @@ def add_decoding_arguments(p) -> None:
     """Decoder, batching and device options, shared by ``sew infer`` and ``sew sweep``."""
     p.add_argument("--labels", help=f"reference label extension beside the manifest, ltr or wrd; the file "
                    f"must exist (default: {LABELS} when <split>.{LABELS} exists, else no WER)")
+    add_decoder_arguments(p)
+    p.add_argument("--batch-size", type=at_least(1), default=8, help="utterances per forward")
+    p.add_argument("--warmup", type=at_least(0), default=1,
+                   help="untimed forwards of the first batch before it is timed (0: time the first call too)")
+    p.add_argument("--max-tokens", type=at_least(0), default=0, help="if > 0, cap on padded samples per batch instead")
+
+
+def add_decoder_arguments(p) -> None:
+    """Decoder, device and exit-policy options, shared by ``sew infer``, ``sew sweep`` and ``sew transcribe``."""
     p.add_argument("--decoder", "--w2l-decoder", default="viterbi", choices=list(DECODERS),
                    help="greedy (viterbi) or flashlight-text's lexicon beam search with a KenLM model (kenlm)")
     p.add_argument("--lm", "--kenlm-model", "--lm-model", type=Path,
@@ -68,10 +101,6 @@ def add_decoding_arguments(p) -> None:
                    help="--decoder kenlm: letters tried per frame (0: the whole vocabulary)")
     p.add_argument("--beam-threshold", type=float, default=25.0,
                    help="--decoder kenlm: drop hypotheses scoring this far below the best")
-    p.add_argument("--batch-size", type=at_least(1), default=8, help="utterances per forward")
-    p.add_argument("--warmup", type=at_least(0), default=1,
-                   help="untimed forwards of the first batch before it is timed (0: time the first call too)")
-    p.add_argument("--max-tokens", type=at_least(0), default=0, help="if > 0, cap on padded samples per batch instead")
     p.add_argument("--device", type=device, default="cpu", help="cpu or cuda")
     p.add_argument("--threads", type=at_least(0), default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--exit-policy", choices=POLICIES,
@@ -82,34 +111,38 @@ def add_decoding_arguments(p) -> None:
     p.add_argument("--nbest", type=at_least(1), default=300, help="--exit-policy nbest: hypotheses in the confidence")
 
 
-
-def _no_subset(text: str):
-    raise argparse.ArgumentTypeError(f"sew infer takes the manifest itself: pass DATA/{text}.tsv as its second "
-                                     f"argument instead of fairseq's data folder and --gen-subset {text}")
-
-
 def results_files(args):
-    """Where ``--results-dir`` results go, checked before the model loads: a folder that can be
-    written, without the results of an earlier run for this checkpoint and split (unless
-    ``--overwrite``)."""
+    """Where ``--results-dir`` results go, checked before any work: a folder that can be written,
+    without the results of an earlier run for this checkpoint and split (unless ``--overwrite``);
+    (their paths, those that exist)."""
     with refusing("infer"):
         paths = result_paths(output_dir(args.results_dir, "--results-dir"), args.checkpoint, args.manifest)
-        refuse_existing(paths.values(), args.overwrite)
-    return paths
+        return paths, refuse_existing(paths.values(), args.overwrite)
 
 
-def load(args, command: str = "infer"):
-    """The model, task, decoder and normalisation of ``args.checkpoint`` for transcribing
-    ``args.manifest``; misuse stops with the command's error."""
+def beam_options(args) -> BeamOptions:
+    return BeamOptions(args.beam, args.beam_size_token, args.beam_threshold, args.lm_weight, args.word_score,
+                       unk_score=args.unk_score, sil_score=args.sil_score)
+
+
+def load(args, command: str = "infer", data=None):
+    """The model, decoder and normalisation of ``args.checkpoint``, its dictionary from ``data``
+    (the folder of ``dict.ltr.txt``; None: the folder it was fine-tuned from); misuse stops with the
+    command's error."""
     if args.decoder == "kenlm" and (args.lm is None or args.lexicon is None):
         raise SystemExit(f"sew {command}: error: --decoder kenlm needs --lm and --lexicon")
     with refusing(command):
-        model, task, normalize = load_for_inference(args.checkpoint, args.manifest.parent, args.device, args.threads,
-                                                    command)
-    options = BeamOptions(args.beam, args.beam_size_token, args.beam_threshold, args.lm_weight, args.word_score,
-                          unk_score=args.unk_score, sil_score=args.sil_score)
-    decoder = build_decoder(args.decoder, task.target_dictionary, args.lexicon, args.lm, options)
+        model, task, normalize = load_for_inference(args.checkpoint, data, args.device, args.threads, command)
+    decoder = build_decoder(args.decoder, task.target_dictionary, args.lexicon, args.lm, beam_options(args))
     return model, decoder, normalize
+
+
+def apply_settings(model, decoder, args, command: str) -> None:
+    """``--operating-point``, ``--cif-lambda`` and ``--exit-policy`` (at ``--threshold``) on ``model``."""
+    operating_point(model, args.operating_point, command)
+    cif_lambda(model, args.cif_lambda, command)
+    if args.exit_policy:
+        exit_policy(model, args, decoder, args.threshold, command)
 
 
 def _setting(model, option: str, value, fix, require_fixed, command: str) -> None:
@@ -149,15 +182,15 @@ def batching(args, warm_every_batch: bool = False) -> Batching:
 
 
 def main(args) -> int:
+    earlier = results_files(args) if args.results_dir else None  # checked before any file is read
     inputs = check_inputs(args.manifest, args.labels)  # bad input stops here, before the model loads
-    results = results_files(args) if args.results_dir else None
-    model, decoder, normalize = load(args)
-    operating_point(model, args.operating_point)
-    cif_lambda(model, args.cif_lambda)
-    if args.exit_policy:
-        exit_policy(model, args, decoder, args.threshold)
+    model, decoder, normalize = load(args, "infer", args.manifest.parent)
+    apply_settings(model, decoder, args, "infer")
     utterances, summary = transcribe(model, args.manifest, decoder, args.labels, normalize, batching(args), inputs)
     print(summary.report())
-    if results:
-        write_results(results, utterances, summary)
+    if earlier is not None:
+        paths, found = earlier
+        written = write_results(paths, utterances, summary)
+        for path in set(found) - set(written):  # an earlier run's references, say, with none this time
+            path.unlink()
     return 0

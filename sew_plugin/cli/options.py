@@ -39,14 +39,18 @@ def device(text: str) -> str:
     return text
 
 
-def fraction(text: str) -> float:
-    """argparse type: a fraction in [0, 1), as fairseq's ``--valid-percent`` takes it (0.01 is 1%);
-    a value above 1 is refused with that hint, not read as a tiny share."""
-    value = at_least(0.0, float)(text)
-    if value >= 1:
-        hint = f" (for {value:g}% write {value / 100:g})" if value < 100 else ""
-        raise argparse.ArgumentTypeError(f"a fraction in [0, 1), as in fairseq, got {value:g}{hint}")
-    return value
+def check_outputs(command: str, folder, names, overwrite: bool, option: str = "--out") -> None:
+    """Before any work: ``folder`` (``option``) can be written, and without ``overwrite`` holds none of
+    ``names`` from an earlier run."""
+    from ..data.errors import output_dir, refuse_existing
+
+    with refusing(command):
+        folder = output_dir(folder, option)
+        refuse_existing([folder / name for name in names], overwrite)
+
+
+def add_overwrite_argument(p, what: str) -> None:
+    p.add_argument("--overwrite", action="store_true", help=f"replace {what} of an earlier run")
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -67,7 +71,7 @@ def refusing(command: str, context: str = ""):
 
     try:
         yield
-    except (DataError, DataErrors):
+    except (DataError, DataErrors, UnicodeError):  # a UnicodeError is a bug to see, not bad input
         raise
     except ValueError as err:
         prefix = f"{context}: " if context else ""

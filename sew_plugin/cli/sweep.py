@@ -27,6 +27,7 @@ from ..inference.sweep import sweep, to_markdown
 from ..inference.transcribe import check_inputs, label_path
 from . import infer
 from .infer import add_decoding_arguments
+from .options import add_overwrite_argument, check_outputs
 
 
 def add_arguments(p) -> None:
@@ -37,6 +38,7 @@ def add_arguments(p) -> None:
     group.add_argument("--cif-lambdas", nargs="+", type=float, help="CIF lambdas in [0, 2)")
     group.add_argument("--thresholds", nargs="+", type=float, help="early-exit thresholds of --exit-policy")
     p.add_argument("--out", type=Path, help="write sweep.md, sweep.csv and sweep.png here")
+    add_overwrite_argument(p, "the tables and plot in --out")
     add_decoding_arguments(p)
 
 
@@ -45,10 +47,12 @@ def main(args) -> int:
         raise SystemExit("sew sweep: error: --thresholds needs --exit-policy entropy, similarity or nbest")
     if args.exit_policy and not args.thresholds:
         raise SystemExit("sew sweep: error: --exit-policy goes with --thresholds")
+    if args.out:
+        check_outputs("sweep", args.out, ["sweep.md", "sweep.csv", "sweep.png"], args.overwrite)
     inputs = check_inputs(args.manifest, args.labels)  # bad input stops here, before the model loads
     if inputs[1] is None:  # the WER column needs them
         raise DataError(label_path(args.manifest, None), "label file not found: sew sweep needs references")
-    model, decoder, normalize = infer.load(args, "sweep")
+    model, decoder, normalize = infer.load(args, "sweep", args.manifest.parent)
     kind = "points" if args.points else "cif_lambdas" if args.cif_lambdas else "thresholds"
 
     def apply(setting):

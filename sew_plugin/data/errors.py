@@ -43,6 +43,22 @@ class DataErrors(ValueError):
         super().__init__(f"{len(errors)} bad {what}:\n{shown}{more}" + (f"\n{hint}" if hint else ""))
 
 
+def check_fraction(value: float) -> float:
+    """``--valid-percent``: a fraction in [0, 1), as fairseq takes it (0.01 is 1% of the files)."""
+    if not 0 <= value < 1:
+        hint = f" (for {value:g}% write {value / 100:g})" if 1 <= value < 100 else ""
+        raise ValueError(f"--valid-percent {value:g}: a fraction in [0, 1), as in fairseq{hint}")
+    return value
+
+
+def refuse_bad(what: str, problems: List[DataError], skip_bad: bool, anything_left: bool, hint: str = "") -> None:
+    """Bad inputs stop a command, all listed, unless ``skip_bad`` leaves them out; even then when
+    nothing would be left to write."""
+    if problems and (not skip_bad or not anything_left):
+        default = "none is left: fix them" if skip_bad else "fix them, or pass --skip-bad to leave them out"
+        raise DataErrors(what, problems, default if skip_bad or not hint else hint)
+
+
 def output_dir(dest: Union[str, Path], option: str = "--dest") -> Path:
     """``dest`` as a folder to write into, created if need be, refused by ``option`` (not crashed on
     after the work) when it is a file, lies under a file, or cannot be written."""

@@ -14,11 +14,10 @@ from pathlib import Path, PurePosixPath
 from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 from .audio import SAMPLE_RATE
-from .errors import DataError, DataErrors, output_dir, output_file, read_lines, refuse_existing
-from .manifest import Manifest, check_audio, files_below, format_manifest, read_manifest
+from .errors import DataError, output_dir, output_file, read_lines, refuse_bad, refuse_existing
+from .manifest import LABEL_OUTPUTS, Manifest, check_audio, files_below, format_manifest, read_manifest
 
 WORD_BOUNDARY = "|"
-LABEL_OUTPUTS = (".wrd", ".ltr", ".unfiltered.tsv", ".skipped.tsv")  # what write_labels writes beside <split>.tsv
 
 
 def to_letters(words: str) -> str:
@@ -138,6 +137,7 @@ class LabelReport:
     other_split_transcripts: int = 0
     dictionary: str = ""
     warning: str = ""
+    note: str = ""
     skipped: List[DataError] = field(default_factory=list)
 
     def summary(self) -> str:
@@ -145,6 +145,7 @@ class LabelReport:
             f"{self.split}: {self.utterances} utterances in, {self.labelled} labelled out, "
             f"{len(self.skipped)} skipped; {self.transcripts_read} transcripts read, "
             f"{self.other_split_transcripts} belong to audio outside this manifest; {self.dictionary}"
+            + (f"; {self.note}" if self.note else "")
         )
 
 
@@ -187,24 +188,30 @@ def write_labels(
     original is kept as ``<split>.unfiltered.tsv``) and listed in ``dest/<split>.skipped.tsv``.
     """
     manifest_path, dest = Path(manifest_path), output_dir(dest)
-    manifest = read_manifest(manifest_path)
-    if not manifest.entries:
-        raise DataError(manifest_path, "manifest has no utterances")
     split = manifest_path.stem
-    beside = dest / f"{split}.tsv"
-    copy_manifest = not (beside.exists() and beside.samefile(manifest_path))
-    if copy_manifest and beside.is_file() and beside.read_bytes() == manifest_path.read_bytes():
-        copy_manifest = False  # the same rows already
-    replaced = refuse_existing(([beside] if copy_manifest else []) + [dest / f"{split}{s}" for s in LABEL_OUTPUTS],
-                               overwrite, f" (the labels of {manifest_path} are read with {beside} by fairseq)")
+    beside, unfiltered = dest / f"{split}.tsv", dest / f"{split}.unfiltered.tsv"
+    in_place = beside.exists() and beside.samefile(manifest_path)
+    source = unfiltered if in_place and unfiltered.is_file() else manifest_path  # all rows, before a --skip-bad
+    manifest = read_manifest(source)
+    if not manifest.entries:
+        raise DataError(source, "manifest has no utterances")
+    other = not in_place and beside.is_file() and beside.read_bytes() != manifest_path.read_bytes()
+    why = (f" ({beside} is another manifest than {manifest_path}, and fairseq reads these labels with it)" if other
+           else " (the labels of an earlier run)")
+    replaced = refuse_existing(([beside] if other else []) + ([unfiltered] if source == manifest_path else [])
+                               + [dest / f"{split}{s}" for s in LABEL_OUTPUTS], overwrite, why)
     suffixes = sorted({Path(rel).suffix.lower() for rel, _ in manifest.entries} | set(AUDIO_SUFFIXES))
     ids = _utterance_ids(manifest, suffixes)
     texts = read_transcripts(transcripts, upper, suffixes)
     report = LabelReport(split, len(ids), transcripts_read=len(texts))
+    if source != manifest_path:
+        report.note = f"labelled the rows of {source}, the manifest before an earlier --skip-bad"
 
     dict_path = Path(dictionary) if dictionary else dest / "dict.ltr.txt"
-    symbols = set(read_dictionary(dict_path)) if (dictionary or dict_path.is_file()) else None
-    report.dictionary = f"checked against {dict_path}" if symbols is not None else f"built {dict_path} from {split}"
+    rebuild = overwrite and not dictionary and dict_path.is_file() and dictionary_split(dict_path) == split
+    symbols = set(read_dictionary(dict_path)) if (dictionary or dict_path.is_file()) and not rebuild else None
+    report.dictionary = (f"checked against {dict_path}" if symbols is not None else
+                         f"{'rebuilt' if rebuild else 'built'} {dict_path} from {split}")
     if symbols is None and split != "train":
         report.warning = (f"{dict_path} is built from {split}, but fine-tuning needs it built from the training "
                           f"split (letters only train has are refused otherwise): delete it and label train first")
@@ -236,23 +243,21 @@ def write_labels(
 
     problems = [errors[i] for i in sorted(errors)] + orphans
     keep = [i for i in range(len(ids)) if i not in errors]
-    if problems and (not skip_bad or not keep):
-        if skip_bad:
-            hint = "no utterance is left to label: fix them"
-        else:
-            hint = "fix them, or pass --skip-bad to leave them out"
-            if origin and origin != "train":
-                hint = f"{dict_path} was built from {origin}: delete it and label train first, or {hint}"
-        raise DataErrors("utterances or transcripts", problems, hint)
+    hint = ""
+    if origin and origin != "train":
+        hint = f"{dict_path} was built from {origin}: delete it and label train first, or fix them"
+    elif origin == split:
+        hint = f"{dict_path} was built from an earlier {split}: pass --overwrite to rebuild it, or fix them"
+    refuse_bad("utterances or transcripts", problems, skip_bad, bool(keep), hint)
     report.skipped = problems
 
     words = [texts[ids[i]].text for i in keep]
     letters = [to_letters(w) for w in words]
     outputs = {dest / f"{split}.wrd": "".join(w + "\n" for w in words),
                dest / f"{split}.ltr": "".join(l + "\n" for l in letters)}
-    if errors:
-        outputs[dest / f"{split}.unfiltered.tsv"] = format_manifest(manifest)
-    if errors or copy_manifest:
+    if errors and source == manifest_path:
+        outputs[unfiltered] = format_manifest(manifest)  # the original, which a rerun labels again
+    if errors or not in_place or source != manifest_path:
         outputs[beside] = format_manifest(Manifest(manifest.root, [manifest.entries[i] for i in keep]))
     if problems:
         outputs[dest / f"{split}.skipped.tsv"] = "".join(f"{e.where}\t{e.message}\n" for e in problems)
@@ -260,7 +265,10 @@ def write_labels(
         outputs[dict_path] = format_dictionary(letters)
     for path, text in outputs.items():
         path.write_text(text, encoding="utf-8")
-    for path in set(replaced) - set(outputs):  # an earlier run's skip lists, stale now
+    stale = set(replaced) - set(outputs)  # an earlier run's skip lists, stale now
+    if source != manifest_path and not errors:
+        stale.add(unfiltered)  # every row is back in <split>.tsv
+    for path in stale:
         path.unlink()
     report.labelled = len(keep)
     assert report.labelled + len(errors) == report.utterances

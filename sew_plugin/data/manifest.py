@@ -9,10 +9,10 @@ import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 from .audio import MIN_SAMPLES, SAMPLE_RATE, audio_frames, decode
-from .errors import DataError, DataErrors, output_dir, printable, read_lines, refuse_existing
+from .errors import DataError, check_fraction, output_dir, printable, read_lines, refuse_bad, refuse_existing
 
 
 @dataclass
@@ -103,22 +103,31 @@ def check_audio(manifest: Manifest, sample_rate: int = SAMPLE_RATE, min_samples:
     return errors
 
 
-def files_below(root: Path, suffix: str) -> Tuple[List[Path], List[Path]]:
-    """The files under ``root`` whose name ends in ``suffix`` (any case), following links to folders
-    as fairseq's ``glob`` does (each real folder once, so a link cycle ends), and, apart, the links
-    among them that point to nothing. ``Path.rglob`` on Python 3.11 follows no folder link."""
-    found, dangling, seen = [], [], set()
+class Found(NamedTuple):
+    files: List[Path]  # sorted
+    dangling: List[Path]  # links to nothing, named like the files
+    hidden: List[Path]  # hidden files so named and hidden folders, left out as fairseq's glob leaves them
+
+
+def files_below(root: Path, suffix: str) -> Found:
+    """The files under ``root`` whose name ends in ``suffix`` (any case), as fairseq's ``glob`` finds
+    them: through links to folders (each real folder once, so a link cycle ends; ``Path.rglob`` on
+    Python 3.11 follows none), and without names that begin with a dot (macOS's ``._`` copies,
+    ``.Trash``), which are listed apart, as are links that point to nothing."""
+    found, dangling, hidden, seen = [], [], [], set()
     for folder, subfolders, names in os.walk(root, followlinks=True):
         real = os.path.realpath(folder)
         if real in seen:
             subfolders.clear()
             continue
         seen.add(real)
+        hidden += [Path(folder) / d for d in subfolders if d.startswith(".")]
+        subfolders[:] = [d for d in subfolders if not d.startswith(".")]
         for name in names:
             if name.lower().endswith(suffix):
                 path = Path(folder) / name
-                (found if path.is_file() else dangling).append(path)
-    return sorted(found), sorted(dangling)
+                (hidden if name.startswith(".") else found if path.is_file() else dangling).append(path)
+    return Found(sorted(found), sorted(dangling), sorted(hidden))
 
 
 def check_manifest(path: Path, sample_rate: int = SAMPLE_RATE,
@@ -149,45 +158,44 @@ class ManifestReport:
     written: dict = field(default_factory=dict)  # split -> count
     skipped: List[DataError] = field(default_factory=list)
     removed: List[Path] = field(default_factory=list)  # an earlier run's files, stale beside the new ones
+    hidden: int = 0  # hidden files and folders, left out as fairseq's glob leaves them
 
     def summary(self) -> str:
         parts = ", ".join(f"{split} {n}" for split, n in self.written.items())
         removed = f"; removed, from an earlier run: {', '.join(p.name for p in self.removed)}" if self.removed else ""
-        return f"{self.found} audio files found; written: {parts}; skipped: {len(self.skipped)}{removed}"
+        hidden = f"; {self.hidden} hidden files or folders left out, as fairseq's glob" if self.hidden else ""
+        return f"{self.found} audio files found; written: {parts}; skipped: {len(self.skipped)}{hidden}{removed}"
 
 
 def check_split_name(split: str) -> str:
-    """A split names files in one folder (``<split>.tsv``, ``<split>.ltr``): a plain, visible name."""
-    if not split or split != split.strip() or split.startswith(".") or any(c in split for c in "/\\") \
-            or not split.isprintable():
-        raise ValueError(f"--split {printable(repr(split))}: expected a plain file name such as train, valid or "
-                         f"test (no folder, no leading dot or blank)")
+    """A split names files in one folder (``<split>.tsv``, ``<split>.ltr``) and is listed in
+    fairseq's comma-separated ``dataset.valid_subset``: a plain, visible name without a comma."""
+    if not split or split != split.strip() or split.startswith(".") or split.endswith(".tsv") \
+            or any(c in split for c in "/\\,") or not split.isprintable():
+        raise ValueError(f"--split {printable(repr(split))}: expected a plain name such as train, valid or test "
+                         f"(no folder, comma, .tsv, leading dot or blank)")
     return split
 
 
-def manifest_outputs(dest: Path, splits: Sequence[str]) -> List[Path]:
-    """Every file of ``dest`` that belongs to a manifest of ``splits``: the manifest, the label files
-    ``sew labels`` writes for it, and the lists of what either left out. A new manifest makes an
-    earlier run's copies stale (a label file of the old rows still has the new row count)."""
-    names = [f"{s}{suffix}" for s in splits
-             for suffix in (".tsv", ".skipped_audio.tsv", ".wrd", ".ltr", ".unfiltered.tsv", ".skipped.tsv")]
-    return [dest / n for n in names]
+# what ``sew labels`` writes beside a manifest <split>.tsv, and the list of what it left out
+LABEL_OUTPUTS = (".wrd", ".ltr", ".skipped.tsv")
 
 
-def _valid_outputs(dest: Path, found: List[Path], writing_valid: bool) -> List[Path]:
-    """The files of ``dest``'s valid split this run replaces: all of them when it writes a valid
-    split, else those of a ``valid.tsv`` listing any of the ``found`` files (an earlier split of
-    this folder, which would overlap the new manifest); none for another folder's valid split."""
-    old = dest / "valid.tsv"
-    if not writing_valid:
-        try:
-            listed = read_manifest(old) if old.is_file() else None
-        except DataError:  # not a manifest of ours: nothing to compare
-            listed = None
-        if listed is None or not {os.path.normpath(listed.root / rel) for rel, _ in listed.entries} \
-                & {os.path.normpath(p) for p in found}:
-            return []
-    return manifest_outputs(dest, ["valid"])
+def manifest_outputs(dest: Path, split: str) -> List[Path]:
+    """The files of ``dest`` that belong to the manifest of ``split``: the manifest, the list of
+    files it left out, and the label files ``sew labels`` wrote for it. A new manifest makes an
+    earlier run's label files stale: one of the old rows can still have the new row count."""
+    return [dest / f"{split}{suffix}" for suffix in (".tsv", ".skipped_audio.tsv", *LABEL_OUTPUTS)]
+
+
+def _drawn_together(dest: Path, split: str) -> bool:
+    """Whether ``dest/valid.tsv`` was split off the same folder as ``dest/<split>.tsv`` (both list
+    one audio root): rewriting that split without a new valid split would leave it overlapping."""
+    try:
+        return all((dest / f"{s}.tsv").is_file() for s in (split, "valid")) and \
+            read_manifest(dest / f"{split}.tsv").root == read_manifest(dest / "valid.tsv").root
+    except DataError:  # a manifest that is not ours is not compared
+        return False
 
 
 def _bad_name(rel: str) -> Optional[str]:
@@ -196,11 +204,17 @@ def _bad_name(rel: str) -> Optional[str]:
         return "a tab or line break in the file name would break the manifest"
     if rel != rel.lstrip():
         return "the path begins with a blank, which fairseq strips from each manifest line (rename the file)"
-    try:
-        rel.encode("utf-8")
-    except UnicodeEncodeError:
+    if not is_utf8(rel):
         return "the file name is not UTF-8, and fairseq reads manifests as UTF-8 (rename the file)"
     return None
+
+
+def is_utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+        return True
+    except UnicodeEncodeError:  # a file name's undecodable bytes, kept as surrogates by os.fsdecode
+        return False
 
 
 def write_manifests(
@@ -218,20 +232,19 @@ def write_manifests(
     """Write ``dest/<split>.tsv`` (and ``dest/valid.tsv`` when ``valid_fraction`` > 0).
 
     ``split`` names the main manifest: ``train``, or e.g. ``test`` for a folder of held-out audio.
-    Files are found recursively (through links to folders) and sorted by relative path; the
-    validation split is a seeded random sample of ``round(N * valid_fraction)`` files, each split
-    written in sorted order. Every file is decoded to check it (a FLAC cut short, NaN or infinite
-    samples) unless ``header_only``, which reads headers only (those problems then surface in
-    training or ``sew infer``, still naming the file). Bad files raise ``DataErrors`` listing every
-    one, unless ``skip_bad``, which leaves them out and lists them in ``dest/<split>.skipped_audio.tsv``.
-    Files of an earlier run for ``split`` and ``valid`` in ``dest`` (``manifest_outputs``) are
-    refused before any audio is read, or with ``overwrite`` replaced: the ones not written again
-    are removed, so none is left to be read with the new manifests.
+    Files are found recursively (``files_below``) and sorted by relative path; the validation split
+    is a seeded random sample of ``round(N * valid_fraction)`` files, each split written in sorted
+    order. Every file is decoded to check it (a FLAC cut short, NaN or infinite samples) unless
+    ``header_only``, which reads headers only (those problems then surface in training or
+    ``sew infer``, still naming the file). Bad files raise ``DataErrors`` listing every one, unless
+    ``skip_bad``, which leaves them out and lists them in ``dest/<split>.skipped_audio.tsv``.
+    Files of an earlier run for this split (``manifest_outputs``; those of ``valid`` too when this
+    run writes one, or when the earlier valid split was drawn with this split) are refused before
+    any audio is read, or with ``overwrite`` replaced: the ones not written again are removed, so
+    none is left to be read with the new manifests.
     """
     check_split_name(split)
-    if not 0 <= valid_fraction < 1:
-        raise ValueError(f"--valid-percent {valid_fraction}: a fraction in [0, 1), as in fairseq "
-                         f"(0.01 is 1% of the files)")
+    check_fraction(valid_fraction)
     if split == "valid" and valid_fraction:
         raise ValueError("--split valid clashes with the --valid-percent split")
     audio_dir = Path(audio_dir).resolve()
@@ -242,16 +255,20 @@ def write_manifests(
     if str(audio_dir) != str(audio_dir).strip():
         raise DataError(audio_dir, "the directory name ends in a blank, which fairseq strips from the manifest's "
                         "first line (it would read another folder): rename it")
+    if not is_utf8(str(audio_dir)):
+        raise DataError(audio_dir, "the directory name is not UTF-8, and fairseq reads manifests as UTF-8: rename it")
     dest = output_dir(dest)
+    replaced = manifest_outputs(dest, split)
+    if split != "valid" and (valid_fraction > 0 or _drawn_together(dest, split)):
+        replaced += manifest_outputs(dest, "valid")
+    stale = refuse_existing(replaced, overwrite, " (an earlier run's manifests and labels would be read with the new ones)")
     suffix = f".{ext.lower()}"  # upper-case .WAV / .FLAC too: none is left behind unnoticed
-    found, dangling = files_below(audio_dir, suffix)
+    found, dangling, hidden = files_below(audio_dir, suffix)
     files = [p.relative_to(audio_dir).as_posix() for p in found]
     if not files and not dangling:
         raise DataError(audio_dir, f"no .{ext} files found (searched recursively)")
-    replaced = manifest_outputs(dest, [split]) + _valid_outputs(dest, found, valid_fraction > 0)
-    stale = refuse_existing(replaced, overwrite, " (an earlier run's manifests and labels would be read with the new ones)")
 
-    report = ManifestReport(found=len(files) + len(dangling))
+    report = ManifestReport(found=len(files) + len(dangling), hidden=len(hidden))
     report.skipped += [DataError(p, "a link to nothing (its target is gone)") for p in dangling]
     good = []
     for rel in files:
@@ -265,9 +282,7 @@ def write_manifests(
             good.append((rel, frames))
         except DataError as err:
             report.skipped.append(err)
-    if report.skipped and (not skip_bad or not good):
-        hint = "none is left to write: fix them" if skip_bad else "fix them, or pass --skip-bad to leave them out"
-        raise DataErrors("audio files", report.skipped, hint)
+    refuse_bad("audio files", report.skipped, skip_bad, bool(good))
 
     n_valid = round(len(good) * valid_fraction)
     if valid_fraction > 0 and not 0 < n_valid < len(good):

@@ -7,7 +7,7 @@ is ``<s>`` (index 0) and whose word boundary is ``|``, and return the words.
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List
+from typing import List, Tuple
 
 import torch
 
@@ -15,6 +15,14 @@ from ..data.errors import DataError
 
 BLANK = "<s>"
 WORD_BOUNDARY = "|"
+
+
+def path_units(path: List[int], tgt_dict) -> str:
+    """A frame path as fairseq's ``infer.py`` writes its units: repeats merged, blanks dropped,
+    the dictionary's symbols separated by spaces (``H I | T H E R E``)."""
+    blank = tgt_dict.index(BLANK)
+    ids = [t for i, t in enumerate(path) if t != blank and (i == 0 or t != path[i - 1])]
+    return tgt_dict.string(torch.tensor(ids, dtype=torch.long)) if ids else ""
 
 
 def letters_to_words(symbols: List[str]) -> List[str]:
@@ -30,8 +38,13 @@ class ViterbiDecoder:
         self.blank = tgt_dict.index(BLANK)
 
     def decode(self, emissions: torch.Tensor) -> List[str]:
-        ids = torch.unique_consecutive(emissions.argmax(-1))
-        return letters_to_words([self.tgt_dict[i] for i in ids.tolist() if i != self.blank])
+        return self.hypothesis(emissions)[0]
+
+    def hypothesis(self, emissions: torch.Tensor) -> Tuple[List[str], List[int]]:
+        """The words and the token of every frame (its argmax)."""
+        path = emissions.argmax(-1)
+        ids = torch.unique_consecutive(path)
+        return letters_to_words([self.tgt_dict[i] for i in ids.tolist() if i != self.blank]), path.tolist()
 
 
 @dataclass
@@ -106,8 +119,13 @@ class KenLMLexiconDecoder:
         return self.decoder.decode(emissions.data_ptr(), frames, vocab)
 
     def decode(self, emissions: torch.Tensor) -> List[str]:
+        return self.hypothesis(emissions)[0]
+
+    def hypothesis(self, emissions: torch.Tensor) -> Tuple[List[str], List[int]]:
+        """The best hypothesis's words and the token of every frame on its path (flashlight's path
+        has a silence node before the first frame and after the last: dropped)."""
         best = self.decode_nbest(emissions)[0]
-        return [self.word_dict.get_entry(w) for w in best.words if w >= 0]
+        return [self.word_dict.get_entry(w) for w in best.words if w >= 0], list(best.tokens)[1:-1]
 
 
 def _kenlm(tgt_dict, lexicon, lm, options: BeamOptions) -> KenLMLexiconDecoder:

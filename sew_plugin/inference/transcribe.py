@@ -26,7 +26,7 @@ from ..data.audio import SAMPLE_RATE, read_audio
 from ..data.errors import DataError, DataErrors, read_lines
 from ..data.labels import to_letters
 from ..data.manifest import Manifest, check_manifest
-from .decoding import letters_to_words
+from .decoding import letters_to_words, path_units
 from .settings import require_fixed_cif_lambda, require_fixed_operating_point
 
 
@@ -40,6 +40,7 @@ class Utterance:
     ref: Optional[List[str]]
     seconds: float
     exit_layer: Optional[int] = None  # early-exit models under an exit policy
+    units: str = ""  # the hypothesis's symbols, as fairseq's hypo.units files hold them
 
 
 @dataclass
@@ -273,9 +274,9 @@ def transcribe(model, manifest_path: Path, decoder, labels: Optional[str] = None
         start = time.perf_counter()
         exits = net_output["exit_layer"].tolist() if "exit_layer" in net_output else [None] * len(batch)
         for row, i in enumerate(batch):
-            hyp = decoder.decode(lprobs[row, : frames[row]])
+            hyp, path = decoder.hypothesis(lprobs[row, : frames[row]])
             results[i] = Utterance(Path(manifest.entries[i][0]).stem, hyp, refs[i] if refs else None,
-                                   lengths[i] / SAMPLE_RATE, exits[row])
+                                   lengths[i] / SAMPLE_RATE, exits[row], path_units(path, decoder.tgt_dict))
         decode_s += time.perf_counter() - start
 
     done = [u for u in results if u is not None]
@@ -310,18 +311,18 @@ def result_paths(results_dir: Path, checkpoint: Path, manifest_path: Path) -> Di
     return {**paths, "hypotheses": results_dir / f"hypotheses-{tag}.tsv", "summary": results_dir / f"summary-{tag}.json"}
 
 
-def write_results(paths: Dict[str, Path], utterances: List[Utterance], summary: Summary) -> None:
+def write_results(paths: Dict[str, Path], utterances: List[Utterance], summary: Summary) -> List[Path]:
     """Per-utterance results in manifest order at ``result_paths``: fairseq's four files (each line
     ``TEXT (None-ROW)``, as fairseq tags an utterance without speaker by its row; the ``ref`` files only
-    with references), the TSV of hypotheses, references and errors, and the summary."""
+    with references), the TSV of hypotheses, references and errors, and the summary; the paths written."""
     def fairseq_lines(texts):
-        return "".join(f"{' '.join(words)} (None-{row})\n" for row, words in enumerate(texts))
+        return "".join(f"{text} (None-{row})\n" for row, text in enumerate(texts))
 
-    files = {"hypo.word": fairseq_lines(u.hyp for u in utterances),
-             "hypo.units": fairseq_lines([to_letters(" ".join(u.hyp))] for u in utterances)}
+    files = {"hypo.word": fairseq_lines(" ".join(u.hyp) for u in utterances),
+             "hypo.units": fairseq_lines(u.units for u in utterances)}
     if all(u.ref is not None for u in utterances):
-        files["ref.word"] = fairseq_lines(u.ref for u in utterances)
-        files["ref.units"] = fairseq_lines([to_letters(" ".join(u.ref))] for u in utterances)
+        files["ref.word"] = fairseq_lines(" ".join(u.ref) for u in utterances)
+        files["ref.units"] = fairseq_lines(to_letters(" ".join(u.ref)) for u in utterances)
     rows = ["id\thypothesis\treference\tword_errors\texit_layer\n"]
     for u in utterances:
         ref = " ".join(u.ref) if u.ref is not None else ""
@@ -332,3 +333,4 @@ def write_results(paths: Dict[str, Path], utterances: List[Utterance], summary: 
     files["summary"] = json.dumps(asdict(summary), indent=2) + "\n"
     for kind, text in files.items():
         paths[kind].write_text(text, encoding="utf-8")
+    return [paths[kind] for kind in files]

@@ -32,7 +32,7 @@ setup(
     # travel as the package sew_plugin.configs, where sew_plugin.presets finds them in any install
     package_dir={"sew_plugin.configs": "configs"},
     package_data={"sew_plugin.configs": ["**/*.yaml"]},
-    install_requires=["torch>=2.1", "soundfile>=0.12", "editdistance", "flashlight-text>=0.0.7", "matplotlib"]
+    install_requires=["torch>=2.1", "soundfile>=0.12", "soxr>=0.3", "editdistance", "flashlight-text>=0.0.7", "matplotlib"]
     + FAIRSEQ_RUNTIME_DEPS,
     extras_require={
         "test": ["pytest>=7", "hypothesis>=6", "import-linter>=2.1", "transformers>=4.40", "safetensors", "onnx>=1.15", "onnxruntime>=1.17"],

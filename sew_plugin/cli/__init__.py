@@ -12,6 +12,7 @@ Examples::
         common.user_dir=$(sew user-dir) task.data=$PWD/data
     sew infer checkpoints/checkpoint_best.pt data/valid.tsv --decoder kenlm \\
         --lm lm.arpa --lexicon data/lexicon.txt
+    sew transcribe checkpoints/checkpoint_best.pt talks/ --out transcripts --format txt srt json
     sew sweep checkpoints/checkpoint_best.pt data/valid.tsv --points 1,1,1 2,1,1 2,2,1 --out sweep
     sew bench --models sew_d_mid w2v2_base --seconds 10 --batch-size 1 8 --out bench
 
@@ -48,7 +49,7 @@ def _module_command(sub, name: str, help: str, add_arguments, main, description:
 
 
 def get_parser() -> argparse.ArgumentParser:
-    from . import bench, data, export, infer, sweep
+    from . import bench, data, export, infer, sweep, transcribe
 
     parser = argparse.ArgumentParser(
         prog="sew", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -62,6 +63,8 @@ def get_parser() -> argparse.ArgumentParser:
     data.add_parsers(sub)
     _module_command(sub, "infer", "transcribe a manifest with a CTC checkpoint; WER, UER and timing",
                     infer.add_arguments, infer.main, infer.__doc__)
+    _module_command(sub, "transcribe", "transcribe recordings (any format, rate, channels, length) with word "
+                    "times and confidences", transcribe.add_arguments, transcribe.main, transcribe.__doc__)
     _module_command(sub, "sweep", "WER and time of one checkpoint at several St-SEW points, CIF lambdas or "
                     "early-exit thresholds",
                     sweep.add_arguments, sweep.main, sweep.__doc__)

@@ -28,7 +28,7 @@ model uses is a setting (``mask_feature_norm``): fairseq's statistics in trainin
 
 import contextlib
 from contextvars import ContextVar
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Tuple
 
 import torch
 from fairseq.modules import Fp32GroupNorm
@@ -36,6 +36,8 @@ from fairseq.modules import Fp32GroupNorm
 from .squeeze import conv_output_lengths
 
 _SAMPLES: ContextVar[Optional[torch.Tensor]] = ContextVar("sew_plugin_valid_samples", default=None)
+_STATISTICS: ContextVar[Optional[Tuple[torch.Tensor, torch.Tensor]]] = ContextVar("sew_plugin_norm_statistics",
+                                                                                  default=None)
 
 
 @contextlib.contextmanager
@@ -62,6 +64,55 @@ def rows(start: int, stop: int) -> Iterator:
         _SAMPLES.reset(token)
 
 
+@contextlib.contextmanager
+def given_statistics(mean: torch.Tensor, var: torch.Tensor) -> Iterator:
+    """Normalise each row of the forward inside with the given (B, C) per-channel mean and biased
+    variance instead of its own: windows cut from one long recording get the statistics of the
+    whole recording (``recording_statistics``), so each computes what the whole would."""
+    token = _STATISTICS.set((mean, var))
+    try:
+        yield
+    finally:
+        _STATISTICS.reset(token)
+
+
+def first_norm(model) -> Optional[Tuple[torch.nn.Conv1d, "MaskedGroupNorm"]]:
+    """The first convolution of ``model``'s GroupNorm feature extractor and its norm (None without one)."""
+    from fairseq.models.wav2vec.wav2vec2 import ConvFeatureExtractionModel
+
+    for module in model.modules():
+        if isinstance(module, ConvFeatureExtractionModel):
+            block = module.conv_layers[0]
+            if len(block) > 2 and isinstance(block[2], MaskedGroupNorm):
+                return block[0], block[2]
+    return None
+
+
+@torch.no_grad()
+def recording_statistics(model, wav: torch.Tensor, chunk: int = 16000 * 30) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
+    """(C,) per-channel mean and biased variance of the first convolution's output over all of the
+    (S,) waveform ``wav``, what the GroupNorm front end computes for it whole; None for a model
+    without one. The convolution runs over ``chunk`` samples at a time (overlapping by its kernel
+    minus its stride, starting on its stride): memory stays bounded however long the recording."""
+    found = first_norm(model)
+    if found is None:
+        return None
+    conv, _ = found
+    k, s = conv.kernel_size[0], conv.stride[0]
+    chunk = max(chunk - chunk % s, s)
+    total = torch.zeros(conv.out_channels, dtype=torch.float64)
+    squares = torch.zeros_like(total)
+    frames = 0
+    weight = next(conv.parameters())
+    for start in range(0, max(wav.numel() - k, 0) + 1, chunk):
+        x = conv(wav[start : start + chunk + k - s].to(weight)[None, None]).double()[0]  # (C, T)
+        total += x.sum(-1).cpu()
+        squares += x.pow(2).sum(-1).cpu()
+        frames += x.size(-1)
+    mean = total / max(frames, 1)
+    return mean.float(), (squares / max(frames, 1) - mean.pow(2)).clamp(min=0).float()
+
+
 class MaskedGroupNorm(Fp32GroupNorm):
     """fairseq's per-channel ``Fp32GroupNorm`` of the first convolution's (B, C, T) output, with
     statistics over each row's valid frames when ``masked`` and the forward's valid samples are known.
@@ -82,6 +133,9 @@ class MaskedGroupNorm(Fp32GroupNorm):
         return norm
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        given = _STATISTICS.get()
+        if given is not None and given[0].size(0) == x.size(0):
+            return self.with_statistics(x, *given)
         samples = _SAMPLES.get() if self.masked else None
         if samples is None or samples.numel() != x.size(0):
             return super().forward(x)
@@ -103,6 +157,17 @@ class MaskedGroupNorm(Fp32GroupNorm):
         var = ((xf - mean) * valid).pow(2).sum(-1, keepdim=True) / count
         y = (xf - mean) * torch.rsqrt(var + self.eps) * self.weight.float()[:, None] + self.bias.float()[:, None]
         return (y * valid).type_as(x)
+
+    def with_statistics(self, x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
+        """(B, C, T) normalised with the (B, C) ``mean`` and ``var``; padded frames (when the valid
+        samples are known) left at zero, as the masked statistics leave them."""
+        mean, var = mean.to(x.device, torch.float32)[:, :, None], var.to(x.device, torch.float32)[:, :, None]
+        y = (x.float() - mean) * torch.rsqrt(var + self.eps) * self.weight.float()[:, None] + self.bias.float()[:, None]
+        samples = _SAMPLES.get()
+        if samples is not None and samples.numel() == x.size(0):
+            frames = conv_output_lengths(samples.to(x.device), self.kernel, self.stride)
+            y = y * (torch.arange(x.size(-1), device=x.device)[None, :] < frames[:, None]).unsqueeze(1)
+        return y.type_as(x)
 
 
 _HOOK_TOKENS: ContextVar[tuple] = ContextVar("sew_plugin_valid_samples_hooks", default=())

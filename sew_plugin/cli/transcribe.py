@@ -1,0 +1,139 @@
+"""``sew transcribe``: recordings as people have them (any format libsndfile reads, any rate, any
+channels, any length) to transcripts with word times and confidences.
+
+    sew transcribe ckpt.pt interview.mp3                          # the text, on standard output
+    sew transcribe ckpt.pt recordings/ --out transcripts --format txt json srt vtt ctm
+    sew transcribe ckpt.pt recordings/ --out t --num-shards 4 --shard-id $SLURM_ARRAY_TASK_ID
+
+Folders are searched recursively; DIR/<path under the folder>.<format> is written for each file
+(a file given by name: DIR/<its name>.<format>). Long recordings run in overlapping windows
+(``--window``, ``--context``). Each word's confidence is the mean posterior of its letters over
+their frames. ``--num-shards N --shard-id K`` (fairseq's names) take every N-th file from the K-th
+of the sorted list: N runs, on any machines, cover every file once and write what one run writes.
+A file that cannot be decoded, is empty or holds NaN/inf stops the run naming it; ``--skip-bad``
+lists it, counts it and goes on.
+"""
+
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List
+
+import soundfile as sf
+from tqdm import tqdm
+
+from ..data.errors import DataError, output_dir, refuse_existing
+from ..inference.formats import FORMATS
+from .infer import add_decoder_arguments, add_setting_arguments, apply_settings, beam_options, load
+from .options import at_least, refusing
+
+
+def add_arguments(p) -> None:
+    p.add_argument("checkpoint", type=Path, help="fine-tuned CTC checkpoint (sew_ctc, wav2vec_ctc, ...)")
+    p.add_argument("audio", type=Path, nargs="+", help="audio files, or folders searched recursively")
+    p.add_argument("--out", type=Path, help="folder for one file per recording and format (default: the text on "
+                   "standard output)")
+    p.add_argument("--format", nargs="+", choices=list(FORMATS), default=["txt", "json"],
+                   help="files written per recording with --out")
+    p.add_argument("--data", type=Path, help="folder holding the checkpoint's dict.ltr.txt (default: the folder it "
+                   "was fine-tuned from)")
+    add_decoder_arguments(p)
+    add_setting_arguments(p)
+    p.add_argument("--window", type=at_least(1.0, float), default=30.0, help="seconds of audio per forward")
+    p.add_argument("--context", type=at_least(0.0, float), default=2.5,
+                   help="seconds by which consecutive windows overlap on each side of their boundary")
+    p.add_argument("--batch-size", type=at_least(1), default=4, help="windows per forward")
+    p.add_argument("--skip-bad", action="store_true", help="list and count files that give no audio, and go on")
+    p.add_argument("--overwrite", action="store_true", help="replace transcripts of an earlier run in --out")
+    p.add_argument("--num-shards", type=at_least(1), default=1, help="split the files among this many runs")
+    p.add_argument("--shard-id", type=at_least(0), default=0, help="which of the --num-shards runs this is")
+
+
+def output_names(sources: List[Path], files: List[Path]) -> Dict[Path, Path]:
+    """Each file's output path without extension: its path under the folder it was found in, or
+    its name for a file given by name; two files with one name are refused before any work."""
+    names, taken = {}, {}
+    for path in files:
+        folder = next((s for s in sources if s.is_dir() and _under(path, s)), None)
+        name = path.relative_to(folder).with_suffix("") if folder else Path(path.stem)
+        if name in taken:
+            raise DataError(path, f"would be written to the same files as {taken[name]} ({name}.*)")
+        names[path], taken[name] = name, path
+    return names
+
+
+def _under(path: Path, folder: Path) -> bool:
+    try:
+        path.relative_to(folder)
+        return True
+    except ValueError:
+        return False
+
+
+def main(args) -> int:
+    from ..data.recordings import find_recordings, load_recording  # fairseq's import, only when transcribing
+    from ..inference.transcriber import Transcriber, describe
+    from ..inference.windows import Windowing
+
+    if args.shard_id >= args.num_shards:
+        raise SystemExit(f"sew transcribe: error: --shard-id {args.shard_id} must be below --num-shards {args.num_shards}")
+    with refusing("transcribe"):
+        windowing = Windowing(args.window, args.context, args.batch_size)
+    files = find_recordings(args.audio)[args.shard_id :: args.num_shards]
+    names = output_names(list(args.audio), files)
+    outputs = {}
+    if args.out:
+        with refusing("transcribe"):
+            out = output_dir(args.out, "--out")
+            outputs = {f: [out / f"{names[f]}.{fmt}" for fmt in args.format] for f in files}
+            refuse_existing([p for paths in outputs.values() for p in paths], args.overwrite)
+
+    model, decoder, normalize = load(args, "transcribe", args.data)
+    apply_settings(model, decoder, args, "transcribe")
+    settings = describe(args.checkpoint, args.decoder, args.lm, args.lexicon, beam_options(args), args.operating_point,
+                        args.cif_lambda, args.exit_policy, args.threshold)
+    with refusing("transcribe"):
+        transcriber = Transcriber(model, decoder, normalize, windowing, args.device, settings)
+    total = sum(_seconds(f) for f in files)
+    skipped, mixed, resampled, audio_s = [], 0, 0, 0.0
+    start = time.perf_counter()
+    with tqdm(total=round(total, 1), unit="s", desc="transcribing", disable=None, leave=False) as progress:
+        for path in files:
+            try:
+                recording = load_recording(path)
+                transcript = transcriber.transcribe_recording(recording, names[path].name)
+            except (DataError, ValueError) as err:
+                err = err if isinstance(err, DataError) else DataError(path, str(err))
+                if not args.skip_bad:
+                    raise err
+                skipped.append(err)
+                print(f"skipped {err}", file=sys.stderr)
+                continue
+            finally:
+                progress.update(round(_seconds(path), 1))
+            mixed += recording.channels > 1
+            resampled += recording.sample_rate != 16000
+            audio_s += transcript.seconds
+            if args.out:
+                for fmt, dest in zip(args.format, outputs[path]):
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    dest.write_text(FORMATS[fmt](transcript), encoding="utf-8")
+            else:
+                print(f"{path}: {transcript.text}")
+    elapsed = time.perf_counter() - start
+    done = len(files) - len(skipped)
+    shard = f"shard {args.shard_id} of {args.num_shards}: " if args.num_shards > 1 else ""
+    notes = [f"{n} {what}" for n, what in ((mixed, "mixed down to mono"), (resampled, "resampled to 16 kHz")) if n]
+    print(f"{shard}transcribed {done} of {len(files)} files ({audio_s:.1f} s of audio), skipped "
+          f"{len(skipped)}{'; ' + ', '.join(notes) if notes else ''}; {elapsed:.2f} s, real-time factor "
+          f"{elapsed / max(audio_s, 1e-9):.4f}", file=sys.stderr if not args.out else sys.stdout)
+    return 0
+
+
+def _seconds(path: Path) -> float:
+    """The duration a header states, for the progress bar (0 when it cannot be read: reported later)."""
+    try:
+        info = sf.info(str(path))
+        return info.frames / info.samplerate
+    except Exception:
+        return 0.0

@@ -1,0 +1,93 @@
+"""Recordings as people have them, for ``sew transcribe``: any file libsndfile decodes (WAV, FLAC,
+OGG/Vorbis, Opus, MP3, AIFF, ...), at any sample rate, mono or not, made the model's 16 kHz mono.
+
+Unlike a training manifest, nothing here is refused for its rate or channel count: several
+channels are averaged (mixed down) and other rates are resampled with soxr, the resampler of the
+field (its "HQ" quality: a passband to 0.91 of Nyquist, 20-bit stop-band rejection). What cannot
+make audio is refused by name: unreadable or corrupt, empty, or holding NaN or infinite samples.
+"""
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Sequence
+
+import numpy as np
+import soundfile as sf
+
+from .audio import SAMPLE_RATE, check_samples
+from .errors import DataError, DataErrors
+from .manifest import files_below
+
+# the extensions a folder is searched for: the containers libsndfile reads that hold recordings
+EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", ".aif", ".aifc", ".au", ".snd",
+              ".w64", ".rf64", ".caf", ".sph", ".nist")
+
+
+@dataclass
+class Recording:
+    """One file made the model's input: ``samples`` (S,) float32 at 16 kHz, mono."""
+
+    path: Path
+    samples: np.ndarray
+    sample_rate: int  # the file's own rate
+    channels: int  # the file's own channels
+
+    @property
+    def seconds(self) -> float:
+        return len(self.samples) / SAMPLE_RATE
+
+
+def find_recordings(sources: Sequence[Path]) -> List[Path]:
+    """The files to transcribe, in a fixed order (each source in turn, a folder's files sorted by
+    path and found through links to folders), each once. A link to nothing is kept: reading it
+    names it. A source that does not exist, or a folder without recordings, raises ``DataErrors``."""
+    found, problems, seen = [], [], set()
+    for source in map(Path, sources):
+        if source.is_dir():
+            files = []
+            for ext in EXTENSIONS:
+                present, dangling, _ = files_below(source, ext)  # hidden files are left out, as by glob
+                files += present + dangling  # a link to nothing is named when it is read
+            if not files:
+                problems.append(DataError(source, f"no recordings in this folder ({', '.join(EXTENSIONS)})"))
+        elif source.is_file():
+            files = [source]
+        else:
+            problems.append(DataError(source, "not found"))
+            continue
+        for path in sorted(files):
+            key = os.path.realpath(path)
+            if key not in seen:
+                seen.add(key)
+                found.append(path)
+    if problems:
+        raise DataErrors("inputs", problems)
+    return found
+
+
+def resample(samples: np.ndarray, rate: int, target: int = SAMPLE_RATE) -> np.ndarray:
+    """(S, C) or (S,) float32 at ``rate`` -> the same at ``target``, with soxr (HQ)."""
+    if rate == target:
+        return samples
+    import soxr
+
+    return soxr.resample(samples, rate, target, quality="HQ").astype(np.float32, copy=False)
+
+
+def load_recording(path: Path) -> Recording:
+    """Every sample of ``path``, mixed down to mono and resampled to 16 kHz (see the module's
+    docstring); ``DataError`` naming the file when it gives no usable audio."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, "not found (a link to nothing?)" if path.is_symlink() else "not found")
+    try:
+        wav, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    except Exception as err:  # soundfile raises several types for corrupt or unknown files
+        raise DataError(path, f"cannot be decoded ({err})") from None
+    if wav.shape[0] == 0:
+        raise DataError(path, "holds no audio (zero samples)")
+    check_samples(path, wav, wav.shape[0])
+    channels = wav.shape[1]
+    mono = wav.mean(axis=1) if channels > 1 else wav[:, 0]
+    return Recording(path, np.ascontiguousarray(resample(mono, rate)), rate, channels)

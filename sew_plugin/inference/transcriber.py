@@ -1,0 +1,125 @@
+"""Transcribing recordings as people have them: a fine-tuned CTC checkpoint, any audio file or array
+(``data.recordings``), any length (``windows``), words with times and confidences (``alignment``).
+``sew transcribe`` is this module's command (``sew_plugin.cli.transcribe``)::
+
+    from sew_plugin.inference.transcriber import Transcriber
+
+    transcriber = Transcriber.from_checkpoint("checkpoint_best.pt")
+    transcript = transcriber.transcribe("interview.mp3")        # or (samples, sample_rate=44100)
+    for word in transcript.words:
+        print(word.word, word.start, word.end, word.confidence)
+"""
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Union
+
+import numpy as np
+import torch
+
+from ..data.audio import MIN_SAMPLES, SAMPLE_RATE
+from ..data.recordings import Recording, load_recording, resample
+from .alignment import Word, align_words
+from .decoding import BeamOptions, build_decoder
+from .settings import (load_for_inference, require_fixed_cif_lambda, require_fixed_operating_point, set_cif_lambda,
+                       set_exit_policy, set_operating_point)
+from .windows import Windowing, forward_windows
+
+
+@dataclass
+class Transcript:
+    """One recording's words, with times in seconds from its start and confidences in [0, 1]."""
+
+    name: str
+    words: List[Word]
+    seconds: float  # audio duration
+    windows: int  # forwards it took (1 when it fits one window)
+    frame_period_ms: float
+    source: Optional[str] = None  # the file, if it came from one
+    sample_rate: Optional[int] = None  # the file's own rate and channels (the model ran at 16 kHz mono)
+    channels: Optional[int] = None
+    exit_layers: Optional[List[int]] = None  # early-exit models under a policy: each window's exit layer
+    settings: Dict[str, Any] = field(default_factory=dict)  # the model and decoder that produced it
+
+    @property
+    def text(self) -> str:
+        return " ".join(w.word for w in self.words)
+
+    def as_dict(self) -> dict:
+        out = {k: v for k, v in asdict(self).items() if k != "words"}
+        return {"text": self.text, **out, "words": [w.as_dict() for w in self.words]}
+
+
+def describe(checkpoint, decoder: str, lm=None, lexicon=None, beam: BeamOptions = BeamOptions(), operating_point=None,
+             cif_lambda=None, exit_policy=None, threshold=None) -> Dict[str, Any]:
+    """The settings a transcript records: the checkpoint, the decoder (and its beam options and
+    files), the model's setting."""
+    settings = {"checkpoint": str(checkpoint), "decoder": decoder, "operating_point": operating_point,
+                "cif_lambda": cif_lambda, "exit_policy": exit_policy, "threshold": threshold}
+    if decoder == "kenlm":
+        settings.update(lm=str(lm), lexicon=str(lexicon), **asdict(beam))
+    return settings
+
+
+class Transcriber:
+    """A CTC model and its decoder, for recordings of any length; see the module's docstring."""
+
+    def __init__(self, model, decoder, normalize: bool = False, windowing: Windowing = Windowing(),
+                 device: str = "cpu", settings: Optional[Dict[str, Any]] = None):
+        require_fixed_operating_point(model)  # a model drawing its setting per forward transcribes at random
+        require_fixed_cif_lambda(model)
+        self.model, self.decoder, self.normalize = model, decoder, normalize
+        self.windowing, self.device = windowing, device
+        self.settings = {**(settings or {}), "window_seconds": windowing.window, "context_seconds": windowing.context}
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: Union[str, Path], data: Optional[Path] = None, decoder: str = "viterbi",
+                        lm: Optional[Path] = None, lexicon: Optional[Path] = None, beam: BeamOptions = BeamOptions(),
+                        operating_point: Optional[str] = None, cif_lambda: Optional[float] = None,
+                        exit_policy: Optional[str] = None, threshold: Optional[float] = None,
+                        exit_layer: Optional[int] = None, nbest: int = 300, windowing: Windowing = Windowing(),
+                        device: str = "cpu", threads: int = 0) -> "Transcriber":
+        """The checkpoint loaded for inference (its dictionary from ``data``/dict.ltr.txt, by default
+        the folder it was fine-tuned from), at the given setting, with the greedy (``viterbi``) or
+        KenLM (``kenlm``, with ``lm`` and ``lexicon``) decoder. Bad settings raise ``ValueError``."""
+        model, task, normalize = load_for_inference(Path(checkpoint), data, device, threads, "transcribe")
+        search = build_decoder(decoder, task.target_dictionary, lexicon, lm, beam)
+        if operating_point is not None:
+            set_operating_point(model, operating_point)
+        if cif_lambda is not None:
+            set_cif_lambda(model, cif_lambda)
+        if exit_policy is not None:
+            set_exit_policy(model, exit_policy, threshold, exit_layer, nbest, search if decoder == "kenlm" else None)
+        settings = describe(checkpoint, decoder, lm, lexicon, beam, operating_point, cif_lambda, exit_policy, threshold)
+        return cls(model, search, normalize, windowing, device, settings)
+
+    def transcribe(self, audio: Union[str, Path, np.ndarray, torch.Tensor], sample_rate: Optional[int] = None,
+                   name: Optional[str] = None) -> Transcript:
+        """The transcript of a file (any format libsndfile reads) or of an array of samples: (S,)
+        mono or (S, C), at ``sample_rate`` (required for an array; resampled to 16 kHz)."""
+        if isinstance(audio, (str, Path)):
+            return self.transcribe_recording(load_recording(Path(audio)), name)
+        if sample_rate is None:
+            raise ValueError("an array of samples needs its sample_rate")
+        samples = np.asarray(audio, dtype=np.float32)
+        if samples.ndim not in (1, 2) or samples.shape[0] == 0:
+            raise ValueError(f"expected (samples,) or (samples, channels) audio, got shape {samples.shape}")
+        channels = 1 if samples.ndim == 1 else samples.shape[1]
+        mono = samples if samples.ndim == 1 else samples.mean(axis=1)
+        if not np.isfinite(mono).all():
+            raise ValueError("the samples hold NaN or infinite values")
+        return self.transcribe_recording(Recording(None, resample(mono, sample_rate), sample_rate, channels), name)
+
+    def transcribe_recording(self, recording: Recording, name: Optional[str] = None) -> Transcript:
+        least = max(MIN_SAMPLES, getattr(self.model, "min_source_samples", 0))  # input downsampling needs more
+        if len(recording.samples) < least:
+            raise ValueError(f"{len(recording.samples)} samples at 16 kHz, fewer than the {least} this model needs "
+                             f"for one output frame")
+        out = forward_windows(self.model, torch.from_numpy(recording.samples), self.windowing, self.device,
+                              self.normalize)
+        _, path = self.decoder.hypothesis(out.lprobs)
+        words = align_words(path, out.lprobs, self.decoder.tgt_dict, out.frame_period_ms)
+        source = recording.path
+        return Transcript(name or (source.stem if source else "audio"), words, len(recording.samples) / SAMPLE_RATE,
+                          out.windows, out.frame_period_ms, str(source) if source else None, recording.sample_rate,
+                          recording.channels, out.exit_layers, self.settings)

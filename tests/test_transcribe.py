@@ -1,0 +1,292 @@
+"""``sew transcribe`` and its library: recordings in any format, rate and channel count; any length
+through overlapping windows; words with times and confidences; txt/json/srt/vtt/ctm; shards."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from fairseq.data import Dictionary
+
+from sew_plugin.data.errors import DataError
+from sew_plugin.data.recordings import find_recordings, load_recording
+from sew_plugin.inference.alignment import Word, align_words
+from sew_plugin.inference.decoding import ViterbiDecoder
+from sew_plugin.inference.formats import FORMATS
+from sew_plugin.inference.transcriber import Transcript, Transcriber
+from sew_plugin.inference.windows import ALIGN_FRAMES, Windowing, forward_windows, kept_frames, plan
+from sew_plugin.modules.masked_group_norm import first_norm, mask_feature_norm, recording_statistics
+
+from helpers import LETTERS, ctc_model, write_checkpoint
+
+SEW = str(Path(sys.executable).with_name("sew"))
+
+
+def letters() -> Dictionary:
+    d = Dictionary()
+    for c in LETTERS:
+        d.add_symbol(c)
+    return d
+
+
+def speechlike(seconds: float, rate: int = 16000, seed: int = 0) -> np.ndarray:
+    t = np.arange(int(seconds * rate)) / rate
+    rng = np.random.default_rng(seed)
+    return (0.3 * np.sin(2 * np.pi * 140 * t * (1 + 0.1 * np.sin(2 * np.pi * 0.5 * t)))
+            + 0.02 * rng.standard_normal(t.size)).astype(np.float32)
+
+
+def whole(model, wav: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        out = model(source=wav[None], padding_mask=torch.zeros(1, wav.numel(), dtype=torch.bool))
+        return model.get_normalized_probs(out, log_probs=True).transpose(0, 1)[0]
+
+
+# ---- windows -------------------------------------------------------------------------------------
+
+def test_windows_cover_the_recording_on_aligned_starts():
+    align = 320 * ALIGN_FRAMES
+    for samples in (1000, 16000 * 30, 16000 * 30 + 1, 16000 * 61, 16000 * 1800 + 17):
+        ranges = plan(samples, Windowing(30, 2.5), align)
+        assert ranges[0][0] == 0 and ranges[-1][1] == samples
+        assert all(start % align == 0 for start, _ in ranges)
+        assert all(b[0] < a[1] for a, b in zip(ranges, ranges[1:]))  # consecutive windows overlap
+        assert all(stop - start <= 16000 * 30 for start, stop in ranges)
+
+
+def test_kept_frames_tile_the_recording_once():
+    offsets, counts = [0, 1200, 2400], [1499, 1499, 700]
+    spans = kept_frames(offsets, counts)
+    assert spans[0][0] == 0 and spans[-1][1] == 3100
+    assert all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
+    assert all(o <= lo and hi <= o + n for (lo, hi), o, n in zip(spans, offsets, counts))
+
+
+@pytest.mark.parametrize("kind", ["sew", "sew_d", "wav2vec2"])
+@pytest.mark.parametrize("extractor_mode", ["layer_norm", "default"])
+def test_windowed_output_matches_the_whole_forward(kind, extractor_mode):
+    """On 60 s cut into 20 s windows: the same frames, the same greedy path, log-probabilities close
+    (the tiny random models' attention spreads over the whole input, which a window cannot see:
+    measured max 4e-4 to 4e-3); one window is the whole forward exactly."""
+    torch.manual_seed(0)
+    model = ctc_model(kind, extractor_mode).eval()
+    mask_feature_norm(model)
+    wav = torch.from_numpy(speechlike(60.0))
+    reference = whole(model, wav)
+    stitched = forward_windows(model, wav, Windowing(20, 2.5, 2))
+    assert stitched.windows == 4 and stitched.lprobs.shape == reference.shape
+    assert (stitched.lprobs - reference).abs().max() < 1e-2
+    assert (stitched.lprobs.argmax(-1) == reference.argmax(-1)).float().mean() > 0.99
+    alone = forward_windows(model, wav[: 16000 * 10], Windowing(20, 2.5))
+    assert alone.windows == 1 and torch.allclose(alone.lprobs, whole(model, wav[: 16000 * 10]), atol=1e-5)
+
+
+def test_groupnorm_windows_get_the_whole_recordings_statistics():
+    torch.manual_seed(0)
+    model = ctc_model("sew", "default").eval()
+    mask_feature_norm(model)
+    wav = torch.from_numpy(speechlike(45.0))
+    conv, _ = first_norm(model)
+    with torch.no_grad():
+        features = conv(wav[None, None])[0].double()
+    mean, var = recording_statistics(model, wav, chunk=16000 * 7)  # chunked: a 7 s piece at a time
+    assert torch.allclose(mean.double(), features.mean(-1), atol=1e-5)
+    assert torch.allclose(var.double(), features.var(-1, unbiased=False), rtol=1e-4, atol=1e-6)
+
+    import sew_plugin.inference.windows as windows
+
+    reference = whole(model, wav)
+    with_statistics = (forward_windows(model, wav, Windowing(20, 2.5)).lprobs - reference).abs().max()
+    own = windows.recording_statistics
+    try:
+        windows.recording_statistics = lambda *_: None  # each window normalised by its own frames
+        without = (forward_windows(model, wav, Windowing(20, 2.5)).lprobs - reference).abs().max()
+    finally:
+        windows.recording_statistics = own
+    assert with_statistics < without / 3, (with_statistics, without)
+
+
+# ---- words, times, confidences -----------------------------------------------------------------
+
+def emissions(frames, vocab: Dictionary, sure: float = 0.9) -> torch.Tensor:
+    """(T, V) log-probabilities putting ``sure`` on each frame's symbol."""
+    probs = torch.full((len(frames), len(vocab)), (1 - sure) / (len(vocab) - 1))
+    for t, symbol in enumerate(frames):
+        probs[t, vocab.index(symbol)] = sure
+    return probs.log()
+
+
+def test_word_times_come_from_the_frames_of_their_letters():
+    """Words separated by known silences: starts and ends within two frames of the truth (here exact)."""
+    vocab = letters()
+    truth = [("EAT", 10, 22), ("TEA", 40, 55), ("NO", 90, 97)]  # (word, first frame, frame after the last)
+    frames = ["<s>"] * 100
+    for word, first, end in truth:
+        span = np.array_split(np.arange(first, end), len(word))
+        for letter, ts in zip(word, span):
+            for t in ts:
+                frames[t] = letter
+        frames[end] = "|"
+    lprobs = emissions(frames, vocab)
+    words = align_words(ViterbiDecoder(vocab).hypothesis(lprobs)[1], lprobs, vocab, 20.0)
+    assert [w.word for w in words] == ["EAT", "TEA", "NO"]
+    for w, (_, first, end) in zip(words, truth):
+        assert abs(w.start - first * 0.02) <= 2 * 0.02 and abs(w.end - end * 0.02) <= 2 * 0.02
+        assert w.confidence == pytest.approx(0.9, abs=1e-5)
+    assert ViterbiDecoder(vocab).decode(lprobs) == [w.word for w in words]
+
+
+def test_a_doubled_letter_needs_a_blank_between_and_confidence_falls_with_doubt():
+    vocab = letters()
+    lprobs = emissions(["S", "S", "<s>", "S", "E", "|"], vocab)
+    lprobs[4] = emissions(["E"], vocab, sure=0.3)[0]
+    (word,) = align_words(ViterbiDecoder(vocab).hypothesis(lprobs)[1], lprobs, vocab, 40.0)
+    assert word.word == "SSE" and word.start == 0 and word.end == pytest.approx(0.2)
+    assert word.confidence == pytest.approx((0.9 * 3 + 0.3) / 4, abs=1e-5)
+
+
+def test_the_beam_searchs_path_spells_its_words(tmp_path):
+    from sew_plugin.data.ngram import write_arpa
+    from sew_plugin.inference.decoding import KenLMLexiconDecoder
+
+    vocab = letters()
+    (tmp_path / "t.txt").write_text("EAT TEA\nTEA EAT NOT\n")
+    write_arpa([tmp_path / "t.txt"], tmp_path / "lm.arpa", 2)
+    (tmp_path / "lex.txt").write_text("EAT E A T |\nTEA T E A |\nNOT N O T |\n")
+    decoder = KenLMLexiconDecoder(vocab, tmp_path / "lex.txt", tmp_path / "lm.arpa")
+    lprobs = emissions("<s> E E A T | <s> T E <s> A A | <s> <s> N O T | <s>".split(), vocab)
+    words_, path = decoder.hypothesis(lprobs)
+    assert len(path) == len(lprobs)
+    words = align_words(path, lprobs, vocab, 20.0)
+    assert [w.word for w in words] == words_ == decoder.decode(lprobs) == ["EAT", "TEA", "NOT"]
+    assert words[1].start == pytest.approx(0.14) and words[1].end == pytest.approx(0.24)
+
+
+def test_formats_write_the_words_with_their_times():
+    words = [Word("HELLO", 0.5, 0.9, 0.8), Word("THERE", 1.0, 1.4, 0.6), Word("AGAIN", 3.0, 3.5, 0.5)]
+    t = Transcript("talk one", words, 4.0, 1, 20.0)
+    assert FORMATS["txt"](t) == "HELLO THERE AGAIN\n"
+    assert json.loads(FORMATS["json"](t))["words"][1] == {"word": "THERE", "start": 1.0, "end": 1.4, "confidence": 0.6}
+    assert FORMATS["srt"](t) == ("1\n00:00:00,500 --> 00:00:01,400\nHELLO THERE\n\n"
+                                 "2\n00:00:03,000 --> 00:00:03,500\nAGAIN\n")  # a new cue after a 1.6 s pause
+    assert FORMATS["vtt"](t).startswith("WEBVTT\n\n00:00:00.500 --> 00:00:01.400\nHELLO THERE\n")
+    assert FORMATS["ctm"](t).splitlines()[0] == "talk_one 1 0.500 0.400 HELLO 0.800"
+
+
+# ---- recordings ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("fmt, subtype, ext", [("WAV", "PCM_16", "wav"), ("FLAC", "PCM_16", "flac"),
+                                               ("OGG", "VORBIS", "ogg"), ("MP3", "MPEG_LAYER_III", "mp3")])
+def test_recordings_in_any_format_rate_and_channels_become_16k_mono(tmp_path, fmt, subtype, ext):
+    rate, seconds = 44100, 2.0
+    t = np.arange(int(rate * seconds)) / rate
+    tone = 0.4 * np.sin(2 * np.pi * 440 * t)
+    sf.write(tmp_path / f"a.{ext}", np.stack([tone, tone], 1).astype(np.float32), rate, format=fmt, subtype=subtype)
+    recording = load_recording(tmp_path / f"a.{ext}")
+    assert recording.sample_rate == rate and recording.channels == 2
+    assert abs(len(recording.samples) - 32000) <= 0.05 * 32000  # MP3 adds its encoder delay
+    segment = recording.samples[4000:20000]
+    peak = np.argmax(np.abs(np.fft.rfft(segment))) * 16000 / len(segment)  # Hz
+    assert abs(peak - 440) <= 2  # the tone survives resampling
+
+
+@pytest.mark.parametrize("content, message", [(b"RIFF\x00\x00garbage", "cannot be decoded"), (None, "holds no audio")])
+def test_a_recording_that_gives_no_audio_is_refused_by_name(tmp_path, content, message):
+    path = tmp_path / "bad.wav"
+    if content is None:
+        sf.write(path, np.zeros(0, np.float32), 16000)
+    else:
+        path.write_bytes(content)
+    with pytest.raises(DataError, match=f"{path}: {message}"):
+        load_recording(path)
+
+
+def test_folders_are_searched_for_every_audio_format_in_a_fixed_order(tmp_path):
+    for name in ("b/2.flac", "a/1.wav", "c/3.mp3", "notes.txt"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    assert [p.relative_to(tmp_path).as_posix() for p in find_recordings([tmp_path])] == ["a/1.wav", "b/2.flac", "c/3.mp3"]
+
+
+# ---- the command and the Python API on a checkpoint --------------------------------------------
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("transcribe")
+    (folder / "dict.ltr.txt").write_text("".join(f"{c} 1\n" for c in LETTERS))
+    torch.manual_seed(5)
+    write_checkpoint(ctc_model("sew"), folder / "ckpt.pt", folder)
+    return folder / "ckpt.pt"
+
+
+def test_the_python_api_transcribes_arrays_and_files_alike(tmp_path, checkpoint):
+    transcriber = Transcriber.from_checkpoint(checkpoint, windowing=Windowing(10, 2))
+    wav = speechlike(25.0)
+    sf.write(tmp_path / "talk.flac", wav, 16000)
+    from_file = transcriber.transcribe(tmp_path / "talk.flac")
+    from_array = transcriber.transcribe(wav, sample_rate=16000, name="talk")
+    assert from_file.windows == 4 and from_file.seconds == pytest.approx(25.0)
+    assert from_file.as_dict()["words"] == from_array.as_dict()["words"]
+    assert from_file.source == str(tmp_path / "talk.flac") and from_array.source is None
+    with pytest.raises(ValueError, match="needs its sample_rate"):
+        transcriber.transcribe(wav)
+
+
+def sew(*args, expect=0):
+    run = subprocess.run([SEW, *map(str, args)], capture_output=True, text=True, timeout=600)
+    assert "Traceback" not in run.stderr, run.stderr
+    assert run.returncode == expect, run.stdout + run.stderr
+    return run
+
+
+def recordings(folder: Path) -> Path:
+    for i, seconds in enumerate((3.0, 7.5, 1.2, 12.0, 4.0)):
+        sub = folder / ("talks" if i % 2 else "calls")
+        sub.mkdir(parents=True, exist_ok=True)
+        rate = (16000, 44100, 8000)[i % 3]
+        sf.write(sub / f"r{i}.{'flac' if i % 2 else 'wav'}", speechlike(seconds, rate, seed=i), rate)
+    return folder
+
+
+@pytest.mark.slow
+def test_sew_transcribe_writes_every_format_refuses_bad_files_and_shards_cover_each_file_once(tmp_path, checkpoint):
+    audio = recordings(tmp_path / "audio")
+    one = tmp_path / "one"
+    run = sew("transcribe", checkpoint, audio, "--out", one, "--format", *FORMATS, "--window", "5", "--context", "1")
+    assert "transcribed 5 of 5 files" in run.stdout and "resampled to 16 kHz" in run.stdout
+    names = sorted(p.relative_to(one).as_posix() for p in one.rglob("*.*"))
+    assert names == sorted(f"{d}/r{i}.{fmt}" for i, d in enumerate(["calls", "talks"] * 3) if i < 5 for fmt in FORMATS)
+    summary = json.loads((one / "talks" / "r3.json").read_text())
+    assert summary["windows"] == 4 and summary["sample_rate"] == 16000 and summary["seconds"] == pytest.approx(12.0)
+    assert summary["settings"]["decoder"] == "viterbi" and summary["settings"]["window_seconds"] == 5.0
+
+    sharded = tmp_path / "sharded"
+    for k in range(4):
+        sew("transcribe", checkpoint, audio, "--out", sharded, "--format", *FORMATS, "--window", "5", "--context", "1",
+            "--num-shards", 4, "--shard-id", k)
+    assert {p.relative_to(sharded): p.read_bytes() for p in sharded.rglob("*.*")} == \
+           {p.relative_to(one): p.read_bytes() for p in one.rglob("*.*")}
+
+    refused = sew("transcribe", checkpoint, audio, "--out", one, expect=2)
+    assert "already exist" in refused.stderr and "--overwrite" in refused.stderr
+
+    (audio / "calls" / "broken.wav").write_bytes(b"RIFF\x10\x00\x00\x00WAVEfmt garbage")
+    sf.write(audio / "calls" / "empty.wav", np.zeros(0, np.float32), 16000)
+    refused = sew("transcribe", checkpoint, audio / "calls", expect=2)
+    assert f"{audio / 'calls' / 'broken.wav'}: cannot be decoded" in refused.stderr
+    counted = sew("transcribe", checkpoint, audio / "calls", "--skip-bad")
+    assert "transcribed 3 of 5 files" in counted.stderr and "skipped 2" in counted.stderr
+    assert f"{audio / 'calls' / 'empty.wav'}: holds no audio" in counted.stderr
+    assert sum(line.startswith(str(audio / "calls")) for line in counted.stdout.splitlines()) == 3
+
+
+def test_sew_transcribe_refuses_a_missing_input_and_a_bad_shard_before_loading(tmp_path):
+    refused = sew("transcribe", tmp_path / "none.pt", tmp_path / "nothing.wav", expect=2)
+    assert f"{tmp_path / 'nothing.wav'}: not found" in refused.stderr
+    refused = sew("transcribe", tmp_path / "none.pt", tmp_path, "--num-shards", 2, "--shard-id", 2, expect=2)
+    assert "--shard-id 2 must be below --num-shards 2" in refused.stderr

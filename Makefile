@@ -12,7 +12,7 @@ TORCH ?= torch==2.13.0
 FAIRSEQ ?= ve-fairseq==0.12.3
 BIN := $(VENV)/bin
 
-.PHONY: install espeak test demo clean
+.PHONY: install espeak testdata test demo clean
 
 # ve-fairseq==0.12.3 is a cp311 wheel only (setup.py's python_requires says the same): refuse any
 # other Python before creating the environment.
@@ -36,8 +36,20 @@ espeak:
 	@command -v espeak-ng >/dev/null || $(SUDO) apt-get install -y espeak-ng \
 		|| ($(SUDO) apt-get update && $(SUDO) apt-get install -y espeak-ng)
 
+# Real speech for sew transcribe's tests: the LibriVox recordings of Debian's pocketsphinx-testdata
+# (16 kHz WAV, with their transcription), fetched with apt-get download (no root needed).
+LIBRIVOX := tests/data/librivox
+testdata: $(LIBRIVOX)/transcription
+$(LIBRIVOX)/transcription:
+	rm -rf tests/data/.deb && mkdir -p tests/data/.deb $(LIBRIVOX)
+	cd tests/data/.deb && apt-get download pocketsphinx-testdata \
+		|| ($(SUDO) apt-get update && apt-get download pocketsphinx-testdata)
+	dpkg-deb -x tests/data/.deb/pocketsphinx-testdata_*.deb tests/data/.deb/root
+	cp tests/data/.deb/root/usr/share/pocketsphinx/test/data/librivox/* $(LIBRIVOX)/
+	rm -rf tests/data/.deb
+
 # lint-imports checks the package's layering contract (.importlinter; README: Layout) before the tests.
-test: install espeak
+test: install espeak testdata
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q tests
 

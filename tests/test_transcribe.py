@@ -167,6 +167,15 @@ def test_the_beam_searchs_path_spells_its_words(tmp_path):
     assert words[1].start == pytest.approx(0.14) and words[1].end == pytest.approx(0.24)
 
 
+def test_a_path_ending_inside_a_word_the_beam_search_did_not_emit_gives_no_word():
+    vocab = letters()
+    lprobs = emissions("E A T | <s> T E".split(), vocab)
+    path = [vocab.index(s) for s in "E A T | <s> T E".split()]
+    assert [w.word for w in align_words(path, lprobs, vocab, 20.0)] == ["EAT", "TE"]  # greedy: every group
+    (word,) = align_words(path, lprobs, vocab, 20.0, words=["EAT"])
+    assert word.word == "EAT" and word.end == pytest.approx(0.06)
+
+
 def test_formats_write_the_words_with_their_times():
     words = [Word("HELLO", 0.5, 0.9, 0.8), Word("THERE", 1.0, 1.4, 0.6), Word("AGAIN", 3.0, 3.5, 0.5)]
     t = Transcript("talk one", words, 4.0, 1, 20.0)
@@ -290,3 +299,89 @@ def test_sew_transcribe_refuses_a_missing_input_and_a_bad_shard_before_loading(t
     assert f"{tmp_path / 'nothing.wav'}: not found" in refused.stderr
     refused = sew("transcribe", tmp_path / "none.pt", tmp_path, "--num-shards", 2, "--shard-id", 2, expect=2)
     assert "--shard-id 2 must be below --num-shards 2" in refused.stderr
+
+
+# ---- decoding in several processes --------------------------------------------------------------
+
+def test_parallel_beam_search_gives_the_serial_results(tmp_path):
+    from sew_plugin.data.ngram import write_arpa
+    from sew_plugin.inference.decoding import BeamOptions, KenLMLexiconDecoder, ParallelDecoder
+
+    vocab = letters()
+    rng = np.random.default_rng(0)
+    words = sorted({"".join(rng.choice(list("ETAONS"), rng.integers(2, 6))) for _ in range(300)})
+    (tmp_path / "t.txt").write_text("".join(" ".join(rng.choice(words, 8)) + "\n" for _ in range(200)))
+    write_arpa([tmp_path / "t.txt"], tmp_path / "lm.arpa", 2)
+    (tmp_path / "lex.txt").write_text("".join(f"{w} {' '.join(w)} |\n" for w in words))
+    options = BeamOptions(beam=20)
+    serial = KenLMLexiconDecoder(vocab, tmp_path / "lex.txt", tmp_path / "lm.arpa", options)
+    torch.manual_seed(0)
+    batch = [torch.randn(int(n), len(vocab)).mul(3).log_softmax(-1) for n in rng.integers(50, 300, 6)]
+    with ParallelDecoder(2, "kenlm", vocab, tmp_path / "lex.txt", tmp_path / "lm.arpa", options) as parallel:
+        assert parallel.hypotheses(batch) == serial.hypotheses(batch)
+        assert any(words for words, _ in serial.hypotheses(batch))  # not all empty: the comparison says something
+
+
+@pytest.mark.slow
+def test_sew_transcribe_with_decode_workers_writes_what_one_process_writes(tmp_path, checkpoint):
+    from sew_plugin.data.ngram import write_arpa
+
+    audio = recordings(tmp_path / "audio")
+    (tmp_path / "t.txt").write_text("EAT TEA\nTEA EAT NOT\nNO SEA TO EAT\n")
+    write_arpa([tmp_path / "t.txt"], tmp_path / "lm.arpa", 2)
+    (tmp_path / "lex.txt").write_text("".join(f"{w} {' '.join(w)} |\n" for w in ("EAT", "TEA", "NOT", "NO", "SEA", "TO")))
+    kenlm = ["--decoder", "kenlm", "--lm", tmp_path / "lm.arpa", "--lexicon", tmp_path / "lex.txt", "--window", "5",
+             "--context", "1", "--format", "json", "ctm"]
+    for workers in (1, 2):
+        sew("transcribe", checkpoint, audio, "--out", tmp_path / f"w{workers}", "--decode-workers", workers, *kenlm)
+    ones = {p.relative_to(tmp_path / "w1"): p.read_bytes() for p in (tmp_path / "w1").rglob("*.*")}
+    assert len(ones) == 10 and ones == {p.relative_to(tmp_path / "w2"): p.read_bytes()
+                                        for p in (tmp_path / "w2").rglob("*.*")}
+    refused = sew("transcribe", checkpoint, audio, "--decode-workers", 2, expect=2)
+    assert "--decode-workers is for --decoder kenlm" in refused.stderr
+
+
+# ---- real speech: Debian's pocketsphinx-testdata LibriVox recordings (make testdata) ------------
+
+LIBRIVOX = Path(__file__).parent / "data" / "librivox"
+
+
+@pytest.fixture(scope="module")
+def librivox():
+    if not (LIBRIVOX / "transcription").is_file():  # make test fetches it first; a bare pytest run here
+        subprocess.run(["make", "testdata"], cwd=Path(__file__).parents[1], check=True, capture_output=True)
+    return sorted(LIBRIVOX.glob("*.wav"))
+
+
+def test_real_speech_as_44k_stereo_flac_or_mp3_gives_what_its_16k_wav_gives(tmp_path, librivox):
+    """The same LibriVox speech as 16 kHz mono WAV, 44.1 kHz stereo FLAC and 44.1 kHz stereo MP3:
+    the same frames; FLAC (lossless, resampled twice) the same path and log-probabilities to
+    ~1e-3; MP3 (lossy) close, and far closer than another recording is."""
+    import soxr
+
+    assert len(librivox) == 5
+    torch.manual_seed(0)
+    model = ctc_model("sew", "default").eval()
+    mask_feature_norm(model)
+
+    def lprobs(path):
+        return forward_windows(model, torch.from_numpy(load_recording(path).samples)).lprobs
+
+    references, mp3_gap = [], 0.0
+    for wav in librivox:
+        samples, rate = sf.read(wav, dtype="float32")
+        assert rate == 16000 and samples.ndim == 1
+        stereo = np.repeat(soxr.resample(samples, 16000, 44100)[:, None], 2, axis=1)
+        sf.write(tmp_path / f"{wav.stem}.flac", stereo, 44100)
+        sf.write(tmp_path / f"{wav.stem}.mp3", stereo, 44100, format="MP3")
+        reference = lprobs(wav)
+        references.append(reference)
+        flac, mp3 = lprobs(tmp_path / f"{wav.stem}.flac"), lprobs(tmp_path / f"{wav.stem}.mp3")
+        assert flac.shape == mp3.shape == reference.shape
+        assert torch.equal(flac.argmax(-1), reference.argmax(-1)) and (flac - reference).abs().mean() < 2e-3
+        assert (mp3.argmax(-1) == reference.argmax(-1)).float().mean() > 0.9
+        mp3_gap = max(mp3_gap, float((mp3 - reference).abs().mean()))
+    assert mp3_gap < 0.1
+    n = min(len(r) for r in references)
+    other = float((references[0][:n] - references[1][:n]).abs().mean())
+    assert other > 3 * mp3_gap, (other, mp3_gap)  # another recording is much farther than a file's MP3

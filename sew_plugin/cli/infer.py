@@ -18,10 +18,11 @@ way to say it here (the manifest itself, not a data folder and a subset).
 """
 
 import argparse
+import contextlib
 from pathlib import Path
 
 from ..data.errors import output_dir, refuse_existing
-from ..inference.decoding import DECODERS, BeamOptions, build_decoder
+from ..inference.decoding import DECODERS, BeamOptions, ParallelDecoder, build_decoder
 from ..inference.settings import (load_for_inference, require_fixed_cif_lambda, require_fixed_operating_point,
                                   set_cif_lambda, set_exit_policy, set_operating_point)
 from ..inference.transcribe import LABELS, Batching, check_inputs, result_paths, transcribe, write_results
@@ -101,6 +102,9 @@ def add_decoder_arguments(p) -> None:
                    help="--decoder kenlm: letters tried per frame (0: the whole vocabulary)")
     p.add_argument("--beam-threshold", type=float, default=25.0,
                    help="--decoder kenlm: drop hypotheses scoring this far below the best")
+    p.add_argument("--decode-workers", type=at_least(1), default=1,
+                   help="--decoder kenlm: processes running the beam search on several utterances at once "
+                   "(the results are the serial ones)")
     p.add_argument("--device", type=device, default="cpu", help="cpu or cuda")
     p.add_argument("--threads", type=at_least(0), default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--exit-policy", choices=POLICIES,
@@ -131,10 +135,23 @@ def load(args, command: str = "infer", data=None):
     command's error."""
     if args.decoder == "kenlm" and (args.lm is None or args.lexicon is None):
         raise SystemExit(f"sew {command}: error: --decoder kenlm needs --lm and --lexicon")
+    if args.decode_workers > 1 and args.decoder != "kenlm":
+        raise SystemExit(f"sew {command}: error: --decode-workers is for --decoder kenlm (greedy decoding is an argmax)")
     with refusing(command):
         model, task, normalize = load_for_inference(args.checkpoint, data, args.device, args.threads, command)
     decoder = build_decoder(args.decoder, task.target_dictionary, args.lexicon, args.lm, beam_options(args))
     return model, decoder, normalize
+
+
+@contextlib.contextmanager
+def decoding_workers(args, decoder):
+    """``decoder``, or with ``--decode-workers`` N > 1 a ``ParallelDecoder`` of N copies of it."""
+    if args.decode_workers == 1:
+        yield decoder
+        return
+    with ParallelDecoder(args.decode_workers, args.decoder, decoder.tgt_dict, args.lexicon, args.lm,
+                         beam_options(args)) as parallel:
+        yield parallel
 
 
 def apply_settings(model, decoder, args, command: str) -> None:
@@ -186,7 +203,8 @@ def main(args) -> int:
     inputs = check_inputs(args.manifest, args.labels)  # bad input stops here, before the model loads
     model, decoder, normalize = load(args, "infer", args.manifest.parent)
     apply_settings(model, decoder, args, "infer")
-    utterances, summary = transcribe(model, args.manifest, decoder, args.labels, normalize, batching(args), inputs)
+    with decoding_workers(args, decoder) as decoding:
+        utterances, summary = transcribe(model, args.manifest, decoding, args.labels, normalize, batching(args), inputs)
     print(summary.report())
     if earlier is not None:
         paths, found = earlier

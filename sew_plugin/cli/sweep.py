@@ -66,9 +66,10 @@ def main(args) -> int:
     for setting in args.points or args.cif_lambdas or args.thresholds:  # every one refused now, not midway
         apply(setting)
 
-    points = sweep(model, args.manifest, decoder, kind, args.points or args.cif_lambdas or args.thresholds, apply,
-                   args.labels, normalize, infer.batching(args, warm_every_batch=True), args.device,
-                   log=lambda line: print(line, flush=True), inputs=inputs)
+    with infer.decoding_workers(args, decoder) as decoding:
+        points = sweep(model, args.manifest, decoding, kind, args.points or args.cif_lambdas or args.thresholds, apply,
+                       args.labels, normalize, infer.batching(args, warm_every_batch=True), args.device,
+                       log=lambda line: print(line, flush=True), inputs=inputs)
     setting_name = ("operating point" if args.points else "CIF lambda" if args.cif_lambdas
                     else f"{args.exit_policy} threshold")
     table = to_markdown(points, setting_name)

@@ -11,9 +11,11 @@ Folders are searched recursively; DIR/<path under the folder>.<format> is writte
 their frames. ``--num-shards N --shard-id K`` (fairseq's names) take every N-th file from the K-th
 of the sorted list: N runs, on any machines, cover every file once and write what one run writes.
 A file that cannot be decoded, is empty or holds NaN/inf stops the run naming it; ``--skip-bad``
-lists it, counts it and goes on.
+lists it, counts it and goes on. ``--decode-workers N`` (``--decoder kenlm``) runs the beam search
+in N processes while the model goes on to the next recordings; the files are those of one process.
 """
 
+import collections
 import sys
 import time
 from pathlib import Path
@@ -24,7 +26,8 @@ from tqdm import tqdm
 
 from ..data.errors import DataError, output_dir, refuse_existing
 from ..inference.formats import FORMATS
-from .infer import add_decoder_arguments, add_setting_arguments, apply_settings, beam_options, load
+from .infer import (add_decoder_arguments, add_setting_arguments, apply_settings, beam_options, decoding_workers,
+                    load)
 from .options import at_least, refusing
 
 
@@ -92,34 +95,43 @@ def main(args) -> int:
     apply_settings(model, decoder, args, "transcribe")
     settings = describe(args.checkpoint, args.decoder, args.lm, args.lexicon, beam_options(args), args.operating_point,
                         args.cif_lambda, args.exit_policy, args.threshold)
-    with refusing("transcribe"):
-        transcriber = Transcriber(model, decoder, normalize, windowing, args.device, settings)
     total = sum(_seconds(f) for f in files)
     skipped, mixed, resampled, audio_s = [], 0, 0, 0.0
+    pending = collections.deque()  # (file, recording, its transcript once decoded), decoding in the workers
+
+    def finish(path, recording, transcript) -> None:
+        nonlocal mixed, resampled, audio_s
+        transcript = transcript()
+        mixed += recording.channels > 1
+        resampled += recording.sample_rate != 16000
+        audio_s += transcript.seconds
+        if args.out:
+            for fmt, dest in zip(args.format, outputs[path]):
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                dest.write_text(FORMATS[fmt](transcript), encoding="utf-8")
+        else:
+            print(f"{path}: {transcript.text}")
+
     start = time.perf_counter()
-    with tqdm(total=round(total, 1), unit="s", desc="transcribing", disable=None, leave=False) as progress:
+    with decoding_workers(args, decoder) as decoding, \
+            tqdm(total=round(total, 1), unit="s", desc="transcribing", disable=None, leave=False) as progress:
+        with refusing("transcribe"):
+            transcriber = Transcriber(model, decoding, normalize, windowing, args.device, settings)
         for path in files:
             try:
                 recording = load_recording(path)
-                transcript = transcriber.transcribe_recording(recording, names[path].name)
+                pending.append((path, recording, transcriber.start(recording, names[path].name)))
             except (DataError, ValueError) as err:
                 err = err if isinstance(err, DataError) else DataError(path, str(err))
                 if not args.skip_bad:
                     raise err
                 skipped.append(err)
                 print(f"skipped {err}", file=sys.stderr)
-                continue
-            finally:
-                progress.update(round(_seconds(path), 1))
-            mixed += recording.channels > 1
-            resampled += recording.sample_rate != 16000
-            audio_s += transcript.seconds
-            if args.out:
-                for fmt, dest in zip(args.format, outputs[path]):
-                    dest.parent.mkdir(parents=True, exist_ok=True)
-                    dest.write_text(FORMATS[fmt](transcript), encoding="utf-8")
-            else:
-                print(f"{path}: {transcript.text}")
+            progress.update(round(_seconds(path), 1))
+            while len(pending) > args.decode_workers - 1:
+                finish(*pending.popleft())
+        while pending:
+            finish(*pending.popleft())
     elapsed = time.perf_counter() - start
     done = len(files) - len(skipped)
     shard = f"shard {args.shard_id} of {args.num_shards}: " if args.num_shards > 1 else ""

@@ -10,7 +10,7 @@ mass on the word's letters.
 """
 
 from dataclasses import asdict, dataclass
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 import torch
 
@@ -28,18 +28,21 @@ class Word:
         return {k: round(v, 3) if isinstance(v, float) else v for k, v in asdict(self).items()}
 
 
-def align_words(path: Sequence[int], lprobs: torch.Tensor, tgt_dict, frame_period_ms: float) -> List[Word]:
-    """The words of the (T,) token ``path`` over (T, V) log-probabilities ``lprobs``."""
+def align_words(path: Sequence[int], lprobs: torch.Tensor, tgt_dict, frame_period_ms: float,
+                words: Optional[Sequence[str]] = None) -> List[Word]:
+    """The words of the (T,) token ``path`` over (T, V) log-probabilities ``lprobs``. With the
+    decoder's ``words``, the path's first letter groups are theirs: a lexicon beam search's path
+    may end inside a word it has not emitted (its letters after the last ``|``), which is no word."""
     blank, boundary = tgt_dict.index(BLANK), tgt_dict.index(WORD_BOUNDARY)
     path = [int(t) for t in path]
     posterior = lprobs[torch.arange(len(path)), torch.tensor(path, dtype=torch.long)].exp().tolist() if path else []
-    words: List[Word] = []
+    found: List[Word] = []
     letters, frames, first, last = [], [], None, None
     previous = blank
 
     def close():
         if letters:
-            words.append(Word("".join(letters), first * frame_period_ms / 1000, (last + 1) * frame_period_ms / 1000,
+            found.append(Word("".join(letters), first * frame_period_ms / 1000, (last + 1) * frame_period_ms / 1000,
                               sum(frames) / len(frames)))
         letters.clear()
         frames.clear()
@@ -56,9 +59,9 @@ def align_words(path: Sequence[int], lprobs: torch.Tensor, tgt_dict, frame_perio
             last = t
         previous = token
     close()
-    return words
+    if words is None:
+        return found
+    if len(found) < len(words):
+        raise ValueError(f"the decoder's path spells {len(found)} words, its hypothesis has {len(words)}")
+    return [Word(word, w.start, w.end, w.confidence) for word, w in zip(words, found)]
 
-
-def greedy_path(lprobs: torch.Tensor) -> List[int]:
-    """The best token of every frame of (T, V) log-probabilities."""
-    return lprobs.argmax(-1).tolist()

@@ -30,15 +30,23 @@ def letters_to_words(symbols: List[str]) -> List[str]:
     return "".join(symbols).replace(WORD_BOUNDARY, " ").split()
 
 
-class ViterbiDecoder:
+class Decoder:
+    """What every decoder answers: ``hypothesis(emissions)`` (words, and the token of every frame on
+    their path); ``decode`` the words alone, ``hypotheses`` those of several utterances."""
+
+    def decode(self, emissions: torch.Tensor) -> List[str]:
+        return self.hypothesis(emissions)[0]
+
+    def hypotheses(self, batch: List[torch.Tensor]) -> List[Tuple[List[str], List[int]]]:
+        return [self.hypothesis(e) for e in batch]
+
+
+class ViterbiDecoder(Decoder):
     """Best path: argmax per frame, merge repeats, drop blanks."""
 
     def __init__(self, tgt_dict):
         self.tgt_dict = tgt_dict
         self.blank = tgt_dict.index(BLANK)
-
-    def decode(self, emissions: torch.Tensor) -> List[str]:
-        return self.hypothesis(emissions)[0]
 
     def hypothesis(self, emissions: torch.Tensor) -> Tuple[List[str], List[int]]:
         """The words and the token of every frame (its argmax)."""
@@ -58,7 +66,7 @@ class BeamOptions:
     sil_score: float = 0.0
 
 
-class KenLMLexiconDecoder:
+class KenLMLexiconDecoder(Decoder):
     """flashlight-text ``LexiconDecoder`` over a lexicon trie scored by a KenLM model.
 
     The trie holds every lexicon spelling with its word's unigram LM score, smeared with MAX
@@ -118,9 +126,6 @@ class KenLMLexiconDecoder:
         frames, vocab = emissions.shape
         return self.decoder.decode(emissions.data_ptr(), frames, vocab)
 
-    def decode(self, emissions: torch.Tensor) -> List[str]:
-        return self.hypothesis(emissions)[0]
-
     def hypothesis(self, emissions: torch.Tensor) -> Tuple[List[str], List[int]]:
         """The best hypothesis's words and the token of every frame on its path (flashlight's path
         has a silence node before the first frame and after the last: dropped)."""
@@ -145,3 +150,52 @@ def build_decoder(kind: str, tgt_dict, lexicon=None, lm=None, options: BeamOptio
     if kind not in DECODERS:
         raise ValueError(f"unknown decoder {kind!r}; choose from {tuple(DECODERS)}")
     return DECODERS[kind](tgt_dict, lexicon, lm, options)
+
+
+_WORKER_DECODER = None  # the decoder of a ParallelDecoder's worker process
+
+
+def _start_worker(kind, tgt_dict, lexicon, lm, options) -> None:
+    global _WORKER_DECODER
+    torch.set_num_threads(1)
+    _WORKER_DECODER = build_decoder(kind, tgt_dict, lexicon, lm, options)
+
+
+def _decode_in_worker(emissions) -> Tuple[List[str], List[int]]:
+    return _WORKER_DECODER.hypothesis(torch.from_numpy(emissions))
+
+
+class ParallelDecoder(Decoder):
+    """``workers`` processes, each with its own decoder built as ``build_decoder`` builds it, decoding
+    several utterances at once: flashlight-text's beam search holds Python's GIL, so threads would
+    take turns. Each utterance is decoded whole by one worker, so the results are the serial ones.
+    Use it as a context manager (the processes end with it)."""
+
+    def __init__(self, workers: int, kind: str, tgt_dict, lexicon=None, lm=None, options: BeamOptions = BeamOptions()):
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        build_decoder(kind, tgt_dict, lexicon, lm, options)  # bad files or options fail here, named, not in a worker
+        self.tgt_dict = tgt_dict
+        self.pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                        initializer=_start_worker, initargs=(kind, tgt_dict, lexicon, lm, options))
+
+    def submit(self, emissions: torch.Tensor):
+        """A future of ``hypothesis(emissions)``."""
+        return self.pool.submit(_decode_in_worker, emissions.float().contiguous().numpy())
+
+    def hypothesis(self, emissions: torch.Tensor) -> Tuple[List[str], List[int]]:
+        return self.submit(emissions).result()
+
+    def hypotheses(self, batch: List[torch.Tensor]) -> List[Tuple[List[str], List[int]]]:
+        return [f.result() for f in [self.submit(e) for e in batch]]
+
+    def close(self) -> None:
+        self.pool.shutdown()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False

@@ -273,8 +273,8 @@ def transcribe(model, manifest_path: Path, decoder, labels: Optional[str] = None
         frames = (~out_mask).sum(-1).tolist() if out_mask is not None else [lprobs.size(1)] * len(batch)
         start = time.perf_counter()
         exits = net_output["exit_layer"].tolist() if "exit_layer" in net_output else [None] * len(batch)
-        for row, i in enumerate(batch):
-            hyp, path = decoder.hypothesis(lprobs[row, : frames[row]])
+        found = decoder.hypotheses([lprobs[row, : frames[row]] for row in range(len(batch))])
+        for row, (i, (hyp, path)) in enumerate(zip(batch, found)):
             results[i] = Utterance(Path(manifest.entries[i][0]).stem, hyp, refs[i] if refs else None,
                                    lengths[i] / SAMPLE_RATE, exits[row], path_units(path, decoder.tgt_dict))
         decode_s += time.perf_counter() - start

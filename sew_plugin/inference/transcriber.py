@@ -10,9 +10,10 @@
         print(word.word, word.start, word.end, word.confidence)
 """
 
+from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Callable, Dict, List, Optional, Union
 
 import numpy as np
 import torch
@@ -111,15 +112,30 @@ class Transcriber:
         return self.transcribe_recording(Recording(None, resample(mono, sample_rate), sample_rate, channels), name)
 
     def transcribe_recording(self, recording: Recording, name: Optional[str] = None) -> Transcript:
+        return self.start(recording, name)()
+
+    def start(self, recording: Recording, name: Optional[str] = None) -> Callable[[], Transcript]:
+        """Run the model on ``recording`` now and hand its decoding to the decoder's workers when it
+        has them (``decoding.ParallelDecoder``): the returned call waits for it and gives the
+        transcript, so the next recording's forward runs while this one is decoded."""
         least = max(MIN_SAMPLES, getattr(self.model, "min_source_samples", 0))  # input downsampling needs more
         if len(recording.samples) < least:
             raise ValueError(f"{len(recording.samples)} samples at 16 kHz, fewer than the {least} this model needs "
                              f"for one output frame")
         out = forward_windows(self.model, torch.from_numpy(recording.samples), self.windowing, self.device,
                               self.normalize)
-        _, path = self.decoder.hypothesis(out.lprobs)
-        words = align_words(path, out.lprobs, self.decoder.tgt_dict, out.frame_period_ms)
-        source = recording.path
-        return Transcript(name or (source.stem if source else "audio"), words, len(recording.samples) / SAMPLE_RATE,
-                          out.windows, out.frame_period_ms, str(source) if source else None, recording.sample_rate,
-                          recording.channels, out.exit_layers, self.settings)
+        if hasattr(self.decoder, "submit"):
+            decoding = self.decoder.submit(out.lprobs)
+        else:
+            decoding = Future()
+            decoding.set_result(self.decoder.hypothesis(out.lprobs))
+
+        def finish() -> Transcript:
+            words, path = decoding.result()
+            words = align_words(path, out.lprobs, self.decoder.tgt_dict, out.frame_period_ms, words)
+            source = recording.path
+            return Transcript(name or (source.stem if source else "audio"), words, len(recording.samples) / SAMPLE_RATE,
+                              out.windows, out.frame_period_ms, str(source) if source else None, recording.sample_rate,
+                              recording.channels, out.exit_layers, self.settings)
+
+        return finish

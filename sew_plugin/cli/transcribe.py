@@ -42,8 +42,8 @@ def add_arguments(p) -> None:
                    "was fine-tuned from)")
     add_decoder_arguments(p)
     add_setting_arguments(p)
-    p.add_argument("--window", type=at_least(1.0, float), default=30.0, help="seconds of audio per forward")
-    p.add_argument("--context", type=at_least(0.0, float), default=2.5,
+    p.add_argument("--window", type=at_least(1.0, float), default=20.0, help="seconds of audio per forward")
+    p.add_argument("--context", type=at_least(0.0, float), default=2.0,
                    help="seconds by which consecutive windows overlap on each side of their boundary")
     p.add_argument("--batch-size", type=at_least(1), default=4, help="windows per forward")
     p.add_argument("--skip-bad", action="store_true", help="list and count files that give no audio, and go on")

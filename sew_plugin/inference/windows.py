@@ -35,8 +35,8 @@ class Windowing:
     """``window`` seconds per forward, of which ``context`` seconds at each inner edge are overlap
     (their frames come from the neighbour); ``batch_size`` windows per forward."""
 
-    window: float = 30.0
-    context: float = 2.5
+    window: float = 20.0
+    context: float = 2.0
     batch_size: int = 4
 
     def __post_init__(self):

@@ -48,7 +48,8 @@ def test_every_history_is_a_distribution(order, text):
 def test_kenlm_reads_back_the_models_probabilities(tmp_path, capsys):
     (tmp_path / "train.wrd").write_text("\n".join(SENTENCES) + "\n")
     assert sew(["lm", str(tmp_path / "train.wrd"), "--dest", str(tmp_path / "lm.arpa"), "--order", "3"]) == 0
-    assert "3-gram ARPA model from 4 sentences" in capsys.readouterr().out
+    distinct = len({w for s in SENTENCES for w in s.split()})
+    assert f"3-gram ARPA model from 4 sentences, {distinct} words" in capsys.readouterr().out
     lm = WittenBellLM([s.split() for s in SENTENCES], 3)
     words = {w: [] for (w,) in lm.counts[1]} | {UNK: []}
     word_dict = create_word_dict(words)

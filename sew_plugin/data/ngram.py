@@ -113,4 +113,4 @@ def write_arpa(text_files: Sequence[Path], dest: Path, order: int = 3, overwrite
     dest = output_file(dest, overwrite)
     lm = WittenBellLM(sentences, order)
     dest.write_text(lm.to_arpa(), encoding="utf-8")
-    return len(sentences), len(lm.counts[1])
+    return len(sentences), sum(1 for (w,) in lm.counts[1] if w not in (EOS, UNK))  # the words, as sew lexicon counts them

@@ -59,6 +59,22 @@ def test_windows_cover_the_recording_on_aligned_starts():
         assert all(stop - start <= 16000 * 30 for start, stop in ranges)
 
 
+@pytest.mark.parametrize("window, context", [(4.8, 0.1), (9.6, 0.1), (5.0, 1.0)])
+def test_windows_lose_no_frame_when_the_window_is_a_multiple_of_their_step(window, context):
+    torch.manual_seed(0)
+    model = ctc_model("sew").eval()
+    wav = torch.from_numpy(speechlike(21.3))
+    stitched = forward_windows(model, wav, Windowing(window, context))
+    assert stitched.windows >= 3 and stitched.lprobs.shape == whole(model, wav).shape
+
+
+def test_windows_without_overlap_are_refused():
+    with pytest.raises(ValueError, match="--context 0.0: at least 0.1 s"):
+        Windowing(4.8, 0.0)
+    with pytest.raises(RuntimeError, match="do not overlap"):
+        kept_frames([0, 240], [239, 100])
+
+
 def test_kept_frames_tile_the_recording_once():
     offsets, counts = [0, 1200, 2400], [1499, 1499, 700]
     spans = kept_frames(offsets, counts)
@@ -219,7 +235,10 @@ def test_folders_are_searched_for_every_audio_format_in_a_fixed_order(tmp_path):
     for name in ("b/2.flac", "a/1.wav", "c/3.mp3", "notes.txt"):
         (tmp_path / name).parent.mkdir(exist_ok=True)
         (tmp_path / name).write_bytes(b"")
-    assert [p.relative_to(tmp_path).as_posix() for p in find_recordings([tmp_path])] == ["a/1.wav", "b/2.flac", "c/3.mp3"]
+    (tmp_path / "again.wav").symlink_to(tmp_path / "a" / "1.wav")
+    found, again = find_recordings([tmp_path / "a", tmp_path])
+    assert [p.relative_to(tmp_path).as_posix() for p in found] == ["a/1.wav", "b/2.flac", "c/3.mp3"]
+    assert again == [(tmp_path / "a" / "1.wav", tmp_path / "a" / "1.wav"), (tmp_path / "again.wav", tmp_path / "a" / "1.wav")]
 
 
 # ---- the command and the Python API on a checkpoint --------------------------------------------
@@ -244,6 +263,12 @@ def test_the_python_api_transcribes_arrays_and_files_alike(tmp_path, checkpoint)
     assert from_file.source == str(tmp_path / "talk.flac") and from_array.source is None
     with pytest.raises(ValueError, match="needs its sample_rate"):
         transcriber.transcribe(wav)
+    pcm = np.round(wav * 32767).astype(np.int16)  # integer PCM is scaled by its type's range
+    as_pcm = transcriber.transcribe(pcm, sample_rate=16000)
+    assert [w["word"] for w in as_pcm.as_dict()["words"]] == [w["word"] for w in from_array.as_dict()["words"]]
+    assert transcriber.transcribe(torch.from_numpy(wav).requires_grad_(), sample_rate=16000).text == from_array.text
+    with pytest.raises(DataError, match=r"shape \(2, 400000\): expected \(samples,\) or \(samples, channels\)"):
+        transcriber.transcribe(np.stack([wav, wav]), sample_rate=16000)
 
 
 def sew(*args, expect=0):
@@ -299,6 +324,28 @@ def test_sew_transcribe_refuses_a_missing_input_and_a_bad_shard_before_loading(t
     assert f"{tmp_path / 'nothing.wav'}: not found" in refused.stderr
     refused = sew("transcribe", tmp_path / "none.pt", tmp_path, "--num-shards", 2, "--shard-id", 2, expect=2)
     assert "--shard-id 2 must be below --num-shards 2" in refused.stderr
+    refused = sew("transcribe", tmp_path / "none.pt", tmp_path, "--format", "srt", expect=2)
+    assert "--format needs --out" in refused.stderr
+    # two files that would write the same transcripts, in different shards: refused in every shard
+    for folder in ("a/deep", "b"):
+        (tmp_path / folder).mkdir(parents=True)
+        sf.write(tmp_path / folder / "rec.wav", speechlike(1.0), 16000)
+    for shard in ("0", "1"):
+        refused = sew("transcribe", tmp_path / "none.pt", tmp_path / "a" / "deep" / "rec.wav", tmp_path / "b" / "rec.wav",
+                      "--out", tmp_path / "out", "--num-shards", 2, "--shard-id", shard, expect=2)
+        assert "would be written to the same files as" in refused.stderr
+
+
+@pytest.mark.slow
+def test_sew_transcribe_refuses_options_the_model_cannot_run_once_and_notes_duplicates(tmp_path, checkpoint):
+    sf.write(tmp_path / "a.wav", speechlike(3.0), 16000)
+    (tmp_path / "link.wav").symlink_to(tmp_path / "a.wav")
+    refused = sew("transcribe", checkpoint, tmp_path / "a.wav", "--window", "1", "--context", "0.3", "--skip-bad",
+                  expect=2)
+    assert refused.stderr.count("--window 1.0 with --context 0.3 leaves no step") == 1
+    done = sew("transcribe", checkpoint, tmp_path / "a.wav", tmp_path / "link.wav")
+    assert f"{tmp_path / 'link.wav'} left out: the same file as {tmp_path / 'a.wav'}" in done.stderr
+    assert "transcribed 1 of 1 files" in done.stderr
 
 
 # ---- decoding in several processes --------------------------------------------------------------
@@ -337,8 +384,18 @@ def test_sew_transcribe_with_decode_workers_writes_what_one_process_writes(tmp_p
     ones = {p.relative_to(tmp_path / "w1"): p.read_bytes() for p in (tmp_path / "w1").rglob("*.*")}
     assert len(ones) == 10 and ones == {p.relative_to(tmp_path / "w2"): p.read_bytes()
                                         for p in (tmp_path / "w2").rglob("*.*")}
+    for workers in (1, 2):
+        settings = json.loads((tmp_path / f"w{workers}" / "talks" / "r1.json").read_text(),
+                              parse_constant=lambda c: pytest.fail(f"{c} is not JSON"))["settings"]
+        assert settings["unk_score"] == "-inf" and settings["decoder"] == "kenlm"
     refused = sew("transcribe", checkpoint, audio, "--decode-workers", 2, expect=2)
     assert "--decode-workers is for --decoder kenlm" in refused.stderr
+
+    (audio / "zz").mkdir()  # a bad file last: what was decoded before it, in the workers, is written
+    (audio / "zz" / "bad.wav").write_bytes(b"RIFF\x10\x00\x00\x00WAVEfmt garbage")
+    refused = sew("transcribe", checkpoint, audio, "--out", tmp_path / "w3", "--decode-workers", 2, *kenlm, expect=2)
+    assert "bad.wav: cannot be decoded" in refused.stderr
+    assert len(list((tmp_path / "w3").rglob("*.json"))) == 5
 
 
 # ---- real speech: Debian's pocketsphinx-testdata LibriVox recordings (make testdata) ------------

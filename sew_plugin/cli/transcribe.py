@@ -36,8 +36,8 @@ def add_arguments(p) -> None:
     p.add_argument("audio", type=Path, nargs="+", help="audio files, or folders searched recursively")
     p.add_argument("--out", type=Path, help="folder for one file per recording and format (default: the text on "
                    "standard output)")
-    p.add_argument("--format", nargs="+", choices=list(FORMATS), default=["txt", "json"],
-                   help="files written per recording with --out")
+    p.add_argument("--format", nargs="+", choices=list(FORMATS),
+                   help="files written per recording with --out (default: txt json)")
     p.add_argument("--data", type=Path, help="folder holding the checkpoint's dict.ltr.txt (default: the folder it "
                    "was fine-tuned from)")
     add_decoder_arguments(p)
@@ -80,21 +80,27 @@ def main(args) -> int:
 
     if args.shard_id >= args.num_shards:
         raise SystemExit(f"sew transcribe: error: --shard-id {args.shard_id} must be below --num-shards {args.num_shards}")
+    if args.format and not args.out:
+        raise SystemExit("sew transcribe: error: --format needs --out (without it the text goes to standard output)")
+    formats = args.format or ["txt", "json"]
     with refusing("transcribe"):
         windowing = Windowing(args.window, args.context, args.batch_size)
-    files = find_recordings(args.audio)[args.shard_id :: args.num_shards]
-    names = output_names(list(args.audio), files)
+    found, again = find_recordings(args.audio)
+    names = output_names(list(args.audio), found)  # over every shard's files: no two shards write one name
+    files = found[args.shard_id :: args.num_shards]
     outputs = {}
     if args.out:
         with refusing("transcribe"):
             out = output_dir(args.out, "--out")
-            outputs = {f: [out / f"{names[f]}.{fmt}" for fmt in args.format] for f in files}
+            outputs = {f: [out / f"{names[f]}.{fmt}" for fmt in formats] for f in files}
             refuse_existing([p for paths in outputs.values() for p in paths], args.overwrite)
 
     model, decoder, normalize = load(args, "transcribe", args.data)
     apply_settings(model, decoder, args, "transcribe")
     settings = describe(args.checkpoint, args.decoder, args.lm, args.lexicon, beam_options(args), args.operating_point,
-                        args.cif_lambda, args.exit_policy, args.threshold)
+                        args.cif_lambda, args.exit_policy, args.threshold, args.exit_layer)
+    with refusing("transcribe"):  # a window this model cannot step by, or a model without a frame period
+        serial = Transcriber(model, decoder, normalize, windowing, args.device, settings)
     total = sum(_seconds(f) for f in files)
     skipped, mixed, resampled, audio_s = [], 0, 0, 0.0
     pending = collections.deque()  # (file, recording, its transcript once decoded), decoding in the workers
@@ -106,7 +112,7 @@ def main(args) -> int:
         resampled += recording.sample_rate != 16000
         audio_s += transcript.seconds
         if args.out:
-            for fmt, dest in zip(args.format, outputs[path]):
+            for fmt, dest in zip(formats, outputs[path]):
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 dest.write_text(FORMATS[fmt](transcript), encoding="utf-8")
         else:
@@ -114,20 +120,20 @@ def main(args) -> int:
 
     start = time.perf_counter()
     with decoding_workers(args, decoder) as decoding, \
-            tqdm(total=round(total, 1), unit="s", desc="transcribing", disable=None, leave=False) as progress:
-        with refusing("transcribe"):
-            transcriber = Transcriber(model, decoding, normalize, windowing, args.device, settings)
+            tqdm(total=total, unit="s", desc="transcribing", disable=None, leave=False) as progress:
+        transcriber = serial.with_decoder(decoding)
         for path in files:
             try:
                 recording = load_recording(path)
-                pending.append((path, recording, transcriber.start(recording, names[path].name)))
-            except (DataError, ValueError) as err:
-                err = err if isinstance(err, DataError) else DataError(path, str(err))
+                pending.append((path, recording, transcriber.start(recording, names[path].as_posix())))
+            except DataError as err:  # the file's fault; what is the model's or the options' was refused above
                 if not args.skip_bad:
-                    raise err
+                    while pending:  # what was transcribed before it is written
+                        finish(*pending.popleft())
+                    raise
                 skipped.append(err)
                 print(f"skipped {err}", file=sys.stderr)
-            progress.update(round(_seconds(path), 1))
+            progress.update(_seconds(path))
             while len(pending) > args.decode_workers - 1:
                 finish(*pending.popleft())
         while pending:
@@ -136,9 +142,11 @@ def main(args) -> int:
     done = len(files) - len(skipped)
     shard = f"shard {args.shard_id} of {args.num_shards}: " if args.num_shards > 1 else ""
     notes = [f"{n} {what}" for n, what in ((mixed, "mixed down to mono"), (resampled, "resampled to 16 kHz")) if n]
+    notes += [f"{path} left out: the same file as {first}" for path, first in again]
+    rtf = f"real-time factor {elapsed / audio_s:.4f}" if audio_s else "no audio transcribed"
     print(f"{shard}transcribed {done} of {len(files)} files ({audio_s:.1f} s of audio), skipped "
-          f"{len(skipped)}{'; ' + ', '.join(notes) if notes else ''}; {elapsed:.2f} s, real-time factor "
-          f"{elapsed / max(audio_s, 1e-9):.4f}", file=sys.stderr if not args.out else sys.stdout)
+          f"{len(skipped)}{'; ' + '; '.join(notes) if notes else ''}; {elapsed:.2f} s, {rtf}",
+          file=sys.stderr if not args.out else sys.stdout)
     return 0
 
 

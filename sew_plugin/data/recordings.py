@@ -10,7 +10,7 @@ make audio is refused by name: unreadable or corrupt, empty, or holding NaN or i
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import soundfile as sf
@@ -38,11 +38,12 @@ class Recording:
         return len(self.samples) / SAMPLE_RATE
 
 
-def find_recordings(sources: Sequence[Path]) -> List[Path]:
+def find_recordings(sources: Sequence[Path]) -> Tuple[List[Path], List[Tuple[Path, Path]]]:
     """The files to transcribe, in a fixed order (each source in turn, a folder's files sorted by
-    path and found through links to folders), each once. A link to nothing is kept: reading it
+    path and found through links to folders), each once; and the (path, the same file's first path)
+    of each file found again (given twice, or through a link). A link to nothing is kept: reading it
     names it. A source that does not exist, or a folder without recordings, raises ``DataErrors``."""
-    found, problems, seen = [], [], set()
+    found, problems, seen, again = [], [], {}, []
     for source in map(Path, sources):
         if source.is_dir():
             files = []
@@ -58,12 +59,14 @@ def find_recordings(sources: Sequence[Path]) -> List[Path]:
             continue
         for path in sorted(files):
             key = os.path.realpath(path)
-            if key not in seen:
-                seen.add(key)
+            if key in seen:
+                again.append((path, seen[key]))
+            else:
+                seen[key] = path
                 found.append(path)
     if problems:
         raise DataErrors("inputs", problems)
-    return found
+    return found, again
 
 
 def resample(samples: np.ndarray, rate: int, target: int = SAMPLE_RATE) -> np.ndarray:
@@ -75,19 +78,40 @@ def resample(samples: np.ndarray, rate: int, target: int = SAMPLE_RATE) -> np.nd
     return soxr.resample(samples, rate, target, quality="HQ").astype(np.float32, copy=False)
 
 
+def make_recording(samples, rate: int, path: Optional[Path] = None) -> Recording:
+    """A ``Recording`` of (S,) or (S, C) ``samples`` at ``rate``: floats, or integer PCM scaled by its
+    type's range (int16 -32768 -> -1.0). Refused (``DataError`` naming ``path``, or "the samples"):
+    another shape, no samples, NaN or infinite values."""
+    where = path or "the samples"
+    wav = np.asarray(samples)
+    if wav.dtype.kind in "iu":
+        info = np.iinfo(wav.dtype)
+        middle = (int(info.max) + int(info.min) + 1) / 2  # 0 for signed PCM, 128 for unsigned 8-bit
+        wav = (wav.astype(np.float64) - middle) / (info.max - middle + 1)
+    elif wav.dtype.kind != "f":
+        raise DataError(where, f"samples of type {wav.dtype}: expected floating-point or integer PCM")
+    wav = wav.astype(np.float32, copy=False)
+    if wav.ndim == 1:
+        wav = wav[:, None]
+    if wav.ndim == 2 and wav.shape[0] == 0:
+        raise DataError(where, "holds no audio (zero samples)")
+    if wav.ndim != 2 or wav.shape[0] < wav.shape[1]:
+        raise DataError(where, f"shape {tuple(np.shape(samples))}: expected (samples,) or (samples, channels)")
+    check_samples(where, wav, wav.shape[0])
+    mono = wav.mean(axis=1) if wav.shape[1] > 1 else wav[:, 0]
+    return Recording(path, np.ascontiguousarray(resample(mono, rate)), rate, wav.shape[1])
+
+
 def load_recording(path: Path) -> Recording:
     """Every sample of ``path``, mixed down to mono and resampled to 16 kHz (see the module's
     docstring); ``DataError`` naming the file when it gives no usable audio."""
     path = Path(path)
+    if path.is_dir():
+        raise DataError(path, "is a folder: give it to sew transcribe, which searches it")
     if not path.is_file():
         raise DataError(path, "not found (a link to nothing?)" if path.is_symlink() else "not found")
     try:
         wav, rate = sf.read(str(path), dtype="float32", always_2d=True)
     except Exception as err:  # soundfile raises several types for corrupt or unknown files
         raise DataError(path, f"cannot be decoded ({err})") from None
-    if wav.shape[0] == 0:
-        raise DataError(path, "holds no audio (zero samples)")
-    check_samples(path, wav, wav.shape[0])
-    channels = wav.shape[1]
-    mono = wav.mean(axis=1) if channels > 1 else wav[:, 0]
-    return Recording(path, np.ascontiguousarray(resample(mono, rate)), rate, channels)
+    return make_recording(wav, rate, path)

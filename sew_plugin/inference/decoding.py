@@ -168,14 +168,14 @@ def _decode_in_worker(emissions) -> Tuple[List[str], List[int]]:
 class ParallelDecoder(Decoder):
     """``workers`` processes, each with its own decoder built as ``build_decoder`` builds it, decoding
     several utterances at once: flashlight-text's beam search holds Python's GIL, so threads would
-    take turns. Each utterance is decoded whole by one worker, so the results are the serial ones.
+    take turns. Build the decoder once in this process first: its files and options are checked there,
+    by name, not in a worker. Each utterance is decoded whole by one worker, so the results are the serial ones.
     Use it as a context manager (the processes end with it)."""
 
     def __init__(self, workers: int, kind: str, tgt_dict, lexicon=None, lm=None, options: BeamOptions = BeamOptions()):
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
-        build_decoder(kind, tgt_dict, lexicon, lm, options)  # bad files or options fail here, named, not in a worker
         self.tgt_dict = tgt_dict
         self.pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                                         initializer=_start_worker, initargs=(kind, tgt_dict, lexicon, lm, options))

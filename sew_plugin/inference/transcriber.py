@@ -10,6 +10,8 @@
         print(word.word, word.start, word.end, word.confidence)
 """
 
+import copy
+import math
 from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,12 +21,13 @@ import numpy as np
 import torch
 
 from ..data.audio import MIN_SAMPLES, SAMPLE_RATE
-from ..data.recordings import Recording, load_recording, resample
+from ..data.errors import DataError
+from ..data.recordings import Recording, load_recording, make_recording
 from .alignment import Word, align_words
 from .decoding import BeamOptions, build_decoder
 from .settings import (load_for_inference, require_fixed_cif_lambda, require_fixed_operating_point, set_cif_lambda,
                        set_exit_policy, set_operating_point)
-from .windows import Windowing, forward_windows
+from .windows import Windowing, forward_windows, hop_samples, samples_per_frame
 
 
 @dataclass
@@ -51,48 +54,57 @@ class Transcript:
         return {"text": self.text, **out, "words": [w.as_dict() for w in self.words]}
 
 
-def describe(checkpoint, decoder: str, lm=None, lexicon=None, beam: BeamOptions = BeamOptions(), operating_point=None,
-             cif_lambda=None, exit_policy=None, threshold=None) -> Dict[str, Any]:
+def describe(checkpoint, decoder: str, lm=None, lexicon=None, beam: Optional[BeamOptions] = None,
+             operating_point=None, cif_lambda=None, exit_policy=None, threshold=None, exit_layer=None) -> Dict[str, Any]:
     """The settings a transcript records: the checkpoint, the decoder (and its beam options and
-    files), the model's setting."""
+    files), the model's setting. An infinite score is written as text: JSON has no infinity."""
     settings = {"checkpoint": str(checkpoint), "decoder": decoder, "operating_point": operating_point,
-                "cif_lambda": cif_lambda, "exit_policy": exit_policy, "threshold": threshold}
+                "cif_lambda": cif_lambda, "exit_policy": exit_policy, "threshold": threshold, "exit_layer": exit_layer}
     if decoder == "kenlm":
-        settings.update(lm=str(lm), lexicon=str(lexicon), **asdict(beam))
-    return settings
+        settings.update(lm=str(lm), lexicon=str(lexicon), **asdict(beam or BeamOptions()))
+    return {k: str(v) if isinstance(v, float) and not math.isfinite(v) else v for k, v in settings.items()}
 
 
 class Transcriber:
     """A CTC model and its decoder, for recordings of any length; see the module's docstring."""
 
-    def __init__(self, model, decoder, normalize: bool = False, windowing: Windowing = Windowing(),
+    def __init__(self, model, decoder, normalize: bool = False, windowing: Optional[Windowing] = None,
                  device: str = "cpu", settings: Optional[Dict[str, Any]] = None):
+        windowing = windowing or Windowing()
         require_fixed_operating_point(model)  # a model drawing its setting per forward transcribes at random
         require_fixed_cif_lambda(model)
+        hop_samples(windowing, samples_per_frame(model)[1])  # a model or window that cannot work: refused now
         self.model, self.decoder, self.normalize = model, decoder, normalize
         self.windowing, self.device = windowing, device
         self.settings = {**(settings or {}), "window_seconds": windowing.window, "context_seconds": windowing.context}
 
     @classmethod
     def from_checkpoint(cls, checkpoint: Union[str, Path], data: Optional[Path] = None, decoder: str = "viterbi",
-                        lm: Optional[Path] = None, lexicon: Optional[Path] = None, beam: BeamOptions = BeamOptions(),
+                        lm: Optional[Path] = None, lexicon: Optional[Path] = None, beam: Optional[BeamOptions] = None,
                         operating_point: Optional[str] = None, cif_lambda: Optional[float] = None,
                         exit_policy: Optional[str] = None, threshold: Optional[float] = None,
-                        exit_layer: Optional[int] = None, nbest: int = 300, windowing: Windowing = Windowing(),
+                        exit_layer: Optional[int] = None, nbest: int = 300, windowing: Optional[Windowing] = None,
                         device: str = "cpu", threads: int = 0) -> "Transcriber":
         """The checkpoint loaded for inference (its dictionary from ``data``/dict.ltr.txt, by default
         the folder it was fine-tuned from), at the given setting, with the greedy (``viterbi``) or
         KenLM (``kenlm``, with ``lm`` and ``lexicon``) decoder. Bad settings raise ``ValueError``."""
         model, task, normalize = load_for_inference(Path(checkpoint), data, device, threads, "transcribe")
-        search = build_decoder(decoder, task.target_dictionary, lexicon, lm, beam)
+        search = build_decoder(decoder, task.target_dictionary, lexicon, lm, beam or BeamOptions())
         if operating_point is not None:
             set_operating_point(model, operating_point)
         if cif_lambda is not None:
             set_cif_lambda(model, cif_lambda)
         if exit_policy is not None:
             set_exit_policy(model, exit_policy, threshold, exit_layer, nbest, search if decoder == "kenlm" else None)
-        settings = describe(checkpoint, decoder, lm, lexicon, beam, operating_point, cif_lambda, exit_policy, threshold)
-        return cls(model, search, normalize, windowing, device, settings)
+        settings = describe(checkpoint, decoder, lm, lexicon, beam, operating_point, cif_lambda, exit_policy, threshold,
+                            exit_layer)
+        return cls(model, search, normalize, windowing or Windowing(), device, settings)
+
+    def with_decoder(self, decoder) -> "Transcriber":
+        """This transcriber with another decoder over the same dictionary (``decoding.ParallelDecoder``)."""
+        other = copy.copy(self)
+        other.decoder = decoder
+        return other
 
     def transcribe(self, audio: Union[str, Path, np.ndarray, torch.Tensor], sample_rate: Optional[int] = None,
                    name: Optional[str] = None) -> Transcript:
@@ -102,14 +114,9 @@ class Transcriber:
             return self.transcribe_recording(load_recording(Path(audio)), name)
         if sample_rate is None:
             raise ValueError("an array of samples needs its sample_rate")
-        samples = np.asarray(audio, dtype=np.float32)
-        if samples.ndim not in (1, 2) or samples.shape[0] == 0:
-            raise ValueError(f"expected (samples,) or (samples, channels) audio, got shape {samples.shape}")
-        channels = 1 if samples.ndim == 1 else samples.shape[1]
-        mono = samples if samples.ndim == 1 else samples.mean(axis=1)
-        if not np.isfinite(mono).all():
-            raise ValueError("the samples hold NaN or infinite values")
-        return self.transcribe_recording(Recording(None, resample(mono, sample_rate), sample_rate, channels), name)
+        if isinstance(audio, torch.Tensor):
+            audio = audio.detach().cpu().numpy()
+        return self.transcribe_recording(make_recording(audio, sample_rate), name)
 
     def transcribe_recording(self, recording: Recording, name: Optional[str] = None) -> Transcript:
         return self.start(recording, name)()
@@ -120,8 +127,8 @@ class Transcriber:
         transcript, so the next recording's forward runs while this one is decoded."""
         least = max(MIN_SAMPLES, getattr(self.model, "min_source_samples", 0))  # input downsampling needs more
         if len(recording.samples) < least:
-            raise ValueError(f"{len(recording.samples)} samples at 16 kHz, fewer than the {least} this model needs "
-                             f"for one output frame")
+            raise DataError(recording.path or "the samples", f"{len(recording.samples)} samples at 16 kHz, fewer "
+                            f"than the {least} this model needs for one output frame")
         out = forward_windows(self.model, torch.from_numpy(recording.samples), self.windowing, self.device,
                               self.normalize)
         if hasattr(self.decoder, "submit"):

@@ -25,6 +25,8 @@ import torch.nn.functional as F
 from ..data.audio import SAMPLE_RATE
 from ..modules.masked_group_norm import given_statistics, recording_statistics
 
+MIN_CONTEXT = 0.1  # seconds: windows then overlap by at least 0.2 s, more than a frame's 25 ms receptive field
+
 # window starts fall on multiples of this many feature frames: every squeeze (or St-SEW pooling)
 # factor of 1, 2, 3, 4, 6, 8, 12 or 24 then pools the same frames in a window as in the whole
 ALIGN_FRAMES = 24
@@ -40,8 +42,11 @@ class Windowing:
     batch_size: int = 4
 
     def __post_init__(self):
-        if not self.window > 2 * self.context >= 0:
-            raise ValueError(f"the window ({self.window} s) must be longer than twice the context ({self.context} s)")
+        if self.context < MIN_CONTEXT:
+            raise ValueError(f"--context {self.context}: at least {MIN_CONTEXT} s, so that windows overlap by more "
+                             f"than the feature extractor's receptive field")
+        if not self.window > 2 * self.context:
+            raise ValueError(f"--window {self.window}: must be longer than twice the context ({self.context} s)")
 
 
 @dataclass
@@ -59,24 +64,30 @@ def samples_per_frame(model) -> Tuple[int, int]:
     ``ValueError`` for a model whose frames have no fixed period (CIF without ``cif_upsample``)."""
     period = model.frame_period_ms() if hasattr(model, "frame_period_ms") else 20.0
     if period is None:
-        raise ValueError("this CIF model's frames have no fixed period (model.cif_upsample is off): long "
-                         "recordings cannot be cut into windows; transcribe them with sew infer")
+        raise ValueError("this CIF model's frames have no fixed period (model.cif_upsample is off), so neither "
+                         "windows nor word times: transcribe its manifests with sew infer")
     frame = round(period * SAMPLE_RATE / 1000)
     steps = getattr(getattr(model, "cfg", None), "ctc_frames_per_step", 1) or 1
     return frame, frame * steps * ALIGN_FRAMES
 
 
+def hop_samples(windowing: Windowing, align: int) -> int:
+    """Samples between window starts: the window less twice the context, rounded down to ``align``;
+    ``ValueError`` when that leaves none (check it once, before any recording)."""
+    hop = (int(windowing.window * SAMPLE_RATE) - int(2 * windowing.context * SAMPLE_RATE)) // align * align
+    if hop <= 0:
+        raise ValueError(f"--window {windowing.window} with --context {windowing.context} leaves no step between "
+                         f"windows (this model's windows start on multiples of {align / SAMPLE_RATE:.2f} s)")
+    return hop
+
+
 def plan(samples: int, windowing: Windowing, align: int) -> List[Tuple[int, int]]:
     """The (start, stop) sample ranges of the windows over ``samples``: one when it fits a window,
-    else windows every ``hop`` (the window less twice the context, rounded down to ``align``) until
-    one reaches the end."""
+    else windows every ``hop_samples`` until one reaches the end."""
     length = int(windowing.window * SAMPLE_RATE)
     if samples <= length:
         return [(0, samples)]
-    hop = (length - int(2 * windowing.context * SAMPLE_RATE)) // align * align
-    if hop <= 0:
-        raise ValueError(f"a window of {windowing.window} s with {windowing.context} s of context leaves no "
-                         f"step of {align / SAMPLE_RATE:.2f} s between windows")
+    hop = hop_samples(windowing, align)
     ranges, start = [], 0
     while True:
         ranges.append((start, min(start + length, samples)))
@@ -92,7 +103,10 @@ def kept_frames(offsets: List[int], counts: List[int]) -> List[Tuple[int, int]]:
     for k in range(len(offsets) - 1):
         bounds.append((offsets[k + 1] + offsets[k] + counts[k]) // 2)
     bounds.append(offsets[-1] + counts[-1])
-    return [(bounds[k], bounds[k + 1]) for k in range(len(offsets))]
+    spans = [(bounds[k], bounds[k + 1]) for k in range(len(offsets))]
+    if any(not o <= lo <= hi <= o + n for (lo, hi), o, n in zip(spans, offsets, counts)):
+        raise RuntimeError(f"windows at frames {offsets} with {counts} frames do not overlap: frames would be lost")
+    return spans
 
 
 @torch.no_grad()

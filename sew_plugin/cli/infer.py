@@ -199,6 +199,8 @@ def batching(args, warm_every_batch: bool = False) -> Batching:
 
 
 def main(args) -> int:
+    if args.overwrite and not args.results_dir:
+        raise SystemExit("sew infer: error: --overwrite replaces the files of --results-dir; give --results-dir")
     earlier = results_files(args) if args.results_dir else None  # checked before any file is read
     inputs = check_inputs(args.manifest, args.labels)  # bad input stops here, before the model loads
     model, decoder, normalize = load(args, "infer", args.manifest.parent)

@@ -24,11 +24,11 @@ from typing import Dict, List
 import soundfile as sf
 from tqdm import tqdm
 
-from ..data.errors import DataError, output_dir, refuse_existing
+from ..data.errors import DataError
 from ..inference.formats import FORMATS
 from .infer import (add_decoder_arguments, add_setting_arguments, apply_settings, beam_options, decoding_workers,
                     load)
-from .options import at_least, refusing
+from .options import at_least, check_outputs, refusing
 
 
 def add_arguments(p) -> None:
@@ -57,20 +57,12 @@ def output_names(sources: List[Path], files: List[Path]) -> Dict[Path, Path]:
     its name for a file given by name; two files with one name are refused before any work."""
     names, taken = {}, {}
     for path in files:
-        folder = next((s for s in sources if s.is_dir() and _under(path, s)), None)
+        folder = next((s for s in sources if s.is_dir() and path.is_relative_to(s)), None)
         name = path.relative_to(folder).with_suffix("") if folder else Path(path.stem)
         if name in taken:
             raise DataError(path, f"would be written to the same files as {taken[name]} ({name}.*)")
         names[path], taken[name] = name, path
     return names
-
-
-def _under(path: Path, folder: Path) -> bool:
-    try:
-        path.relative_to(folder)
-        return True
-    except ValueError:
-        return False
 
 
 def main(args) -> int:
@@ -88,12 +80,10 @@ def main(args) -> int:
     found, again = find_recordings(args.audio)
     names = output_names(list(args.audio), found)  # over every shard's files: no two shards write one name
     files = found[args.shard_id :: args.num_shards]
-    outputs = {}
+    outputs = {f: [args.out / f"{names[f]}.{fmt}" for fmt in formats] for f in files} if args.out else {}
     if args.out:
-        with refusing("transcribe"):
-            out = output_dir(args.out, "--out")
-            outputs = {f: [out / f"{names[f]}.{fmt}" for fmt in formats] for f in files}
-            refuse_existing([p for paths in outputs.values() for p in paths], args.overwrite)
+        check_outputs("transcribe", args.out, [p.relative_to(args.out) for paths in outputs.values() for p in paths],
+                      args.overwrite)
 
     model, decoder, normalize = load(args, "transcribe", args.data)
     apply_settings(model, decoder, args, "transcribe")
@@ -101,7 +91,7 @@ def main(args) -> int:
                         args.cif_lambda, args.exit_policy, args.threshold, args.exit_layer)
     with refusing("transcribe"):  # a window this model cannot step by, or a model without a frame period
         serial = Transcriber(model, decoder, normalize, windowing, args.device, settings)
-    total = sum(_seconds(f) for f in files)
+    seconds = {f: _seconds(f) for f in files}  # each header read once, for the progress bar
     skipped, mixed, resampled, audio_s = [], 0, 0, 0.0
     pending = collections.deque()  # (file, recording, its transcript once decoded), decoding in the workers
 
@@ -120,7 +110,7 @@ def main(args) -> int:
 
     start = time.perf_counter()
     with decoding_workers(args, decoder) as decoding, \
-            tqdm(total=total, unit="s", desc="transcribing", disable=None, leave=False) as progress:
+            tqdm(total=sum(seconds.values()), unit="s", desc="transcribing", disable=None, leave=False) as progress:
         transcriber = serial.with_decoder(decoding)
         for path in files:
             try:
@@ -133,7 +123,7 @@ def main(args) -> int:
                     raise
                 skipped.append(err)
                 print(f"skipped {err}", file=sys.stderr)
-            progress.update(_seconds(path))
+            progress.update(seconds[path])
             while len(pending) > args.decode_workers - 1:
                 finish(*pending.popleft())
         while pending:

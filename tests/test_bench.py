@@ -1,5 +1,6 @@
 """The measuring parts of `sew bench` (the figures themselves come from the benchmark, not tests)."""
 
+import csv
 import re
 
 import pytest
@@ -175,16 +176,18 @@ def test_every_row_moves_whole_with_its_model(tiny_presets, name):
 
 def timed_forwards(monkeypatch):
     """Spy on ``sew bench``'s timed forwards: for each, the row it belongs to, whether CPU autocast
-    was on and at which dtype, and the dtypes the ``nn.Linear`` layers computed in during it."""
+    was on and at which dtype, the dtypes the linear layers computed in during it (``int8`` for
+    ``Int8Linear``) and the dtypes of the row's parameters."""
     from sew_plugin.inference import bench
+    from sew_plugin.modules.int8_linear import Int8Linear
 
     rows, calls = {}, []
-    build, timed = bench.build, bench._timed
+    prepare, timed = bench.prepare, bench._timed
 
-    def recording_build(name):
-        model, forward = build(name)
-        rows[id(forward)] = name
-        return model, forward
+    def recording_prepare(name, dtype, device):
+        row = prepare(name, dtype, device)
+        rows[id(row.forward)] = (name, row.model)
+        return row
 
     def recording_timed(forward, x):
         linear = set()
@@ -192,40 +195,71 @@ def timed_forwards(monkeypatch):
         def hook(module, inputs, output):
             if isinstance(module, torch.nn.Linear):
                 linear.add(output.dtype)
+            elif isinstance(module, Int8Linear):
+                linear.add("int8")
 
         handle = torch.nn.modules.module.register_module_forward_hook(hook)
         try:
             seconds = timed(forward, x)
         finally:
             handle.remove()
-        calls.append((rows[id(forward)], torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu"), linear))
+        name, model = rows[id(forward)]
+        calls.append((name, torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu"), linear,
+                      {p.dtype for p in model.parameters()}))
         return seconds
 
-    monkeypatch.setattr(bench, "build", recording_build)
+    monkeypatch.setattr(bench, "prepare", recording_prepare)
     monkeypatch.setattr(bench, "_timed", recording_timed)
     return calls
 
 
-@pytest.mark.parametrize("dtype", ["bf16", "fp16"])
-def test_half_precision_rows_run_under_autocast_with_the_fp32_macs(tiny_presets, monkeypatch, dtype):
-    """Every timed forward of a ``--dtype bf16`` / ``fp16`` row runs under CPU autocast at that dtype
-    (its linear layers compute in it); the MACs are those of the fp32 rows, which autocast leaves alone."""
+def test_each_row_runs_in_its_format_with_the_fp32_macs(tiny_presets, monkeypatch):
+    """``--dtype`` and a row's ``:DTYPE`` convert its weights once (no autocast: the parameters
+    themselves are bf16, or the linear layers int8); ``:autocast-bf16`` keeps fp32 weights under
+    autocast. Every format of a model has the MACs of its fp32 row."""
     from sew_plugin.inference.bench import run
 
-    models = ["sew_d_tiny", "st_sew_base@2,2,1", "w2v2_base:down2conv", "sew_tiny"]
-    kwargs = dict(seconds=[0.5], batch_sizes=[1], repeat=1, warmup=0, baseline="sew_tiny", log=lambda _: None)
+    models = ["sew_d_tiny", "sew_d_tiny:bf16", "sew_d_tiny:int8", "sew_d_tiny:autocast-bf16",
+              "st_sew_base@2,2,1", "w2v2_base:down2conv"]
     calls = timed_forwards(monkeypatch)
-    half = {r.model: r for r in run(models, dtype=dtype, **kwargs)}
-    half_calls, calls[:] = list(calls), []
-    full = {r.model: r for r in run(models, **kwargs)}
-    for name in models:
-        assert half[name].median_ms > 0 and half[name].gmacs == full[name].gmacs > 0
-    want = {"bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
-    assert sorted(c[0] for c in half_calls) == sorted(c[0] for c in calls) == sorted(models)  # one timed forward each
-    for name, enabled, autocast_dtype, linear in half_calls:
-        assert enabled and autocast_dtype == want and linear == {want}, (name, enabled, autocast_dtype, linear)
-    for name, enabled, _, linear in calls:
-        assert not enabled and linear == {torch.float32}, (name, enabled, linear)
+    rows = {r.model: r for r in run(models, seconds=[0.5], batch_sizes=[1], repeat=1, warmup=0, dtype="bf16",
+                                     baseline="sew_d_tiny:bf16", log=lambda _: None)}
+    assert sorted(c[0] for c in calls) == sorted(models)  # one timed forward each
+    formats = {name: (autocast, linear, params) for name, autocast, _, linear, params in calls}
+    bf16, fp32 = {torch.bfloat16}, {torch.float32}
+    assert formats["sew_d_tiny"] == formats["sew_d_tiny:bf16"] == (False, bf16, bf16)  # --dtype bf16
+    assert formats["st_sew_base@2,2,1"] == formats["w2v2_base:down2conv"] == (False, bf16, bf16)
+    assert formats["sew_d_tiny:int8"] == (False, {"int8", torch.float32}, fp32)  # the front end's projection: fp32
+    assert formats["sew_d_tiny:autocast-bf16"] == (True, bf16, fp32)
+    assert {c[2] for c in calls if c[1]} == {torch.bfloat16}
+    gmacs = {rows[name].gmacs for name in models if name.startswith("sew_d_tiny")}
+    assert len(gmacs) == 1 and gmacs.pop() > 0
+    assert {rows[name].dtype for name in models} == {"bf16", "int8"}
+    assert all(r.median_ms > 0 and r.gflops > 0 for r in rows.values())
+
+
+def test_rows_in_a_format_they_cannot_run_in_are_refused(tiny_presets):
+    from sew_plugin.inference.bench import prepare, run
+
+    with pytest.raises(ValueError, match="run in onnxruntime on the CPU in fp32"):
+        run(["sew_d_tiny:onnx:bf16"], [0.5], [1], repeat=1, warmup=0, baseline="sew_d_tiny:onnx:bf16", log=lambda _: None)
+    with pytest.raises(ValueError, match="int8 runs on the CPU"):
+        prepare("sew_d_tiny:int8", "fp32", "cuda")
+
+
+def test_the_peak_column_is_the_achieved_rate_over_the_machines_gemm_rate(tiny_presets, tmp_path, capsys):
+    from sew_plugin.cli import main as sew
+    from sew_plugin.inference.bench import gemm_rate
+
+    assert gemm_rate("fp32", size=256, repeat=1) > 1e8  # FLOP/s of a real product, not a constant
+    assert sew(["bench", "--models", "sew_d_tiny", "--baseline", "sew_d_tiny", "--seconds", "0.2",
+                "--batch-size", "1", "--repeat", "1", "--warmup", "0", "--peak", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    rate = float(re.search(r"GEMM peak \(2048\^3 products, best of 6\), GFLOP/s: fp32 ([0-9]+)", out).group(1))
+    row = next(csv.DictReader(open(tmp_path / "bench.csv")))
+    share = float(row["gflops"]) / rate
+    assert 0 < float(row["peak_share"]) and abs(float(row["peak_share"]) - share) < 0.01 + 0.01 * share
+    assert f"| {100 * float(row['peak_share']):.0f}% |" in out
 
 
 @pytest.mark.parametrize("argv, message", [

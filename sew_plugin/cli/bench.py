@@ -14,6 +14,12 @@ layer K, ``NAME:exitK`` (e.g. ``sew_d_mid:exit12``: the forward of an utterance 
 a CIF model at lambda L, ``NAME@L`` (e.g. ``w2v2_base_cif@1.1``) or at the lambda that gives a mean
 frame period of P ms, ``NAME@Pms`` (e.g. ``w2v2_base_cif@90ms``, found on 10 s of noise), and input downsampling by f before
 the model, ``NAME:down{f}{method}`` (e.g. ``w2v2_base:down2resample``; methods conv, avgpool, resample).
+``--dtype`` converts every row's weights once (``sew_plugin.inference.precision``: bf16, fp16, or
+int8 linear layers); a row's own ``:DTYPE`` overrides it (``sew_d_mid:bf16``, ``sew_d_mid:int8``:
+formats side by side in one run), and ``:autocast-bf16`` / ``:autocast-fp16`` keep a row in fp32
+under autocast instead, which casts every weight at every call (``hf:sew_d_mid:autocast-bf16``).
+``--peak`` measures the machine's GEMM rate at each row's format and gives each row's achieved
+FLOP/s as a share of it.
 ``NAME:onnx`` is the row ``NAME`` (a model, or St-SEW at an operating point, e.g.
 ``st_sew_base@2,2,1:onnx``) exported to ONNX (``sew_plugin.interop.onnx``, into a temporary file) and run
 by onnxruntime on the CPU with as many threads as torch, fp32 only, timed like the PyTorch rows; its
@@ -27,6 +33,7 @@ Examples::
 
     sew bench --models sew_d_mid hf:sew_d_mid w2v2_base --seconds 10 30 --batch-size 1 8
     sew bench --models sew_d_tiny sew_tiny w2v2_base --device cuda --dtype fp16
+    sew bench --models sew_d_mid sew_d_mid:bf16 sew_d_mid:int8 hf:sew_d_mid hf:sew_d_mid:autocast-bf16 --peak
     sew bench --models st_sew_base@1,1,1 st_sew_base@2,1,1 st_sew_base@2,2,1 st_sew_base@2,2,2 w2v2_base
     sew bench --models w2v2_base_cif@0 w2v2_base_cif@1.1 w2v2_base_cif@90ms w2v2_base:down2resample w2v2_base
 
@@ -40,7 +47,8 @@ from typing import Dict, List
 
 import torch
 
-from ..inference.bench import DTYPES, available_models, plot, run, to_markdown
+from ..inference.bench import available_models, gemm_rate, plot, run, to_markdown
+from ..inference.precision import DTYPES
 from ..inference.reports import write_tables
 from .options import add_overwrite_argument, at_least, check_outputs, device
 
@@ -69,7 +77,12 @@ def add_arguments(p) -> None:
                    help="audio length(s) of the random input; at least 0.025 (400 samples: one 20 ms frame)")
     p.add_argument("--batch-size", nargs="+", type=at_least(1), default=[1, 8], help="batch size(s) of the input")
     p.add_argument("--device", type=device, default="cpu", help="cpu, cuda or cuda:N")
-    p.add_argument("--dtype", default="fp32", choices=sorted(DTYPES), help="fp32, or autocast to bf16 / fp16")
+    p.add_argument("--dtype", default="fp32", choices=list(DTYPES),
+                   help="format of the rows that name none (NAME:bf16 ... name one): weights converted to it once "
+                   "(int8: dynamically quantized linear layers)")
+    p.add_argument("--peak", action="store_true",
+                   help="measure the machine's GEMM rate at each row's format (2048^3 products) and print each "
+                   "row's achieved FLOP/s as a share of it")
     p.add_argument("--repeat", type=at_least(1), default=5,
                    help="timed forwards per row and setting (the median is reported)")
     p.add_argument("--warmup", type=at_least(0), default=1,
@@ -103,8 +116,14 @@ def main(args) -> int:
                    args.warmup, args.baseline)
     except ValueError as err:  # a row name that does not describe a model
         raise SystemExit(f"sew bench: error: {err}") from None
+    peaks = {dtype: gemm_rate(dtype, args.device) for dtype in dict.fromkeys(r.dtype for r in rows)} if args.peak else {}
+    for row in rows if peaks else []:
+        row.at_peak(peaks[row.dtype])
     table = to_markdown(rows, args.baseline)
     machine = f"{torch.get_num_threads()} threads, torch {torch.__version__}, device {args.device}, {args.dtype}"
+    if peaks:
+        rates = ", ".join(f"{dtype} {rate / 1e9:.0f}" for dtype, rate in peaks.items())
+        machine += f"; GEMM peak (2048^3 products, best of 6), GFLOP/s: {rates}"
     print(f"\n{machine}\n\n{table}")
     if args.out:
         write_tables(args.out, "bench", machine, table, rows)

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from ..data.errors import output_dir, refuse_existing
 from ..inference.decoding import DECODERS, BeamOptions, ParallelDecoder, build_decoder
+from ..inference.precision import DTYPES
 from ..inference.settings import (load_for_inference, require_fixed_cif_lambda, require_fixed_operating_point,
                                   set_cif_lambda, set_exit_policy, set_operating_point)
 from ..inference.transcribe import LABELS, Batching, check_inputs, result_paths, transcribe, write_results
@@ -106,6 +107,9 @@ def add_decoder_arguments(p) -> None:
                    help="--decoder kenlm: processes running the beam search on several utterances at once "
                    "(the results are the serial ones)")
     p.add_argument("--device", type=device, default="cpu", help="cpu or cuda")
+    p.add_argument("--dtype", default="fp32", choices=list(DTYPES),
+                   help="number format of the model, converted once at load: bf16 (CPUs with AVX512-BF16 or AMX, "
+                   "GPUs), fp16 (GPUs), int8 (the CPU: dynamically quantized linear layers)")
     p.add_argument("--threads", type=at_least(0), default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--exit-policy", choices=POLICIES,
                    help="early-exit models: leave at --exit-layer (layer), or at the first exit whose mean "
@@ -138,7 +142,8 @@ def load(args, command: str = "infer", data=None):
     if args.decode_workers > 1 and args.decoder != "kenlm":
         raise SystemExit(f"sew {command}: error: --decode-workers is for --decoder kenlm (greedy decoding is an argmax)")
     with refusing(command):
-        model, task, normalize = load_for_inference(args.checkpoint, data, args.device, args.threads, command)
+        model, task, normalize = load_for_inference(args.checkpoint, data, args.device, args.threads, command,
+                                                    args.dtype)
     decoder = build_decoder(args.decoder, task.target_dictionary, args.lexicon, args.lm, beam_options(args))
     return model, decoder, normalize
 

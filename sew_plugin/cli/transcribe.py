@@ -88,7 +88,7 @@ def main(args) -> int:
     model, decoder, normalize = load(args, "transcribe", args.data)
     apply_settings(model, decoder, args, "transcribe")
     settings = describe(args.checkpoint, args.decoder, args.lm, args.lexicon, beam_options(args), args.operating_point,
-                        args.cif_lambda, args.exit_policy, args.threshold, args.exit_layer)
+                        args.cif_lambda, args.exit_policy, args.threshold, args.exit_layer, args.dtype)
     with refusing("transcribe"):  # a window this model cannot step by, or a model without a frame period
         serial = Transcriber(model, decoder, normalize, windowing, args.device, settings)
     seconds = {f: _seconds(f) for f in files}  # each header read once, for the progress bar

@@ -11,11 +11,12 @@ import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+from .precision import DTYPES, parameter_count, set_precision
+
 
 
 @dataclass
@@ -33,6 +34,12 @@ class Row:
     peak_mb: float
     context_gmacs: float = 0.0
     frame_ms: float = 20.0
+    gflops: float = 0.0  # achieved: 2 * MACs over the median time
+    dtype: str = "fp32"  # the row's number format (autocast rows: the one autocast casts to)
+    peak_share: Optional[float] = None  # gflops over the machine's GEMM rate at the run's dtype (--peak)
+
+    def at_peak(self, flops_per_s: float) -> None:
+        self.peak_share = self.gflops * 1e9 / flops_per_s
 
 
 def _plugin_model(name: str):
@@ -97,7 +104,8 @@ def build(name: str):
         base, factor, method = downsampling(name)
         model, inner = _plugin_model(base)
         model.input_downsample = InputDownsampler(method, factor)  # a child, so .to(device) moves it too
-        forward = lambda x: inner(model.input_downsample(x, None)[0])  # noqa: E731
+        # called directly, not through the model's forward: cast to its dtype here (``precision``)
+        forward = lambda x: inner(model.input_downsample(x.to(next(model.parameters())), None)[0])  # noqa: E731
     elif "@" in name:  # St-SEW at a fixed operating point, or a CIF model at a lambda
         base, point = name.split("@", 1)
         model, forward = _plugin_model(base)
@@ -276,63 +284,142 @@ def _timed(forward: Callable, x: torch.Tensor) -> float:
     return time.perf_counter() - start
 
 
+def gemm_rate(dtype: str = "fp32", device: str = "cpu", size: int = 2048, repeat: int = 5) -> float:
+    """The machine's matrix-multiply rate in FLOP/s at ``dtype``: the best of ``repeat`` products of
+    two (size, size) matrices (``int8``: PyTorch's dynamically quantized linear layer, what int8
+    rows run). The "how close to the limit" of ``--peak``."""
+    x = torch.randn(size, size, device=device)
+    if dtype == "int8":
+        layer = set_precision(torch.nn.Sequential(torch.nn.Linear(size, size, bias=False)).eval(), "int8")
+        product = lambda: layer(x)  # noqa: E731
+    else:
+        a, b = x.to(DTYPES[dtype]), torch.randn(size, size, device=device, dtype=DTYPES[dtype])
+        product = lambda: a @ b  # noqa: E731
+    seconds = min(_timed(lambda _: product(), x) for _ in range(repeat + 1))
+    return 2 * size**3 / seconds
+
+
+AUTOCAST = {"autocast-bf16": "bf16", "autocast-fp16": "fp16"}
+
+
+def row_format(name: str, default: str) -> Tuple[str, str, bool]:
+    """``(base name, dtype, autocast)`` of a row: ``NAME:DTYPE`` (``precision.DTYPES``) runs in that
+    format, ``NAME:autocast-bf16`` / ``-fp16`` in fp32 under autocast to it, ``NAME`` in ``default``."""
+    base, _, suffix = name.rpartition(":")
+    if base and suffix in DTYPES:
+        return base, suffix, False
+    if base and suffix in AUTOCAST:
+        return base, AUTOCAST[suffix], True
+    return name, default, False
+
+
+@dataclass
+class Prepared:
+    """A row ready to time: its model in its dtype, its forward, and the context it runs in
+    (autocast for ``:autocast-*`` rows)."""
+
+    name: str  # without the format suffix
+    model: torch.nn.Module
+    forward: Callable
+    dtype: str
+    autocast: bool
+
+    def context(self):
+        import contextlib
+
+        if not self.autocast:
+            return contextlib.nullcontext()
+        return torch.autocast(next(self.model.parameters()).device.type, dtype=DTYPES[self.dtype])
+
+    def macs(self, x: torch.Tensor) -> Dict[str, float]:
+        """``mac_counts`` of the forward on ``x``. torch's counter does not see int8 layers, so an
+        int8 row's are those of the same row built in fp32 (the same arithmetic), after a forward
+        that fills its caches as the timed forwards had theirs filled (SEW-D's position tables)."""
+        if self.dtype != "int8":
+            with self.context():
+                return mac_counts(self.model, getattr(self.forward, "torch_forward", None) or self.forward, x)
+        model, forward = build(self.name)
+        with torch.no_grad():
+            forward(x)
+        return mac_counts(model, forward, x)
+
+
+def prepare(name: str, dtype: str, device: str) -> Prepared:
+    """Build row ``name`` and convert it to its dtype (``row_format``) once (``precision``), or
+    leave it fp32 for autocast, which casts the weights at every call."""
+    base, dtype, autocast = row_format(name, dtype)
+    if dtype == "int8" and torch.device(device).type != "cpu":
+        raise ValueError(f"{name}: int8 runs on the CPU (PyTorch's dynamic quantization)")
+    onnx = base.endswith(":onnx")
+    if onnx and (device != "cpu" or dtype != "fp32"):
+        raise ValueError(f"{name}: ':onnx' rows run in onnxruntime on the CPU in fp32: use --device cpu --dtype fp32")
+    model, forward = build(base)
+    model.to(device)
+    if not (onnx or autocast):
+        set_precision(model, dtype)
+    return Prepared(base, model, forward, dtype, autocast)
+
+
 def run(models: List[str], seconds: List[float], batch_sizes: List[int], device: str = "cpu",
         dtype: str = "fp32", repeat: int = 5, warmup: int = 1, baseline: str = "w2v2_base",
         log: Callable[[str], None] = print) -> List[Row]:
+    """Every row at every (seconds, batch size), in its format (``row_format``; ``dtype`` for rows
+    that name none)."""
     if baseline not in models:
         log(f"adding the baseline row {baseline} (--baseline)")
         models = models + [baseline]
-    if (device != "cpu" or dtype != "fp32") and any(name.endswith(":onnx") for name in models):
-        raise ValueError("':onnx' rows run in onnxruntime on the CPU in fp32: use --device cpu --dtype fp32")
     if torch.device(device).type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {device}: this torch ({torch.__version__}) sees no CUDA device; "
                          "on a GPU machine install a CUDA build of torch (README: Install)")
-    built: Dict[str, tuple] = {}
+    built: Dict[str, Prepared] = {}
     for name in models:
         log(f"building {name}")
-        model, forward = build(name)
-        built[name] = (model.to(device), forward)
+        built[name] = prepare(name, dtype, device)
+
+    def timed(name, x):
+        with built[name].context():
+            return _timed(built[name].forward, x)
 
     rows = []
-    for secs in seconds:
-        for bsz in batch_sizes:
-            x = torch.randn(bsz, int(16000 * secs), device=device)
-            autocast = torch.autocast(torch.device(device).type, dtype=DTYPES[dtype], enabled=dtype != "fp32")
-            times: Dict[str, List[float]] = {name: [] for name in models}
-            with autocast:
-                for name in models:
-                    for _ in range(warmup):
-                        _timed(built[name][1], x)
-                for r in range(repeat):
-                    order = models[r % len(models):] + models[: r % len(models)]
-                    for name in order:
-                        times[name].append(_timed(built[name][1], x))
-            base = statistics.median(times[baseline])
-            for name in models:
-                model, forward = built[name]
-                med = statistics.median(times[name])
-                torch_forward = getattr(forward, "torch_forward", None)  # ':onnx' rows
-                with autocast:  # the forward that was timed: half-precision paths and caches too
-                    peak = peak_memory_bytes(forward, x) if torch_forward is None else float("nan")
-                    macs = mac_counts(model, torch_forward or forward, x)
-                rows.append(Row(
-                    name, bsz, secs, sum(p.numel() for p in model.parameters()) / 1e6, 1000 * med,
-                    1000 * min(times[name]), 1000 * max(times[name]), med / (bsz * secs), base / med,
-                    macs["Global"] / 1e9, peak / 2**20, context_macs(model, macs) / 1e9,
-                    frame_period_ms(model, torch_forward or forward, x, name),
-                ))
-                log(f"{name} batch {bsz} {secs:g} s: {1000 * med:.0f} ms, x{base / med:.2f} vs {baseline}")
+    for bsz, secs in [(bsz, secs) for secs in seconds for bsz in batch_sizes]:
+        x = torch.randn(bsz, int(16000 * secs), device=device)
+        times: Dict[str, List[float]] = {name: [] for name in models}
+        for name in models:
+            for _ in range(warmup):
+                timed(name, x)
+        for r in range(repeat):
+            order = models[r % len(models):] + models[: r % len(models)]
+            for name in order:
+                times[name].append(timed(name, x))
+        base = statistics.median(times[baseline])
+        for name in models:
+            row = built[name]
+            med = statistics.median(times[name])
+            torch_forward = getattr(row.forward, "torch_forward", None)  # ':onnx' rows
+            with row.context():  # the forward that was timed: half-precision paths and caches too
+                memory = peak_memory_bytes(row.forward, x) if torch_forward is None else float("nan")
+                period = frame_period_ms(row.model, torch_forward or row.forward, x, row.name)
+            macs = row.macs(x)
+            flops = 2 * macs["Global"] / med
+            rows.append(Row(
+                name, bsz, secs, parameter_count(row.model) / 1e6, 1000 * med,
+                1000 * min(times[name]), 1000 * max(times[name]), med / (bsz * secs), base / med,
+                macs["Global"] / 1e9, memory / 2**20, context_macs(row.model, macs) / 1e9, period,
+                flops / 1e9, dtype=row.dtype,
+            ))
+            log(f"{name} batch {bsz} {secs:g} s: {1000 * med:.0f} ms, x{base / med:.2f} vs {baseline}")
     return rows
 
 
 def to_markdown(rows: List[Row], baseline: str) -> str:
     head = ("| model | batch | audio (s) | params (M) | forward median (ms) | min-max (ms) | RTF | "
-            f"speed-up vs {baseline} | GMACs | context GMACs | frame ms | peak memory (MB) |\n"
-            "|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+            f"speed-up vs {baseline} | GMACs | context GMACs | frame ms | peak memory (MB) | GFLOP/s | of GEMM peak |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
     return head + "".join(
         f"| {r.model} | {r.batch} | {r.seconds:g} | {r.params_m:.1f} | {r.median_ms:.0f} | "
         f"{r.min_ms:.0f}-{r.max_ms:.0f} | {r.rtf:.4f} | {r.speedup:.2f}x | {r.gmacs:.1f} | "
-        f"{r.context_gmacs:.1f} | {r.frame_ms:.0f} | {r.peak_mb:.0f} |\n"
+        f"{r.context_gmacs:.1f} | {r.frame_ms:.0f} | {r.peak_mb:.0f} | {r.gflops:.0f} | "
+        f"{'-' if r.peak_share is None else f'{100 * r.peak_share:.0f}%'} |\n"
         for r in rows
     )
 

@@ -13,18 +13,25 @@ from typing import Optional
 import torch
 
 from ..modules.early_exit import make_policy
+from .precision import set_precision
 
 
-def load_for_inference(checkpoint: Path, data: Path, device: str = "cpu", threads: int = 0, command: str = "infer"):
-    """``(model, task, normalize)``: the CTC model of ``checkpoint`` in eval mode on ``device``, its
-    task (with the target dictionary of ``data``, the folder of the manifest to transcribe), and
-    whether the checkpoint's task normalised the audio. A checkpoint without a CTC head
-    (pre-trained) is refused (``ValueError`` naming the file): its task has no target dictionary
-    to decode with; ``command`` names who asks."""
+def load_for_inference(checkpoint: Path, data: Path, device: str = "cpu", threads: int = 0, command: str = "infer",
+                       dtype: str = "fp32"):
+    """``(model, task, normalize)``: the CTC model of ``checkpoint`` in eval mode on ``device`` in
+    ``dtype`` (``precision.DTYPES``), its task (with the target dictionary of ``data``, the folder
+    of the manifest to transcribe), and whether the checkpoint's task normalised the audio. A
+    checkpoint without a CTC head (pre-trained) is refused (``ValueError`` naming the file): its
+    task has no target dictionary to decode with; ``command`` names who asks."""
     from ..checkpoint import require_ctc
     from ..interop import load_with_data
     from ..modules import keep_layer_results
 
+    if dtype == "fp16" and torch.device(device).type == "cpu":
+        raise ValueError("fp16 is for GPUs: CPUs without native fp16 arithmetic emulate it (measured 300x slower "
+                         "than fp32 here); on the CPU use bf16 or int8")
+    if dtype == "int8" and torch.device(device).type != "cpu":
+        raise ValueError("int8 runs on the CPU (PyTorch's dynamic quantization); on a GPU use bf16 or fp16")
     if threads:
         torch.set_num_threads(threads)
     model, cfg, task = load_with_data(checkpoint, data)  # a missing dictionary: a DataError naming it
@@ -33,7 +40,7 @@ def load_for_inference(checkpoint: Path, data: Path, device: str = "cpu", thread
     except ValueError as err:
         raise ValueError(f"{checkpoint}: {err}") from None
     keep_layer_results(model, False)  # only the last layer feeds the CTC head
-    model.to(device)
+    set_precision(model.to(device), dtype)
     return model, task, bool(cfg.task.get("normalize", False))
 
 

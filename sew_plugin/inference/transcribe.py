@@ -27,6 +27,7 @@ from ..data.errors import DataError, DataErrors, read_lines
 from ..data.labels import to_letters
 from ..data.manifest import Manifest, check_manifest
 from .decoding import letters_to_words, path_units
+from .precision import parameter_count
 from .settings import require_fixed_cif_lambda, require_fixed_operating_point
 
 
@@ -55,6 +56,7 @@ class Summary:
     word_errors: int = 0
     words: int = 0
     parameters: int = 0
+    dtype: str = "fp32"  # the number format the model ran in (``precision``)
     exit_policy: Optional[str] = None
     mean_exit_layer: Optional[float] = None
     exit_histogram: Optional[Dict[int, int]] = None  # exit layer -> utterances
@@ -77,7 +79,7 @@ class Summary:
             lines.append(f"WER {100 * self.wer:.2f}% ({self.word_errors} errors / {self.words} words), UER {100 * self.uer:.2f}%")
         else:
             lines.append(f"no references: {self.references} not found, WER is not computed")
-        lines.append(f"model: {self.parameters / 1e6:.2f}M parameters")
+        lines.append(f"model: {self.parameters / 1e6:.2f}M parameters, {self.dtype}")
         if self.frame_period_ms is not None:
             lines.append(f"CIF lambda {self.cif_lambda:.3f}: mean frame period {self.frame_period_ms:.1f} ms")
         if self.exit_policy:
@@ -282,8 +284,8 @@ def transcribe(model, manifest_path: Path, decoder, labels: Optional[str] = None
     done = [u for u in results if u is not None]
     if len(done) != len(lengths):
         raise RuntimeError(f"transcribed {len(done)} of {len(lengths)} utterances of {manifest_path}")
-    parameters = sum(p.numel() for p in model.parameters())
-    summary = Summary(len(lengths), len(done), sum(lengths) / SAMPLE_RATE, forward_s, decode_s, parameters=parameters,
+    summary = Summary(len(lengths), len(done), sum(lengths) / SAMPLE_RATE, forward_s, decode_s,
+                      parameters=parameter_count(model), dtype=getattr(model, "inference_dtype", "fp32"),
                       references=str(label_path(manifest_path, labels)), warmup_forwards=batching.warmup,
                       warmup_every_batch=batching.warm_every_batch)
     runner = getattr(model, "exit_runner", None)

@@ -55,10 +55,11 @@ class Transcript:
 
 
 def describe(checkpoint, decoder: str, lm=None, lexicon=None, beam: Optional[BeamOptions] = None,
-             operating_point=None, cif_lambda=None, exit_policy=None, threshold=None, exit_layer=None) -> Dict[str, Any]:
+             operating_point=None, cif_lambda=None, exit_policy=None, threshold=None, exit_layer=None,
+             dtype: str = "fp32") -> Dict[str, Any]:
     """The settings a transcript records: the checkpoint, the decoder (and its beam options and
     files), the model's setting. An infinite score is written as text: JSON has no infinity."""
-    settings = {"checkpoint": str(checkpoint), "decoder": decoder, "operating_point": operating_point,
+    settings = {"checkpoint": str(checkpoint), "dtype": dtype, "decoder": decoder, "operating_point": operating_point,
                 "cif_lambda": cif_lambda, "exit_policy": exit_policy, "threshold": threshold, "exit_layer": exit_layer}
     if decoder == "kenlm":
         settings.update(lm=str(lm), lexicon=str(lexicon), **asdict(beam or BeamOptions()))
@@ -84,11 +85,12 @@ class Transcriber:
                         operating_point: Optional[str] = None, cif_lambda: Optional[float] = None,
                         exit_policy: Optional[str] = None, threshold: Optional[float] = None,
                         exit_layer: Optional[int] = None, nbest: int = 300, windowing: Optional[Windowing] = None,
-                        device: str = "cpu", threads: int = 0) -> "Transcriber":
+                        device: str = "cpu", threads: int = 0, dtype: str = "fp32") -> "Transcriber":
         """The checkpoint loaded for inference (its dictionary from ``data``/dict.ltr.txt, by default
-        the folder it was fine-tuned from), at the given setting, with the greedy (``viterbi``) or
-        KenLM (``kenlm``, with ``lm`` and ``lexicon``) decoder. Bad settings raise ``ValueError``."""
-        model, task, normalize = load_for_inference(Path(checkpoint), data, device, threads, "transcribe")
+        the folder it was fine-tuned from) in ``dtype`` (fp32, bf16, fp16 or int8:
+        ``precision``), at the given setting, with the greedy (``viterbi``) or KenLM (``kenlm``,
+        with ``lm`` and ``lexicon``) decoder. Bad settings raise ``ValueError``."""
+        model, task, normalize = load_for_inference(Path(checkpoint), data, device, threads, "transcribe", dtype)
         search = build_decoder(decoder, task.target_dictionary, lexicon, lm, beam or BeamOptions())
         if operating_point is not None:
             set_operating_point(model, operating_point)
@@ -97,7 +99,7 @@ class Transcriber:
         if exit_policy is not None:
             set_exit_policy(model, exit_policy, threshold, exit_layer, nbest, search if decoder == "kenlm" else None)
         settings = describe(checkpoint, decoder, lm, lexicon, beam, operating_point, cif_lambda, exit_policy, threshold,
-                            exit_layer)
+                            exit_layer, dtype)
         return cls(model, search, normalize, windowing or Windowing(), device, settings)
 
     def with_decoder(self, decoder) -> "Transcriber":

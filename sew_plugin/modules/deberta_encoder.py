@@ -94,8 +94,8 @@ class DebertaEncoder(nn.Module):
             return RelativePositions.whole_table(length, self.position_buckets, self.max_position, device)
         key = (length, str(device))
         if key not in self._positions:
-            held = sum(2 * p.index.numel() * p.index.element_size() for p in self._positions.values())
-            if held + 16 * length * length > self.POSITIONS_CACHE_BYTES:
+            held = sum(3 * p.index.numel() * p.index.element_size() for p in self._positions.values())
+            if held + 24 * length * length > self.POSITIONS_CACHE_BYTES:  # index, c2p and p2c: int64
                 self._positions.clear()
             self._positions[key] = RelativePositions(length, self.position_buckets, self.max_position, device)
         return self._positions[key]

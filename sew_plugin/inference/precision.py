@@ -1,0 +1,90 @@
+"""The number format a model runs inference in (``--dtype``): fp32, bf16, fp16 or int8.
+
+The weights are converted once, when the model is loaded, rather than cast at every forward
+(autocast's way: it re-casts every fp32 weight on each call, which on a CPU cost SEW-D-mid more time
+than its bf16 matrix products). A forward pre-hook casts the floating-point inputs (the fp32
+waveform) to the model's format, so callers keep passing what they always passed.
+
+- **bf16 / fp16**: every parameter and buffer in that format. The steps that need fp32 get it
+  without a change here: LayerNorm and the GroupNorm front end compute their statistics in fp32
+  (PyTorch's kernels accumulate half-precision input in fp32; fairseq's ``Fp32GroupNorm`` and
+  ``MaskedGroupNorm`` cast to fp32 themselves), the attention softmax accumulates in fp32 inside
+  ``scaled_dot_product_attention``, the CTC log-softmax runs on ``logits.float()`` (fairseq's
+  ``get_normalized_probs``, the exit heads), and CIF's running sum is float64 (``modules.cif``).
+- **int8**: the context network's linear layers become ``modules.int8_linear.Int8Linear``
+  (per-channel int8 weights, each frame's activations quantized from itself, so a padded batch
+  gives what each utterance gives alone). The front end, the CIF weight predictor and the CTC
+  and exit heads stay fp32: the heads' logits are what decoding compares, and they are a small
+  share of the work.
+"""
+
+from typing import Dict
+
+import torch
+from torch import nn
+
+from ..modules.int8_linear import Int8Linear
+
+DTYPES: Dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16,
+                                  "int8": torch.int8}
+
+
+def context_network(model: nn.Module) -> nn.Module:
+    """The transformer part of a model: a CTC model's encoder (``w2v_encoder.w2v_model.encoder``),
+    a pre-trained or transformers model's ``encoder``, else the model itself."""
+    inner = getattr(getattr(model, "w2v_encoder", None), "w2v_model", model)
+    return getattr(inner, "encoder", inner)
+
+
+def _cast_inputs(dtype: torch.dtype):
+    def hook(module, args, kwargs):
+        def cast(value):
+            return value.to(dtype) if torch.is_tensor(value) and value.is_floating_point() else value
+
+        return tuple(cast(a) for a in args), {k: cast(v) for k, v in kwargs.items()}
+
+    return hook
+
+
+def quantize_linear_layers(module: nn.Module) -> int:
+    """Replace ``module``'s ``nn.Linear`` layers by ``Int8Linear`` copies, in place; the number replaced."""
+    from fairseq.modules import MultiheadAttention
+
+    for m in module.modules():
+        if isinstance(m, MultiheadAttention):
+            # fairseq's fast path hands the projections' weight tensors to torch's attention; an
+            # int8 projection has none, so take the path that calls the projections as modules
+            m.skip_embed_dim_check = True
+    linear = [(parent, name, child) for parent in module.modules() for name, child in parent.named_children()
+              if isinstance(child, nn.Linear)]
+    for parent, name, child in linear:
+        setattr(parent, name, Int8Linear.from_linear(child))
+    return len(linear)
+
+
+def set_precision(model: nn.Module, dtype: str = "fp32") -> nn.Module:
+    """Convert ``model`` (in eval mode, on its device) to run in ``dtype`` (a key of ``DTYPES``), in
+    place, and return it. Calling it twice, or on a model already converted, is refused."""
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; one of {', '.join(DTYPES)}")
+    if getattr(model, "inference_dtype", "fp32") != "fp32":
+        raise ValueError(f"the model already runs in {model.inference_dtype}")
+    if dtype == "fp32":
+        return model
+    if model.training:
+        raise ValueError(f"{dtype} is for inference: put the model in eval mode first")
+    if dtype == "int8":
+        quantize_linear_layers(context_network(model))
+    else:
+        model.to(DTYPES[dtype])
+        model.register_forward_pre_hook(_cast_inputs(DTYPES[dtype]), with_kwargs=True)
+    model.inference_dtype = dtype
+    return model
+
+
+
+def parameter_count(model: nn.Module) -> int:
+    """The model's parameters, the int8 layers' weights (buffers, not ``parameters()``) included."""
+    int8 = [m for m in model.modules() if isinstance(m, Int8Linear)]
+    frozen = sum(m.weight_int8.numel() + (m.bias.numel() if m.bias is not None else 0) for m in int8)
+    return sum(p.numel() for p in model.parameters()) + frozen

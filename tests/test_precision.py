@@ -1,0 +1,127 @@
+"""``--dtype``: a model converted once to bf16, fp16 or int8 holds its weights in that format, takes
+the fp32 waveform as before, and gives CTC log-probabilities close to fp32's, a padded batch
+what each utterance gives alone (within the format's tolerance); the commands carry the option."""
+
+import json
+
+import pytest
+import torch
+
+from sew_plugin.cli import main as sew
+from sew_plugin.inference.precision import context_network, parameter_count, set_precision
+from sew_plugin.modules.int8_linear import Int8Linear
+from sew_plugin.modules.masked_group_norm import mask_feature_norm
+
+from conftest import waveform_batch, write_manifest, write_wav_corpus
+from helpers import LETTERS, ctc_model, infer_result, write_checkpoint
+
+# max |log-probability - fp32's| on the tiny random models (bf16: 8 bits of mantissa, fp16: 11, int8:
+# 7 per value), measured 0.058, 0.0069 and 0.036; padded vs alone 3e-5, 1e-3 and 2e-6 (int8
+# quantizes each frame from itself; fp16's products are not batch-invariant on the CPU)
+CLOSE_TO_FP32 = {"bf16": 0.15, "fp16": 0.02, "int8": 0.1}
+BATCH_EQUALS_ALONE = {"bf16": 1e-3, "fp16": 5e-3, "int8": 1e-4}
+
+
+def twins(kind: str, **ctc):
+    """Two copies of one random tiny CTC model with a GroupNorm front end, its statistics over each
+    utterance's own frames (as ``load_checkpoint`` sets them for inference)."""
+    first = ctc_model(kind, "default", **ctc)
+    second = ctc_model(kind, "default", **ctc)
+    second.load_state_dict(first.state_dict())
+    for model in (first, second):
+        mask_feature_norm(model)
+    return first, second
+
+
+def lprobs(model, source, padding):
+    """(B, T, V) log-probabilities and the (B, T) frame padding of a waveform batch."""
+    with torch.no_grad():
+        out = model(source=source, padding_mask=padding)
+        frames = out["padding_mask"]
+        return model.get_normalized_probs(out, log_probs=True).transpose(0, 1), frames
+
+
+@pytest.mark.parametrize("kind", ["sew", "sew_d", "st_sew", "wav2vec2"])
+@pytest.mark.parametrize("dtype", ["bf16", "fp16", "int8"])
+def test_a_converted_model_holds_its_format_and_computes_close_to_fp32(kind, dtype):
+    fp32, model = twins(kind, **({"operating_point": "2,2,1"} if kind == "st_sew" else {}))
+    parameters = parameter_count(fp32)
+    set_precision(model, dtype)
+    if dtype == "int8":  # the context network's linear layers are int8, everything else stays fp32
+        assert not any(isinstance(m, torch.nn.Linear) for m in context_network(model).modules())
+        assert sum(isinstance(m, Int8Linear) for m in context_network(model).modules()) >= 8
+        assert isinstance(model.w2v_encoder.proj, torch.nn.Linear)  # the CTC head
+        assert {p.dtype for p in model.parameters()} == {torch.float32}
+    else:
+        want = {"bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
+        assert {p.dtype for p in model.parameters()} == {want}
+        assert {b.dtype for b in model.buffers() if b.is_floating_point()} <= {want}
+    assert parameter_count(model) == parameters and model.inference_dtype == dtype
+
+    source, padding = waveform_batch([16000, 6400])  # fp32 audio in, as the commands pass it
+    reference, frames = lprobs(fp32, source, padding)
+    got, got_frames = lprobs(model, source, padding)
+    valid = ~frames if frames is not None else torch.ones(got.shape[:2], dtype=torch.bool)
+    assert got.dtype == torch.float32 and torch.isfinite(got[valid]).all()  # the log-softmax in fp32
+    assert torch.equal(got_frames, frames) if frames is not None else got_frames is None
+    assert (got - reference).abs()[valid].max() < CLOSE_TO_FP32[dtype]
+    assert (got.argmax(-1) == reference.argmax(-1))[valid].float().mean() > 0.9
+
+    alone, _ = lprobs(model, source[1:, :6400], padding[1:, :6400])
+    assert (got[1, : alone.size(1)] - alone[0]).abs().max() < BATCH_EQUALS_ALONE[dtype]
+
+
+def test_sew_d_position_tables_are_cached_in_the_inference_format():
+    _, model = twins("sew_d")
+    set_precision(model, "bf16")
+    source, padding = waveform_batch([8000])
+    lprobs(model, source, padding)
+    attention = context_network(model).encoder.layer[0].attention.self
+    _, whole, (_, pos_key, pos_query) = attention._tables
+    assert {t.dtype for t in (*whole, pos_key, pos_query)} == {torch.bfloat16}
+    assert pos_key.is_contiguous() and pos_query.is_contiguous()
+
+
+def test_a_converted_model_is_not_converted_again_and_training_is_refused():
+    fp32, model = twins("sew")
+    set_precision(model, "int8")
+    with pytest.raises(ValueError, match="already runs in int8"):
+        set_precision(model, "bf16")
+    with pytest.raises(ValueError, match="is for inference"):
+        set_precision(fp32.train(), "bf16")
+    with pytest.raises(ValueError, match="unknown dtype 'fp8'"):
+        set_precision(fp32.eval(), "fp8")
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("precision")
+    (folder / "dict.ltr.txt").write_text("".join(f"{c} 1\n" for c in LETTERS))
+    rows = write_wav_corpus(folder / "wav", [16000, 24000, 8000])
+    write_manifest(folder / "test.tsv", folder / "wav", rows)
+    (folder / "test.ltr").write_text("E T A |\n" * len(rows))
+    torch.manual_seed(3)
+    write_checkpoint(ctc_model("sew_d", "default"), folder / "ckpt.pt", folder)
+    return folder
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "int8"])
+def test_sew_infer_and_transcribe_run_in_the_dtype_asked_for(corpus, capsys, dtype):
+    out = corpus / f"results_{dtype}"
+    assert sew(["infer", str(corpus / "ckpt.pt"), str(corpus / "test.tsv"), "--dtype", dtype,
+                "--results-dir", str(out)]) == 0
+    assert f"parameters, {dtype}" in capsys.readouterr().out
+    summary = json.loads(infer_result(out).read_text())
+    assert summary["dtype"] == dtype and summary["utterances_transcribed"] == 3
+
+    from sew_plugin.inference.transcriber import Transcriber
+
+    transcriber = Transcriber.from_checkpoint(corpus / "ckpt.pt", dtype=dtype)
+    transcript = transcriber.transcribe(corpus / "wav" / "utt001.wav")
+    assert transcript.settings["dtype"] == dtype and transcriber.model.inference_dtype == dtype
+
+
+def test_fp16_on_the_cpu_is_refused_with_the_formats_that_run_there(corpus, capsys):
+    with pytest.raises(SystemExit) as stop:
+        sew(["infer", str(corpus / "ckpt.pt"), str(corpus / "test.tsv"), "--dtype", "fp16"])
+    assert "fp16 is for GPUs" in str(stop.value) and "use bf16 or int8" in str(stop.value)

@@ -125,3 +125,16 @@ def test_fp16_on_the_cpu_is_refused_with_the_formats_that_run_there(corpus, caps
     with pytest.raises(SystemExit) as stop:
         sew(["infer", str(corpus / "ckpt.pt"), str(corpus / "test.tsv"), "--dtype", "fp16"])
     assert "fp16 is for GPUs" in str(stop.value) and "use bf16 or int8" in str(stop.value)
+
+
+def test_sew_d_trains_in_bf16_with_gradients_through_both_position_terms():
+    """fairseq's ``common.bf16`` training holds the model in bf16: the position terms' gathers keep
+    their gradients there (the int16 gather of inference is for tensors without autograd)."""
+    model = ctc_model("sew_d").to(torch.bfloat16).train()
+    source, padding = waveform_batch([8000, 6000])
+    out = model(source=source.to(torch.bfloat16), padding_mask=padding)
+    out["encoder_out"].float().pow(2).mean().backward()
+    encoder = context_network(model).encoder
+    attention = encoder.layer[0].attention.self
+    for weight in (encoder.rel_embeddings.weight, attention.key_proj.weight, attention.query_proj.weight):
+        assert weight.grad is not None and torch.isfinite(weight.grad.float()).all() and weight.grad.abs().sum() > 0

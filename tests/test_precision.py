@@ -13,7 +13,7 @@ from sew_plugin.modules.int8_linear import Int8Linear
 from sew_plugin.modules.masked_group_norm import mask_feature_norm
 
 from conftest import waveform_batch, write_manifest, write_wav_corpus
-from helpers import LETTERS, ctc_model, infer_result, write_checkpoint
+from helpers import LETTERS, ctc_model, infer_result, model_cfg, tiny_ctc, write_checkpoint
 
 # max |log-probability - fp32's| on the tiny random models (bf16: 8 bits of mantissa, fp16: 11, int8:
 # 7 per value), measured 0.058, 0.0069 and 0.036; padded vs alone 3e-5, 1e-3 and 2e-6 (int8
@@ -138,3 +138,40 @@ def test_sew_d_trains_in_bf16_with_gradients_through_both_position_terms():
     attention = encoder.layer[0].attention.self
     for weight in (encoder.rel_embeddings.weight, attention.key_proj.weight, attention.query_proj.weight):
         assert weight.grad is not None and torch.isfinite(weight.grad.float()).all() and weight.grad.abs().sum() > 0
+
+
+def test_int8_products_are_counted_as_multiply_accumulates():
+    """torch's counter does not know ``torch._int_mm``: ``mac_counts`` counts it, so an int8 model
+    has the MACs of its fp32 twin (``sew sweep``'s GMACs, ``sew bench``'s column)."""
+    from sew_plugin.inference.bench import count_macs
+
+    fp32, model = twins("sew_d")
+    set_precision(model, "int8")
+    source, padding = waveform_batch([8000])
+    counts = []
+    for m in (fp32, model):
+        lprobs(m, source, padding)  # fills SEW-D's position tables, as a timed forward finds them
+        counts.append(count_macs(m, lambda x, m=m: m(source=x, padding_mask=None), source))
+    assert counts[0] > 0 and abs(counts[1] - counts[0]) < 1e-6 * counts[0]
+
+
+def test_the_similarity_exit_compares_layers_in_fp32():
+    """In bf16, cosine similarities near 1 round to steps of 0.004, which would merge the thresholds
+    a sweep compares: the policy gets them in fp32."""
+    from sew_plugin.inference.settings import set_exit_policy
+
+    model = tiny_ctc(model_cfg("sew"), "sew", exit_layers="1,2").eval()  # 3 layers: exits after 1 and 2
+    set_precision(model, "bf16")
+    set_exit_policy(model, "similarity", 2.0)  # never leaves: every similarity reaches the policy
+    seen, decide = [], model.exit_runner.policy.decide
+
+    def recording(layer, lprobs, frames, similarity):
+        seen.append(similarity)
+        return decide(layer, lprobs, frames, similarity)
+
+    model.exit_runner.policy.decide = recording
+    source, padding = waveform_batch([16000, 12000])
+    lprobs(model, source, padding)
+    similarity = seen[-1]  # after layer 2: against layer 1
+    assert similarity.dtype == torch.float32 and bool((similarity > -1).all())
+    assert not torch.equal(similarity, similarity.to(torch.bfloat16).float())  # not rounded to bf16

@@ -47,7 +47,7 @@ from typing import Dict, List
 
 import torch
 
-from ..inference.bench import available_models, gemm_rate, plot, run, to_markdown
+from ..inference.bench import available_models, gemm_rate, plot, row_format, run, to_markdown
 from ..inference.precision import DTYPES
 from ..inference.reports import write_tables
 from .options import add_overwrite_argument, at_least, check_outputs, device
@@ -79,7 +79,7 @@ def add_arguments(p) -> None:
     p.add_argument("--device", type=device, default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--dtype", default="fp32", choices=list(DTYPES),
                    help="format of the rows that name none (NAME:bf16 ... name one): weights converted to it once "
-                   "(int8: dynamically quantized linear layers)")
+                   "(int8: the transformer's linear layers in int8)")
     p.add_argument("--peak", action="store_true",
                    help="measure the machine's GEMM rate at each row's format (2048^3 products) and print each "
                    "row's achieved FLOP/s as a share of it")
@@ -116,11 +116,13 @@ def main(args) -> int:
                    args.warmup, args.baseline)
     except ValueError as err:  # a row name that does not describe a model
         raise SystemExit(f"sew bench: error: {err}") from None
-    peaks = {dtype: gemm_rate(dtype, args.device) for dtype in dict.fromkeys(r.dtype for r in rows)} if args.peak else {}
+    peaks = {dtype: gemm_rate(dtype, args.device) for dtype in dict.fromkeys(r.format for r in rows)} if args.peak else {}
     for row in rows if peaks else []:
-        row.at_peak(peaks[row.dtype])
+        row.at_peak(peaks[row.format])
     table = to_markdown(rows, args.baseline)
-    machine = f"{torch.get_num_threads()} threads, torch {torch.__version__}, device {args.device}, {args.dtype}"
+    named = any(row_format(name, args.dtype)[0] != name for name in args.models)  # rows with their own format
+    machine = (f"{torch.get_num_threads()} threads, torch {torch.__version__}, device {args.device}, {args.dtype}"
+               f"{' (rows without a format suffix)' if named else ''}")
     if peaks:
         rates = ", ".join(f"{dtype} {rate / 1e9:.0f}" for dtype, rate in peaks.items())
         machine += f"; GEMM peak (2048^3 products, best of 6), GFLOP/s: {rates}"

@@ -35,8 +35,13 @@ class Row:
     context_gmacs: float = 0.0
     frame_ms: float = 20.0
     gflops: float = 0.0  # achieved: 2 * MACs over the median time
-    dtype: str = "fp32"  # the row's number format (autocast rows: the one autocast casts to)
+    dtype: str = "fp32"  # the row's number format (``autocast-bf16`` for rows under autocast)
     peak_share: Optional[float] = None  # gflops over the machine's GEMM rate at the run's dtype (--peak)
+
+    @property
+    def format(self) -> str:
+        """The number format its products run in (an autocast row's: the one autocast casts to)."""
+        return self.dtype.removeprefix("autocast-")
 
     def at_peak(self, flops_per_s: float) -> None:
         self.peak_share = self.gflops * 1e9 / flops_per_s
@@ -229,8 +234,9 @@ def frame_period_ms(model: torch.nn.Module, forward: Callable, x: torch.Tensor, 
 def mac_counts(model: torch.nn.Module, forward: Callable, x: torch.Tensor) -> Dict[str, float]:
     """Multiply-accumulates of one forward per module path (``Global``: all), by FlopCounterMode.
 
-    Fused CPU attention is not in torch's table; it is counted with torch's own SDPA formula.
-    transformers' weight-norm parametrization breaks the counter, so it is folded first.
+    Fused CPU attention and int8 products (``Int8Linear``'s ``torch._int_mm``) are not in torch's
+    table: attention is counted with torch's own SDPA formula, an (M, K) x (K, N) int8 product as
+    M * K * N. transformers' weight-norm parametrization breaks the counter, so it is folded first.
     """
     from torch.nn.utils import parametrize
     from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
@@ -242,7 +248,11 @@ def mac_counts(model: torch.nn.Module, forward: Callable, x: torch.Tensor) -> Di
     def cpu_flash(query, key, value, *args, out_shape=None, **kwargs):
         return sdpa_flop_count(query, key, value)
 
-    mapping = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: cpu_flash}
+    def int8_product(a_shape, b_shape, *args, out_shape=None, **kwargs):  # shapes: the counter passes those
+        return 2 * a_shape[0] * a_shape[1] * b_shape[1]
+
+    mapping = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: cpu_flash,
+               torch.ops.aten._int_mm: int8_product}
     with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=mapping) as counter:
         forward(x)
     return {name: sum(ops.values()) / 2 for name, ops in counter.get_flop_counts().items()}
@@ -286,8 +296,8 @@ def _timed(forward: Callable, x: torch.Tensor) -> float:
 
 def gemm_rate(dtype: str = "fp32", device: str = "cpu", size: int = 2048, repeat: int = 5) -> float:
     """The machine's matrix-multiply rate in FLOP/s at ``dtype``: the best of ``repeat`` products of
-    two (size, size) matrices (``int8``: PyTorch's dynamically quantized linear layer, what int8
-    rows run). The "how close to the limit" of ``--peak``."""
+    two (size, size) matrices (``int8``: an ``Int8Linear`` layer, what int8 rows run, its per-row
+    quantization included). The "how close to the limit" of ``--peak``."""
     x = torch.randn(size, size, device=device)
     if dtype == "int8":
         layer = set_precision(torch.nn.Sequential(torch.nn.Linear(size, size, bias=False)).eval(), "int8")
@@ -306,6 +316,9 @@ def row_format(name: str, default: str) -> Tuple[str, str, bool]:
     """``(base name, dtype, autocast)`` of a row: ``NAME:DTYPE`` (``precision.DTYPES``) runs in that
     format, ``NAME:autocast-bf16`` / ``-fp16`` in fp32 under autocast to it, ``NAME`` in ``default``."""
     base, _, suffix = name.rpartition(":")
+    formats = set(DTYPES) | set(AUTOCAST)
+    if formats & set(base.split(":")):
+        raise ValueError(f"{name}: a row names one format, as its last suffix (e.g. sew_d_mid:exit12:bf16)")
     if base and suffix in DTYPES:
         return base, suffix, False
     if base and suffix in AUTOCAST:
@@ -332,16 +345,9 @@ class Prepared:
         return torch.autocast(next(self.model.parameters()).device.type, dtype=DTYPES[self.dtype])
 
     def macs(self, x: torch.Tensor) -> Dict[str, float]:
-        """``mac_counts`` of the forward on ``x``. torch's counter does not see int8 layers, so an
-        int8 row's are those of the same row built in fp32 (the same arithmetic), after a forward
-        that fills its caches as the timed forwards had theirs filled (SEW-D's position tables)."""
-        if self.dtype != "int8":
-            with self.context():
-                return mac_counts(self.model, getattr(self.forward, "torch_forward", None) or self.forward, x)
-        model, forward = build(self.name)
-        with torch.no_grad():
-            forward(x)
-        return mac_counts(model, forward, x)
+        """``mac_counts`` of the forward on ``x`` (under its autocast, for ``:autocast-*`` rows)."""
+        with self.context():
+            return mac_counts(self.model, getattr(self.forward, "torch_forward", None) or self.forward, x)
 
 
 def prepare(name: str, dtype: str, device: str) -> Prepared:
@@ -349,7 +355,7 @@ def prepare(name: str, dtype: str, device: str) -> Prepared:
     leave it fp32 for autocast, which casts the weights at every call."""
     base, dtype, autocast = row_format(name, dtype)
     if dtype == "int8" and torch.device(device).type != "cpu":
-        raise ValueError(f"{name}: int8 runs on the CPU (PyTorch's dynamic quantization)")
+        raise ValueError(f"{name}: int8 runs on the CPU (its products are torch._int_mm's CPU kernel)")
     onnx = base.endswith(":onnx")
     if onnx and (device != "cpu" or dtype != "fp32"):
         raise ValueError(f"{name}: ':onnx' rows run in onnxruntime on the CPU in fp32: use --device cpu --dtype fp32")
@@ -405,7 +411,7 @@ def run(models: List[str], seconds: List[float], batch_sizes: List[int], device:
                 name, bsz, secs, parameter_count(row.model) / 1e6, 1000 * med,
                 1000 * min(times[name]), 1000 * max(times[name]), med / (bsz * secs), base / med,
                 macs["Global"] / 1e9, memory / 2**20, context_macs(row.model, macs) / 1e9, period,
-                flops / 1e9, dtype=row.dtype,
+                flops / 1e9, dtype=f"autocast-{row.dtype}" if row.autocast else row.dtype,
             ))
             log(f"{name} batch {bsz} {secs:g} s: {1000 * med:.0f} ms, x{base / med:.2f} vs {baseline}")
     return rows

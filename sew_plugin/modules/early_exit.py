@@ -208,7 +208,8 @@ class ExitRunner:
             similarity = torch.full((state.rows.numel(),), -1.0)
         elif self.policy.name == "similarity":
             current = state.batch_first()
-            per_frame = F.cosine_similarity(current, record.previous, dim=-1)  # (B', L)
+            # in fp32: near 1, bf16's spacing (0.004) would merge the thresholds a sweep compares
+            per_frame = F.cosine_similarity(current.float(), record.previous.float(), dim=-1)  # (B', L)
             similarity = valid_mean(per_frame, state.lengths)
         lprobs = F.log_softmax(logits.float(), -1).transpose(0, 1)  # (B', T, V)
         leave = self.policy.decide(layer, lprobs, state.frames, similarity).to(state.rows.device)

@@ -7,6 +7,7 @@ after warm-up, with the spread (min-max) beside them; every row gets its speed-u
 baseline row measured in the same run.
 """
 
+import contextlib
 import statistics
 import time
 from dataclasses import dataclass
@@ -338,8 +339,6 @@ class Prepared:
     autocast: bool
 
     def context(self):
-        import contextlib
-
         if not self.autocast:
             return contextlib.nullcontext()
         return torch.autocast(next(self.model.parameters()).device.type, dtype=DTYPES[self.dtype])

@@ -8,6 +8,7 @@ baseline row measured in the same run.
 """
 
 import contextlib
+import itertools
 import statistics
 import time
 from dataclasses import dataclass
@@ -16,8 +17,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
-from .precision import DTYPES, parameter_count, set_precision
-
+from .precision import DTYPES, parameter_count, refuse_int8_off_cpu, set_precision
 
 
 @dataclass
@@ -37,7 +37,7 @@ class Row:
     frame_ms: float = 20.0
     gflops: float = 0.0  # achieved: 2 * MACs over the median time
     dtype: str = "fp32"  # the row's number format (``autocast-bf16`` for rows under autocast)
-    peak_share: Optional[float] = None  # gflops over the machine's GEMM rate at the run's dtype (--peak)
+    peak_share: Optional[float] = None  # gflops over the machine's GEMM rate at the row's format (--peak)
 
     @property
     def format(self) -> str:
@@ -343,18 +343,26 @@ class Prepared:
             return contextlib.nullcontext()
         return torch.autocast(next(self.model.parameters()).device.type, dtype=DTYPES[self.dtype])
 
+    @property
+    def onnx(self) -> bool:
+        return hasattr(self.forward, "torch_forward")
+
+    @property
+    def torch_forward(self) -> Callable:
+        """The PyTorch forward of the row: an ``:onnx`` row's model run by torch (what it computes)."""
+        return self.forward.torch_forward if self.onnx else self.forward
+
     def macs(self, x: torch.Tensor) -> Dict[str, float]:
         """``mac_counts`` of the forward on ``x`` (under its autocast, for ``:autocast-*`` rows)."""
         with self.context():
-            return mac_counts(self.model, getattr(self.forward, "torch_forward", None) or self.forward, x)
+            return mac_counts(self.model, self.torch_forward, x)
 
 
 def prepare(name: str, dtype: str, device: str) -> Prepared:
     """Build row ``name`` and convert it to its dtype (``row_format``) once (``precision``), or
     leave it fp32 for autocast, which casts the weights at every call."""
     base, dtype, autocast = row_format(name, dtype)
-    if dtype == "int8" and torch.device(device).type != "cpu":
-        raise ValueError(f"{name}: int8 runs on the CPU (its products are torch._int_mm's CPU kernel)")
+    refuse_int8_off_cpu(dtype, device, name)
     onnx = base.endswith(":onnx")
     if onnx and (device != "cpu" or dtype != "fp32"):
         raise ValueError(f"{name}: ':onnx' rows run in onnxruntime on the CPU in fp32: use --device cpu --dtype fp32")
@@ -386,7 +394,7 @@ def run(models: List[str], seconds: List[float], batch_sizes: List[int], device:
             return _timed(built[name].forward, x)
 
     rows = []
-    for bsz, secs in [(bsz, secs) for secs in seconds for bsz in batch_sizes]:
+    for secs, bsz in itertools.product(seconds, batch_sizes):
         x = torch.randn(bsz, int(16000 * secs), device=device)
         times: Dict[str, List[float]] = {name: [] for name in models}
         for name in models:
@@ -400,10 +408,9 @@ def run(models: List[str], seconds: List[float], batch_sizes: List[int], device:
         for name in models:
             row = built[name]
             med = statistics.median(times[name])
-            torch_forward = getattr(row.forward, "torch_forward", None)  # ':onnx' rows
             with row.context():  # the forward that was timed: half-precision paths and caches too
-                memory = peak_memory_bytes(row.forward, x) if torch_forward is None else float("nan")
-                period = frame_period_ms(row.model, torch_forward or row.forward, x, row.name)
+                memory = float("nan") if row.onnx else peak_memory_bytes(row.forward, x)
+                period = frame_period_ms(row.model, row.torch_forward, x, row.name)
             macs = row.macs(x)
             flops = 2 * macs["Global"] / med
             rows.append(Row(

@@ -2,15 +2,17 @@
 
 The weights are converted once, when the model is loaded, rather than cast at every forward
 (autocast's way: it re-casts every fp32 weight on each call; in issue 22's profile of SEW-D-mid on
-an Intel Xeon the casts took 57 ms per forward, the bf16 matrix products 31 ms). A forward pre-hook casts the floating-point inputs (the fp32
-waveform) to the model's format, so callers keep passing what they always passed.
+an Intel Xeon the casts took 57 ms per forward, the bf16 matrix products 31 ms). A forward
+pre-hook casts the floating-point inputs (the fp32 waveform) to the model's format, so callers keep
+passing what they always passed.
 
 - **bf16 / fp16**: every parameter and buffer in that format. The steps that need fp32 get it
   without a change here: LayerNorm and the GroupNorm front end compute their statistics in fp32
   (PyTorch's kernels accumulate half-precision input in fp32; fairseq's ``Fp32GroupNorm`` and
-  ``MaskedGroupNorm`` cast to fp32 themselves), the attention softmax accumulates in fp32 (PyTorch's
-  softmax and ``scaled_dot_product_attention`` kernels do for half-precision input), the CTC log-softmax runs on ``logits.float()`` (fairseq's
-  ``get_normalized_probs``, the exit heads), and CIF's running sum is float64 (``modules.cif``).
+  ``MaskedGroupNorm`` cast to fp32 themselves), the attention softmax accumulates in fp32
+  (PyTorch's softmax and ``scaled_dot_product_attention`` kernels do for half-precision input),
+  the CTC log-softmax runs on ``logits.float()`` (fairseq's ``get_normalized_probs``, the exit
+  heads), and CIF's running sum is float64 (``modules.cif``).
 - **int8**: the context network's linear layers become ``modules.int8_linear.Int8Linear``
   (per-channel int8 weights, each frame's activations quantized from itself, so a padded batch
   gives what each utterance gives alone). The front end, the CIF weight predictor and the CTC
@@ -81,6 +83,13 @@ def set_precision(model: nn.Module, dtype: str = "fp32") -> nn.Module:
     model.inference_dtype = dtype
     return model
 
+
+def refuse_int8_off_cpu(dtype: str, device: str, what: str = "int8") -> None:
+    """int8's products are ``torch._int_mm``'s CPU kernel: refused, before any model is built, on
+    another device (``what`` names who asks)."""
+    if dtype == "int8" and torch.device(device).type != "cpu":
+        raise ValueError(f"{what} runs on the CPU (its products are torch._int_mm's CPU kernel); on a GPU use bf16 "
+                         "or fp16")
 
 
 def parameter_count(model: nn.Module) -> int:

@@ -13,7 +13,7 @@ from typing import Optional
 import torch
 
 from ..modules.early_exit import make_policy
-from .precision import set_precision
+from .precision import refuse_int8_off_cpu, set_precision
 
 
 def load_for_inference(checkpoint: Path, data: Path, device: str = "cpu", threads: int = 0, command: str = "infer",
@@ -30,9 +30,7 @@ def load_for_inference(checkpoint: Path, data: Path, device: str = "cpu", thread
     if dtype == "fp16" and torch.device(device).type == "cpu":
         raise ValueError("fp16 is for GPUs: CPUs without native fp16 arithmetic emulate it (SEW-D-mid ran 4.7x "
                          "slower than in fp32 on an AVX-512 EPYC); on the CPU use bf16 or int8")
-    if dtype == "int8" and torch.device(device).type != "cpu":
-        raise ValueError("int8 runs on the CPU (its products are torch._int_mm's CPU kernel); on a GPU use bf16 "
-                         "or fp16")
+    refuse_int8_off_cpu(dtype, device)
     if threads:
         torch.set_num_threads(threads)
     model, cfg, task = load_with_data(checkpoint, data)  # a missing dictionary: a DataError naming it

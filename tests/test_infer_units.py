@@ -196,6 +196,12 @@ def test_infer_time_excludes_the_warm_up_and_a_missing_label_file_is_named(tmp_p
     summary = json.loads((tmp_path / "r" / "summary-none.pt-valid.json").read_text())
     # the first batch's first call is warmed up; the second batch's new shape is paid, as in a real run
     assert summary["forward_seconds"] == 2 * FakeCtc.COST["1,1,1"] + FakeCtc.FIRST_CALL and summary["wer"] is None
+    # --warmup-every-batch: steady-state times, as sew sweep takes them (its points compare with these)
+    assert sew(["infer", "none.pt", str(manifest), "--batch-size", "2", "--warmup-every-batch",
+                "--results-dir", str(tmp_path / "steady")]) == 0
+    assert "excluding 1 untimed warm-up forward of every batch" in capsys.readouterr().out
+    steady = json.loads((tmp_path / "steady" / "summary-none.pt-valid.json").read_text())
+    assert steady["forward_seconds"] == 2 * FakeCtc.COST["1,1,1"]
 
     # a label file asked for by name must exist: refused before the model loads
     assert sew(["infer", "none.pt", str(manifest), "--labels", "wrd"]) == 2

@@ -6,7 +6,8 @@ the count is checked. References come from the label file beside the manifest
 WER (the summary says so), a file named by ``--labels`` must exist. Timing separates the model
 forward from decoding; the real-time factor is processing time over audio duration. The first
 batch runs ``--warmup`` untimed forwards first, so one-time costs (first-call allocations, thread
-pools) are not charged to it.
+pools) are not charged to it; ``--warmup-every-batch`` warms every batch (each new shape has first-call
+costs of its own), as ``sew sweep`` does, so that the two commands' times compare.
 
     sew infer ckpt.pt data/dev_other.tsv --results-dir results/greedy
     sew infer ckpt.pt data/dev_other.tsv --decoder kenlm --lm lm.arpa --lexicon lexicon.txt
@@ -35,6 +36,9 @@ def add_arguments(p) -> None:
     p.add_argument("checkpoint", type=Path, help="fine-tuned CTC checkpoint (sew_ctc, wav2vec_ctc, ...)")
     p.add_argument("manifest", type=Path, help="fairseq manifest (.tsv) to transcribe")
     add_decoding_arguments(p)
+    p.add_argument("--warmup-every-batch", action="store_true",
+                   help="run the --warmup forwards before every batch, not only the first: steady-state times, "
+                   "measured as sew sweep measures its points")
     p.add_argument("--results-dir", "--results-path", type=Path,
                    help="write fairseq's hypo.word-CHECKPOINT-SPLIT.txt, ref.word-, hypo.units-, ref.units- files, "
                    "hypotheses-CHECKPOINT-SPLIT.tsv and summary-CHECKPOINT-SPLIT.json here")
@@ -212,7 +216,8 @@ def main(args) -> int:
     model, decoder, normalize = load(args, "infer", args.manifest.parent)
     apply_settings(model, decoder, args, "infer")
     with decoding_workers(args, decoder) as decoding:
-        utterances, summary = transcribe(model, args.manifest, decoding, args.labels, normalize, batching(args), inputs)
+        utterances, summary = transcribe(model, args.manifest, decoding, args.labels, normalize,
+                                         batching(args, args.warmup_every_batch), inputs)
     print(summary.report())
     if earlier is not None:
         paths, found = earlier

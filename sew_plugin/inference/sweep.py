@@ -28,6 +28,7 @@ class Point:
     frame_period_ms: Optional[float] = None  # CIF lambdas
     speedup: float = 1.0  # forward time of the first point over this one's
     pareto: bool = False
+    parameters: int = 0  # the model's (the same at every point)
 
 
 def mark_pareto(points: List[Point]) -> None:
@@ -71,7 +72,7 @@ def sweep(model, manifest: Path, decoder, kind: str, settings: Sequence, apply: 
         apply(setting)
         _, summary = transcribe(model, manifest, decoder, labels, normalize, batching, inputs)
         point = Point(setting if kind == "points" else f"{setting:g}", summary.wer, summary.uer,
-                      1000 * summary.rtf_forward)
+                      1000 * summary.rtf_forward, parameters=summary.parameters)
         if kind == "points":
             point.gmacs_per_10s = count_macs(model, lambda wav: model(source=wav, padding_mask=None), x) / 1e9
         elif kind == "cif_lambdas":  # compression depends on the audio: its rate on this manifest

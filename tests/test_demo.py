@@ -10,7 +10,10 @@ from conftest import REPO
 
 sys.path.insert(0, str(REPO / "examples" / "demo"))
 from corpus import build_corpus, split_sentences  # noqa: E402
-from report import markdown, table_rows  # noqa: E402
+from report import Row, markdown, read_sweep, spread_markdown, summary_row, sweep_rows  # noqa: E402
+
+from sew_plugin.inference.reports import write_tables  # noqa: E402
+from sew_plugin.inference.sweep import Point  # noqa: E402
 
 
 def test_held_out_sentences_are_unseen_and_use_training_words_only():
@@ -37,15 +40,48 @@ def summary(wer, uer, rtf, params=1_500_000):
 
 
 def test_report_rows_come_from_the_summaries():
-    rows = table_rows({"A": {"greedy": summary(0.5, 0.2, 0.0123), "lm": summary(0.25, 0.1, 0.0123)}})
-    assert rows == [["A", "1.50M", "12.3", "50.0%", "25.0%", "20.0%"]]
-    assert markdown(rows).splitlines()[2] == "| A | 1.50M | 12.3 | 50.0% | 25.0% | 20.0% |"
+    row = summary_row("A", summary(0.5, 0.2, 0.0123), summary(0.25, 0.1, 0.0456))
+    assert row.cells() == ["A", "-", "1.50M", "12.3", "50.0%", "25.0%", "20.0%"]  # the greedy run's forward
+    assert markdown([row]).splitlines()[2] == "| A | - | 1.50M | 12.3 | 50.0% | 25.0% | 20.0% |"
+
+
+def test_sweep_rows_pair_the_greedy_and_lm_sweeps_point_by_point(tmp_path):
+    def sweep_csv(name, wers):
+        points = [Point(p, wer, wer / 3, ms, parameters=2_000_000) for p, wer, ms in zip(["1,1,1", "2,2,2"], wers, [8.0, 4.5])]
+        write_tables(tmp_path / name, "sweep", "", "", points)
+        return read_sweep(tmp_path / name / "sweep.csv")
+
+    rows = sweep_rows("St", sweep_csv("greedy", [0.6, 0.7]), sweep_csv("lm", [0.2, 0.3]), label=lambda p: f"({p['point']})")
+    assert [r.cells() for r in rows] == [["St", "(1,1,1)", "2.00M", "8.0", "60.0%", "20.0%", "20.0%"],
+                                         ["St", "(2,2,2)", "2.00M", "4.5", "70.0%", "30.0%", "23.3%"]]
+    with pytest.raises(ValueError, match="different points"):
+        sweep_rows("St", sweep_csv("greedy", [0.6, 0.7]), sweep_csv("lm", [0.2, 0.3])[:1])
+
+
+def test_spread_counts_the_seeds_where_the_first_model_is_ahead():
+    def draw(a_lm, b_lm, a_ms):
+        return [Row("A", "", 1, a_ms, 0.5, a_lm, 0.1), Row("B", "", 1, 5.0, 0.6, b_lm, 0.1),
+                Row("A", "(2,2,2)", 1, 1.0, 0.9, 0.9, 0.5)]  # an operating point: not the model's row
+
+    text = spread_markdown({1: draw(0.20, 0.25, 4.0), 2: draw(0.30, 0.25, 4.0), 3: draw(0.22, 0.25, 6.0)}, "A", "B")
+    assert "| 2 | 50.0% | 30.0% | 4.0 | 60.0% | 25.0% | 5.0 |" in text
+    assert "WER with LM 20.0-30.0% (spread 10.0 points)" in text
+    assert "for 1 of 3 seeds" in text  # seed 2 is worse with the LM, seed 3 slower
+
+
+def test_a_run_folder_refuses_another_seed(tmp_path):
+    import run
+
+    run.claim(tmp_path, 1, False)
+    run.claim(tmp_path, 1, False)  # the same draw resumes
+    with pytest.raises(SystemExit, match="holds a run made with"):
+        run.claim(tmp_path, 2, False)
 
 
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
-    cmd = [sys.executable, str(REPO / "examples" / "demo" / "run.py"), "--smoke", "--out", str(out)]
+    cmd = [sys.executable, str(REPO / "examples" / "demo" / "run.py"), "--smoke", "--seed", "2", "--out", str(out)]
     first = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     return out, cmd, first
@@ -54,18 +90,25 @@ def smoke(tmp_path_factory):
 @pytest.mark.slow
 def test_smoke_run_goes_through_every_step(smoke):
     out, _, first = smoke
-    for model in ("sew_d", "w2v2"):
-        for step in ("pretrain", "finetune"):
+    steps = {"sew_d": ("pretrain", "finetune", "exits"), "w2v2": ("pretrain", "finetune"), "st_sew": ("pretrain", "finetune")}
+    for model, names in steps.items():
+        for step in names:
             log = (out / model / step / "train.log").read_text()
             assert "done training" in log, (model, step)
+            assert "'seed': 2," in log and "'seed': 1," not in log, (model, step)  # --seed reaches every training
+    for model in ("sew_d", "w2v2"):
         for decoder in ("greedy", "lm"):
             result = json.loads((out / model / f"test_{decoder}" / "summary-checkpoint_best.pt-test.json").read_text())
             assert result["utterances_transcribed"] == result["utterances_in_manifest"] == 6
             assert result["parameters"] > 0 and result["forward_seconds"] > 0
-    table = (out / "results.md").read_text().splitlines()
-    assert [line.split(" | ")[0] for line in table[-2:]] == ["| SEW-D demo size (this plugin)", "| wav2vec 2.0 demo size (fairseq)"]
+    for sweep, count in ((out / "st_sew" / "sweep_lm", 4), (out / "sew_d" / "exits_greedy", 4)):
+        assert len(read_sweep(sweep / "sweep.csv")) == count
+    table = [line.split(" | ")[:2] for line in (out / "results.md").read_text().splitlines()[-10:]]
+    assert table[:2] == [["| SEW-D demo size (this plugin)", "-"], ["| wav2vec 2.0 demo size (fairseq)", "-"]]
+    assert [point for _, point in table[2:6]] == ["(1,1,1)", "(2,1,1)", "(2,2,1)", "(2,2,2)"]
+    assert all(model == "| SEW-D + early exit (entropy)" and point.startswith("entropy < ") for model, point in table[6:])
     assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "[sew_d]" in first.stdout and "[w2v2]" in first.stdout  # training progress is shown
+    assert "[sew_d]" in first.stdout and "[w2v2]" in first.stdout and "[st_sew]" in first.stdout  # progress is shown
 
 
 @pytest.mark.slow
@@ -74,6 +117,7 @@ def test_a_rerun_resumes_from_the_finished_steps(smoke):
     (out / "results.md").unlink()
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert again.stdout.count("done before, skipped") == 4
+    assert again.stdout.count("done before, skipped") == 7
     assert "fairseq-hydra-train" not in again.stdout and "sew manifest" not in again.stdout
+    assert "sew sweep" not in again.stdout and "sew infer" not in again.stdout
     assert (out / "results.md").exists()

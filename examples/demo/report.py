@@ -1,47 +1,89 @@
-"""The demo's result table (markdown) and plot (PNG: WER against forward time per second of audio)."""
+"""The demo's result table (markdown) and plot (PNG: WER against forward time per second of audio).
 
+One row per model, or per operating point of a model with several (St-SEW's points, the exit
+thresholds of SEW-D with early exit), from ``sew infer``'s ``summary-*.json`` files and ``sew
+sweep``'s ``sweep.csv`` files; ``--seeds`` adds the spread of the headline comparison over seeds.
+"""
+
+import csv
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Dict, List
 
-COLUMNS = ["model", "parameters", "forward ms per s of audio", "WER greedy", "WER with LM", "letter error greedy"]
-
-
-def table_rows(summaries):
-    """One row per model from ``sew infer``'s summary JSON files ({model: {"greedy": .., "lm": ..}})."""
-    rows = []
-    for model, by_decoder in summaries.items():
-        greedy, lm = by_decoder["greedy"], by_decoder["lm"]
-        rows.append([
-            model,
-            f"{greedy['parameters'] / 1e6:.2f}M",
-            f"{1000 * greedy['rtf_forward']:.1f}",
-            f"{100 * greedy['wer']:.1f}%",
-            f"{100 * lm['wer']:.1f}%",
-            f"{100 * greedy['uer']:.1f}%",
-        ])
-    return rows
+COLUMNS = ["model", "operating point", "parameters", "forward ms per s of audio", "WER greedy", "WER with LM",
+           "letter error greedy"]
 
 
-def markdown(rows) -> str:
+@dataclass
+class Row:
+    model: str
+    setting: str  # "" for a model with one point; St-SEW's "S_f,S_k,S_q"; an exit threshold
+    parameters: int
+    forward_ms_per_s: float  # greedy decoding's forward time (the LM changes only the search after it)
+    wer_greedy: float
+    wer_lm: float
+    uer_greedy: float
+
+    def cells(self) -> List[str]:
+        return [self.model, self.setting or "-", f"{self.parameters / 1e6:.2f}M", f"{self.forward_ms_per_s:.1f}",
+                f"{100 * self.wer_greedy:.1f}%", f"{100 * self.wer_lm:.1f}%", f"{100 * self.uer_greedy:.1f}%"]
+
+
+def summary_row(model: str, greedy: dict, lm: dict) -> Row:
+    """A model's row from its two ``sew infer`` summaries (greedy and LM decoding)."""
+    return Row(model, "", greedy["parameters"], 1000 * greedy["rtf_forward"], greedy["wer"], lm["wer"], greedy["uer"])
+
+
+def read_sweep(path: Path) -> List[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def sweep_rows(model: str, greedy: List[dict], lm: List[dict], label=lambda point: point) -> List[Row]:
+    """One row per point of two ``sew sweep`` runs over the same points (greedy and LM decoding).
+
+    ``label(point)`` names a point in the table: the sweep's CSV row -> text.
+    """
+    if [p["point"] for p in greedy] != [p["point"] for p in lm]:
+        raise ValueError(f"{model}: the greedy and LM sweeps cover different points")
+    return [Row(model, label(g), int(g["parameters"]), float(g["forward_ms_per_s"]), float(g["wer"]),
+                float(l["wer"]), float(g["uer"])) for g, l in zip(greedy, lm)]
+
+
+def markdown(rows: List[Row]) -> str:
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + " --- |" * len(COLUMNS)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    lines += ["| " + " | ".join(row.cells()) + " |" for row in rows]
     return "\n".join(lines) + "\n"
 
 
-def plot(summaries, path: Path) -> None:
+def plot(rows: List[Row], path: Path) -> None:
     from sew_plugin.inference.reports import scatter_png
 
-    points = [(model, decoder, 1000 * by_decoder[key]["rtf_forward"], 100 * by_decoder[key]["wer"])
-              for model, by_decoder in summaries.items() for key, decoder in (("greedy", "greedy"), ("lm", "LM"))]
+    points = [(f"{r.model}, {decoder}", r.setting, r.forward_ms_per_s, 100 * wer)
+              for decoder, key in (("greedy", "wer_greedy"), ("LM", "wer_lm")) for r in rows
+              for wer in [getattr(r, key)]]
     scatter_png(points, path, "forward time per second of audio (ms)", "test WER (%)",
                 "demo: held-out sentences, greedy and lexicon + trigram LM decoding")
 
 
-def write_report(summaries, md_path: Path, png_path: Path) -> str:
-    audio = {round(s["greedy"]["audio_seconds"], 1) for s in summaries.values()}
-    utterances = {s["greedy"]["utterances_transcribed"] for s in summaries.values()}
-    table = markdown(table_rows(summaries))
-    text = (f"Held-out test set: {', '.join(map(str, sorted(utterances)))} utterances, "
-            f"{', '.join(map(str, sorted(audio)))} s of audio.\n\n{table}")
+def write_report(rows: List[Row], test_set: str, md_path: Path, png_path: Path) -> str:
+    text = f"Held-out test set: {test_set}.\n\n{markdown(rows)}"
     Path(md_path).write_text(text)
-    plot(summaries, Path(png_path))
+    plot(rows, Path(png_path))
     return text
+
+
+def spread_markdown(by_seed: Dict[int, List[Row]], first: str, second: str) -> str:
+    """The headline comparison per seed (model ``first`` against ``second``), then its spread."""
+    head = (f"| seed | {first}: WER greedy | with LM | forward ms per s | {second}: WER greedy | with LM | "
+            "forward ms per s |\n|---|---|---|---|---|---|---|\n")
+    lines, ahead, lm_wers = [], 0, []
+    for seed, rows in by_seed.items():
+        a, b = (next(r for r in rows if r.model == name and not r.setting) for name in (first, second))
+        lines.append(f"| {seed} | {100 * a.wer_greedy:.1f}% | {100 * a.wer_lm:.1f}% | {a.forward_ms_per_s:.1f} | "
+                     f"{100 * b.wer_greedy:.1f}% | {100 * b.wer_lm:.1f}% | {b.forward_ms_per_s:.1f} |\n")
+        ahead += a.wer_greedy <= b.wer_greedy and a.wer_lm <= b.wer_lm and a.forward_ms_per_s < b.forward_ms_per_s
+        lm_wers.append(100 * a.wer_lm)
+    return (head + "".join(lines) + f"\n{first}: WER with LM {min(lm_wers):.1f}-{max(lm_wers):.1f}% "
+            f"(spread {max(lm_wers) - min(lm_wers):.1f} points); no worse than {second} greedy and with the LM, "
+            f"at a lower forward time, for {ahead} of {len(by_seed)} seeds.\n")

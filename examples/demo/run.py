@@ -2,18 +2,21 @@
 
 Run from the repository root (``make demo`` does, after installing)::
 
-    python examples/demo/run.py [--out demo_out] [--smoke]
+    python examples/demo/run.py [--out demo_out] [--seed N] [--smoke]
+    python examples/demo/run.py --seeds 1 2 3      # several draws, and their spread
 
 Steps, each skipped when a rerun finds it finished (a killed run resumes; fairseq itself resumes an
 interrupted training from its ``checkpoint_last.pt``):
 
 1. ``corpus``: English sentences spoken by espeak-ng (``corpus.py``), cached in ``OUT/corpus``.
 2. ``data``: ``sew manifest``, ``sew labels``, ``sew lexicon`` and ``sew lm`` write ``OUT/data``.
-3. per model (a tiny SEW-D and a tiny fairseq wav2vec 2.0, trained side by side, one CPU thread
-   each): ``fairseq-hydra-train`` pre-training, then CTC fine-tuning, with the configs in
-   ``configs/`` beside this file.
-4. ``sew infer`` on the held-out test sentences, greedy and with the lexicon + KenLM beam decoder.
-5. ``OUT/results.md`` and ``OUT/results.png``: parameters, forward time per second of audio, WER.
+3. per model (a tiny SEW-D, a tiny fairseq wav2vec 2.0 and a tiny St-SEW, trained side by side, one
+   CPU thread each): ``fairseq-hydra-train`` pre-training, then CTC fine-tuning, with the configs in
+   ``configs/`` beside this file; for SEW-D then early-exit heads on its frozen fine-tuned model.
+4. ``sew infer`` on the held-out test sentences, greedy and with the lexicon + KenLM beam decoder;
+   ``sew sweep`` over St-SEW's operating points and over the exit thresholds of SEW-D's exits.
+5. ``OUT/results.md`` and ``OUT/results.png``: parameters, forward time per second of audio and WER
+   of every model and operating point (``--seeds``: ``OUT/seed-N/`` per draw, ``OUT/spread.md``).
 """
 
 import argparse
@@ -28,13 +31,23 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from corpus import build_corpus  # noqa: E402
-from report import write_report  # noqa: E402
+from report import read_sweep, spread_markdown, summary_row, sweep_rows, write_report  # noqa: E402
 
 from sew_plugin import USER_DIR  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
-MODELS = {"sew_d": "SEW-D demo size (this plugin)", "w2v2": "wav2vec 2.0 demo size (fairseq)"}
+MODELS = {"sew_d": "SEW-D demo size (this plugin)", "w2v2": "wav2vec 2.0 demo size (fairseq)",
+          "st_sew": "St-SEW demo size (this plugin)"}
+EXITS = "SEW-D + early exit (entropy)"
+# St-SEW's operating points (S_f, S_k, S_q): from the whole model (a wav2vec 2.0 at 50 Hz) to the cheapest
+ST_SEW_POINTS = ["1,1,1", "2,1,1", "2,2,1", "2,2,2"]
+# Early exit, two-step: MLP CTC heads after layers 2 and 4 of SEW-D's 6, trained on its frozen fine-tuned
+# model; then swept over the entropy policy's thresholds (mean posterior entropy of an exit, nats)
+EXIT_TRAINING = ["criterion._name=ctc_exits", "+model.exit_layers='2,4'", "+model.exit_head=mlp",
+                 "+model.exit_training=exits_only", "optimization.lr=[0.002]"]
+EXIT_UPDATES = 600
+EXIT_THRESHOLDS = ["0.3", "0.38", "0.46", "0.6"]  # from a sweep on the validation sentences
 # Decoder settings, chosen on the validation sentences (see examples/demo/README.md).
 LM_DECODING = ["--lm-weight", "0.5", "--word-score", "0", "--beam", "50"]
 # --smoke: a few updates of each step on a few utterances, to check that the recipe runs
@@ -74,17 +87,35 @@ def finished(step_dir: Path) -> bool:
     return (step_dir / "DONE").exists()
 
 
-def train(step_dir: Path, config: str, overrides, prefix: str, threads: int):
-    """One ``fairseq-hydra-train`` run; reruns continue from its checkpoint_last.pt."""
-    if finished(step_dir):
-        print(f"{prefix} {step_dir.name}: done before, skipped")
-        return
-    step_dir.mkdir(parents=True, exist_ok=True)
-    cmd = [BIN / "fairseq-hydra-train", "--config-dir", HERE / "configs", "--config-name", config,
-           f"common.user_dir={USER_DIR}", f"checkpoint.save_dir={step_dir}",
-           f"hydra.run.dir={step_dir / 'hydra'}", *overrides]
-    stream(cmd, step_dir / "train.log", prefix, threads)
-    (step_dir / "DONE").touch()
+class Training:
+    """How this run trains: its seed, smoke settings and threads per ``fairseq-hydra-train``."""
+
+    def __init__(self, data: Path, seed: int, smoke: bool, threads: int):
+        self.data, self.threads = data, threads
+        self.common = [f"task.data={data}", f"common.seed={seed}", *(SMOKE_TRAINING if smoke else [])]
+        self.exit_updates = [] if smoke else [f"optimization.max_update={EXIT_UPDATES}"]
+
+    def run(self, step_dir: Path, config: str, overrides, prefix: str):
+        """One ``fairseq-hydra-train`` run; reruns continue from its checkpoint_last.pt."""
+        if finished(step_dir):
+            print(f"{prefix} {step_dir.name}: done before, skipped")
+            return
+        step_dir.mkdir(parents=True, exist_ok=True)
+        cmd = [BIN / "fairseq-hydra-train", "--config-dir", HERE / "configs", "--config-name", config,
+               f"common.user_dir={USER_DIR}", f"checkpoint.save_dir={step_dir}",
+               f"hydra.run.dir={step_dir / 'hydra'}", *overrides, *self.common]
+        stream(cmd, step_dir / "train.log", prefix, self.threads)
+        (step_dir / "DONE").touch()
+
+    def pipeline(self, name: str, out: Path):
+        """Pre-training and fine-tuning of one model; for SEW-D then its exit heads (two-step)."""
+        prefix, pretrained = f"[{name}]", out / name / "pretrain" / "checkpoint_last.pt"
+        self.run(out / name / "pretrain", f"pretrain_{name}", [], prefix)
+        self.run(out / name / "finetune", "finetune", [f"model.w2v_path={pretrained}"], prefix)
+        if name == "sew_d":
+            self.run(out / name / "exits", "finetune",
+                     [f"model.w2v_path={pretrained}", f"+model.exit_init={out / name / 'finetune' / 'checkpoint_best.pt'}",
+                      *EXIT_TRAINING, *self.exit_updates], prefix)
 
 
 def sew(*args):
@@ -106,23 +137,14 @@ def prepare_data(corpus: Path, data: Path, lm_order: int):
     (data / "DONE").touch()
 
 
-def model_pipeline(name: str, out: Path, data: Path, extra, threads: int):
-    prefix = f"[{name}]"
-    train(out / name / "pretrain", f"pretrain_{name}", [f"task.data={data}", *extra], prefix, threads)
-    train(out / name / "finetune", "finetune",
-          [f"task.data={data}", f"model.w2v_path={out / name / 'pretrain' / 'checkpoint_last.pt'}", *extra],
-          prefix, threads)
-
-
-def run_pipelines(out: Path, data: Path, extra, jobs: int):
-    """Train the models, ``jobs`` at a time, splitting the CPU cores between them."""
-    threads = max(1, (os.cpu_count() or 1) // jobs)
+def run_pipelines(out: Path, training: Training, jobs: int):
+    """Train the models, ``jobs`` at a time."""
     errors = []
 
     def target(name):
         try:
-            model_pipeline(name, out, data, extra, threads)
-        except Exception as err:  # reported below, after the other model's run has finished
+            training.pipeline(name, out)
+        except Exception as err:  # reported below, after the other models' runs have finished
             errors.append(err)
 
     names = list(MODELS)
@@ -141,42 +163,88 @@ def summary_file(results: Path) -> Path:
     return results / "summary-checkpoint_best.pt-test.json"
 
 
+def decoders(data: Path) -> dict:
+    return {"greedy": [], "lm": ["--decoder", "kenlm", "--lm", data / "lm.arpa", "--lexicon", data / "lexicon.txt",
+                                 *LM_DECODING]}
+
+
 def evaluate(out: Path, data: Path):
-    """Greedy and LM decoding of the test sentences, one model after the other, all cores."""
-    threads = os.cpu_count() or 1
-    for name in MODELS:
-        checkpoint = out / name / "finetune" / "checkpoint_best.pt"
-        decoders = {"greedy": [], "lm": ["--decoder", "kenlm", "--lm", data / "lm.arpa",
-                                         "--lexicon", data / "lexicon.txt", *LM_DECODING]}
-        for decoder, options in decoders.items():
+    """Greedy and LM decoding of the test sentences: each model, St-SEW's points, SEW-D's exit
+    thresholds; one after the other, all cores."""
+    common = [data / "test.tsv", "--batch-size", 8, "--threads", os.cpu_count() or 1]
+    for decoder, options in decoders(data).items():
+        for name in ("sew_d", "w2v2"):
             results = out / name / f"test_{decoder}"
-            if summary_file(results).exists():
-                continue
-            sew("infer", checkpoint, data / "test.tsv", "--batch-size", 8, "--threads", threads,
-                "--results-dir", results, *options)
+            if not summary_file(results).exists():
+                sew("infer", out / name / "finetune" / "checkpoint_best.pt", *common, "--warmup-every-batch",
+                    "--results-dir", results, *options)  # times taken as sew sweep takes its points'
+        sweeps = {out / "st_sew" / f"sweep_{decoder}": [out / "st_sew" / "finetune" / "checkpoint_best.pt",
+                                                       "--points", *ST_SEW_POINTS],
+                  out / "sew_d" / f"exits_{decoder}": [out / "sew_d" / "exits" / "checkpoint_last.pt",
+                                                      "--exit-policy", "entropy", "--thresholds", *EXIT_THRESHOLDS]}
+        for results, (checkpoint, *points) in sweeps.items():
+            if not (results / "sweep.csv").exists():
+                sew("sweep", checkpoint, *common, *points, "--out", results, "--overwrite", *options)
+
+
+def result_rows(out: Path):
+    """The table's rows: the two models compared, St-SEW's points, SEW-D with early exit."""
+    summaries = {name: {d: json.loads(summary_file(out / name / f"test_{d}").read_text()) for d in ("greedy", "lm")}
+                 for name in ("sew_d", "w2v2")}
+    rows = [summary_row(MODELS[name], s["greedy"], s["lm"]) for name, s in summaries.items()]
+    rows += sweep_rows(MODELS["st_sew"], *(read_sweep(out / "st_sew" / f"sweep_{d}" / "sweep.csv") for d in ("greedy", "lm")),
+                       label=lambda p: f"({p['point']})")
+    rows += sweep_rows(EXITS, *(read_sweep(out / "sew_d" / f"exits_{d}" / "sweep.csv") for d in ("greedy", "lm")),
+                       label=lambda p: f"entropy < {p['point']}: mean exit layer {float(p['mean_exit_layer']):.1f}")
+    greedy = summaries["sew_d"]["greedy"]
+    return rows, f"{greedy['utterances_transcribed']} utterances, {greedy['audio_seconds']:.1f} s of audio"
+
+
+def claim(out: Path, seed: int, smoke: bool):
+    """Record what ``out`` holds; refuse to resume a run of another seed or size there."""
+    spec, run = out / "run.json", {"seed": seed, "smoke": smoke}
+    if spec.exists() and json.loads(spec.read_text()) != run:
+        raise SystemExit(f"{out} holds a run made with {spec.read_text().strip()}, not {json.dumps(run)}: "
+                         "use another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    spec.write_text(json.dumps(run))
+
+
+def one_draw(out: Path, data: Path, seed: int, args):
+    """Train, evaluate and report one draw in ``out``; its rows."""
+    claim(out, seed, args.smoke)
+    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    run_pipelines(out, Training(data, seed, args.smoke, threads), args.jobs)
+    evaluate(out, data)
+    rows, test_set = result_rows(out)
+    print(write_report(rows, test_set, out / "results.md", out / "results.png"))
+    print(f"written: {out / 'results.md'}, {out / 'results.png'}")
+    return rows
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder (reruns resume here)")
     parser.add_argument("--smoke", action="store_true", help="a few utterances and updates: checks that it runs")
-    parser.add_argument("--jobs", type=int, default=2, help="models trained at the same time")
+    draws = parser.add_mutually_exclusive_group()
+    draws.add_argument("--seed", type=int, default=1, help="the training runs' common.seed (another draw)")
+    draws.add_argument("--seeds", type=int, nargs="+", help="one draw per seed, in OUT/seed-N, and their spread")
+    parser.add_argument("--jobs", type=int, default=len(MODELS), help="models trained at the same time")
     parser.add_argument("--lm-order", type=int, default=3)
     args = parser.parse_args(argv)
 
     out = args.out.resolve()
-    corpus_args = SMOKE_CORPUS if args.smoke else {}
-    sizes = build_corpus(out / "corpus", **corpus_args)
+    sizes = build_corpus(out / "corpus", **(SMOKE_CORPUS if args.smoke else {}))
     print(f"corpus: {sizes} utterances in {out / 'corpus'}")
     data = out / "data"
     prepare_data(out / "corpus", data, args.lm_order)
-    run_pipelines(out, data, SMOKE_TRAINING if args.smoke else [], args.jobs)
-    evaluate(out, data)
-    summaries = {MODELS[name]: {d: json.loads(summary_file(out / name / f"test_{d}").read_text())
-                                for d in ("greedy", "lm")} for name in MODELS}
-    table = write_report(summaries, out / "results.md", out / "results.png")
-    print(table)
-    print(f"written: {out / 'results.md'}, {out / 'results.png'}")
+    if not args.seeds:
+        one_draw(out, data, args.seed, args)
+        return
+    by_seed = {seed: one_draw(out / f"seed-{seed}", data, seed, args) for seed in args.seeds}
+    spread = spread_markdown(by_seed, MODELS["sew_d"], MODELS["w2v2"])
+    (out / "spread.md").write_text(spread)
+    print(f"{spread}written: {out / 'spread.md'}")
 
 
 if __name__ == "__main__":

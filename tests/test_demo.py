@@ -51,7 +51,9 @@ def test_sweep_rows_pair_the_greedy_and_lm_sweeps_point_by_point(tmp_path):
         write_tables(tmp_path / name, "sweep", "", "", points)
         return read_sweep(tmp_path / name / "sweep.csv")
 
-    rows = sweep_rows("St", sweep_csv("greedy", [0.6, 0.7]), sweep_csv("lm", [0.2, 0.3]), label=lambda p: f"({p['point']})")
+    rows = sweep_rows("St", sweep_csv("greedy", [0.6, 0.7]), sweep_csv("lm", [0.2, 0.3]), label=lambda p: f"({p['point']})",
+                      mark=lambda p: p["point"][-1])
+    assert [r.mark for r in rows] == ["1", "2"]
     assert [r.cells() for r in rows] == [["St", "(1,1,1)", "2.00M", "8.0", "60.0%", "20.0%", "20.0%"],
                                          ["St", "(2,2,2)", "2.00M", "4.5", "70.0%", "30.0%", "23.3%"]]
     with pytest.raises(ValueError, match="different points"):

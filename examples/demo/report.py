@@ -23,6 +23,7 @@ class Row:
     wer_greedy: float
     wer_lm: float
     uer_greedy: float
+    mark: str = ""  # the point's label on the plot, when ``setting`` is too long for it
 
     def cells(self) -> List[str]:
         return [self.model, self.setting or "-", f"{self.parameters / 1e6:.2f}M", f"{self.forward_ms_per_s:.1f}",
@@ -39,15 +40,16 @@ def read_sweep(path: Path) -> List[dict]:
         return list(csv.DictReader(f))
 
 
-def sweep_rows(model: str, greedy: List[dict], lm: List[dict], label=lambda point: point) -> List[Row]:
+def sweep_rows(model: str, greedy: List[dict], lm: List[dict], label=lambda p: p["point"],
+               mark=lambda p: "") -> List[Row]:
     """One row per point of two ``sew sweep`` runs over the same points (greedy and LM decoding).
 
-    ``label(point)`` names a point in the table: the sweep's CSV row -> text.
+    ``label(p)`` names a point in the table, ``mark(p)`` on the plot: the sweep's CSV row -> text.
     """
     if [p["point"] for p in greedy] != [p["point"] for p in lm]:
         raise ValueError(f"{model}: the greedy and LM sweeps cover different points")
     return [Row(model, label(g), int(g["parameters"]), float(g["forward_ms_per_s"]), float(g["wer"]),
-                float(l["wer"]), float(g["uer"])) for g, l in zip(greedy, lm)]
+                float(l["wer"]), float(g["uer"]), mark(g)) for g, l in zip(greedy, lm)]
 
 
 def markdown(rows: List[Row]) -> str:
@@ -59,7 +61,7 @@ def markdown(rows: List[Row]) -> str:
 def plot(rows: List[Row], path: Path) -> None:
     from sew_plugin.inference.reports import scatter_png
 
-    points = [(f"{r.model}, {decoder}", r.setting, r.forward_ms_per_s, 100 * wer)
+    points = [(f"{r.model}, {decoder}", r.mark or r.setting, r.forward_ms_per_s, 100 * wer)
               for decoder, key in (("greedy", "wer_greedy"), ("LM", "wer_lm")) for r in rows
               for wer in [getattr(r, key)]]
     scatter_png(points, path, "forward time per second of audio (ms)", "test WER (%)",

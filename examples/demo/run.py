@@ -195,7 +195,8 @@ def result_rows(out: Path):
     rows += sweep_rows(MODELS["st_sew"], *(read_sweep(out / "st_sew" / f"sweep_{d}" / "sweep.csv") for d in ("greedy", "lm")),
                        label=lambda p: f"({p['point']})")
     rows += sweep_rows(EXITS, *(read_sweep(out / "sew_d" / f"exits_{d}" / "sweep.csv") for d in ("greedy", "lm")),
-                       label=lambda p: f"entropy < {p['point']}: mean exit layer {float(p['mean_exit_layer']):.1f}")
+                       label=lambda p: f"entropy < {p['point']}: mean exit layer {float(p['mean_exit_layer']):.1f}",
+                       mark=lambda p: f"H < {p['point']}")
     greedy = summaries["sew_d"]["greedy"]
     return rows, f"{greedy['utterances_transcribed']} utterances, {greedy['audio_seconds']:.1f} s of audio"
 

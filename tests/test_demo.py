@@ -67,7 +67,7 @@ def test_spread_counts_the_seeds_where_the_first_model_is_ahead():
 
     text = spread_markdown({1: draw(0.20, 0.25, 4.0), 2: draw(0.30, 0.25, 4.0), 3: draw(0.22, 0.25, 6.0)}, "A", "B")
     assert "| 2 | 50.0% | 30.0% | 4.0 | 60.0% | 25.0% | 5.0 |" in text
-    assert "WER with LM 20.0-30.0% (spread 10.0 points)" in text
+    assert "A: WER with LM 20.0-30.0% (spread 10.0 points)" in text and "B: WER with LM 25.0-25.0%" in text
     assert "for 1 of 3 seeds" in text  # seed 2 is worse with the LM, seed 3 slower
 
 
@@ -78,6 +78,38 @@ def test_a_run_folder_refuses_another_seed(tmp_path):
     run.claim(tmp_path, 1, False)  # the same draw resumes
     with pytest.raises(SystemExit, match="holds a run made with"):
         run.claim(tmp_path, 2, False)
+    (tmp_path / "old" / "sew_d").mkdir(parents=True)  # a run from before run.json: its seed is unknown
+    with pytest.raises(SystemExit, match="did not record its seed"):
+        run.claim(tmp_path / "old", 1, False)
+
+
+def test_data_made_with_another_lm_order_is_refused(tmp_path):
+    import run
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "DONE").write_text('{"lm_order": 3}')
+    run.prepare_data(tmp_path / "corpus", tmp_path / "data", 3)  # finished: nothing to do
+    with pytest.raises(SystemExit, match="was made with"):
+        run.prepare_data(tmp_path / "corpus", tmp_path / "data", 4)
+
+
+def test_seeds_run_one_draw_each_in_its_folder_and_write_the_spread(tmp_path, monkeypatch):
+    import run
+
+    draws = []
+
+    def one_draw(out, data, seed, args):
+        draws.append((out, data, seed))
+        return [Row(run.MODELS["sew_d"], "", 1, 4.0, 0.5, 0.2 + seed / 100, 0.1), Row(run.MODELS["w2v2"], "", 1, 5.0, 0.6, 0.25, 0.1)]
+
+    monkeypatch.setattr(run, "build_corpus", lambda out, **_: {})
+    monkeypatch.setattr(run, "prepare_data", lambda *_: None)
+    monkeypatch.setattr(run, "one_draw", one_draw)
+    run.main(["--seeds", "1", "2", "--out", str(tmp_path)])
+    assert draws == [(tmp_path / "seed-1", tmp_path / "data", 1), (tmp_path / "seed-2", tmp_path / "data", 2)]
+    assert "for 2 of 2 seeds" in (tmp_path / "spread.md").read_text()
+    with pytest.raises(SystemExit):
+        run.main(["--seeds", "1", "1", "--out", str(tmp_path)])
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +136,8 @@ def test_smoke_run_goes_through_every_step(smoke):
             assert result["utterances_transcribed"] == result["utterances_in_manifest"] == 6
             assert result["parameters"] > 0 and result["forward_seconds"] > 0
     for sweep, count in ((out / "st_sew" / "sweep_lm", 4), (out / "sew_d" / "exits_greedy", 4)):
-        assert len(read_sweep(sweep / "sweep.csv")) == count
+        points = read_sweep(sweep / "sweep.csv")
+        assert len(points) == count and all(int(p["parameters"]) > 0 for p in points)
     table = [line.split(" | ")[:2] for line in (out / "results.md").read_text().splitlines()[-10:]]
     assert table[:2] == [["| SEW-D demo size (this plugin)", "-"], ["| wav2vec 2.0 demo size (fairseq)", "-"]]
     assert [point for _, point in table[2:6]] == ["(1,1,1)", "(2,1,1)", "(2,2,1)", "(2,2,2)"]

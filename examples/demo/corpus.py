@@ -16,6 +16,7 @@ Output (cached: files that exist are not synthesised again)::
 
 import argparse
 import collections
+import hashlib
 import io
 import json
 import random
@@ -105,17 +106,21 @@ def build_corpus(out: Path, n_valid=100, n_test=200, max_train=None, min_count=3
     if shutil.which("espeak-ng") is None:
         raise SystemExit("espeak-ng not found: install it (Debian: apt-get install espeak-ng)")
     out = Path(out)
-    params = dict(n_valid=n_valid, n_test=n_test, max_train=max_train, min_count=min_count, seed=seed,
-                  voices=VOICES, rates=list(RATES), pitches=list(PITCHES))
-    spec = out / "corpus.json"
-    if spec.exists() and json.loads(spec.read_text()) != params:
-        raise SystemExit(f"{out} holds a corpus made with other parameters ({spec}); use another directory")
-    out.mkdir(parents=True, exist_ok=True)
-    spec.write_text(json.dumps(params, indent=1))
-
     splits = split_sentences(n_valid, n_test, min_count, seed)
     if max_train:
         splits["train"] = splits["train"][:max_train]
+    # the sentences come from this interpreter's documentation: another Python version may give others,
+    # whose text must not be paired with WAVs synthesised from these
+    sentences = hashlib.sha1(json.dumps(splits, sort_keys=True).encode()).hexdigest()
+    params = dict(n_valid=n_valid, n_test=n_test, max_train=max_train, min_count=min_count, seed=seed,
+                  voices=VOICES, rates=list(RATES), pitches=list(PITCHES), sentences_sha1=sentences)
+    spec = out / "corpus.json"
+    if spec.exists() and json.loads(spec.read_text()) != params:
+        raise SystemExit(f"{out} holds a corpus made with other parameters or sentences ({spec}); "
+                         "use another directory")
+    out.mkdir(parents=True, exist_ok=True)
+    spec.write_text(json.dumps(params, indent=1))
+
     rng = random.Random(seed)
     jobs_list = []
     for split, sentences in splits.items():

@@ -17,7 +17,7 @@ COLUMNS = ["model", "operating point", "parameters", "forward ms per s of audio"
 @dataclass
 class Row:
     model: str
-    setting: str  # "" for a model with one point; St-SEW's "S_f,S_k,S_q"; an exit threshold
+    setting: str  # the point's name in the table ("(2,2,1)", "entropy < 0.3: ..."); "" for a model's only point
     parameters: int
     forward_ms_per_s: float  # greedy decoding's forward time (the LM changes only the search after it)
     wer_greedy: float
@@ -49,7 +49,7 @@ def sweep_rows(model: str, greedy: List[dict], lm: List[dict], label=lambda p: p
     if [p["point"] for p in greedy] != [p["point"] for p in lm]:
         raise ValueError(f"{model}: the greedy and LM sweeps cover different points")
     return [Row(model, label(g), int(g["parameters"]), float(g["forward_ms_per_s"]), float(g["wer"]),
-                float(l["wer"]), float(g["uer"]), mark(g)) for g, l in zip(greedy, lm)]
+                float(with_lm["wer"]), float(g["uer"]), mark(g)) for g, with_lm in zip(greedy, lm)]
 
 
 def markdown(rows: List[Row]) -> str:
@@ -58,34 +58,37 @@ def markdown(rows: List[Row]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(rows: List[Row], path: Path) -> None:
+def plot(rows: List[Row], path: Path, lm: str) -> None:
     from sew_plugin.inference.reports import scatter_png
 
-    points = [(f"{r.model}, {decoder}", r.mark or r.setting, r.forward_ms_per_s, 100 * wer)
-              for decoder, key in (("greedy", "wer_greedy"), ("LM", "wer_lm")) for r in rows
-              for wer in [getattr(r, key)]]
+    points = [(f"{r.model}, greedy", r.mark or r.setting, r.forward_ms_per_s, 100 * r.wer_greedy) for r in rows]
+    points += [(f"{r.model}, LM", r.mark or r.setting, r.forward_ms_per_s, 100 * r.wer_lm) for r in rows]
     scatter_png(points, path, "forward time per second of audio (ms)", "test WER (%)",
-                "demo: held-out sentences, greedy and lexicon + trigram LM decoding")
+                f"demo: held-out sentences, greedy and lexicon + {lm} LM decoding")
 
 
-def write_report(rows: List[Row], test_set: str, md_path: Path, png_path: Path) -> str:
+def write_report(rows: List[Row], test_set: str, lm: str, md_path: Path, png_path: Path) -> str:
+    """``lm`` names the LM in the plot's title (e.g. "3-gram")."""
     text = f"Held-out test set: {test_set}.\n\n{markdown(rows)}"
     Path(md_path).write_text(text)
-    plot(rows, Path(png_path))
+    plot(rows, Path(png_path), lm)
     return text
 
 
 def spread_markdown(by_seed: Dict[int, List[Row]], first: str, second: str) -> str:
-    """The headline comparison per seed (model ``first`` against ``second``), then its spread."""
+    """The headline comparison per seed (model ``first`` against ``second``: each one's own row, not
+    its operating points), then the spread of each one's WER with the LM."""
     head = (f"| seed | {first}: WER greedy | with LM | forward ms per s | {second}: WER greedy | with LM | "
             "forward ms per s |\n|---|---|---|---|---|---|---|\n")
-    lines, ahead, lm_wers = [], 0, []
+    lines, ahead, lm_wers = [], 0, {first: [], second: []}
     for seed, rows in by_seed.items():
         a, b = (next(r for r in rows if r.model == name and not r.setting) for name in (first, second))
         lines.append(f"| {seed} | {100 * a.wer_greedy:.1f}% | {100 * a.wer_lm:.1f}% | {a.forward_ms_per_s:.1f} | "
                      f"{100 * b.wer_greedy:.1f}% | {100 * b.wer_lm:.1f}% | {b.forward_ms_per_s:.1f} |\n")
         ahead += a.wer_greedy <= b.wer_greedy and a.wer_lm <= b.wer_lm and a.forward_ms_per_s < b.forward_ms_per_s
-        lm_wers.append(100 * a.wer_lm)
-    return (head + "".join(lines) + f"\n{first}: WER with LM {min(lm_wers):.1f}-{max(lm_wers):.1f}% "
-            f"(spread {max(lm_wers) - min(lm_wers):.1f} points); no worse than {second} greedy and with the LM, "
+        lm_wers[first].append(100 * a.wer_lm)
+        lm_wers[second].append(100 * b.wer_lm)
+    spreads = "".join(f"{name}: WER with LM {min(w):.1f}-{max(w):.1f}% (spread {max(w) - min(w):.1f} points).\n"
+                      for name, w in lm_wers.items())
+    return (head + "".join(lines) + f"\n{spreads}{first} is no worse than {second} greedy and with the LM, "
             f"at a lower forward time, for {ahead} of {len(by_seed)} seeds.\n")

@@ -20,6 +20,7 @@ interrupted training from its ``checkpoint_last.pt``):
 """
 
 import argparse
+import itertools
 import json
 import os
 import re
@@ -39,6 +40,7 @@ HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
 MODELS = {"sew_d": "SEW-D demo size (this plugin)", "w2v2": "wav2vec 2.0 demo size (fairseq)",
           "st_sew": "St-SEW demo size (this plugin)"}
+COMPARED = ("sew_d", "w2v2")  # the headline comparison: same recipe and budget, one point each
 EXITS = "SEW-D + early exit (entropy)"
 # St-SEW's operating points (S_f, S_k, S_q): from the whole model (a wav2vec 2.0 at 50 Hz) to the cheapest
 ST_SEW_POINTS = ["1,1,1", "2,1,1", "2,2,1", "2,2,2"]
@@ -91,7 +93,7 @@ class Training:
     """How this run trains: its seed, smoke settings and threads per ``fairseq-hydra-train``."""
 
     def __init__(self, data: Path, seed: int, smoke: bool, threads: int):
-        self.data, self.threads = data, threads
+        self.threads = threads
         self.common = [f"task.data={data}", f"common.seed={seed}", *(SMOKE_TRAINING if smoke else [])]
         self.exit_updates = [] if smoke else [f"optimization.max_update={EXIT_UPDATES}"]
 
@@ -114,8 +116,14 @@ class Training:
         self.run(out / name / "finetune", "finetune", [f"model.w2v_path={pretrained}"], prefix)
         if name == "sew_d":
             self.run(out / name / "exits", "finetune",
-                     [f"model.w2v_path={pretrained}", f"+model.exit_init={out / name / 'finetune' / 'checkpoint_best.pt'}",
+                     [f"model.w2v_path={pretrained}", f"+model.exit_init={evaluated_checkpoint(out, name)}",
                       *EXIT_TRAINING, *self.exit_updates], prefix)
+
+
+def evaluated_checkpoint(out: Path, name: str) -> Path:
+    """The fine-tuned checkpoint a model is tested with: the best on the validation sentences, but
+    St-SEW's last (its validation ran at randomly drawn operating points, so its "best" is a draw)."""
+    return out / name / "finetune" / ("checkpoint_last.pt" if name == "st_sew" else "checkpoint_best.pt")
 
 
 def sew(*args):
@@ -125,7 +133,11 @@ def sew(*args):
 
 
 def prepare_data(corpus: Path, data: Path, lm_order: int):
+    made = {"lm_order": lm_order}
     if finished(data):
+        if json.loads((data / "DONE").read_text() or "{}") != made:
+            raise SystemExit(f"{data} was made with {(data / 'DONE').read_text()}, not {json.dumps(made)}: "
+                             "use another --out")
         return
     if data.exists():
         shutil.rmtree(data)  # a half-written folder from an interrupted run
@@ -134,7 +146,7 @@ def prepare_data(corpus: Path, data: Path, lm_order: int):
         sew("labels", data / f"{split}.tsv", corpus / f"{split}.txt", "--dest", data, "--upper")
     sew("lexicon", data / "train.wrd", "--dest", data / "lexicon.txt")
     sew("lm", data / "train.wrd", "--dest", data / "lm.arpa", "--order", lm_order)
-    (data / "DONE").touch()
+    (data / "DONE").write_text(json.dumps(made))
 
 
 def run_pipelines(out: Path, training: Training, jobs: int):
@@ -158,9 +170,9 @@ def run_pipelines(out: Path, training: Training, jobs: int):
         raise SystemExit("\n".join(map(str, errors)))
 
 
-def summary_file(results: Path) -> Path:
-    """The summary ``sew infer --results-dir RESULTS`` writes for the best checkpoint on test.tsv."""
-    return results / "summary-checkpoint_best.pt-test.json"
+def summary_file(out: Path, name: str, decoder: str) -> Path:
+    """The summary ``sew infer --results-dir`` writes for a compared model on test.tsv."""
+    return out / name / f"test_{decoder}" / f"summary-{evaluated_checkpoint(out, name).name}-test.json"
 
 
 def decoders(data: Path) -> dict:
@@ -168,29 +180,35 @@ def decoders(data: Path) -> dict:
                                  *LM_DECODING]}
 
 
+def swept(results: Path, points) -> bool:
+    """Whether ``results`` holds a finished ``sew sweep`` over exactly ``points``."""
+    return (results / "sweep.csv").exists() and [p["point"] for p in read_sweep(results / "sweep.csv")] == list(points)
+
+
 def evaluate(out: Path, data: Path):
-    """Greedy and LM decoding of the test sentences: each model, St-SEW's points, SEW-D's exit
-    thresholds; one after the other, all cores."""
-    common = [data / "test.tsv", "--batch-size", 8, "--threads", os.cpu_count() or 1]
+    """Greedy and LM decoding of the test sentences: each compared model, St-SEW's points, SEW-D's
+    exit thresholds; one after the other, all cores. Every forward is timed as ``sew sweep`` times it."""
+    common = [data / "test.tsv", "--batch-size", 8, "--threads", os.cpu_count() or 1, "--overwrite"]
     for decoder, options in decoders(data).items():
-        for name in ("sew_d", "w2v2"):
-            results = out / name / f"test_{decoder}"
-            if not summary_file(results).exists():
-                sew("infer", out / name / "finetune" / "checkpoint_best.pt", *common, "--warmup-every-batch",
-                    "--results-dir", results, *options)  # times taken as sew sweep takes its points'
-        sweeps = {out / "st_sew" / f"sweep_{decoder}": [out / "st_sew" / "finetune" / "checkpoint_best.pt",
-                                                       "--points", *ST_SEW_POINTS],
-                  out / "sew_d" / f"exits_{decoder}": [out / "sew_d" / "exits" / "checkpoint_last.pt",
-                                                      "--exit-policy", "entropy", "--thresholds", *EXIT_THRESHOLDS]}
-        for results, (checkpoint, *points) in sweeps.items():
-            if not (results / "sweep.csv").exists():
-                sew("sweep", checkpoint, *common, *points, "--out", results, "--overwrite", *options)
+        for name in COMPARED:
+            if not summary_file(out, name, decoder).exists():  # written last: an interrupted run is done again
+                sew("infer", evaluated_checkpoint(out, name), *common, "--warmup-every-batch",
+                    "--results-dir", summary_file(out, name, decoder).parent, *options)
+        sweeps = {out / "st_sew" / f"sweep_{decoder}": (evaluated_checkpoint(out, "st_sew"), "--points", ST_SEW_POINTS),
+                  out / "sew_d" / f"exits_{decoder}": (out / "sew_d" / "exits" / "checkpoint_last.pt",
+                                                      "--exit-policy entropy --thresholds", EXIT_THRESHOLDS)}
+        for results, (checkpoint, option, points) in sweeps.items():
+            if not swept(results, points):
+                sew("sweep", checkpoint, *common, *option.split(), *points, "--out", results, *options)
 
 
 def result_rows(out: Path):
     """The table's rows: the two models compared, St-SEW's points, SEW-D with early exit."""
-    summaries = {name: {d: json.loads(summary_file(out / name / f"test_{d}").read_text()) for d in ("greedy", "lm")}
-                 for name in ("sew_d", "w2v2")}
+    summaries = {name: {d: json.loads(summary_file(out, name, d).read_text()) for d in ("greedy", "lm")}
+                 for name in COMPARED}
+    for name, d in itertools.product(COMPARED, ("greedy", "lm")):
+        if not summaries[name][d]["warmup_every_batch"]:  # timed otherwise than the sweeps
+            raise SystemExit(f"{summary_file(out, name, d)} was not timed with --warmup-every-batch: delete it and rerun")
     rows = [summary_row(MODELS[name], s["greedy"], s["lm"]) for name, s in summaries.items()]
     rows += sweep_rows(MODELS["st_sew"], *(read_sweep(out / "st_sew" / f"sweep_{d}" / "sweep.csv") for d in ("greedy", "lm")),
                        label=lambda p: f"({p['point']})")
@@ -202,11 +220,14 @@ def result_rows(out: Path):
 
 
 def claim(out: Path, seed: int, smoke: bool):
-    """Record what ``out`` holds; refuse to resume a run of another seed or size there."""
+    """Record what ``out`` holds; refuse to resume a run of another seed or size there, or one that
+    did not record its seed (made before ``run.json`` existed)."""
     spec, run = out / "run.json", {"seed": seed, "smoke": smoke}
     if spec.exists() and json.loads(spec.read_text()) != run:
         raise SystemExit(f"{out} holds a run made with {spec.read_text().strip()}, not {json.dumps(run)}: "
                          "use another --out")
+    if not spec.exists() and any((out / name).exists() for name in MODELS):
+        raise SystemExit(f"{out} holds a run that did not record its seed (no {spec.name}): use another --out")
     out.mkdir(parents=True, exist_ok=True)
     spec.write_text(json.dumps(run))
 
@@ -218,21 +239,24 @@ def one_draw(out: Path, data: Path, seed: int, args):
     run_pipelines(out, Training(data, seed, args.smoke, threads), args.jobs)
     evaluate(out, data)
     rows, test_set = result_rows(out)
-    print(write_report(rows, test_set, out / "results.md", out / "results.png"))
+    print(write_report(rows, test_set, f"{args.lm_order}-gram", out / "results.md", out / "results.png"))
     print(f"written: {out / 'results.md'}, {out / 'results.png'}")
     return rows
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder (reruns resume here)")
     parser.add_argument("--smoke", action="store_true", help="a few utterances and updates: checks that it runs")
     draws = parser.add_mutually_exclusive_group()
     draws.add_argument("--seed", type=int, default=1, help="the training runs' common.seed (another draw)")
     draws.add_argument("--seeds", type=int, nargs="+", help="one draw per seed, in OUT/seed-N, and their spread")
     parser.add_argument("--jobs", type=int, default=len(MODELS), help="models trained at the same time")
-    parser.add_argument("--lm-order", type=int, default=3)
+    parser.add_argument("--lm-order", type=int, default=3, help="order of the n-gram LM (sew lm)")
     args = parser.parse_args(argv)
+    if args.seeds and len(set(args.seeds)) < len(args.seeds):
+        parser.error(f"--seeds {' '.join(map(str, args.seeds))}: each seed once")
 
     out = args.out.resolve()
     sizes = build_corpus(out / "corpus", **(SMOKE_CORPUS if args.smoke else {}))
@@ -243,7 +267,7 @@ def main(argv=None):
         one_draw(out, data, args.seed, args)
         return
     by_seed = {seed: one_draw(out / f"seed-{seed}", data, seed, args) for seed in args.seeds}
-    spread = spread_markdown(by_seed, MODELS["sew_d"], MODELS["w2v2"])
+    spread = spread_markdown(by_seed, *(MODELS[name] for name in COMPARED))
     (out / "spread.md").write_text(spread)
     print(f"{spread}written: {out / 'spread.md'}")
 

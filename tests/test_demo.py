@@ -83,6 +83,18 @@ def test_a_run_folder_refuses_another_seed(tmp_path):
         run.claim(tmp_path / "old", 1, False)
 
 
+def test_summaries_timed_otherwise_than_the_sweeps_are_refused(tmp_path):
+    import run
+
+    for name in run.COMPARED:
+        for decoder in ("greedy", "lm"):
+            path = run.summary_file(tmp_path, name, decoder)
+            path.parent.mkdir(parents=True)
+            path.write_text(json.dumps({**summary(0.5, 0.2, 0.01), "warmup_every_batch": False}))
+    with pytest.raises(SystemExit, match="was not timed with --warmup-every-batch"):
+        run.result_rows(tmp_path)
+
+
 def test_data_made_with_another_lm_order_is_refused(tmp_path):
     import run
 

@@ -20,7 +20,6 @@ interrupted training from its ``checkpoint_last.pt``):
 """
 
 import argparse
-import itertools
 import json
 import os
 import re
@@ -180,6 +179,11 @@ def decoders(data: Path) -> dict:
                                  *LM_DECODING]}
 
 
+def sweep_dir(out: Path, sweep: str, decoder: str) -> Path:
+    """Where ``sew sweep`` writes St-SEW's points (``sweep`` "st_sew") or the exits' thresholds ("exits")."""
+    return out / "st_sew" / f"sweep_{decoder}" if sweep == "st_sew" else out / "sew_d" / f"exits_{decoder}"
+
+
 def swept(results: Path, points) -> bool:
     """Whether ``results`` holds a finished ``sew sweep`` over exactly ``points``."""
     return (results / "sweep.csv").exists() and [p["point"] for p in read_sweep(results / "sweep.csv")] == list(points)
@@ -194,25 +198,27 @@ def evaluate(out: Path, data: Path):
             if not summary_file(out, name, decoder).exists():  # written last: an interrupted run is done again
                 sew("infer", evaluated_checkpoint(out, name), *common, "--warmup-every-batch",
                     "--results-dir", summary_file(out, name, decoder).parent, *options)
-        sweeps = {out / "st_sew" / f"sweep_{decoder}": (evaluated_checkpoint(out, "st_sew"), "--points", ST_SEW_POINTS),
-                  out / "sew_d" / f"exits_{decoder}": (out / "sew_d" / "exits" / "checkpoint_last.pt",
-                                                      "--exit-policy entropy --thresholds", EXIT_THRESHOLDS)}
-        for results, (checkpoint, option, points) in sweeps.items():
-            if not swept(results, points):
-                sew("sweep", checkpoint, *common, *option.split(), *points, "--out", results, *options)
+        sweeps = {"st_sew": (evaluated_checkpoint(out, "st_sew"), ["--points"], ST_SEW_POINTS),
+                  "exits": (out / "sew_d" / "exits" / "checkpoint_last.pt",
+                            ["--exit-policy", "entropy", "--thresholds"], EXIT_THRESHOLDS)}
+        for sweep, (checkpoint, option, points) in sweeps.items():
+            if not swept(sweep_dir(out, sweep, decoder), points):
+                sew("sweep", checkpoint, *common, *option, *points, "--out", sweep_dir(out, sweep, decoder), *options)
 
 
 def result_rows(out: Path):
     """The table's rows: the two models compared, St-SEW's points, SEW-D with early exit."""
     summaries = {name: {d: json.loads(summary_file(out, name, d).read_text()) for d in ("greedy", "lm")}
                  for name in COMPARED}
-    for name, d in itertools.product(COMPARED, ("greedy", "lm")):
-        if not summaries[name][d]["warmup_every_batch"]:  # timed otherwise than the sweeps
-            raise SystemExit(f"{summary_file(out, name, d)} was not timed with --warmup-every-batch: delete it and rerun")
+    for name, by_decoder in summaries.items():
+        for d, summary in by_decoder.items():
+            if not summary["warmup_every_batch"]:  # timed otherwise than the sweeps
+                raise SystemExit(f"{summary_file(out, name, d)} was not timed with --warmup-every-batch: "
+                                 "delete it and rerun")
     rows = [summary_row(MODELS[name], s["greedy"], s["lm"]) for name, s in summaries.items()]
-    rows += sweep_rows(MODELS["st_sew"], *(read_sweep(out / "st_sew" / f"sweep_{d}" / "sweep.csv") for d in ("greedy", "lm")),
+    rows += sweep_rows(MODELS["st_sew"], *(read_sweep(sweep_dir(out, "st_sew", d) / "sweep.csv") for d in ("greedy", "lm")),
                        label=lambda p: f"({p['point']})")
-    rows += sweep_rows(EXITS, *(read_sweep(out / "sew_d" / f"exits_{d}" / "sweep.csv") for d in ("greedy", "lm")),
+    rows += sweep_rows(EXITS, *(read_sweep(sweep_dir(out, "exits", d) / "sweep.csv") for d in ("greedy", "lm")),
                        label=lambda p: f"entropy < {p['point']}: mean exit layer {float(p['mean_exit_layer']):.1f}",
                        mark=lambda p: f"H < {p['point']}")
     greedy = summaries["sew_d"]["greedy"]

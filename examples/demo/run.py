@@ -202,8 +202,9 @@ def evaluate(out: Path, data: Path):
                   "exits": (out / "sew_d" / "exits" / "checkpoint_last.pt",
                             ["--exit-policy", "entropy", "--thresholds"], EXIT_THRESHOLDS)}
         for sweep, (checkpoint, option, points) in sweeps.items():
-            if not swept(sweep_dir(out, sweep, decoder), points):
-                sew("sweep", checkpoint, *common, *option, *points, "--out", sweep_dir(out, sweep, decoder), *options)
+            results = sweep_dir(out, sweep, decoder)
+            if not swept(results, points):
+                sew("sweep", checkpoint, *common, *option, *points, "--out", results, *options)
 
 
 def result_rows(out: Path):

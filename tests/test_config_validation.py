@@ -145,6 +145,9 @@ CTC_CASES = [
     ("no_mask_overlap", True, {}, "false"),
     ("feature_grad_mult", -1.0, {}, ">= 0"),
     ("freeze_finetune_updates", -1, {}, ">= 0"),
+    ("encoder_lr_scale", 0.0, {}, "in (0, 1]"),
+    ("reinit_layers", -1, {}, ">= 0"),
+    ("encoder_lr_scale", 1.5, {}, "in (0, 1]"),
 ]
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import List, Optional
 
 import torch
+from fairseq.models import build_model as build_registered_model
 from fairseq.models.wav2vec.wav2vec2_asr import Linear, Wav2Vec2CtcConfig, Wav2VecCtc
 from torch import nn
 
@@ -28,7 +29,7 @@ from ..modules.cif import upsample_by_durations
 from ..modules.feature_extractor import conv_layers_of, output_frames, total_stride
 from ..modules.early_exit import ExitRunner, exit_head, parse_exit_layers, parse_exit_weights
 from ..modules.input_downsample import InputDownsampler, expand_ctc_frames, expand_padding_mask
-from ..modules.layerwise import make_steppable
+from ..modules.layerwise import make_steppable, transformer_layers
 from ..modules.masked_group_norm import mask_feature_norm, valid_samples
 from ..modules.side_outputs import collecting
 from ..modules.squeeze import lengths_to_padding_mask
@@ -56,6 +57,8 @@ CTC_RULES: List[Rule] = [
     *masking_rules(encoder_width),
     ("feature_grad_mult", at_least(0), ">= 0"),
     ("freeze_finetune_updates", at_least(0), ">= 0"),
+    ("encoder_lr_scale", lambda value, cfg: 0 < value <= 1, "in (0, 1]"),
+    ("reinit_layers", at_least(0), ">= 0"),
 ]
 
 
@@ -113,6 +116,17 @@ class SEWCtcConfig(Wav2Vec2CtcConfig):
     ctc_frames_per_step: int = field(
         default=1, metadata={"help": "CTC frames the head emits per encoder frame (2 for input_downsample_factor 4)"}
     )
+    reinit_layers: int = field(
+        default=0,
+        metadata={"help": "start the top N transformer layers of the pre-trained encoder afresh, as its "
+                  "constructor initialises them (Pasad et al., 2021: the top layers specialise in the "
+                  "pre-training task); the layers below and the front end keep their pre-trained weights"},
+    )
+    encoder_lr_scale: float = field(
+        default=1.0,
+        metadata={"help": "learning rate of the pre-trained encoder as a share of the head's (e.g. 0.1); "
+                  "other than 1 needs fairseq's optimizer=composite with dynamic_groups=true"},
+    )
 
 
 class SEWCtc(Wav2VecCtc):
@@ -153,6 +167,8 @@ class SEWCtc(Wav2VecCtc):
             with refusing_unsafe(verify_checkpoint(cfg.w2v_path)):
                 model = super().build_model(cfg, task)
             check_rules(cfg, CTC_RULES)  # with the encoder's config fairseq stored in cfg.w2v_args
+            if cfg.reinit_layers:  # a fine-tuned checkpoint's own weights replace these anyway
+                reinit_top_layers(model, cfg.w2v_args.model, cfg.reinit_layers)
         if cfg.operating_point:
             set_operating_point(model, cfg.operating_point)
         if cfg.cif_lambda is not None or cfg.cif_learn_lambda:
@@ -161,6 +177,8 @@ class SEWCtc(Wav2VecCtc):
             model.add_exits(cfg, len(task.target_dictionary))
         if cfg.masked_feature_norm:
             mask_feature_norm(model)
+        if cfg.encoder_lr_scale != 1:
+            scale_encoder_lr(model, cfg.encoder_lr_scale)
         return model
 
     def add_exits(self, cfg: SEWCtcConfig, vocab: int) -> None:
@@ -273,6 +291,24 @@ def _upsample_output(out: dict, durations) -> dict:
     if "exit_logits" in out:
         out["exit_logits"] = {k: upsample(v)[0] for k, v in out["exit_logits"].items()}
     return out
+
+
+def reinit_top_layers(model, encoder_cfg, count: int) -> None:
+    """Give the top ``count`` transformer layers of a CTC model's pre-trained encoder the weights a
+    freshly built encoder of config ``encoder_cfg`` starts with (its own initialisation)."""
+    layers = transformer_layers(model.w2v_encoder.w2v_model.encoder)
+    if count > len(layers):
+        raise ValueError(f"model.reinit_layers must be at most the encoder's {len(layers)} layers, got {count}")
+    fresh = transformer_layers(build_registered_model(encoder_cfg, None, from_checkpoint=True).encoder)
+    for i in range(len(layers) - count, len(layers)):
+        layers[i].load_state_dict(fresh[i].state_dict())
+
+
+def scale_encoder_lr(model, scale: float) -> None:
+    """Mark the pre-trained encoder's parameters for a learning rate ``scale`` times the rest's
+    (the head's), in the form fairseq's ``composite`` optimizer reads (``optim_overrides``)."""
+    for param in model.w2v_encoder.w2v_model.parameters():
+        param.optim_overrides = {"optimizer": {"lr_scale": scale}}
 
 
 def set_cif_lambda(model, lam: Optional[float], learnable: bool = False) -> None:

@@ -56,6 +56,12 @@ class LayerState:
         return self.x.transpose(0, 1) if self.time_first else self.x
 
 
+def transformer_layers(encoder) -> torch.nn.ModuleList:
+    """The encoder's transformer layers, bottom first: ``layers`` of fairseq's ``TransformerEncoder``
+    (and of SEW's and St-SEW's), ``encoder.layer`` of SEW-D's DeBERTa stack."""
+    return encoder.layers if hasattr(encoder, "layers") else encoder.encoder.layer
+
+
 def run_layers(encoder, x: torch.Tensor, padding_mask, tgt_layer=None, min_layer=0):
     """The common ``extract_features`` of the steppable encoders: (x at 20 ms, layer_results).
 

@@ -25,6 +25,9 @@
   like the labels; each batch then carries their end frames, shifted by the crop, as
   ``net_input["cif_boundaries"]``, and a CIF model's alpha is guided by them instead of the rate
   loss. A model without CIF is refused when built.
+- ``sew_audio_finetuning`` refuses, at its first update, a model whose parameters ask for their
+  own learning rate (``model.encoder_lr_scale``) under an optimizer that would ignore it: only
+  fairseq's ``composite`` with ``dynamic_groups`` reads the scale.
 - absurd task keys (``sample_rate``, ``min_sample_size``, ``max_sample_size``, ``labels``,
   ``num_batch_buckets``, ``subsample``) are refused by key when the task is set up.
 
@@ -47,6 +50,7 @@ from fairseq.data import AddTargetDataset, FileAudioDataset
 from fairseq.tasks import register_task
 from fairseq.tasks.audio_finetuning import AudioFinetuningConfig, AudioFinetuningTask
 from fairseq.models.wav2vec.wav2vec2 import Wav2Vec2Config
+from fairseq.optim.composite import FairseqCompositeOptimizer
 from fairseq.tasks.audio_pretraining import AudioPretrainingConfig, AudioPretrainingTask
 from omegaconf import DictConfig, open_dict
 
@@ -350,6 +354,23 @@ class CheckedAudioTaskMixin:
                             f"cropped to it at random (raise task.max_sample_size to keep them whole)")
 
 
+def check_lr_scales(model, optimizer) -> None:
+    """Refuse trainable parameters marked for their own learning rate (``optim_overrides``, as
+    ``model.encoder_lr_scale`` marks the encoder's) unless fairseq's ``composite`` optimizer with
+    ``dynamic_groups`` reads the marks: any other optimizer, or ``composite`` without them, would
+    train every parameter at one rate without a word."""
+    if not any(getattr(p, "optim_overrides", None) for p in model.parameters() if p.requires_grad):
+        return
+    while hasattr(optimizer, "fp32_optimizer") or hasattr(optimizer, "wrapped_optimizer"):  # fp16 / bf16 wrappers
+        optimizer = getattr(optimizer, "fp32_optimizer", None) or optimizer.wrapped_optimizer
+    if not (isinstance(optimizer, FairseqCompositeOptimizer) and optimizer.cfg.dynamic_groups):
+        raise ValueError(
+            f"model.encoder_lr_scale gives the encoder its own learning rate, but optimizer._name="
+            f"{optimizer.cfg._name} (dynamic_groups={getattr(optimizer.cfg, 'dynamic_groups', None)}) would train "
+            f"every parameter at one rate: use optimizer._name=composite with optimizer.dynamic_groups=true "
+            f"(as examples/demo/configs/finetune.yaml does), or model.encoder_lr_scale=1")
+
+
 @register_task("sew_audio_pretraining", dataclass=SewAudioPretrainingConfig)
 class SewAudioPretrainingTask(CheckedAudioTaskMixin, AudioPretrainingTask):
     """fairseq's ``audio_pretraining`` with checked input and optional CIF segments (see the
@@ -392,6 +413,13 @@ class SewAudioFinetuningTask(CheckedAudioTaskMixin, AudioFinetuningTask):
         self.model_ctc_frames = getattr(model, "ctc_frames", None)
         self.model_frame_period_ms = getattr(model, "frame_period_ms", None)
         return model
+
+    def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
+        """fairseq's, after refusing (once) an optimizer that ignores a parameter's own lr scale."""
+        if not getattr(self, "optimizer_checked", False):
+            check_lr_scales(model, optimizer)
+            self.optimizer_checked = True
+        return super().train_step(sample, model, criterion, optimizer, update_num, ignore_grad)
 
     def load_target_dictionary(self):
         """fairseq's, with a missing, non-UTF-8 or malformed dictionary refused by name."""

@@ -64,6 +64,16 @@ def test_the_fresh_layers_are_the_encoders_own_initialisation(tmp_path):
     assert all(torch.equal(got[k], expected[k]) for k in expected)
 
 
+@pytest.mark.parametrize("name", sorted(CHECKPOINTS))
+def test_minus_one_starts_every_layer_afresh_and_keeps_the_front_end(name, tmp_path):
+    path = CHECKPOINTS[name](tmp_path / "pretrained.pt")
+    kept, fresh = encoder_weights(fine_tuned(path)), encoder_weights(fine_tuned(path, reinit_layers=-1))
+    layer = "encoder.encoder.layer." if name == "sew_d" else "encoder.layers."
+    changed = {k for k in kept if not torch.equal(kept[k], fresh[k])}
+    assert {k.split(".")[len(layer.split(".")) - 1] for k in changed} == {"0", "1", "2"}  # the 3 layers
+    assert all(k.startswith(layer) for k in changed)  # front end, position convolution, norms kept
+
+
 def test_more_layers_than_the_encoder_has_are_refused_by_key(tmp_path):
     path = CHECKPOINTS["sew_d"](tmp_path / "pretrained.pt")
     with pytest.raises(ValueError, match=r"^model\.reinit_layers must be at most the encoder's 3 layers, got 4$"):

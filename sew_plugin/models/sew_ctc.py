@@ -58,7 +58,7 @@ CTC_RULES: List[Rule] = [
     ("feature_grad_mult", at_least(0), ">= 0"),
     ("freeze_finetune_updates", at_least(0), ">= 0"),
     ("encoder_lr_scale", lambda value, cfg: 0 < value <= 1, "in (0, 1]"),
-    ("reinit_layers", at_least(0), ">= 0"),
+    ("reinit_layers", at_least(-1), "-1 (every layer) or >= 0"),
 ]
 
 
@@ -118,9 +118,9 @@ class SEWCtcConfig(Wav2Vec2CtcConfig):
     )
     reinit_layers: int = field(
         default=0,
-        metadata={"help": "start the top N transformer layers of the pre-trained encoder afresh, as its "
-                  "constructor initialises them (Pasad et al., 2021: the top layers specialise in the "
-                  "pre-training task); the layers below and the front end keep their pre-trained weights"},
+        metadata={"help": "start the top N transformer layers of the pre-trained encoder afresh (-1: all of "
+                  "them), as its constructor initialises them (Pasad et al., 2021: the top layers specialise "
+                  "in the pre-training task); the layers below and the front end keep their pre-trained weights"},
     )
     encoder_lr_scale: float = field(
         default=1.0,
@@ -294,9 +294,10 @@ def _upsample_output(out: dict, durations) -> dict:
 
 
 def reinit_top_layers(model, encoder_cfg, count: int) -> None:
-    """Give the top ``count`` transformer layers of a CTC model's pre-trained encoder the weights a
-    freshly built encoder of config ``encoder_cfg`` starts with (its own initialisation)."""
+    """Give the top ``count`` (-1: all) transformer layers of a CTC model's pre-trained encoder the
+    weights a freshly built encoder of config ``encoder_cfg`` starts with (its own initialisation)."""
     layers = transformer_layers(model.w2v_encoder.w2v_model.encoder)
+    count = len(layers) if count == -1 else count
     if count > len(layers):
         raise ValueError(f"model.reinit_layers must be at most the encoder's {len(layers)} layers, got {count}")
     fresh = transformer_layers(build_registered_model(encoder_cfg, None, from_checkpoint=True).encoder)

@@ -368,7 +368,7 @@ def check_lr_scales(model, optimizer) -> None:
             f"model.encoder_lr_scale gives the encoder its own learning rate, but optimizer._name="
             f"{optimizer.cfg._name} (dynamic_groups={getattr(optimizer.cfg, 'dynamic_groups', None)}) would train "
             f"every parameter at one rate: use optimizer._name=composite with optimizer.dynamic_groups=true "
-            f"(as examples/demo/configs/finetune.yaml does), or model.encoder_lr_scale=1")
+            f"(README.md: Fine-tuning recipes), or model.encoder_lr_scale=1")
 
 
 @register_task("sew_audio_pretraining", dataclass=SewAudioPretrainingConfig)

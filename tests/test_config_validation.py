@@ -146,8 +146,8 @@ CTC_CASES = [
     ("feature_grad_mult", -1.0, {}, ">= 0"),
     ("freeze_finetune_updates", -1, {}, ">= 0"),
     ("encoder_lr_scale", 0.0, {}, "in (0, 1]"),
-    ("reinit_layers", -2, {}, "-1 (every layer) or >= 0"),
     ("encoder_lr_scale", 1.5, {}, "in (0, 1]"),
+    ("reinit_layers", -2, {}, "-1 (every layer) or >= 0"),
 ]
 
 

@@ -27,6 +27,11 @@ def trainable(model):
     return [p for p in model.parameters() if p.requires_grad]
 
 
+def adam(model):
+    """fairseq's plain adam over the model's trainable parameters: one rate for all of them."""
+    return build_optimizer(OmegaConf.create({"_name": "adam", "lr": [PEAK], "tpu": False}), trainable(model))
+
+
 def rates(model, optimizer) -> dict:
     """Learning rate of each parameter, by id, as the optimizer's groups hold it."""
     return {id(p): group["lr"] for group in optimizer.param_groups for p in group["params"]}
@@ -49,22 +54,20 @@ def test_encoder_learns_at_its_share_of_the_heads_rate_through_the_schedule():
 def test_without_a_scale_every_parameter_learns_at_one_rate():
     model = ctc_model("sew_d", sew_ctc=True)
     assert not any(hasattr(p, "optim_overrides") for p in model.parameters())
-    check_lr_scales(model, build_optimizer(OmegaConf.create({"_name": "adam", "lr": [PEAK], "tpu": False}), trainable(model)))
+    check_lr_scales(model, adam(model))
 
 
 def test_an_optimizer_that_would_ignore_the_scale_is_refused_by_key():
     """(``composite`` with static groups refuses the mixed marks itself, when it is built.)"""
     model = ctc_model("sew_d", sew_ctc=True, encoder_lr_scale=0.1)
-    built = build_optimizer(OmegaConf.create({"_name": "adam", "lr": [PEAK], "tpu": False}), trainable(model))
     with pytest.raises(ValueError, match=r"model\.encoder_lr_scale .*optimizer\._name=composite with "
                                          r"optimizer\.dynamic_groups=true"):
-        check_lr_scales(model, built)
+        check_lr_scales(model, adam(model))
 
 
 def test_the_fine_tuning_task_checks_before_its_first_update(tmp_path):
     (tmp_path / "dict.ltr.txt").write_text("".join(f"{c} 1\n" for c in LETTERS))
     model = ctc_model("sew_d", sew_ctc=True, encoder_lr_scale=0.1)
     task = finetuning_task(tmp_path)
-    adam = build_optimizer(OmegaConf.create({"_name": "adam", "lr": [PEAK], "tpu": False}), trainable(model))
     with pytest.raises(ValueError, match=r"model\.encoder_lr_scale"):
-        task.train_step(sample=None, model=model, criterion=None, optimizer=adam, update_num=0)
+        task.train_step(sample=None, model=model, criterion=None, optimizer=adam(model), update_num=0)

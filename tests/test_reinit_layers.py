@@ -24,6 +24,8 @@ def wav2vec2_checkpoint(path):
                                     Wav2Vec2Model(encoder).state_dict(), "wav2vec")
 
 
+# where each encoder's transformer layers sit in its state dict
+LAYER_PREFIX = {"sew_d": "encoder.encoder.layer.", "wav2vec2": "encoder.layers."}
 CHECKPOINTS = {"sew_d": lambda path: pretrained_checkpoint(path, "sew_d", position_buckets=8, max_position_embeddings=32),
                "wav2vec2": wav2vec2_checkpoint}
 
@@ -46,7 +48,7 @@ def test_only_the_top_layers_leave_their_pretrained_weights(name, tmp_path):
     kept, fresh = encoder_weights(fine_tuned(path)), encoder_weights(fine_tuned(path, reinit_layers=2))
     assert kept.keys() == fresh.keys()
     changed = {k for k in kept if not torch.equal(kept[k], fresh[k])}
-    layer = "encoder.encoder.layer." if name == "sew_d" else "encoder.layers."
+    layer = LAYER_PREFIX[name]
     top = {k for k in kept if k.startswith((f"{layer}1.", f"{layer}2."))}
     weights = {k for k in top if k.endswith("weight") and "LayerNorm" not in k and "layer_norm" not in k}
     assert weights and weights <= changed <= top  # every top-layer matrix redrawn, nothing below touched
@@ -68,7 +70,7 @@ def test_the_fresh_layers_are_the_encoders_own_initialisation(tmp_path):
 def test_minus_one_starts_every_layer_afresh_and_keeps_the_front_end(name, tmp_path):
     path = CHECKPOINTS[name](tmp_path / "pretrained.pt")
     kept, fresh = encoder_weights(fine_tuned(path)), encoder_weights(fine_tuned(path, reinit_layers=-1))
-    layer = "encoder.encoder.layer." if name == "sew_d" else "encoder.layers."
+    layer = LAYER_PREFIX[name]
     changed = {k for k in kept if not torch.equal(kept[k], fresh[k])}
     assert {k.split(".")[len(layer.split(".")) - 1] for k in changed} == {"0", "1", "2"}  # the 3 layers
     assert all(k.startswith(layer) for k in changed)  # front end, position convolution, norms kept

@@ -403,6 +403,7 @@ class SewAudioFinetuningTask(CheckedAudioTaskMixin, AudioFinetuningTask):
     def __init__(self, cfg: AudioFinetuningConfig):
         check_task_config(cfg, finetuning=True)
         super().__init__(cfg)
+        self.optimizer_checked = False  # check_lr_scales runs at the first update
 
     def build_model(self, model_cfg, from_checkpoint=False):
         """fairseq's; splits loaded from now on (fairseq-hydra-train loads them all after building the
@@ -416,7 +417,7 @@ class SewAudioFinetuningTask(CheckedAudioTaskMixin, AudioFinetuningTask):
 
     def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
         """fairseq's, after refusing (once) an optimizer that ignores a parameter's own lr scale."""
-        if not getattr(self, "optimizer_checked", False):
+        if not self.optimizer_checked:
             check_lr_scales(model, optimizer)
             self.optimizer_checked = True
         return super().train_step(sample, model, criterion, optimizer, update_num, ignore_grad)

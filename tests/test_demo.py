@@ -10,7 +10,7 @@ from conftest import REPO
 
 sys.path.insert(0, str(REPO / "examples" / "demo"))
 from corpus import build_corpus, split_sentences  # noqa: E402
-from report import Row, markdown, read_sweep, spread_markdown, summary_row, sweep_rows  # noqa: E402
+from report import Row, lm_weights, markdown, read_sweep, spread_markdown, summary_row, sweep_rows  # noqa: E402
 
 from sew_plugin.inference.reports import write_tables  # noqa: E402
 from sew_plugin.inference.sweep import Point  # noqa: E402
@@ -40,9 +40,10 @@ def summary(wer, uer, rtf, params=1_500_000):
 
 
 def test_report_rows_come_from_the_summaries():
-    row = summary_row("A", summary(0.5, 0.2, 0.0123), summary(0.25, 0.1, 0.0456))
-    assert row.cells() == ["A", "-", "1.50M", "12.3", "50.0%", "25.0%", "20.0%"]  # the greedy run's forward
-    assert markdown([row]).splitlines()[2] == "| A | - | 1.50M | 12.3 | 50.0% | 25.0% | 20.0% |"
+    row = summary_row("A", summary(0.5, 0.2, 0.0123), summary(0.25, 0.1, 0.0456),
+                      lm_weights({"lm_weight": 1.5, "word_score": -1.0}))
+    assert row.cells() == ["A", "-", "1.50M", "12.3", "50.0%", "25.0%", "1.5, -1", "20.0%"]  # the greedy run's forward
+    assert markdown([row]).splitlines()[2] == "| A | - | 1.50M | 12.3 | 50.0% | 25.0% | 1.5, -1 | 20.0% |"
 
 
 def test_sweep_rows_pair_the_greedy_and_lm_sweeps_point_by_point(tmp_path):
@@ -52,10 +53,10 @@ def test_sweep_rows_pair_the_greedy_and_lm_sweeps_point_by_point(tmp_path):
         return read_sweep(tmp_path / name / "sweep.csv")
 
     rows = sweep_rows("St", sweep_csv("greedy", [0.6, 0.7]), sweep_csv("lm", [0.2, 0.3]), label=lambda p: f"({p['point']})",
-                      mark=lambda p: p["point"][-1])
+                      mark=lambda p: p["point"][-1], weights="2, 0")
     assert [r.mark for r in rows] == ["1", "2"]
-    assert [r.cells() for r in rows] == [["St", "(1,1,1)", "2.00M", "8.0", "60.0%", "20.0%", "20.0%"],
-                                         ["St", "(2,2,2)", "2.00M", "4.5", "70.0%", "30.0%", "23.3%"]]
+    assert [r.cells() for r in rows] == [["St", "(1,1,1)", "2.00M", "8.0", "60.0%", "20.0%", "2, 0", "20.0%"],
+                                         ["St", "(2,2,2)", "2.00M", "4.5", "70.0%", "30.0%", "2, 0", "23.3%"]]
     with pytest.raises(ValueError, match="different points"):
         sweep_rows("St", sweep_csv("greedy", [0.6, 0.7]), sweep_csv("lm", [0.2, 0.3])[:1])
 
@@ -92,7 +93,7 @@ def test_summaries_timed_otherwise_than_the_sweeps_are_refused(tmp_path):
             path.parent.mkdir(parents=True)
             path.write_text(json.dumps({**summary(0.5, 0.2, 0.01), "warmup_every_batch": False}))
     with pytest.raises(SystemExit, match="was not timed with --warmup-every-batch"):
-        run.result_rows(tmp_path)
+        run.result_rows(tmp_path, {})
 
 
 def test_data_made_with_another_lm_order_is_refused(tmp_path):
@@ -150,7 +151,19 @@ def test_smoke_run_goes_through_every_step(smoke):
     for sweep, count in ((out / "st_sew" / "sweep_lm", 4), (out / "sew_d" / "exits_greedy", 4)):
         points = read_sweep(sweep / "sweep.csv")
         assert len(points) == count and all(int(p["parameters"]) > 0 for p in points)
-    table = [line.split(" | ")[:2] for line in (out / "results.md").read_text().splitlines()[-10:]]
+    tuned = {m: json.loads((out / m / "tune_lm" / "best.json").read_text()) for m in ("sew_d", "w2v2", "st_sew")}
+    assert all(t["utterances"] == 4 and t["manifest"].endswith("valid.tsv") for t in tuned.values())  # on validation
+    assert tuned["st_sew"]["operating_point"] == "1,1,1"
+    for model in ("sew_d", "w2v2"):  # the test sentences are decoded at them
+        lm = json.loads((out / model / "test_lm" / "summary-checkpoint_best.pt-test.json").read_text())["decoder"]
+        assert (lm["decoder"], lm["lm_weight"], lm["word_score"]) == ("kenlm", tuned[model]["lm_weight"], tuned[model]["word_score"])
+    for sweep, model in (("st_sew/sweep_lm", "st_sew"), ("sew_d/exits_lm", "sew_d")):  # and the sweeps at theirs
+        preamble = (out / sweep / "sweep.md").read_text().splitlines()[0]
+        assert f"lm_weight {tuned[model]['lm_weight']}, word_score {tuned[model]['word_score']}" in preamble, preamble
+    lines = (out / "results.md").read_text().splitlines()[-10:]
+    weights = {m: f"{t['lm_weight']:g}, {t['word_score']:g}" for m, t in tuned.items()}  # each row decoded at its model's
+    assert [line.split(" | ")[6] for line in lines] == [weights["sew_d"], weights["w2v2"]] + [weights["st_sew"]] * 4 + [weights["sew_d"]] * 4
+    table = [line.split(" | ")[:2] for line in lines]
     assert table[:2] == [["| SEW-D demo size (this plugin)", "-"], ["| wav2vec 2.0 demo size (fairseq)", "-"]]
     assert [point for _, point in table[2:6]] == ["(1,1,1)", "(2,1,1)", "(2,2,1)", "(2,2,2)"]
     assert all(model == "| SEW-D + early exit (entropy)" and point.startswith("entropy < ") for model, point in table[6:])
@@ -166,5 +179,5 @@ def test_a_rerun_resumes_from_the_finished_steps(smoke):
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stdout.count("done before, skipped") == 7
     assert "fairseq-hydra-train" not in again.stdout and "sew manifest" not in again.stdout
-    assert "sew sweep" not in again.stdout and "sew infer" not in again.stdout
+    assert "sew sweep" not in again.stdout and "sew infer" not in again.stdout and "sew tune-lm" not in again.stdout
     assert (out / "results.md").exists()

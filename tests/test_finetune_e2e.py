@@ -110,7 +110,7 @@ def test_infer_transcribes_every_utterance_with_both_decoders(finetuned, labelle
     assert "WER" in out and "ms per second of audio" in out
     summary = json.loads(infer_result(tmp_path / "greedy").read_text())
     assert summary["utterances_transcribed"] == N_VALID and summary["words"] == 3 * N_VALID
-    assert summary["forward_seconds"] > 0 and 0 <= summary["wer"]
+    assert summary["forward_seconds"] > 0 and 0 <= summary["wer"] and summary["decoder"] == {"decoder": "viterbi"}
     rows = infer_result(tmp_path / "greedy", "hypotheses").read_text().splitlines()[1:]
     assert len(rows) == N_VALID
 
@@ -122,6 +122,9 @@ def test_infer_transcribes_every_utterance_with_both_decoders(finetuned, labelle
     hyps = [row.split("\t")[1].split() for row in infer_result(tmp_path / "lm", "hypotheses").read_text().splitlines()[1:]]
     assert len(hyps) == N_VALID
     assert all(set(h) <= lexicon_words for h in hyps)  # the lexicon decoder only says lexicon words
+    settings = json.loads(infer_result(tmp_path / "lm").read_text())["decoder"]  # what the results were decoded with
+    assert settings == {"decoder": "kenlm", "lm": str(labelled / "lm.arpa"), "lexicon": str(data / "lexicon.txt"), "beam": 20,
+                        "beam_size_token": 0, "beam_threshold": 25.0, "lm_weight": 2.0, "word_score": -1.0, "sil_score": 0.0}
 
 
 def test_fine_tuned_checkpoint_loads_only_through_the_allow_list(finetuned, labelled, tmp_path):

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Dict, List
 
 COLUMNS = ["model", "operating point", "parameters", "forward ms per s of audio", "WER greedy", "WER with LM",
-           "letter error greedy"]
+           "LM weight, word score", "letter error greedy"]
 
 
 @dataclass
@@ -24,15 +24,23 @@ class Row:
     wer_lm: float
     uer_greedy: float
     mark: str = ""  # the point's label on the plot, when ``setting`` is too long for it
+    lm_weights: str = ""  # the LM decoding's "LM weight, word score" (chosen on validation)
 
     def cells(self) -> List[str]:
         return [self.model, self.setting or "-", f"{self.parameters / 1e6:.2f}M", f"{self.forward_ms_per_s:.1f}",
-                f"{100 * self.wer_greedy:.1f}%", f"{100 * self.wer_lm:.1f}%", f"{100 * self.uer_greedy:.1f}%"]
+                f"{100 * self.wer_greedy:.1f}%", f"{100 * self.wer_lm:.1f}%", self.lm_weights or "-",
+                f"{100 * self.uer_greedy:.1f}%"]
 
 
-def summary_row(model: str, greedy: dict, lm: dict) -> Row:
-    """A model's row from its two ``sew infer`` summaries (greedy and LM decoding)."""
-    return Row(model, "", greedy["parameters"], 1000 * greedy["rtf_forward"], greedy["wer"], lm["wer"], greedy["uer"])
+def lm_weights(tuned: dict) -> str:
+    """The cell of ``sew tune-lm``'s ``best.json``: "LM weight, word score"."""
+    return f"{tuned['lm_weight']:g}, {tuned['word_score']:g}"
+
+
+def summary_row(model: str, greedy: dict, lm: dict, weights: str = "") -> Row:
+    """A model's row from its two ``sew infer`` summaries (greedy and LM decoding at ``weights``)."""
+    return Row(model, "", greedy["parameters"], 1000 * greedy["rtf_forward"], greedy["wer"], lm["wer"], greedy["uer"],
+               lm_weights=weights)
 
 
 def read_sweep(path: Path) -> List[dict]:
@@ -41,15 +49,16 @@ def read_sweep(path: Path) -> List[dict]:
 
 
 def sweep_rows(model: str, greedy: List[dict], lm: List[dict], label=lambda p: p["point"],
-               mark=lambda p: "") -> List[Row]:
-    """One row per point of two ``sew sweep`` runs over the same points (greedy and LM decoding).
+               mark=lambda p: "", weights: str = "") -> List[Row]:
+    """One row per point of two ``sew sweep`` runs over the same points (greedy and LM decoding at
+    ``weights``).
 
     ``label(p)`` names a point in the table, ``mark(p)`` on the plot: the sweep's CSV row -> text.
     """
     if [p["point"] for p in greedy] != [p["point"] for p in lm]:
         raise ValueError(f"{model}: the greedy and LM sweeps cover different points")
     return [Row(model, label(g), int(g["parameters"]), float(g["forward_ms_per_s"]), float(g["wer"]),
-                float(with_lm["wer"]), float(g["uer"]), mark(g)) for g, with_lm in zip(greedy, lm)]
+                float(with_lm["wer"]), float(g["uer"]), mark(g), weights) for g, with_lm in zip(greedy, lm)]
 
 
 def markdown(rows: List[Row]) -> str:

@@ -13,7 +13,8 @@ interrupted training from its ``checkpoint_last.pt``):
 3. per model (a tiny SEW-D, a tiny fairseq wav2vec 2.0 and a tiny St-SEW, trained side by side, one
    CPU thread each): ``fairseq-hydra-train`` pre-training, then CTC fine-tuning, with the configs in
    ``configs/`` beside this file; for SEW-D then early-exit heads on its frozen fine-tuned model.
-4. ``sew infer`` on the held-out test sentences, greedy and with the lexicon + KenLM beam decoder;
+4. ``sew tune-lm`` chooses each model's LM weight and word score on the validation sentences; ``sew
+   infer`` on the held-out test sentences, greedy and with the lexicon + KenLM beam decoder at them;
    ``sew sweep`` over St-SEW's operating points and over the exit thresholds of SEW-D's exits.
 5. ``OUT/results.md`` and ``OUT/results.png``: parameters, forward time per second of audio and WER
    of every model and operating point (``--seeds``: ``OUT/seed-N/`` per draw, ``OUT/spread.md``).
@@ -31,7 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from corpus import build_corpus  # noqa: E402
-from report import read_sweep, spread_markdown, summary_row, sweep_rows, write_report  # noqa: E402
+from report import lm_weights, read_sweep, spread_markdown, summary_row, sweep_rows, write_report  # noqa: E402
 
 from sew_plugin import USER_DIR  # noqa: E402
 
@@ -49,8 +50,9 @@ EXIT_TRAINING = ["criterion._name=ctc_exits", "+model.exit_layers='2,4'", "+mode
                  "+model.exit_training=exits_only", "optimization.lr=[0.002]"]
 EXIT_UPDATES = 600
 EXIT_THRESHOLDS = ["0.3", "0.38", "0.46", "0.6"]  # from a sweep on the validation sentences
-# Decoder settings, chosen on the validation sentences (see examples/demo/README.md).
-LM_DECODING = ["--lm-weight", "0.5", "--word-score", "0", "--beam", "50"]
+# The beam decoder's width; its LM weight and word score are chosen per model by ``sew tune-lm`` on the
+# validation sentences (its default grid), as wav2vec 2.0 chose them per model on dev-other
+BEAM = ["--beam", "50"]
 # --smoke: a few updates of each step on a few utterances, to check that the recipe runs
 SMOKE_CORPUS = dict(n_valid=4, n_test=6, max_train=24)
 SMOKE_TRAINING = ["optimization.max_update=3", "checkpoint.save_interval_updates=2", "common.log_interval=1"]
@@ -174,9 +176,25 @@ def summary_file(out: Path, name: str, decoder: str) -> Path:
     return out / name / f"test_{decoder}" / f"summary-{evaluated_checkpoint(out, name).name}-test.json"
 
 
-def decoders(data: Path) -> dict:
-    return {"greedy": [], "lm": ["--decoder", "kenlm", "--lm", data / "lm.arpa", "--lexicon", data / "lexicon.txt",
-                                 *LM_DECODING]}
+def lm_files(data: Path) -> list:
+    return ["--lm", data / "lm.arpa", "--lexicon", data / "lexicon.txt"]
+
+
+def tuned_lm(out: Path, data: Path, name: str) -> dict:
+    """``sew tune-lm``'s choice for model ``name`` on the validation sentences (``best.json``), tuned
+    now unless a finished run left it."""
+    results = out / name / "tune_lm"
+    if not (results / "best.json").exists():  # written last
+        point = ["--operating-point", ST_SEW_POINTS[0]] if name == "st_sew" else []
+        sew("tune-lm", evaluated_checkpoint(out, name), data / "valid.tsv", *lm_files(data), *BEAM, *point,
+            "--threads", os.cpu_count() or 1, "--out", results, "--overwrite")
+    return json.loads((results / "best.json").read_text())
+
+
+def decoders(data: Path, tuned: dict) -> dict:
+    """Greedy, and the beam search at ``tuned``'s LM weight and word score."""
+    return {"greedy": [], "lm": ["--decoder", "kenlm", *lm_files(data), *BEAM, "--lm-weight", tuned["lm_weight"],
+                                 "--word-score", tuned["word_score"]]}
 
 
 def sweep_dir(out: Path, sweep: str, decoder: str) -> Path:
@@ -189,26 +207,33 @@ def swept(results: Path, points) -> bool:
     return (results / "sweep.csv").exists() and [p["point"] for p in read_sweep(results / "sweep.csv")] == list(points)
 
 
-def evaluate(out: Path, data: Path):
-    """Greedy and LM decoding of the test sentences: each compared model, St-SEW's points, SEW-D's
-    exit thresholds; one after the other, all cores. Every forward is timed as ``sew sweep`` times it."""
+def evaluate(out: Path, data: Path) -> dict:
+    """Each model's LM weights tuned on the validation sentences; then greedy and LM decoding of the
+    test sentences: each compared model, St-SEW's points, SEW-D's exit thresholds; one after the
+    other, all cores. Every forward is timed as ``sew sweep`` times it. The tuned weights, by model."""
+    tuned = {name: tuned_lm(out, data, name) for name in MODELS}
     common = [data / "test.tsv", "--batch-size", 8, "--threads", os.cpu_count() or 1, "--overwrite"]
-    for decoder, options in decoders(data).items():
+    for decoder in ("greedy", "lm"):
         for name in COMPARED:
             if not summary_file(out, name, decoder).exists():  # written last: an interrupted run is done again
                 sew("infer", evaluated_checkpoint(out, name), *common, "--warmup-every-batch",
-                    "--results-dir", summary_file(out, name, decoder).parent, *options)
-        sweeps = {"st_sew": (evaluated_checkpoint(out, "st_sew"), ["--points"], ST_SEW_POINTS),
+                    "--results-dir", summary_file(out, name, decoder).parent, *decoders(data, tuned[name])[decoder])
+        # (checkpoint, its setting option, the points, whose tuned LM weights): St-SEW's own (tuned at
+        # its whole point), and for the exits SEW-D's (their final exit is the SEW-D model itself)
+        sweeps = {"st_sew": (evaluated_checkpoint(out, "st_sew"), ["--points"], ST_SEW_POINTS, "st_sew"),
                   "exits": (out / "sew_d" / "exits" / "checkpoint_last.pt",
-                            ["--exit-policy", "entropy", "--thresholds"], EXIT_THRESHOLDS)}
-        for sweep, (checkpoint, option, points) in sweeps.items():
+                            ["--exit-policy", "entropy", "--thresholds"], EXIT_THRESHOLDS, "sew_d")}
+        for sweep, (checkpoint, option, points, weights_of) in sweeps.items():
             results = sweep_dir(out, sweep, decoder)
             if not swept(results, points):
-                sew("sweep", checkpoint, *common, *option, *points, "--out", results, *options)
+                sew("sweep", checkpoint, *common, *option, *points, "--out", results,
+                    *decoders(data, tuned[weights_of])[decoder])
+    return tuned
 
 
-def result_rows(out: Path):
-    """The table's rows: the two models compared, St-SEW's points, SEW-D with early exit."""
+def result_rows(out: Path, tuned: dict):
+    """The table's rows: the two models compared, St-SEW's points, SEW-D with early exit; ``tuned``:
+    each model's LM weights."""
     summaries = {name: {d: json.loads(summary_file(out, name, d).read_text()) for d in ("greedy", "lm")}
                  for name in COMPARED}
     for name, by_decoder in summaries.items():
@@ -216,12 +241,12 @@ def result_rows(out: Path):
             if not summary["warmup_every_batch"]:  # timed otherwise than the sweeps
                 raise SystemExit(f"{summary_file(out, name, d)} was not timed with --warmup-every-batch: "
                                  "delete it and rerun")
-    rows = [summary_row(MODELS[name], s["greedy"], s["lm"]) for name, s in summaries.items()]
+    rows = [summary_row(MODELS[name], s["greedy"], s["lm"], lm_weights(tuned[name])) for name, s in summaries.items()]
     rows += sweep_rows(MODELS["st_sew"], *(read_sweep(sweep_dir(out, "st_sew", d) / "sweep.csv") for d in ("greedy", "lm")),
-                       label=lambda p: f"({p['point']})")
+                       label=lambda p: f"({p['point']})", weights=lm_weights(tuned["st_sew"]))
     rows += sweep_rows(EXITS, *(read_sweep(sweep_dir(out, "exits", d) / "sweep.csv") for d in ("greedy", "lm")),
                        label=lambda p: f"entropy < {p['point']}: mean exit layer {float(p['mean_exit_layer']):.1f}",
-                       mark=lambda p: f"H < {p['point']}")
+                       mark=lambda p: f"H < {p['point']}", weights=lm_weights(tuned["sew_d"]))
     greedy = summaries["sew_d"]["greedy"]
     return rows, f"{greedy['utterances_transcribed']} utterances, {greedy['audio_seconds']:.1f} s of audio"
 
@@ -244,8 +269,7 @@ def one_draw(out: Path, data: Path, seed: int, args):
     claim(out, seed, args.smoke)
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
     run_pipelines(out, Training(data, seed, args.smoke, threads), args.jobs)
-    evaluate(out, data)
-    rows, test_set = result_rows(out)
+    rows, test_set = result_rows(out, evaluate(out, data))
     print(write_report(rows, test_set, f"{args.lm_order}-gram", out / "results.md", out / "results.png"))
     print(f"written: {out / 'results.md'}, {out / 'results.png'}")
     return rows

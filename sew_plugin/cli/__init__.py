@@ -14,6 +14,7 @@ Examples::
         --lm lm.arpa --lexicon data/lexicon.txt
     sew transcribe checkpoints/checkpoint_best.pt talks/ --out transcripts --format txt srt json
     sew sweep checkpoints/checkpoint_best.pt data/valid.tsv --points 1,1,1 2,1,1 2,2,1 --out sweep
+    sew tune-lm checkpoints/checkpoint_best.pt data/valid.tsv --lm lm.arpa --lexicon data/lexicon.txt --out tune
     sew bench --models sew_d_mid w2v2_base --seconds 10 --batch-size 1 8 --out bench
 
 Bad input stops a command with a message naming the file and line; counts of what went in and
@@ -49,7 +50,7 @@ def _module_command(sub, name: str, help: str, add_arguments, main, description:
 
 
 def get_parser() -> argparse.ArgumentParser:
-    from . import bench, data, export, infer, sweep, transcribe
+    from . import bench, data, export, infer, sweep, transcribe, tune_lm
 
     parser = argparse.ArgumentParser(
         prog="sew", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -68,6 +69,8 @@ def get_parser() -> argparse.ArgumentParser:
     _module_command(sub, "sweep", "WER and time of one checkpoint at several St-SEW points, CIF lambdas or "
                     "early-exit thresholds",
                     sweep.add_arguments, sweep.main, sweep.__doc__)
+    _module_command(sub, "tune-lm", "choose the beam decoder's LM weight and word score for a checkpoint on "
+                    "held-out data (a grid)", tune_lm.add_arguments, tune_lm.main, tune_lm.__doc__)
     _module_command(sub, "bench", "forward time, MACs and memory of models side by side",
                     bench.add_arguments, bench.main, bench.__doc__)
     _module_command(sub, "export-hf", "write a checkpoint as a HuggingFace transformers model directory",

@@ -20,6 +20,8 @@ way to say it here (the manifest itself, not a data folder and a subset).
 
 import argparse
 import contextlib
+import dataclasses
+import math
 from pathlib import Path
 
 from ..data.errors import output_dir, refuse_existing
@@ -29,7 +31,7 @@ from ..inference.settings import (load_for_inference, require_fixed_cif_lambda, 
                                   set_cif_lambda, set_exit_policy, set_operating_point)
 from ..inference.transcribe import LABELS, Batching, check_inputs, result_paths, transcribe, write_results
 from ..modules.early_exit import POLICIES
-from .options import at_least, device, refusing
+from .options import at_least, device, finite, refusing
 
 
 def add_arguments(p) -> None:
@@ -73,28 +75,46 @@ def add_setting_arguments(p) -> None:
     p.add_argument("--threshold", type=float, help="--exit-policy entropy/similarity/nbest: the exit threshold")
 
 
-def add_decoding_arguments(p) -> None:
-    """Decoder, batching and device options, shared by ``sew infer`` and ``sew sweep``."""
+def add_decoding_arguments(p, tuning: bool = False) -> None:
+    """Decoder, batching and device options, shared by ``sew infer``, ``sew sweep`` and (``tuning``)
+    ``sew tune-lm``."""
     p.add_argument("--labels", help=f"reference label extension beside the manifest, ltr or wrd; the file "
                    f"must exist (default: {LABELS} when <split>.{LABELS} exists, else no WER)")
-    add_decoder_arguments(p)
+    add_decoder_arguments(p, tuning)
     p.add_argument("--batch-size", type=at_least(1), default=8, help="utterances per forward")
     p.add_argument("--warmup", type=at_least(0), default=1,
                    help="untimed forwards of the first batch before it is timed (0: time the first call too)")
     p.add_argument("--max-tokens", type=at_least(0), default=0, help="if > 0, cap on padded samples per batch instead")
 
 
-def add_decoder_arguments(p) -> None:
-    """Decoder, device and exit-policy options, shared by ``sew infer``, ``sew sweep`` and ``sew transcribe``."""
-    p.add_argument("--decoder", "--w2l-decoder", default="viterbi", choices=list(DECODERS),
-                   help="greedy (viterbi) or flashlight-text's lexicon beam search with a KenLM model (kenlm)")
-    p.add_argument("--lm", "--kenlm-model", "--lm-model", type=Path,
-                   help="KenLM language model (ARPA or binary) for --decoder kenlm")
-    p.add_argument("--lexicon", type=Path, help="flashlight lexicon (WORD W O R D |) for --decoder kenlm")
-    p.add_argument("--lm-weight", type=float, default=2.0,
-                   help="--decoder kenlm: weight of the LM score; the default is the papers'")
-    p.add_argument("--word-score", type=float, default=-1.0,
-                   help="--decoder kenlm: score added per word (an insertion penalty); the default is the papers'")
+# sew tune-lm's grid: from no LM (the lexicon alone) to past the papers' 2, and the papers' word score -1 around
+TUNING_LM_WEIGHTS = [0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0]
+TUNING_WORD_SCORES = [-2.0, -1.0, 0.0, 1.0]
+
+
+def add_decoder_arguments(p, tuning: bool = False) -> None:
+    """Decoder, device and exit-policy options, shared by ``sew infer``, ``sew sweep`` and ``sew transcribe``;
+    with ``tuning`` (``sew tune-lm``) the kenlm decoder alone, with lists of LM weights and word scores."""
+    if tuning:
+        p.set_defaults(decoder="kenlm", decode_workers=1)
+        p.add_argument("--lm", "--kenlm-model", "--lm-model", type=Path, required=True,
+                       help="KenLM language model (ARPA or binary)")
+        p.add_argument("--lexicon", type=Path, required=True, help="flashlight lexicon (WORD W O R D |)")
+        p.add_argument("--lm-weight", type=at_least(0.0, float), nargs="+", default=TUNING_LM_WEIGHTS,
+                       help="the LM weights to try")
+        p.add_argument("--word-score", type=finite, nargs="+", default=TUNING_WORD_SCORES,
+                       help="the word scores to try, at each LM weight")
+    else:
+        p.add_argument("--decoder", "--w2l-decoder", default="viterbi", choices=list(DECODERS),
+                       help="greedy (viterbi) or flashlight-text's lexicon beam search with a KenLM model (kenlm)")
+        p.add_argument("--lm", "--kenlm-model", "--lm-model", type=Path,
+                       help="KenLM language model (ARPA or binary) for --decoder kenlm")
+        p.add_argument("--lexicon", type=Path, help="flashlight lexicon (WORD W O R D |) for --decoder kenlm")
+        p.add_argument("--lm-weight", type=float, default=2.0,
+                       help="--decoder kenlm: weight of the LM score; the default is the papers' (sew tune-lm "
+                       "chooses it for a model on held-out data)")
+        p.add_argument("--word-score", type=float, default=-1.0,
+                       help="--decoder kenlm: score added per word (an insertion penalty); the default is the papers'")
     p.add_argument("--sil-score", "--sil-weight", type=float, default=0.0,
                    help="--decoder kenlm: score added per silence (|)")
     p.add_argument("--unk-score", "--unk-weight", type=float, default=float("-inf"),
@@ -107,9 +127,10 @@ def add_decoder_arguments(p) -> None:
                    help="--decoder kenlm: letters tried per frame (0: the whole vocabulary)")
     p.add_argument("--beam-threshold", type=float, default=25.0,
                    help="--decoder kenlm: drop hypotheses scoring this far below the best")
-    p.add_argument("--decode-workers", type=at_least(1), default=1,
-                   help="--decoder kenlm: processes running the beam search on several utterances at once "
-                   "(the results are the serial ones)")
+    if not tuning:
+        p.add_argument("--decode-workers", type=at_least(1), default=1,
+                       help="--decoder kenlm: processes running the beam search on several utterances at once "
+                       "(the results are the serial ones)")
     p.add_argument("--device", type=device, default="cpu", help="cpu or cuda")
     p.add_argument("--dtype", default="fp32", choices=list(DTYPES),
                    help="number format of the model, converted once at load: bf16 (CPUs with AVX512-BF16 or AMX, "
@@ -131,6 +152,15 @@ def results_files(args):
     with refusing("infer"):
         paths = result_paths(output_dir(args.results_dir, "--results-dir"), args.checkpoint, args.manifest)
         return paths, refuse_existing(paths.values(), args.overwrite)
+
+
+def decoder_settings(args) -> dict:
+    """What the results were decoded with, for their summary: the decoder, and the beam search's
+    files and options."""
+    if args.decoder != "kenlm":
+        return {"decoder": args.decoder}
+    beam = {k: v for k, v in dataclasses.asdict(beam_options(args)).items() if math.isfinite(v)}  # JSON has no -inf
+    return {"decoder": args.decoder, "lm": str(args.lm), "lexicon": str(args.lexicon), **beam}
 
 
 def beam_options(args) -> BeamOptions:
@@ -218,6 +248,7 @@ def main(args) -> int:
     with decoding_workers(args, decoder) as decoding:
         utterances, summary = transcribe(model, args.manifest, decoding, args.labels, normalize,
                                          batching(args, args.warmup_every_batch), inputs)
+    summary.decoder = decoder_settings(args)
     print(summary.report())
     if earlier is not None:
         paths, found = earlier

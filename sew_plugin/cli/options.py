@@ -17,10 +17,17 @@ def at_least(low, kind=int):
             raise argparse.ArgumentTypeError(f"must be {'an integer' if kind is int else 'a number'}, "
                                              f"got {text!r}") from None
         if not (value >= low and math.isfinite(value)):  # NaN fails the comparison
+            if low == -math.inf:
+                raise argparse.ArgumentTypeError(f"must be a finite number, got {value}")
             raise argparse.ArgumentTypeError(f"must be >= {low}{'' if kind is int else ' and finite'}, got {value}")
         return value
 
     return parse
+
+
+def finite(text: str) -> float:
+    """argparse type: a finite number (NaN and infinities stop at the command line, by option)."""
+    return at_least(-math.inf, float)(text)
 
 
 def device(text: str) -> str:

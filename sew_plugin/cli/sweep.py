@@ -75,8 +75,8 @@ def main(args) -> int:
     table = to_markdown(points, setting_name)
     print(f"\n{table}")
     if args.out:
-        write_tables(args.out, "sweep", f"{args.checkpoint} on {args.manifest} ({args.decoder}, {args.dtype})", table,
-                     points)
+        decoded = ", ".join(f"{k} {v}" for k, v in infer.decoder_settings(args).items())
+        write_tables(args.out, "sweep", f"{args.checkpoint} on {args.manifest} ({decoded}; {args.dtype})", table, points)
         scatter_png([("Pareto front" if p.pareto else "dominated", p.point, p.forward_ms_per_s, 100 * p.wer)
                      for p in points], args.out / "sweep.png",
                     "forward time per second of audio (ms)", "WER (%)", f"{args.checkpoint.name}: {setting_name}s")

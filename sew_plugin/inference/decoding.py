@@ -5,6 +5,7 @@ Both take one utterance's (T, V) log-probabilities over fairseq's letter diction
 is ``<s>`` (index 0) and whose word boundary is ``|``, and return the words.
 """
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Tuple
@@ -75,9 +76,7 @@ class KenLMLexiconDecoder(Decoder):
 
     def __init__(self, tgt_dict, lexicon: Path, lm: Path, options: BeamOptions = BeamOptions()):
         try:
-            from flashlight.lib.text.decoder import (
-                CriterionType, LexiconDecoder, LexiconDecoderOptions, SmearingMode, Trie,
-            )
+            from flashlight.lib.text.decoder import SmearingMode, Trie
             from flashlight.lib.text.decoder.kenlm import KenLM
             from flashlight.lib.text.dictionary import create_word_dict, load_words
         except ImportError as err:
@@ -106,9 +105,15 @@ class KenLMLexiconDecoder(Decoder):
                     raise DataError(lexicon, f"spelling {' '.join(spelling)} of {word!r} uses symbols outside the model's dictionary")
                 trie.insert(ids, word_idx, score)
         trie.smear(SmearingMode.MAX)
+        self.trie, self.options = trie, options
+        self.decoder = self._lexicon_decoder(options)
+
+    def _lexicon_decoder(self, options: BeamOptions):
+        from flashlight.lib.text.decoder import CriterionType, LexiconDecoder, LexiconDecoderOptions
+
         opts = LexiconDecoderOptions(
             beam_size=options.beam,
-            beam_size_token=options.beam_size_token or len(tgt_dict),
+            beam_size_token=options.beam_size_token or len(self.tgt_dict),
             beam_threshold=options.beam_threshold,
             lm_weight=options.lm_weight,
             word_score=options.word_score,
@@ -118,7 +123,16 @@ class KenLMLexiconDecoder(Decoder):
             criterion_type=CriterionType.CTC,
         )
         unk_word = self.word_dict.get_index("<unk>")
-        self.decoder = LexiconDecoder(opts, trie, self.lm, silence, self.blank, unk_word, [], False)
+        silence = self.tgt_dict.index(WORD_BOUNDARY)
+        return LexiconDecoder(opts, self.trie, self.lm, silence, self.blank, unk_word, [], False)
+
+    def with_options(self, options: BeamOptions) -> "KenLMLexiconDecoder":
+        """This decoder under other ``options`` (an LM weight and word score of a grid, say), sharing
+        its KenLM model and lexicon trie: the trie's scores are the LM's, not yet weighted, so only
+        the beam search is built again (the files are not read again)."""
+        other = copy.copy(self)
+        other.options, other.decoder = options, self._lexicon_decoder(options)
+        return other
 
     def decode_nbest(self, emissions: torch.Tensor):
         """flashlight's hypotheses, best first (each has ``.score``, ``.words``, ``.tokens``)."""

@@ -42,6 +42,7 @@ class Utterance:
     seconds: float
     exit_layer: Optional[int] = None  # early-exit models under an exit policy
     units: str = ""  # the hypothesis's symbols, as fairseq's hypo.units files hold them
+    emissions: Optional[torch.Tensor] = field(default=None, repr=False)  # (T, V) log-probabilities, if kept
 
 
 @dataclass
@@ -65,6 +66,7 @@ class Summary:
     references: str = ""  # the label file scored against (or looked for)
     warmup_forwards: int = 0  # untimed forwards of the first (or every) batch, not in forward_seconds
     warmup_every_batch: bool = False
+    decoder: Dict[str, object] = field(default_factory=dict)  # its kind and settings, as the caller names them
     rtf_forward: float = field(init=False)
     rtf_total: float = field(init=False)
 
@@ -238,12 +240,13 @@ class Batching:
 
 
 def transcribe(model, manifest_path: Path, decoder, labels: Optional[str] = None, normalize: bool = False,
-               batching: Batching = Batching(), inputs=None):
+               batching: Batching = Batching(), inputs=None, keep_emissions: bool = False):
     """Transcribe every row of the manifest with the CTC ``model`` and ``decoder``: (utterances,
     summary). ``labels``: the reference labels' extension (None: ``.ltr`` if present); ``normalize``:
     layer-normalise each waveform, as the checkpoint's task did; ``inputs``: what ``check_inputs``
     returned for them, when the caller has checked them already (each manifest row's audio header
-    is read once)."""
+    is read once); ``keep_emissions``: each utterance keeps its (T, V) log-probabilities, to be
+    decoded again (``lm_tuning``)."""
     require_fixed_operating_point(model)  # a model drawing its setting per forward transcribes at random
     require_fixed_cif_lambda(model)
     manifest, refs = inputs if inputs is not None else check_inputs(manifest_path, labels)
@@ -275,10 +278,12 @@ def transcribe(model, manifest_path: Path, decoder, labels: Optional[str] = None
         frames = (~out_mask).sum(-1).tolist() if out_mask is not None else [lprobs.size(1)] * len(batch)
         start = time.perf_counter()
         exits = net_output["exit_layer"].tolist() if "exit_layer" in net_output else [None] * len(batch)
-        found = decoder.hypotheses([lprobs[row, : frames[row]] for row in range(len(batch))])
+        rows = [lprobs[row, : frames[row]] for row in range(len(batch))]
+        found = decoder.hypotheses(rows)
         for row, (i, (hyp, path)) in enumerate(zip(batch, found)):
             results[i] = Utterance(Path(manifest.entries[i][0]).stem, hyp, refs[i] if refs else None,
-                                   lengths[i] / SAMPLE_RATE, exits[row], path_units(path, decoder.tgt_dict))
+                                   lengths[i] / SAMPLE_RATE, exits[row], path_units(path, decoder.tgt_dict),
+                                   rows[row].clone() if keep_emissions else None)
         decode_s += time.perf_counter() - start
 
     done = [u for u in results if u is not None]

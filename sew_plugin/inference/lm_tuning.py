@@ -1,0 +1,64 @@
+"""Choosing the beam decoder's LM weight and word score on held-out data (``sew tune-lm``).
+
+The two trade the acoustic model against the language model, and their best values depend on both:
+the papers' 2 / -1 suit a model fine-tuned on LibriSpeech with its 4-gram, not another model or LM.
+wav2vec 2.0 chose them per model on dev-other; this does it by a grid. The model runs once over the
+manifest and every (weight, score) pair decodes the kept (T, V) log-probabilities again with the same
+KenLM model and lexicon trie, so a grid costs one forward and one beam search per pair.
+"""
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Callable, List, Sequence
+
+from .decoding import KenLMLexiconDecoder
+from .transcribe import Utterance, word_error_counts
+
+
+@dataclass
+class GridPoint:
+    lm_weight: float
+    word_score: float
+    wer: float
+    uer: float
+    word_errors: int
+    words: int
+    best: bool = False
+
+
+def decode_grid(utterances: List[Utterance], decoder: KenLMLexiconDecoder, lm_weights: Sequence[float],
+                word_scores: Sequence[float], log: Callable[[str], None] = print) -> List[GridPoint]:
+    """WER of ``utterances`` (each with its references and kept ``emissions``) decoded at every
+    (LM weight, word score) pair, in grid order; the best marked: fewest word errors, then fewest
+    letter errors, then the first in grid order."""
+    missing = [u.id for u in utterances if u.emissions is None or u.ref is None]
+    if missing:
+        raise ValueError(f"{len(missing)} utterances without kept emissions or references (the first: {missing[0]}): "
+                         "transcribe with keep_emissions=True and a label file")
+    points, errors = [], []
+    for weight in lm_weights:
+        for score in word_scores:
+            tuned = decoder.with_options(dataclasses.replace(decoder.options, lm_weight=weight, word_score=score))
+            decoded = [dataclasses.replace(u, hyp=tuned.decode(u.emissions)) for u in utterances]
+            we, words, le, letters = word_error_counts(decoded)
+            points.append(GridPoint(weight, score, we / max(words, 1), le / max(letters, 1), we, words))
+            errors.append((we, le))
+            log(f"LM weight {weight:g}, word score {score:g}: WER {100 * points[-1].wer:.2f}%")
+    best = min(range(len(points)), key=lambda i: errors[i])  # min keeps the first of equals
+    points[best].best = True
+    return points
+
+
+def best_point(points: List[GridPoint]) -> GridPoint:
+    return next(p for p in points if p.best)
+
+
+def to_markdown(points: List[GridPoint]) -> str:
+    """WER as a table: one row per LM weight, one column per word score; the best in bold."""
+    weights = list(dict.fromkeys(p.lm_weight for p in points))
+    scores = list(dict.fromkeys(p.word_score for p in points))
+    cell = {(p.lm_weight, p.word_score): (f"**{100 * p.wer:.2f}%**" if p.best else f"{100 * p.wer:.2f}%")
+            for p in points}
+    head = ("| LM weight \\ word score | " + " | ".join(f"{s:g}" for s in scores) + " |\n"
+            + "|---" * (len(scores) + 1) + "|\n")
+    return head + "".join(f"| {w:g} | " + " | ".join(cell[w, s] for s in scores) + " |\n" for w in weights)

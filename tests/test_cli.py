@@ -46,7 +46,7 @@ def help_entries(capsys, command: str) -> Dict[str, str]:
     ("infer", {"--lm-weight": "2.0", "--word-score": "-1.0", "--sil-score": "0.0", "--beam": "50",
                "--beam-threshold": "25.0", "--warmup": "1", "--batch-size": "8"}),
     ("sweep", {"--lm-weight": "2.0", "--beam": "50", "--warmup": "1"}),
-    ("tune-lm", {"--lm-weight": "[0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0]", "--word-score": "[-2.0, -1.0, 0.0, 1.0]",
+    ("tune-lm", {"--lm-weight": "[0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0]", "--word-score": "[-2.0, -1.0, 0.0, 1.0, 2.0]",
                  "--beam": "50", "--batch-size": "8"}),
 ])
 def test_help_gives_every_option_a_text_and_its_default(capsys, command, defaults):

@@ -13,7 +13,7 @@ import torch
 
 from sew_plugin.cli import main as sew_main
 from sew_plugin.inference.decoding import BeamOptions, KenLMLexiconDecoder, ViterbiDecoder
-from sew_plugin.inference.lm_tuning import best_point, decode_grid, to_markdown
+from sew_plugin.inference.lm_tuning import GridPoint, best_point, decode_grid, edges_reached, to_markdown
 from sew_plugin.inference.settings import load_for_inference
 from sew_plugin.inference.transcribe import Utterance, transcribe
 
@@ -53,6 +53,17 @@ def test_the_grid_finds_the_lm_weight_that_lets_the_lm_settle_the_acoustics(tgt_
     assert table[3] == "| 2 | **0.00%** | 0.00% |"
     with pytest.raises(ValueError, match="without kept emissions or references"):
         decode_grid([Utterance("u2", [], ["CAT"], 1.0)], decoder, [1.0], [0.0])
+
+
+def test_a_best_pair_on_the_grids_edge_is_said():
+    def grid(best):
+        return [GridPoint(w, s, 0.1, 0.1, 1, 10, best=(w, s) == best) for w in (0.0, 1.0, 2.0) for s in (-1.0, 0.0, 1.0)]
+
+    assert edges_reached(grid((1.0, 0.0))) == []  # inside
+    assert edges_reached(grid((0.0, 0.0))) == []  # no LM is the weight's own bound
+    assert edges_reached(grid((2.0, 1.0))) == ["LM weight 2", "word score 1"]
+    assert edges_reached(grid((1.0, -1.0))) == ["word score -1"]
+    assert edges_reached([GridPoint(0.5, 0.0, 0.1, 0.1, 1, 10, best=True)]) == ["LM weight 0.5"]  # a one-point grid
 
 
 def test_a_retuned_decoder_keeps_its_files_and_other_options(tgt_dict, files):  # noqa: F811
@@ -95,6 +106,7 @@ def test_sew_tune_lm_writes_the_grid_and_its_best_as_sew_infer_decodes_them(data
     assert csv_rows[0] == "lm_weight,word_score,wer,uer,word_errors,words,best" and len(csv_rows) == 5
     assert f"best: --lm-weight {best['lm_weight']:g} --word-score {best['word_score']:g}" in run.stdout
     assert best["utterances"] == 6 and best["words"] == 8 and best["beam"] == 50
+    assert ("note: the best pair is at the grid's edge" in run.stdout) == bool(best["at_the_grid_edge"]) is True  # a 2 x 2 grid
 
     model, task, normalize = load_for_inference(data / "ckpt.pt", data, "cpu", 0, "test")
     base = KenLMLexiconDecoder(task.target_dictionary, data / "lexicon.txt", data / "lm.arpa")

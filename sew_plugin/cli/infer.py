@@ -87,9 +87,9 @@ def add_decoding_arguments(p, tuning: bool = False) -> None:
     p.add_argument("--max-tokens", type=at_least(0), default=0, help="if > 0, cap on padded samples per batch instead")
 
 
-# sew tune-lm's grid: from no LM (the lexicon alone) to past the papers' 2, and the papers' word score -1 around
+# sew tune-lm's grid: from no LM (the lexicon alone) to past the papers' 2, and word scores around the papers' -1
 TUNING_LM_WEIGHTS = [0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0]
-TUNING_WORD_SCORES = [-2.0, -1.0, 0.0, 1.0]
+TUNING_WORD_SCORES = [-2.0, -1.0, 0.0, 1.0, 2.0]
 
 
 def add_decoder_arguments(p, tuning: bool = False) -> None:

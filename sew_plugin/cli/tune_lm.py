@@ -21,7 +21,7 @@ from pathlib import Path
 
 from ..data.errors import DataError
 from ..inference.decoding import ViterbiDecoder
-from ..inference.lm_tuning import best_point, decode_grid, to_markdown
+from ..inference.lm_tuning import best_point, decode_grid, edges_reached, to_markdown
 from ..inference.reports import write_tables
 from ..inference.transcribe import check_inputs, label_path, transcribe
 from . import infer
@@ -56,11 +56,15 @@ def main(args) -> int:
     print(f"\n{table}\ntranscribed {greedy.utterances_transcribed} of {greedy.utterances_in_manifest} utterances "
           f"({greedy.words} words); greedy WER {100 * greedy.wer:.2f}%\n"
           f"best: --lm-weight {best.lm_weight:g} --word-score {best.word_score:g} (WER {100 * best.wer:.2f}%)")
+    edges = edges_reached(points)
+    if edges:
+        print(f"note: the best pair is at the grid's edge ({' and '.join(edges)}): a wider grid may find a better one")
     if args.out:
         preamble = (f"{args.checkpoint} on {args.manifest}: WER of the lexicon + KenLM beam decoder ({args.lm}, "
                     f"{args.lexicon}, beam {args.beam}); greedy WER {100 * greedy.wer:.2f}%; best in bold")
         write_tables(args.out, "tune-lm", preamble, table, points)
         found = {"lm_weight": best.lm_weight, "word_score": best.word_score, "wer": best.wer, "uer": best.uer,
+                 "at_the_grid_edge": edges,
                  "greedy_wer": greedy.wer, "utterances": greedy.utterances_transcribed, "words": greedy.words,
                  "checkpoint": str(args.checkpoint), "manifest": str(args.manifest), "lm": str(args.lm),
                  "lexicon": str(args.lexicon), "beam": args.beam, "beam_size_token": args.beam_size_token,

@@ -53,6 +53,18 @@ def best_point(points: List[GridPoint]) -> GridPoint:
     return next(p for p in points if p.best)
 
 
+def edges_reached(points: List[GridPoint]) -> List[str]:
+    """Where the best point lies on the grid's edge, beyond which a better pair may lie: its word score
+    at either end, its LM weight at the top (or at the bottom above 0, the weight's own bound)."""
+    best, weights, scores = best_point(points), [p.lm_weight for p in points], [p.word_score for p in points]
+    edges = []
+    if (best.lm_weight == max(weights) and len(set(weights)) > 1) or best.lm_weight == min(weights) > 0:
+        edges.append(f"LM weight {best.lm_weight:g}")
+    if best.word_score in (min(scores), max(scores)) and len(set(scores)) > 1:
+        edges.append(f"word score {best.word_score:g}")
+    return edges
+
+
 def to_markdown(points: List[GridPoint]) -> str:
     """WER as a table: one row per LM weight, one column per word score; the best in bold."""
     weights = list(dict.fromkeys(p.lm_weight for p in points))

@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -94,6 +95,44 @@ def test_summaries_timed_otherwise_than_the_sweeps_are_refused(tmp_path):
             path.write_text(json.dumps({**summary(0.5, 0.2, 0.01), "warmup_every_batch": False}))
     with pytest.raises(SystemExit, match="was not timed with --warmup-every-batch"):
         run.result_rows(tmp_path, {})
+
+
+def test_results_decoded_with_other_weights_are_decoded_again(tmp_path, monkeypatch):
+    import csv
+
+    import run
+
+    calls = []
+
+    def sew(command, *args):  # records the step and leaves what a finished step leaves
+        args = list(map(str, args))
+        calls.append((command, args[args.index("--results-dir" if command == "infer" else "--out") + 1]))
+        if command == "sweep":
+            first = args.index("--points" if "--points" in args else "--thresholds") + 1
+            points = args[first:args.index("--out")]
+            with open(Path(calls[-1][1]) / "sweep.csv", "w", newline="") as f:
+                csv.writer(f).writerows([["point"], *[[p] for p in points]])
+
+    def tune(sew_d_weight):
+        for name in run.MODELS:
+            (tmp_path / name / "tune_lm").mkdir(parents=True, exist_ok=True)
+            weight = sew_d_weight if name == "sew_d" else 1.0
+            (tmp_path / name / "tune_lm" / "best.json").write_text(json.dumps({"lm_weight": weight, "word_score": 0.0}))
+        for folder in [run.summary_file(tmp_path, n, d).parent for n in run.COMPARED for d in ("greedy", "lm")] + [
+                run.sweep_dir(tmp_path, s, d) for s in ("st_sew", "exits") for d in ("greedy", "lm")]:
+            folder.mkdir(parents=True, exist_ok=True)
+
+    monkeypatch.setattr(run, "sew", sew)
+    tune(1.5)
+    run.evaluate(tmp_path, tmp_path / "data")
+    assert len(calls) == 8  # every decoding: 2 models and 2 sweeps, greedy and LM
+    calls.clear()
+    run.evaluate(tmp_path, tmp_path / "data")
+    assert calls == []  # all of them finished with these weights
+    tune(2.0)  # SEW-D's tuning chose another pair: its LM results and the exits' are stale
+    run.evaluate(tmp_path, tmp_path / "data")
+    assert sorted(calls) == [("infer", str(run.summary_file(tmp_path, "sew_d", "lm").parent)),
+                             ("sweep", str(run.sweep_dir(tmp_path, "exits", "lm")))]
 
 
 def test_data_made_with_another_lm_order_is_refused(tmp_path):

@@ -53,6 +53,8 @@ def test_the_grid_finds_the_lm_weight_that_lets_the_lm_settle_the_acoustics(tgt_
     assert table[3] == "| 2 | **0.00%** | 0.00% |"
     with pytest.raises(ValueError, match="without kept emissions or references"):
         decode_grid([Utterance("u2", [], ["CAT"], 1.0)], decoder, [1.0], [0.0])
+    with pytest.raises(ValueError, match="the references hold no words"):
+        decode_grid([Utterance("u3", [], [], 1.0, emissions=utterances[0].emissions)], decoder, [1.0], [0.0])
 
 
 def test_a_best_pair_on_the_grids_edge_is_said():
@@ -106,7 +108,8 @@ def test_sew_tune_lm_writes_the_grid_and_its_best_as_sew_infer_decodes_them(data
     assert csv_rows[0] == "lm_weight,word_score,wer,uer,word_errors,words,best" and len(csv_rows) == 5
     assert f"best: --lm-weight {best['lm_weight']:g} --word-score {best['word_score']:g}" in run.stdout
     assert best["utterances"] == 6 and best["words"] == 8 and best["beam"] == 50
-    assert ("note: the best pair is at the grid's edge" in run.stdout) == bool(best["at_the_grid_edge"]) is True  # a 2 x 2 grid
+    assert best["grid_edges"]  # in a 2 x 2 grid every pair is on an edge, and it is said
+    assert "note: the best pair is at the grid's edge" in run.stdout
 
     model, task, normalize = load_for_inference(data / "ckpt.pt", data, "cpu", 0, "test")
     base = KenLMLexiconDecoder(task.target_dictionary, data / "lexicon.txt", data / "lm.arpa")
@@ -144,3 +147,12 @@ def test_sew_tune_lm_refuses_what_it_cannot_tune(data, tmp_path, capsys):
     unlabelled.write_text((data / "valid.tsv").read_text())
     assert sew_main(["tune-lm", str(data / "ckpt.pt"), str(unlabelled), *common[2:]]) == 2
     assert f"{tmp_path / 'test.ltr'}: label file not found: sew tune-lm needs references" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as refused:
+        sew_main(["tune-lm", *common, "--lm-weight", "1", "0.5", "1.0"])
+    assert refused.value.code == 2 and "--lm-weight 1 0.5 1: each value once" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        sew_main(["infer", *common[:2], "--decoder", "kenlm", *common[2:], "--lm-weight", "-1"])  # sew infer's own
+    assert "--lm-weight: must be >= 0.0 and finite, got -1.0" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        sew_main(["tune-lm", *common, "--exit-policy", "nbest", "--threshold", "0.5"])
+    assert "--exit-policy nbest exits by the beam search's own confidence" in capsys.readouterr().err

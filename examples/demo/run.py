@@ -53,6 +53,7 @@ EXIT_THRESHOLDS = ["0.3", "0.38", "0.46", "0.6"]  # from a sweep on the validati
 # The beam decoder's width; its LM weight and word score are chosen per model by ``sew tune-lm`` on the
 # validation sentences (its default grid), as wav2vec 2.0 chose them per model on dev-other
 BEAM = ["--beam", "50"]
+DECODED = "decoded_with.json"  # beside each decoding's results: the decoder options they were made with
 # --smoke: a few updates of each step on a few utterances, to check that the recipe runs
 SMOKE_CORPUS = dict(n_valid=4, n_test=6, max_train=24)
 SMOKE_TRAINING = ["optimization.max_update=3", "checkpoint.save_interval_updates=2", "common.log_interval=1"]
@@ -197,6 +198,16 @@ def decoders(data: Path, tuned: dict) -> dict:
                                  "--word-score", tuned["word_score"]]}
 
 
+def decoded_with(results: Path, options: list) -> bool:
+    """Whether the results in ``results`` were decoded with ``options`` (``DECODED``, written after
+    them): a rerun whose tuning chose other weights, or an older run's folder, decodes again."""
+    return (results / DECODED).exists() and json.loads((results / DECODED).read_text()) == list(map(str, options))
+
+
+def record_decoding(results: Path, options: list) -> None:
+    (results / DECODED).write_text(json.dumps(list(map(str, options))))
+
+
 def sweep_dir(out: Path, sweep: str, decoder: str) -> Path:
     """Where ``sew sweep`` writes St-SEW's points (``sweep`` "st_sew") or the exits' thresholds ("exits")."""
     return out / "st_sew" / f"sweep_{decoder}" if sweep == "st_sew" else out / "sew_d" / f"exits_{decoder}"
@@ -215,19 +226,21 @@ def evaluate(out: Path, data: Path) -> dict:
     common = [data / "test.tsv", "--batch-size", 8, "--threads", os.cpu_count() or 1, "--overwrite"]
     for decoder in ("greedy", "lm"):
         for name in COMPARED:
-            if not summary_file(out, name, decoder).exists():  # written last: an interrupted run is done again
+            results, options = summary_file(out, name, decoder).parent, decoders(data, tuned[name])[decoder]
+            if not decoded_with(results, options):  # recorded last: an interrupted run is done again
                 sew("infer", evaluated_checkpoint(out, name), *common, "--warmup-every-batch",
-                    "--results-dir", summary_file(out, name, decoder).parent, *decoders(data, tuned[name])[decoder])
+                    "--results-dir", results, *options)
+                record_decoding(results, options)
         # (checkpoint, its setting option, the points, whose tuned LM weights): St-SEW's own (tuned at
         # its whole point), and for the exits SEW-D's (their final exit is the SEW-D model itself)
         sweeps = {"st_sew": (evaluated_checkpoint(out, "st_sew"), ["--points"], ST_SEW_POINTS, "st_sew"),
                   "exits": (out / "sew_d" / "exits" / "checkpoint_last.pt",
                             ["--exit-policy", "entropy", "--thresholds"], EXIT_THRESHOLDS, "sew_d")}
         for sweep, (checkpoint, option, points, weights_of) in sweeps.items():
-            results = sweep_dir(out, sweep, decoder)
-            if not swept(results, points):
-                sew("sweep", checkpoint, *common, *option, *points, "--out", results,
-                    *decoders(data, tuned[weights_of])[decoder])
+            results, options = sweep_dir(out, sweep, decoder), decoders(data, tuned[weights_of])[decoder]
+            if not (swept(results, points) and decoded_with(results, options)):
+                sew("sweep", checkpoint, *common, *option, *points, "--out", results, *options)
+                record_decoding(results, options)
     return tuned
 
 

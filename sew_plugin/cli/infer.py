@@ -82,8 +82,11 @@ def add_decoding_arguments(p, tuning: bool = False) -> None:
                    f"must exist (default: {LABELS} when <split>.{LABELS} exists, else no WER)")
     add_decoder_arguments(p, tuning)
     p.add_argument("--batch-size", type=at_least(1), default=8, help="utterances per forward")
-    p.add_argument("--warmup", type=at_least(0), default=1,
-                   help="untimed forwards of the first batch before it is timed (0: time the first call too)")
+    if tuning:  # nothing is timed
+        p.set_defaults(warmup=0)
+    else:
+        p.add_argument("--warmup", type=at_least(0), default=1,
+                       help="untimed forwards of the first batch before it is timed (0: time the first call too)")
     p.add_argument("--max-tokens", type=at_least(0), default=0, help="if > 0, cap on padded samples per batch instead")
 
 
@@ -110,10 +113,10 @@ def add_decoder_arguments(p, tuning: bool = False) -> None:
         p.add_argument("--lm", "--kenlm-model", "--lm-model", type=Path,
                        help="KenLM language model (ARPA or binary) for --decoder kenlm")
         p.add_argument("--lexicon", type=Path, help="flashlight lexicon (WORD W O R D |) for --decoder kenlm")
-        p.add_argument("--lm-weight", type=float, default=2.0,
+        p.add_argument("--lm-weight", type=at_least(0.0, float), default=2.0,
                        help="--decoder kenlm: weight of the LM score; the default is the papers' (sew tune-lm "
                        "chooses it for a model on held-out data)")
-        p.add_argument("--word-score", type=float, default=-1.0,
+        p.add_argument("--word-score", type=finite, default=-1.0,
                        help="--decoder kenlm: score added per word (an insertion penalty); the default is the papers'")
     p.add_argument("--sil-score", "--sil-weight", type=float, default=0.0,
                    help="--decoder kenlm: score added per silence (|)")

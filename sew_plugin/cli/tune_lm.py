@@ -4,7 +4,9 @@ checkpoint on held-out data by a grid.
 The model runs once over the manifest (its greedy WER is reported too), and each pair of
 ``--lm-weight`` and ``--word-score`` values decodes the kept log-probabilities again with the same
 KenLM model and lexicon trie; the pair with the fewest word errors wins (then the fewest letter
-errors, then the first in grid order). Tune on a validation manifest, then test with the winner:
+errors, then the first in grid order). The beam searches run one after the other, one per pair and
+utterance: a grid of 35 pairs costs 35 beam-search passes over the manifest. Tune on a validation
+manifest, then test with the winner (figures here illustrative):
 
     sew tune-lm ckpt.pt data/dev_other.tsv --lm lm.arpa --lexicon lexicon.txt --out tune/
     # ... best: --lm-weight 1.5 --word-score -1 (WER 10.26%)
@@ -41,6 +43,12 @@ def add_arguments(p) -> None:
 
 
 def main(args) -> int:
+    for option, values in (("--lm-weight", args.lm_weight), ("--word-score", args.word_score)):
+        if len(set(values)) < len(values):
+            raise SystemExit(f"sew tune-lm: error: {option} {' '.join(f'{v:g}' for v in values)}: each value once")
+    if args.exit_policy == "nbest":  # its exits would be decided by the beam search at one pair of the grid
+        raise SystemExit("sew tune-lm: error: --exit-policy nbest exits by the beam search's own confidence, which "
+                         "the LM weights change: tune the model without it (or under another policy)")
     if args.out:
         check_outputs("tune-lm", args.out, OUTPUTS, args.overwrite)
     inputs = check_inputs(args.manifest, args.labels)  # bad input stops here, before the model loads
@@ -64,13 +72,14 @@ def main(args) -> int:
                     f"{args.lexicon}, beam {args.beam}); greedy WER {100 * greedy.wer:.2f}%; best in bold")
         write_tables(args.out, "tune-lm", preamble, table, points)
         found = {"lm_weight": best.lm_weight, "word_score": best.word_score, "wer": best.wer, "uer": best.uer,
-                 "at_the_grid_edge": edges,
+                 "grid_edges": edges,
                  "greedy_wer": greedy.wer, "utterances": greedy.utterances_transcribed, "words": greedy.words,
                  "checkpoint": str(args.checkpoint), "manifest": str(args.manifest), "lm": str(args.lm),
                  "lexicon": str(args.lexicon), "beam": args.beam, "beam_size_token": args.beam_size_token,
                  "beam_threshold": args.beam_threshold, "sil_score": args.sil_score,
                  "operating_point": args.operating_point, "cif_lambda": args.cif_lambda,
-                 "exit_policy": args.exit_policy, "threshold": args.threshold, "dtype": args.dtype}
+                 "exit_policy": args.exit_policy, "threshold": args.threshold, "exit_layer": args.exit_layer,
+                 "labels": args.labels, "dtype": args.dtype}
         (args.out / "best.json").write_text(json.dumps(found, indent=2) + "\n")
         print(f"written: {', '.join(str(args.out / name) for name in OUTPUTS)}")
     return 0

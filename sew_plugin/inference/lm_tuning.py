@@ -35,6 +35,8 @@ def decode_grid(utterances: List[Utterance], decoder: KenLMLexiconDecoder, lm_we
     if missing:
         raise ValueError(f"{len(missing)} utterances without kept emissions or references (the first: {missing[0]}): "
                          "transcribe with keep_emissions=True and a label file")
+    if not any(u.ref for u in utterances):
+        raise ValueError("the references hold no words: every pair would score 0% WER")
     points, errors = [], []
     for weight in lm_weights:
         for score in word_scores:

@@ -24,12 +24,13 @@ import dataclasses
 import math
 from pathlib import Path
 
-from ..data.errors import output_dir, refuse_existing
+from ..data.errors import DataError, output_dir, refuse_existing
 from ..inference.decoding import DECODERS, BeamOptions, ParallelDecoder, build_decoder
 from ..inference.precision import DTYPES
 from ..inference.settings import (load_for_inference, require_fixed_cif_lambda, require_fixed_operating_point,
                                   set_cif_lambda, set_exit_policy, set_operating_point)
-from ..inference.transcribe import LABELS, Batching, check_inputs, result_paths, transcribe, write_results
+from ..inference.transcribe import (LABELS, Batching, check_inputs, label_path, result_paths, transcribe,
+                                    write_results)
 from ..modules.early_exit import POLICIES
 from .options import at_least, device, finite, refusing
 
@@ -164,6 +165,14 @@ def decoder_settings(args) -> dict:
         return {"decoder": args.decoder}
     beam = {k: v for k, v in dataclasses.asdict(beam_options(args)).items() if math.isfinite(v)}  # JSON has no -inf
     return {"decoder": args.decoder, "lm": str(args.lm), "lexicon": str(args.lexicon), **beam}
+
+
+def labelled_inputs(args, command: str):
+    """``check_inputs`` for a command that scores WER: a manifest without references is refused."""
+    inputs = check_inputs(args.manifest, args.labels)  # bad input stops here, before the model loads
+    if inputs[1] is None:
+        raise DataError(label_path(args.manifest, args.labels), f"label file not found: sew {command} needs references")
+    return inputs
 
 
 def beam_options(args) -> BeamOptions:

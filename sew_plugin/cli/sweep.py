@@ -21,10 +21,8 @@ writes ``sweep.md``, ``sweep.csv`` and ``sweep.png`` (WER against forward time) 
 
 from pathlib import Path
 
-from ..data.errors import DataError
 from ..inference.reports import scatter_png, write_tables
 from ..inference.sweep import sweep, to_markdown
-from ..inference.transcribe import check_inputs, label_path
 from . import infer
 from .infer import add_decoding_arguments
 from .options import add_overwrite_argument, check_outputs
@@ -49,9 +47,7 @@ def main(args) -> int:
         raise SystemExit("sew sweep: error: --exit-policy goes with --thresholds")
     if args.out:
         check_outputs("sweep", args.out, ["sweep.md", "sweep.csv", "sweep.png"], args.overwrite)
-    inputs = check_inputs(args.manifest, args.labels)  # bad input stops here, before the model loads
-    if inputs[1] is None:  # the WER column needs them
-        raise DataError(label_path(args.manifest, None), "label file not found: sew sweep needs references")
+    inputs = infer.labelled_inputs(args, "sweep")  # the WER column needs references
     model, decoder, normalize = infer.load(args, "sweep", args.manifest.parent)
     kind = "points" if args.points else "cif_lambdas" if args.cif_lambdas else "thresholds"
 

@@ -21,11 +21,10 @@ import argparse
 import json
 from pathlib import Path
 
-from ..data.errors import DataError
 from ..inference.decoding import ViterbiDecoder
 from ..inference.lm_tuning import best_point, decode_grid, edges_reached, to_markdown
 from ..inference.reports import write_tables
-from ..inference.transcribe import check_inputs, label_path, transcribe
+from ..inference.transcribe import transcribe
 from . import infer
 from .infer import add_decoding_arguments, add_setting_arguments
 from .options import add_overwrite_argument, check_outputs
@@ -51,9 +50,7 @@ def main(args) -> int:
                          "the LM weights change: tune the model without it (or under another policy)")
     if args.out:
         check_outputs("tune-lm", args.out, OUTPUTS, args.overwrite)
-    inputs = check_inputs(args.manifest, args.labels)  # bad input stops here, before the model loads
-    if inputs[1] is None:
-        raise DataError(label_path(args.manifest, args.labels), "label file not found: sew tune-lm needs references")
+    inputs = infer.labelled_inputs(args, "tune-lm")
     first = argparse.Namespace(**{**vars(args), "lm_weight": args.lm_weight[0], "word_score": args.word_score[0]})
     model, decoder, normalize = infer.load(first, "tune-lm", args.manifest.parent)  # the files checked by name
     infer.apply_settings(model, decoder, args, "tune-lm")
@@ -68,15 +65,15 @@ def main(args) -> int:
     if edges:
         print(f"note: the best pair is at the grid's edge ({' and '.join(edges)}): a wider grid may find a better one")
     if args.out:
-        preamble = (f"{args.checkpoint} on {args.manifest}: WER of the lexicon + KenLM beam decoder ({args.lm}, "
-                    f"{args.lexicon}, beam {args.beam}); greedy WER {100 * greedy.wer:.2f}%; best in bold")
+        shared = {k: v for k, v in infer.decoder_settings(first).items() if k not in ("lm_weight", "word_score")}
+        preamble = (f"{args.checkpoint} on {args.manifest}: WER of the lexicon + KenLM beam decoder "
+                    f"({', '.join(f'{k} {v}' for k, v in shared.items())}); greedy WER {100 * greedy.wer:.2f}%; "
+                    "best in bold")
         write_tables(args.out, "tune-lm", preamble, table, points)
-        found = {"lm_weight": best.lm_weight, "word_score": best.word_score, "wer": best.wer, "uer": best.uer,
-                 "grid_edges": edges,
+        found = {**shared, "lm_weight": best.lm_weight, "word_score": best.word_score,
+                 "wer": best.wer, "uer": best.uer, "grid_edges": edges,
                  "greedy_wer": greedy.wer, "utterances": greedy.utterances_transcribed, "words": greedy.words,
-                 "checkpoint": str(args.checkpoint), "manifest": str(args.manifest), "lm": str(args.lm),
-                 "lexicon": str(args.lexicon), "beam": args.beam, "beam_size_token": args.beam_size_token,
-                 "beam_threshold": args.beam_threshold, "sil_score": args.sil_score,
+                 "checkpoint": str(args.checkpoint), "manifest": str(args.manifest),
                  "operating_point": args.operating_point, "cif_lambda": args.cif_lambda,
                  "exit_policy": args.exit_policy, "threshold": args.threshold, "exit_layer": args.exit_layer,
                  "labels": args.labels, "dtype": args.dtype}

@@ -37,17 +37,17 @@ def decode_grid(utterances: List[Utterance], decoder: KenLMLexiconDecoder, lm_we
                          "transcribe with keep_emissions=True and a label file")
     if not any(u.ref for u in utterances):
         raise ValueError("the references hold no words: every pair would score 0% WER")
-    points, errors = [], []
+    points = []
     for weight in lm_weights:
         for score in word_scores:
             tuned = decoder.with_options(dataclasses.replace(decoder.options, lm_weight=weight, word_score=score))
             decoded = [dataclasses.replace(u, hyp=tuned.decode(u.emissions)) for u in utterances]
             we, words, le, letters = word_error_counts(decoded)
             points.append(GridPoint(weight, score, we / max(words, 1), le / max(letters, 1), we, words))
-            errors.append((we, le))
             log(f"LM weight {weight:g}, word score {score:g}: WER {100 * points[-1].wer:.2f}%")
-    best = min(range(len(points)), key=lambda i: errors[i])  # min keeps the first of equals
-    points[best].best = True
+    # every pair is scored against the same references, so fewer letter errors is a lower letter error rate
+    best = min(points, key=lambda p: (p.word_errors, p.uer))  # min keeps the first of equals
+    best.best = True
     return points
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from sew_plugin.cli import main as sew
-from sew_plugin.inference.precision import context_network, parameter_count, set_precision
+from sew_plugin.inference.precision import NARROW_CONV, context_network, parameter_count, set_precision
 from sew_plugin.modules.int8_linear import Int8Linear
 from sew_plugin.modules.masked_group_norm import mask_feature_norm
 
@@ -54,7 +54,12 @@ def test_a_converted_model_holds_its_format_and_computes_close_to_fp32(kind, dty
         assert {p.dtype for p in model.parameters()} == {torch.float32}
     else:
         want = {"bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
-        assert {p.dtype for p in model.parameters()} == {want}
+        # on the CPU, convolutions of 2..31 input channels per group stay fp32 (precision.NARROW_CONV)
+        narrow = {id(p) for m in model.modules() if isinstance(m, torch.nn.Conv1d)
+                  and 1 < m.in_channels // m.groups < NARROW_CONV for p in m.parameters()}
+        assert narrow  # the tiny models have such convolutions, so the rule is exercised
+        assert {p.dtype for p in model.parameters() if id(p) not in narrow} == {want}
+        assert {p.dtype for p in model.parameters() if id(p) in narrow} == {torch.float32}
         assert {b.dtype for b in model.buffers() if b.is_floating_point()} <= {want}
     assert parameter_count(model) == parameters and model.inference_dtype == dtype
 

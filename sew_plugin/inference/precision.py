@@ -13,6 +13,11 @@ passing what they always passed.
   (PyTorch's softmax and ``scaled_dot_product_attention`` kernels do for half-precision input),
   the CTC log-softmax runs on ``logits.float()`` (fairseq's ``get_normalized_probs``, the exit
   heads), and CIF's running sum is float64 (``modules.cif``).
+  On the CPU, convolutions with fewer than ``NARROW_CONV`` input channels per group (the tiny
+  models' positional and extractor convolutions; no full-size model has one) stay in fp32:
+  oneDNN 3.12's bf16 kernels (torch 2.13) return wrong values for many such shapes on an Intel
+  Xeon with AMX (relative error near 1, e.g. 8 channels per group with kernel 8, or 16 channels
+  at stride 4; the same class of bug as PyTorch issue 169688), while none with 32 or more did.
 - **int8**: the context network's linear layers become ``modules.int8_linear.Int8Linear``
   (per-channel int8 weights, each frame's activations quantized from itself, so a padded batch
   gives what each utterance gives alone). The front end, the CIF weight predictor and the CTC
@@ -38,6 +43,9 @@ def context_network(model: nn.Module) -> nn.Module:
     return getattr(inner, "encoder", inner)
 
 
+NARROW_CONV = 32  # input channels per group below which a CPU convolution is kept in fp32 (above)
+
+
 def _cast_inputs(dtype: torch.dtype):
     def hook(module, args, kwargs):
         def cast(value):
@@ -46,6 +54,26 @@ def _cast_inputs(dtype: torch.dtype):
         return tuple(cast(a) for a in args), {k: cast(v) for k, v in kwargs.items()}
 
     return hook
+
+
+def _cast_output(dtype: torch.dtype):
+    def hook(module, args, output):
+        return output.to(dtype)
+
+    return hook
+
+
+def keep_narrow_convolutions_fp32(model: nn.Module, dtype: torch.dtype) -> int:
+    """Keep ``model``'s CPU convolutions with 2 to ``NARROW_CONV - 1`` input channels per group in
+    fp32 (weights, input and arithmetic), their output cast to ``dtype``; the number kept. (One
+    input channel, the waveform's, runs as a matrix product: ``feature_extractor.convolve``.)"""
+    narrow = [m for m in model.modules() if isinstance(m, nn.Conv1d) and m.weight.device.type == "cpu"
+              and 1 < m.in_channels // m.groups < NARROW_CONV]
+    for conv in narrow:
+        conv.float()
+        conv.register_forward_pre_hook(_cast_inputs(torch.float32), with_kwargs=True)
+        conv.register_forward_hook(_cast_output(dtype))
+    return len(narrow)
 
 
 def quantize_linear_layers(module: nn.Module) -> int:
@@ -80,6 +108,7 @@ def set_precision(model: nn.Module, dtype: str = "fp32") -> nn.Module:
     else:
         model.to(DTYPES[dtype])
         model.register_forward_pre_hook(_cast_inputs(DTYPES[dtype]), with_kwargs=True)
+        keep_narrow_convolutions_fp32(model, DTYPES[dtype])
     model.inference_dtype = dtype
     return model
 

@@ -47,8 +47,9 @@ def run_pos_conv(pos_conv: nn.Sequential, x: torch.Tensor, stride: int) -> torch
     conv, same_pad, activation = pos_conv
     if conv.stride[0] == stride:
         return pos_conv(x)
-    x = F.conv1d(x, conv_weight(conv), conv.bias, stride, conv.padding, conv.dilation, conv.groups)
-    return activation(same_pad(x))
+    weight = conv_weight(conv)  # in the conv's own format: fp32 where precision.NARROW_CONV keeps it
+    y = F.conv1d(x.to(weight.dtype), weight, conv.bias, stride, conv.padding, conv.dilation, conv.groups)
+    return activation(same_pad(y.to(x.dtype)))
 
 
 def conv_output_lengths(lengths: torch.Tensor, kernel: int, stride: int, padding: int = 0) -> torch.Tensor:

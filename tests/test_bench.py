@@ -179,7 +179,7 @@ def timed_forwards(monkeypatch):
     was on and at which dtype, the dtypes the linear layers computed in during it (``int8`` for
     ``Int8Linear``) and the dtypes of the row's parameters."""
     from sew_plugin.inference import bench
-    from sew_plugin.inference.precision import NARROW_CONV
+    from sew_plugin.inference.precision import is_narrow
     from sew_plugin.modules.int8_linear import Int8Linear
 
     rows, calls = {}, []
@@ -205,9 +205,8 @@ def timed_forwards(monkeypatch):
         finally:
             handle.remove()
         name, model = rows[id(forward)]
-        # the convolutions precision.NARROW_CONV keeps in fp32 on the CPU (the tiny rows have them) aside
-        narrow = {id(p) for m in model.modules() if isinstance(m, torch.nn.Conv1d)
-                  and 1 < m.in_channels // m.groups < NARROW_CONV for p in m.parameters()}
+        # the convolutions precision.is_narrow keeps in fp32 (the tiny rows have them) aside
+        narrow = {id(p) for m in model.modules() if is_narrow(m) for p in m.parameters()}
         calls.append((name, torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu"), linear,
                       {p.dtype for p in model.parameters() if id(p) not in narrow}))
         return seconds

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from sew_plugin.cli import main as sew
-from sew_plugin.inference.precision import NARROW_CONV, context_network, parameter_count, set_precision
+from sew_plugin.inference.precision import context_network, is_narrow, parameter_count, set_precision
 from sew_plugin.modules.int8_linear import Int8Linear
 from sew_plugin.modules.masked_group_norm import mask_feature_norm
 
@@ -54,9 +54,8 @@ def test_a_converted_model_holds_its_format_and_computes_close_to_fp32(kind, dty
         assert {p.dtype for p in model.parameters()} == {torch.float32}
     else:
         want = {"bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
-        # on the CPU, convolutions of 2..31 input channels per group stay fp32 (precision.NARROW_CONV)
-        narrow = {id(p) for m in model.modules() if isinstance(m, torch.nn.Conv1d)
-                  and 1 < m.in_channels // m.groups < NARROW_CONV for p in m.parameters()}
+        # convolutions of 2..31 input channels per group stay fp32 (precision.is_narrow)
+        narrow = {id(p) for m in model.modules() if is_narrow(m) for p in m.parameters()}
         assert narrow  # the tiny models have such convolutions, so the rule is exercised
         assert {p.dtype for p in model.parameters() if id(p) not in narrow} == {want}
         assert {p.dtype for p in model.parameters() if id(p) in narrow} == {torch.float32}

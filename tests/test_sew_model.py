@@ -195,7 +195,7 @@ def test_grouped_in_place_feature_extractor_equals_fairseqs():
 
 def test_half_precision_feature_extractor_runs_channels_last_and_matches_fp32():
     """bf16 on the CPU: every convolution after the first runs on (B, T, C) memory and the first as a
-    matrix product (``feature_extractor.convolve``); the features are fairseq's extractor's in fp32,
+    matrix product (``convolution.convolve``); the features are fairseq's extractor's in fp32,
     within bf16's rounding, for both front ends, grouped by utterance or not."""
     from fairseq.models.wav2vec.wav2vec2 import ConvFeatureExtractionModel
 

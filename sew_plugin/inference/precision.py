@@ -13,11 +13,13 @@ passing what they always passed.
   (PyTorch's softmax and ``scaled_dot_product_attention`` kernels do for half-precision input),
   the CTC log-softmax runs on ``logits.float()`` (fairseq's ``get_normalized_probs``, the exit
   heads), and CIF's running sum is float64 (``modules.cif``).
-  On the CPU, convolutions with fewer than ``NARROW_CONV`` input channels per group (the tiny
-  models' positional and extractor convolutions; no full-size model has one) stay in fp32:
-  oneDNN 3.12's bf16 kernels (torch 2.13) return wrong values for many such shapes on an Intel
-  Xeon with AMX (relative error near 1, e.g. 8 channels per group with kernel 8, or 16 channels
-  at stride 4; the same class of bug as PyTorch issue 169688), while none with 32 or more did.
+  Convolutions with 2 to ``NARROW_CONV - 1`` input channels per group (``is_narrow``: the tiny
+  and demo-size models' positional and extractor convolutions, and SEW-D-tiny's positional one
+  with 24) stay in fp32: on an Intel Xeon with AMX, oneDNN 3.12's bf16 kernels (torch 2.13) return
+  wrong values for many such shapes (relative error near 1; seen from 2 to 16 channels per group,
+  e.g. 8 with kernel 8, and at 24 with stride 4; the same class of bug as PyTorch issue 169688),
+  and none with 32 or more did. On every device, so that a model converted on one and moved to
+  another keeps the rule; the convolutions are small.
 - **int8**: the context network's linear layers become ``modules.int8_linear.Int8Linear``
   (per-channel int8 weights, each frame's activations quantized from itself, so a padded batch
   gives what each utterance gives alone). The front end, the CIF weight predictor and the CTC
@@ -43,7 +45,14 @@ def context_network(model: nn.Module) -> nn.Module:
     return getattr(inner, "encoder", inner)
 
 
-NARROW_CONV = 32  # input channels per group below which a CPU convolution is kept in fp32 (above)
+NARROW_CONV = 32  # input channels per group below which a convolution is kept in fp32 (above)
+
+
+def is_narrow(module: nn.Module) -> bool:
+    """Whether ``set_precision`` keeps this module in fp32: a ``Conv1d`` with 2 to ``NARROW_CONV - 1``
+    input channels per group (one, the waveform's, runs as a matrix product:
+    ``convolution.convolve``)."""
+    return isinstance(module, nn.Conv1d) and 1 < module.in_channels // module.groups < NARROW_CONV
 
 
 def _cast_inputs(dtype: torch.dtype):
@@ -64,11 +73,9 @@ def _cast_output(dtype: torch.dtype):
 
 
 def keep_narrow_convolutions_fp32(model: nn.Module, dtype: torch.dtype) -> int:
-    """Keep ``model``'s CPU convolutions with 2 to ``NARROW_CONV - 1`` input channels per group in
-    fp32 (weights, input and arithmetic), their output cast to ``dtype``; the number kept. (One
-    input channel, the waveform's, runs as a matrix product: ``feature_extractor.convolve``.)"""
-    narrow = [m for m in model.modules() if isinstance(m, nn.Conv1d) and m.weight.device.type == "cpu"
-              and 1 < m.in_channels // m.groups < NARROW_CONV]
+    """Keep ``model``'s narrow convolutions (``is_narrow``) in fp32 (weights, input and arithmetic),
+    their output cast to ``dtype``; the number kept."""
+    narrow = [m for m in model.modules() if is_narrow(m)]
     for conv in narrow:
         conv.float()
         conv.register_forward_pre_hook(_cast_inputs(torch.float32), with_kwargs=True)

@@ -218,7 +218,7 @@ class DisentangledSelfAttention(nn.Module):
         ``rel_embeddings``: the (2 * buckets, D) normalised table R, identified by ``rel_key``."""
         # each (B, H, L, d) laid out head by head once: the position, score and value products read
         # them in place instead of each copying a strided view (bf16, 10 s: 165 vs 206 us per product)
-        q = self._split_heads(self.query_proj(x)).contiguous().mul_(self.scale)
+        q = self._split_heads(self.query_proj(x) * self.scale).contiguous()
         k = self._split_heads(self.key_proj(x)).contiguous()
         v = self._split_heads(self.value_proj(x)).contiguous()
         bsz, _, length, _ = q.shape

@@ -9,9 +9,9 @@ time resolution shrinks, with ``l`` extra pointwise (kernel 1) convolutions afte
 from typing import List, Tuple
 
 import torch
-import torch.nn.functional as F
 from fairseq.models.wav2vec.wav2vec2 import ConvFeatureExtractionModel
 
+from .convolution import convolve
 from .masked_group_norm import rows
 
 ConvLayers = List[Tuple[int, int, int]]
@@ -104,31 +104,6 @@ def conv_layers_of(extractor: ConvFeatureExtractionModel) -> ConvLayers:
     its modules."""
     convs = [block[0] for block in extractor.conv_layers]
     return [(c.out_channels, c.kernel_size[0], c.stride[0]) for c in convs]
-
-
-def convolve(conv: torch.nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
-    """``conv(x)`` for fairseq's unpadded extractor convolutions, (B, C_in, T) -> (B, C_out, T'), run
-    the faster way (measured on a 2-core Intel Xeon with AMX, 2 threads):
-
-    - one input channel (the first layer, on the waveform): a product of the (C_out, k) kernel with
-      the (B, k, T') view of the waveform's frames; the same arithmetic as oneDNN's convolution
-      (bit-identical in fp32) in a twelfth of the time (0.37 vs 4.4 ms for 10 s, c=64);
-    - half-precision weights (bf16 / fp16) on the CPU: the convolution on (B, T, C) memory, where
-      oneDNN's half-precision kernels need no reorder of the activations before and after
-      (SEW-D-mid's WFE-C, 10 s, bf16: 32 vs 54 ms); the result is a (B, C, T) view of that
-      memory. In fp32 the plain layout measured faster, and is kept.
-    """
-    kernel, stride = conv.kernel_size[0], conv.stride[0]
-    if conv.padding != (0,) or conv.dilation != (1,):
-        return conv(x)
-    if conv.in_channels == 1 and conv.groups == 1:
-        frames = x[:, 0].unfold(-1, kernel, stride).transpose(1, 2)  # (B, k, T')
-        y = torch.matmul(conv.weight[:, 0], frames)  # (B, C_out, T')
-        return y if conv.bias is None else y + conv.bias[:, None]
-    if conv.weight.dtype in (torch.bfloat16, torch.float16) and x.device.type == "cpu":
-        x = x.unsqueeze(2).contiguous(memory_format=torch.channels_last)  # (B, C, 1, T) in (B, T, C) memory
-        return F.conv2d(x, conv.weight.unsqueeze(2), conv.bias, stride=(1, stride), groups=conv.groups).squeeze(2)
-    return conv(x)
 
 
 class GroupedConvFeatureExtractor(ConvFeatureExtractionModel):

@@ -33,6 +33,7 @@ from typing import Iterator, Optional, Tuple
 import torch
 from fairseq.modules import Fp32GroupNorm
 
+from .convolution import convolve
 from .squeeze import conv_output_lengths
 
 _SAMPLES: ContextVar[Optional[torch.Tensor]] = ContextVar("sew_plugin_valid_samples", default=None)
@@ -105,7 +106,7 @@ def recording_statistics(model, wav: torch.Tensor, chunk: int = 16000 * 30) -> O
     frames = 0
     weight = next(conv.parameters())
     for start in range(0, max(wav.numel() - k, 0) + 1, chunk):
-        x = conv(wav[start : start + chunk + k - s].to(weight)[None, None]).double()[0]  # (C, T)
+        x = convolve(conv, wav[start : start + chunk + k - s].to(weight)[None, None]).double()[0]  # (C, T)
         total += x.sum(-1).cpu()
         squares += x.pow(2).sum(-1).cpu()
         frames += x.size(-1)

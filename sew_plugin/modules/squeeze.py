@@ -47,7 +47,7 @@ def run_pos_conv(pos_conv: nn.Sequential, x: torch.Tensor, stride: int) -> torch
     conv, same_pad, activation = pos_conv
     if conv.stride[0] == stride:
         return pos_conv(x)
-    weight = conv_weight(conv)  # in the conv's own format: fp32 where precision.NARROW_CONV keeps it
+    weight = conv_weight(conv)  # in the conv's own format: fp32 where precision.is_narrow keeps it
     y = F.conv1d(x.to(weight.dtype), weight, conv.bias, stride, conv.padding, conv.dilation, conv.groups)
     return activation(same_pad(y.to(x.dtype)))
 

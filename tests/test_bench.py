@@ -255,19 +255,30 @@ def test_rows_in_a_format_they_cannot_run_in_are_refused(tiny_presets):
         prepare("sew_d_tiny:int8", "fp32", "cuda")
 
 
-def test_the_peak_column_is_the_achieved_rate_over_the_machines_gemm_rate(tiny_presets, tmp_path, capsys):
+def test_the_peak_column_is_the_achieved_rate_over_the_gemm_rate_timed_beside_it(tiny_presets, tmp_path, capsys):
     from sew_plugin.cli import main as sew
-    from sew_plugin.inference.bench import gemm_rate
+    from sew_plugin.inference.bench import GemmReference
 
-    assert gemm_rate("fp32", size=256, repeat=1) > 1e8  # FLOP/s of a real product, not a constant
-    assert sew(["bench", "--models", "sew_d_tiny", "--baseline", "sew_d_tiny", "--seconds", "0.2",
-                "--batch-size", "1", "--repeat", "1", "--warmup", "0", "--peak", "--out", str(tmp_path)]) == 0
+    reference = GemmReference("fp32", size=256, slot_s=0.01)
+    reference.warm_up()
+    assert reference.count > 1  # a slot of several products, not one
+    assert reference.flop / reference.seconds() > 1e8  # FLOP/s of a real product, not a constant
+    assert sew(["bench", "--models", "sew_d_tiny", "sew_d_tiny:bf16", "--baseline", "sew_d_tiny", "--seconds", "0.2",
+                "--batch-size", "1", "2", "--repeat", "1", "--warmup", "0", "--peak", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    rate = float(re.search(r"GEMM peak \(2048\^3 products, best of 6\), GFLOP/s: fp32 ([0-9]+)", out).group(1))
-    row = next(csv.DictReader(open(tmp_path / "bench.csv")))
-    share = float(row["gflops"]) / rate
-    assert 0 < float(row["peak_share"]) and abs(float(row["peak_share"]) - share) < 0.01 + 0.01 * share
-    assert f"| {100 * float(row['peak_share']):.0f}% |" in out
+    line = re.search(r"GEMM rate \(2048\^3 products timed in the rows' rotation, median\), GFLOP/s: (.*)", out).group(1)
+    settings = dict(part.split(": ") for part in line.split("; "))
+    assert list(settings) == ["batch 1, 0.2 s", "batch 2, 0.2 s"]  # measured at each setting
+    rows = list(csv.DictReader(open(tmp_path / "bench.csv")))
+    assert len(rows) == 4
+    for row in rows:
+        rates = dict(pair.split(" ") for pair in settings[f"batch {row['batch']}, 0.2 s"].split(", "))
+        assert set(rates) == {"fp32", "bf16"}
+        gemm = float(row["gemm_gflops"])
+        assert gemm > 0.1 and f"{gemm:.0f}" == rates[row["dtype"]]  # its own format's rate
+        share = float(row["gflops"]) / gemm
+        assert 0 < float(row["peak_share"]) and abs(float(row["peak_share"]) - share) < 1e-6 * share
+        assert f"| {100 * float(row['peak_share']):.0f}% |" in out
 
 
 @pytest.mark.parametrize("argv, message", [

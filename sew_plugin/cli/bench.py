@@ -18,8 +18,9 @@ the model, ``NAME:down{f}{method}`` (e.g. ``w2v2_base:down2resample``; methods c
 int8 linear layers); a row's own ``:DTYPE`` overrides it (``sew_d_mid:bf16``, ``sew_d_mid:int8``:
 formats side by side in one run), and ``:autocast-bf16`` / ``:autocast-fp16`` keep a row in fp32
 under autocast instead, which casts every weight at every call (``hf:sew_d_mid:autocast-bf16``).
-``--peak`` measures the machine's GEMM rate at each row's format and gives each row's achieved
-FLOP/s as a share of it.
+``--peak`` times 2048^3 matrix products at each row's format as slots of the same rotation (the
+machine's GEMM rate at that moment: see ``GemmReference``) and gives each row's achieved FLOP/s
+as a share of the median rate of its format.
 ``NAME:onnx`` is the row ``NAME`` (a model, or St-SEW at an operating point, e.g.
 ``st_sew_base@2,2,1:onnx``) exported to ONNX (``sew_plugin.interop.onnx``, into a temporary file) and run
 by onnxruntime on the CPU with as many threads as torch, fp32 only, timed like the PyTorch rows; its
@@ -47,7 +48,7 @@ from typing import Dict, List
 
 import torch
 
-from ..inference.bench import available_models, gemm_rate, plot, row_format, run, to_markdown
+from ..inference.bench import available_models, plot, row_format, run, to_markdown
 from ..inference.precision import DTYPES
 from ..inference.reports import write_tables
 from .options import add_overwrite_argument, at_least, check_outputs, device
@@ -81,8 +82,8 @@ def add_arguments(p) -> None:
                    help="format of the rows that name none (NAME:bf16 ... name one): weights converted to it once "
                    "(int8: the transformer's linear layers in int8)")
     p.add_argument("--peak", action="store_true",
-                   help="measure the machine's GEMM rate at each row's format (2048^3 products) and print each "
-                   "row's achieved FLOP/s as a share of it")
+                   help="time 2048^3 products at each row's format in the rows' rotation (the machine's GEMM "
+                   "rate) and print each row's achieved FLOP/s as a share of it")
     p.add_argument("--repeat", type=at_least(1), default=5,
                    help="timed forwards per row and setting (the median is reported)")
     p.add_argument("--warmup", type=at_least(0), default=1,
@@ -113,19 +114,19 @@ def main(args) -> int:
         raise SystemExit(f"sew bench: error: --wer names models that are not benchmarked: {', '.join(unknown)}")
     try:
         rows = run(args.models, args.seconds, args.batch_size, args.device, args.dtype, args.repeat,
-                   args.warmup, args.baseline)
+                   args.warmup, args.baseline, peak=args.peak)
     except ValueError as err:  # a row name that does not describe a model
         raise SystemExit(f"sew bench: error: {err}") from None
-    peaks = {dtype: gemm_rate(dtype, args.device) for dtype in dict.fromkeys(r.format for r in rows)} if args.peak else {}
-    for row in rows if peaks else []:
-        row.at_peak(peaks[row.format])
     table = to_markdown(rows, args.baseline)
     named = any(row_format(name, args.dtype)[0] != name for name in args.models)  # rows with their own format
     machine = (f"{torch.get_num_threads()} threads, torch {torch.__version__}, device {args.device}, {args.dtype}"
                f"{' (rows without a format suffix)' if named else ''}")
-    if peaks:
-        rates = ", ".join(f"{dtype} {rate / 1e9:.0f}" for dtype, rate in peaks.items())
-        machine += f"; GEMM peak (2048^3 products, best of 6), GFLOP/s: {rates}"
+    if args.peak:
+        rates = {}  # per setting, the rate of each format (its rows share it)
+        for r in rows:
+            rates.setdefault(f"batch {r.batch}, {r.seconds:g} s", {})[r.format] = r.gemm_gflops
+        machine += "; GEMM rate (2048^3 products timed in the rows' rotation, median), GFLOP/s: " + "; ".join(
+            f"{setting}: " + ", ".join(f"{f} {rate:.0f}" for f, rate in formats.items()) for setting, formats in rates.items())
     print(f"\n{machine}\n\n{table}")
     if args.out:
         write_tables(args.out, "bench", machine, table, rows)

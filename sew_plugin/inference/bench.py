@@ -9,6 +9,7 @@ baseline row measured in the same run.
 
 import contextlib
 import itertools
+import math
 import statistics
 import time
 from dataclasses import dataclass
@@ -37,7 +38,8 @@ class Row:
     frame_ms: float = 20.0
     gflops: float = 0.0  # achieved: 2 * MACs over the median time
     dtype: str = "fp32"  # the row's number format (``autocast-bf16`` for rows under autocast)
-    peak_share: Optional[float] = None  # gflops over the machine's GEMM rate at the row's format (--peak)
+    peak_share: Optional[float] = None  # gflops over gemm_gflops (--peak)
+    gemm_gflops: Optional[float] = None  # the GEMM rate at the row's format, timed in the same rotation (--peak)
 
     @property
     def format(self) -> str:
@@ -45,6 +47,7 @@ class Row:
         return self.dtype.removeprefix("autocast-")
 
     def at_peak(self, flops_per_s: float) -> None:
+        self.gemm_gflops = flops_per_s / 1e9
         self.peak_share = self.gflops * 1e9 / flops_per_s
 
 
@@ -295,19 +298,32 @@ def _timed(forward: Callable, x: torch.Tensor) -> float:
     return time.perf_counter() - start
 
 
-def gemm_rate(dtype: str = "fp32", device: str = "cpu", size: int = 2048, repeat: int = 5) -> float:
-    """The machine's matrix-multiply rate in FLOP/s at ``dtype``: the best of ``repeat`` products of
-    two (size, size) matrices (``int8``: an ``Int8Linear`` layer, what int8 rows run, its per-row
-    quantization included). The "how close to the limit" of ``--peak``."""
-    x = torch.randn(size, size, device=device)
-    if dtype == "int8":
-        layer = set_precision(torch.nn.Sequential(torch.nn.Linear(size, size, bias=False)).eval(), "int8")
-        product = lambda: layer(x)  # noqa: E731
-    else:
-        a, b = x.to(DTYPES[dtype]), torch.randn(size, size, device=device, dtype=DTYPES[dtype])
-        product = lambda: a @ b  # noqa: E731
-    seconds = min(_timed(lambda _: product(), x) for _ in range(repeat + 1))
-    return 2 * size**3 / seconds
+class GemmReference:
+    """The machine's matrix-product rate at one format, timed as a slot of the rows' rotation.
+
+    Measured apart from the rows (a best-of-N before or after them), the rate and the rows would
+    see different moments of a machine whose speed drifts (1.8x within minutes has been seen on
+    shared CPUs): timed in the same rotation, both see the same ones. A slot runs as many
+    (size, size) x (size, size) products as fill ``slot_s`` (counted at warm-up); ``int8`` runs an
+    ``Int8Linear`` layer, what int8 rows run, its per-row quantization included.
+    """
+
+    def __init__(self, dtype: str, device: str = "cpu", size: int = 2048, slot_s: float = 0.05):
+        x = torch.randn(size, size, device=device)
+        if dtype == "int8":
+            layer = set_precision(torch.nn.Sequential(torch.nn.Linear(size, size, bias=False)).eval(), "int8")
+            self.product = lambda _: layer(x)  # noqa: E731
+        else:
+            a, b = x.to(DTYPES[dtype]), torch.randn(size, size, device=device, dtype=DTYPES[dtype])
+            self.product = lambda _: a @ b  # noqa: E731
+        self.x, self.flop, self.slot_s, self.count = x, 2 * size**3, slot_s, 1
+
+    def warm_up(self) -> None:
+        self.count = max(1, math.ceil(self.slot_s / self.seconds()))
+
+    def seconds(self) -> float:
+        """Seconds per product, over one slot."""
+        return _timed(lambda x: [self.product(x) for _ in range(self.count)], self.x) / self.count
 
 
 AUTOCAST = {"autocast-bf16": "bf16", "autocast-fp16": "fp16"}
@@ -375,9 +391,10 @@ def prepare(name: str, dtype: str, device: str) -> Prepared:
 
 def run(models: List[str], seconds: List[float], batch_sizes: List[int], device: str = "cpu",
         dtype: str = "fp32", repeat: int = 5, warmup: int = 1, baseline: str = "w2v2_base",
-        log: Callable[[str], None] = print) -> List[Row]:
+        log: Callable[[str], None] = print, peak: bool = False) -> List[Row]:
     """Every row at every (seconds, batch size), in its format (``row_format``; ``dtype`` for rows
-    that name none)."""
+    that name none). With ``peak``, a ``GemmReference`` of each format the rows run in is timed
+    in the same rotation, and each row gets its share of the one of its format (``Row.at_peak``)."""
     if baseline not in models:
         log(f"adding the baseline row {baseline} (--baseline)")
         models = models + [baseline]
@@ -389,19 +406,26 @@ def run(models: List[str], seconds: List[float], batch_sizes: List[int], device:
         log(f"building {name}")
         built[name] = prepare(name, dtype, device)
 
+    references = {f"GEMM {f}": GemmReference(f, device) for f in dict.fromkeys(b.dtype for b in built.values())} if peak else {}
+
     def timed(name, x):
+        if name in references:
+            return references[name].seconds()
         with built[name].context():
             return _timed(built[name].forward, x)
 
     rows = []
+    slots = models + list(references)
     for secs, bsz in itertools.product(seconds, batch_sizes):
         x = torch.randn(bsz, int(16000 * secs), device=device)
-        times: Dict[str, List[float]] = {name: [] for name in models}
+        times: Dict[str, List[float]] = {name: [] for name in slots}
         for name in models:
             for _ in range(warmup):
                 timed(name, x)
+        for reference in references.values():
+            reference.warm_up()
         for r in range(repeat):
-            order = models[r % len(models):] + models[: r % len(models)]
+            order = slots[r % len(slots):] + slots[: r % len(slots)]
             for name in order:
                 times[name].append(timed(name, x))
         base = statistics.median(times[baseline])
@@ -419,6 +443,9 @@ def run(models: List[str], seconds: List[float], batch_sizes: List[int], device:
                 macs["Global"] / 1e9, memory / 2**20, context_macs(row.model, macs) / 1e9, period,
                 flops / 1e9, dtype=f"autocast-{row.dtype}" if row.autocast else row.dtype,
             ))
+            if references:
+                reference = references[f"GEMM {row.dtype}"]
+                rows[-1].at_peak(reference.flop / statistics.median(times[f"GEMM {row.dtype}"]))
             log(f"{name} batch {bsz} {secs:g} s: {1000 * med:.0f} ms, x{base / med:.2f} vs {baseline}")
     return rows
 

@@ -5,6 +5,10 @@ checkpoint writers, task set-ups) or in ``conftest.py`` (tiny sizes, WAV corpora
 ``fairseq-hydra-train`` runner and its override lists).
 """
 
+import contextlib
+import io
+import os
+import subprocess
 from argparse import Namespace
 from pathlib import Path
 
@@ -24,6 +28,28 @@ from sew_plugin.models.sew_d import SEWDConfig, SEWDModel
 from sew_plugin.models.st_sew import StSEWConfig, StSEWModel
 
 from conftest import TINY_SEW
+
+
+# ---- the sew command line in this process ------------------------------------------------------
+
+def sew_here(*args, expect=0) -> subprocess.CompletedProcess:
+    """``sew ARGS`` run in this process (``sew_plugin.cli.main``, what the console script calls),
+    its stdout and stderr captured; asserts its exit status is ``expect``. For tests whose subject is
+    the command's work, not the script: a subprocess spends 4 s importing torch and fairseq again.
+    torch's thread count, which ``--threads`` sets, is restored."""
+    from sew_plugin.cli import main
+
+    out, err, threads = io.StringIO(), io.StringIO(), torch.get_num_threads()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main([os.fsdecode(a) if isinstance(a, (str, Path)) else str(a) for a in args])
+        except SystemExit as stop:
+            code = stop.code
+        finally:
+            torch.set_num_threads(threads)
+    run = subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
+    assert code == expect, run.stdout + run.stderr
+    return run
 
 
 # ---- tiny pre-training models (eval mode unless said otherwise) --------------------------------

@@ -2,7 +2,6 @@
 real files: each case gives fairseq's result or a refusal naming the file and line or the option,
 never a silent loss or a traceback (issue 20's cases, numbered as there)."""
 
-import functools
 import json
 import os
 import subprocess
@@ -16,7 +15,7 @@ import soundfile as sf
 import torch
 
 from conftest import write_manifest, write_wav_corpus
-from helpers import LETTERS, ctc_model, write_checkpoint
+from helpers import LETTERS, ctc_model, sew_here, write_checkpoint
 
 SEW = str(Path(sys.executable).with_name("sew"))
 FAIRSEQ_MANIFEST = Path(__import__("fairseq").__file__).parent / "examples" / "wav2vec" / "wav2vec_manifest.py"
@@ -27,20 +26,6 @@ def sew(*args, expect=0) -> subprocess.CompletedProcess:
     assert "Traceback" not in run.stderr, run.stderr
     assert run.returncode == expect, run.stdout + run.stderr
     return run
-
-
-def sew_here(capsys, *args, expect=0) -> subprocess.CompletedProcess:
-    """The same command in this process (``sew_plugin.cli.main``): for the variants of a case whose
-    first variant runs as a subprocess, at a fraction of the start-up cost."""
-    from sew_plugin.cli import main
-
-    try:
-        code = main([os.fsdecode(a) for a in args])
-    except SystemExit as stop:
-        code = stop.code
-    out, err = capsys.readouterr()
-    assert code == expect, out + err
-    return subprocess.CompletedProcess(args, code, out, err)
 
 
 def wav(path: Path, n: int = 4000) -> Path:
@@ -231,10 +216,10 @@ def test_results_of_two_subsets_sit_side_by_side_and_a_rerun_is_explicit(tmp_pat
     ("--path", "ckpt.pt", "sew infer takes the checkpoint as its first argument"),
     ("--task", "audio_finetuning", "sew infer takes the task from the checkpoint"),
 ])
-def test_fairseqs_options_without_an_equivalent_are_refused_naming_the_way_here(tmp_path, capsys, option, value,
+def test_fairseqs_options_without_an_equivalent_are_refused_naming_the_way_here(tmp_path, option, value,
                                                                               message):
-    run = sew if option == "--gen-subset" else functools.partial(sew_here, capsys)
-    assert "--overwrite replaces the files of --results-dir" in sew_here(capsys, "infer", tmp_path / "c.pt", tmp_path,
+    run = sew if option == "--gen-subset" else sew_here
+    assert "--overwrite replaces the files of --results-dir" in sew_here("infer", tmp_path / "c.pt", tmp_path,
                                                                           "--overwrite", expect=2).stderr
     refused = run("infer", tmp_path / "ckpt.pt", tmp_path, option, value, expect=2)
     assert f"argument {option}: {message}" in refused.stderr
@@ -284,7 +269,7 @@ def unwritable(tmp_path: Path) -> Path:
 
 @pytest.mark.parametrize("where", ["file", "under-file", "unwritable"])
 @pytest.mark.parametrize("command", ["manifest", "labels", "lexicon", "lm"])
-def test_a_dest_that_cannot_be_written_is_refused_by_name(tmp_path, capsys, command, where):
+def test_a_dest_that_cannot_be_written_is_refused_by_name(tmp_path, command, where):
     wav(tmp_path / "audio" / "u0.wav")
     write_manifest(tmp_path / "train.tsv", tmp_path / "audio", [("u0.wav", 4000)])
     (tmp_path / "t.txt").write_text("u0 THE CAT\n")
@@ -295,7 +280,7 @@ def test_a_dest_that_cannot_be_written_is_refused_by_name(tmp_path, capsys, comm
         dest = dest / "out.txt"
     inputs = {"manifest": [tmp_path / "audio"], "labels": [tmp_path / "train.tsv", tmp_path / "t.txt"],
               "lexicon": [tmp_path / "t.txt"], "lm": [tmp_path / "t.txt"]}[command]
-    run = sew if (command, where) == ("manifest", "file") else functools.partial(sew_here, capsys)
+    run = sew if (command, where) == ("manifest", "file") else sew_here
     refused = run(command, *inputs, "--dest", dest, expect=2)
     assert refused.stderr.startswith(f"sew {command}: error: ") and str(dest if command in ("manifest", "labels") or
                                                                           where == "file" else dest.parent) in refused.stderr
@@ -366,9 +351,9 @@ def test_blanks_fairseq_would_strip_are_refused(tmp_path):
 # 15. split names stay in DEST; IDs keep their dots; composed and decomposed names match
 
 @pytest.mark.parametrize("split", ["../x", "", ".hidden", "a/b", "test.tsv", "dev,test"])
-def test_a_split_that_is_not_a_plain_name_is_refused(tmp_path, capsys, split):
+def test_a_split_that_is_not_a_plain_name_is_refused(tmp_path, split):
     wav(tmp_path / "audio" / "u0.wav")
-    run = sew if split == "../x" else functools.partial(sew_here, capsys)
+    run = sew if split == "../x" else sew_here
     refused = run("manifest", tmp_path / "audio", "--dest", tmp_path / "d", "--split", split, expect=2)
     assert "sew manifest: error: --split " in refused.stderr and "expected a plain name" in refused.stderr
     assert not (tmp_path / "x.tsv").exists() and not list((tmp_path / "d").glob("*.tsv"))

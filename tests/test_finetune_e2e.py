@@ -17,7 +17,7 @@ import torch
 
 from conftest import (TINY_FINETUNING, TINY_PRETRAINING, TINY_PRETRAINING_COMMON, TINY_W2V2_PRETRAINING, hydra_train,
                       log_records)
-from helpers import half_precision_record, infer_result
+from helpers import half_precision_record, infer_result, sew_here
 
 pytestmark = pytest.mark.slow  # every test stands on fairseq-hydra-train runs (module fixtures) and the sew script
 
@@ -27,9 +27,8 @@ N_UTTERANCES, N_VALID = 37, 13  # 13 held out, transcribed in batches of 8 (8 + 
 
 
 def sew_cli(*args):
-    run = subprocess.run([SEW, *map(str, args)], capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0, run.stderr[-3000:]
-    return run.stdout
+    """stdout of ``sew ARGS`` in this process (the script itself runs as a subprocess in the refusals)."""
+    return sew_here(*args).stdout
 
 
 @pytest.fixture(scope="module")

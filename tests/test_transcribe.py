@@ -22,7 +22,7 @@ from sew_plugin.inference.transcriber import Transcript, Transcriber
 from sew_plugin.inference.windows import ALIGN_FRAMES, Windowing, forward_windows, kept_frames, plan
 from sew_plugin.modules.masked_group_norm import first_norm, mask_feature_norm, recording_statistics
 
-from helpers import LETTERS, ctc_model, write_checkpoint
+from helpers import LETTERS, ctc_model, sew_here, write_checkpoint
 
 SEW = str(Path(sys.executable).with_name("sew"))
 
@@ -272,6 +272,7 @@ def test_the_python_api_transcribes_arrays_and_files_alike(tmp_path, checkpoint)
 
 
 def sew(*args, expect=0):
+    """The console script in a subprocess (once per case; ``sew_here`` runs the other calls in this process)."""
     run = subprocess.run([SEW, *map(str, args)], capture_output=True, text=True, timeout=600)
     assert "Traceback" not in run.stderr, run.stderr
     assert run.returncode == expect, run.stdout + run.stderr
@@ -301,19 +302,19 @@ def test_sew_transcribe_writes_every_format_refuses_bad_files_and_shards_cover_e
 
     sharded = tmp_path / "sharded"
     for k in range(4):
-        sew("transcribe", checkpoint, audio, "--out", sharded, "--format", *FORMATS, "--window", "5", "--context", "1",
-            "--num-shards", 4, "--shard-id", k)
+        sew_here("transcribe", checkpoint, audio, "--out", sharded, "--format", *FORMATS, "--window", "5", "--context", "1",
+                 "--num-shards", 4, "--shard-id", k)
     assert {p.relative_to(sharded): p.read_bytes() for p in sharded.rglob("*.*")} == \
            {p.relative_to(one): p.read_bytes() for p in one.rglob("*.*")}
 
-    refused = sew("transcribe", checkpoint, audio, "--out", one, expect=2)
+    refused = sew_here("transcribe", checkpoint, audio, "--out", one, expect=2)
     assert "already exist" in refused.stderr and "--overwrite" in refused.stderr
 
     (audio / "calls" / "broken.wav").write_bytes(b"RIFF\x10\x00\x00\x00WAVEfmt garbage")
     sf.write(audio / "calls" / "empty.wav", np.zeros(0, np.float32), 16000)
-    refused = sew("transcribe", checkpoint, audio / "calls", expect=2)
+    refused = sew_here("transcribe", checkpoint, audio / "calls", expect=2)
     assert f"{audio / 'calls' / 'broken.wav'}: cannot be decoded" in refused.stderr
-    counted = sew("transcribe", checkpoint, audio / "calls", "--skip-bad")
+    counted = sew_here("transcribe", checkpoint, audio / "calls", "--skip-bad")
     assert "transcribed 3 of 5 files" in counted.stderr and "skipped 2" in counted.stderr
     assert f"{audio / 'calls' / 'empty.wav'}: holds no audio" in counted.stderr
     assert sum(line.startswith(str(audio / "calls")) for line in counted.stdout.splitlines()) == 3
@@ -322,17 +323,18 @@ def test_sew_transcribe_writes_every_format_refuses_bad_files_and_shards_cover_e
 def test_sew_transcribe_refuses_a_missing_input_and_a_bad_shard_before_loading(tmp_path):
     refused = sew("transcribe", tmp_path / "none.pt", tmp_path / "nothing.wav", expect=2)
     assert f"{tmp_path / 'nothing.wav'}: not found" in refused.stderr
-    refused = sew("transcribe", tmp_path / "none.pt", tmp_path, "--num-shards", 2, "--shard-id", 2, expect=2)
+    refused = sew_here("transcribe", tmp_path / "none.pt", tmp_path, "--num-shards", 2, "--shard-id", 2, expect=2)
     assert "--shard-id 2 must be below --num-shards 2" in refused.stderr
-    refused = sew("transcribe", tmp_path / "none.pt", tmp_path, "--format", "srt", expect=2)
+    refused = sew_here("transcribe", tmp_path / "none.pt", tmp_path, "--format", "srt", expect=2)
     assert "--format needs --out" in refused.stderr
     # two files that would write the same transcripts, in different shards: refused in every shard
     for folder in ("a/deep", "b"):
         (tmp_path / folder).mkdir(parents=True)
         sf.write(tmp_path / folder / "rec.wav", speechlike(1.0), 16000)
     for shard in ("0", "1"):
-        refused = sew("transcribe", tmp_path / "none.pt", tmp_path / "a" / "deep" / "rec.wav", tmp_path / "b" / "rec.wav",
-                      "--out", tmp_path / "out", "--num-shards", 2, "--shard-id", shard, expect=2)
+        refused = sew_here("transcribe", tmp_path / "none.pt", tmp_path / "a" / "deep" / "rec.wav",
+                           tmp_path / "b" / "rec.wav", "--out", tmp_path / "out", "--num-shards", 2, "--shard-id", shard,
+                           expect=2)
         assert "would be written to the same files as" in refused.stderr
 
 
@@ -343,7 +345,7 @@ def test_sew_transcribe_refuses_options_the_model_cannot_run_once_and_notes_dupl
     refused = sew("transcribe", checkpoint, tmp_path / "a.wav", "--window", "1", "--context", "0.3", "--skip-bad",
                   expect=2)
     assert refused.stderr.count("--window 1.0 with --context 0.3 leaves no step") == 1
-    done = sew("transcribe", checkpoint, tmp_path / "a.wav", tmp_path / "link.wav")
+    done = sew_here("transcribe", checkpoint, tmp_path / "a.wav", tmp_path / "link.wav")
     assert f"{tmp_path / 'link.wav'} left out: the same file as {tmp_path / 'a.wav'}" in done.stderr
     assert "transcribed 1 of 1 files" in done.stderr
 
@@ -379,8 +381,8 @@ def test_sew_transcribe_with_decode_workers_writes_what_one_process_writes(tmp_p
     (tmp_path / "lex.txt").write_text("".join(f"{w} {' '.join(w)} |\n" for w in ("EAT", "TEA", "NOT", "NO", "SEA", "TO")))
     kenlm = ["--decoder", "kenlm", "--lm", tmp_path / "lm.arpa", "--lexicon", tmp_path / "lex.txt", "--window", "5",
              "--context", "1", "--format", "json", "ctm"]
-    for workers in (1, 2):
-        sew("transcribe", checkpoint, audio, "--out", tmp_path / f"w{workers}", "--decode-workers", workers, *kenlm)
+    for workers, command in ((1, sew_here), (2, sew)):
+        command("transcribe", checkpoint, audio, "--out", tmp_path / f"w{workers}", "--decode-workers", workers, *kenlm)
     ones = {p.relative_to(tmp_path / "w1"): p.read_bytes() for p in (tmp_path / "w1").rglob("*.*")}
     assert len(ones) == 10 and ones == {p.relative_to(tmp_path / "w2"): p.read_bytes()
                                         for p in (tmp_path / "w2").rglob("*.*")}
@@ -388,7 +390,7 @@ def test_sew_transcribe_with_decode_workers_writes_what_one_process_writes(tmp_p
         settings = json.loads((tmp_path / f"w{workers}" / "talks" / "r1.json").read_text(),
                               parse_constant=lambda c: pytest.fail(f"{c} is not JSON"))["settings"]
         assert settings["unk_score"] == "-inf" and settings["decoder"] == "kenlm"
-    refused = sew("transcribe", checkpoint, audio, "--decode-workers", 2, expect=2)
+    refused = sew_here("transcribe", checkpoint, audio, "--decode-workers", 2, expect=2)
     assert "--decode-workers is for --decoder kenlm" in refused.stderr
 
     (audio / "zz").mkdir()  # a bad file last: what was decoded before it, in the workers, is written

@@ -96,6 +96,9 @@ def test_early_exit_rows_stop_after_layer_k():
     full_macs, half_macs = count_macs(full_model, full, x), count_macs(half_model, half, x)
     assert half(x).shape == full(x).shape
     assert 0.3 < half_macs / full_macs < 0.9  # 6 of 12 layers, the same front end and upsampler
+    for k in ("0", "13", "six", "-1"):  # no layer 0 (it would be read as the last), none above 12
+        with pytest.raises(ValueError, match=f"sew_d_tiny:exit{k}: ':exitK' takes a layer K from 1 to 12"):
+            build(f"sew_d_tiny:exit{k}")
 
 
 def test_cif_rows_by_lambda_and_by_frame_period():

@@ -103,8 +103,13 @@ def build(name: str):
         model.remove_pretraining_modules()
         forward = lambda x: model(x, mask=False, features_only=True)["x"]  # noqa: E731
     elif ":exit" in name:  # early exit after layer K: the layers above it are not run
+        from ..modules.layerwise import transformer_layers
+
         base, k = name.split(":exit", 1)
         model, _ = _plugin_model(base)
+        layers = len(transformer_layers(model.encoder))
+        if not (k.isdigit() and 1 <= int(k) <= layers):
+            raise ValueError(f"{name}: ':exitK' takes a layer K from 1 to {layers} ({base}'s layers)")
         layer = int(k) - 1
         forward = lambda x: model(x, mask=False, features_only=True, layer=layer)["x"]  # noqa: E731
     elif ":down" in name:  # the waveform shortened by f before the model

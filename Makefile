@@ -5,6 +5,7 @@
 #                         `make TORCH= install` inside an environment that already has CUDA torch.
 #   FAIRSEQ=ve-fairseq==0.12.3   see README.md ("Which fairseq") for why this distribution.
 #   PYTHON=python3        must be Python 3.11 (checked before the environment is created).
+#   TEST_WORKERS=2        pytest processes of make test (pytest-xdist; 0: all tests in one process).
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -49,9 +50,12 @@ $(LIBRIVOX)/transcription:
 	rm -rf tests/data/.deb
 
 # lint-imports checks the package's layering contract (.importlinter; README: Layout) before the tests.
+# TEST_WORKERS pytest processes (pytest-xdist) share the tests out file by file, so each file's
+# module fixtures (fine-tuned models, the demo's smoke run) are built once.
+TEST_WORKERS ?= 2
 test: install espeak testdata
 	$(BIN)/lint-imports
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
 
 # The end-to-end recipe (examples/demo/run.py); reruns resume from the finished steps.
 DEMO_OUT ?= demo_out

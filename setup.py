@@ -35,7 +35,7 @@ setup(
     install_requires=["torch>=2.1", "soundfile>=0.12", "soxr>=0.3", "editdistance", "flashlight-text>=0.0.7", "matplotlib"]
     + FAIRSEQ_RUNTIME_DEPS,
     extras_require={
-        "test": ["pytest>=7", "hypothesis>=6", "import-linter>=2.1", "transformers>=4.40", "safetensors", "onnx>=1.15", "onnxruntime>=1.17"],
+        "test": ["pytest>=7", "pytest-xdist>=3", "hypothesis>=6", "import-linter>=2.1", "transformers>=4.40", "safetensors", "onnx>=1.15", "onnxruntime>=1.17"],
         # sew export-onnx, and the NAME:onnx rows of sew bench
         "onnx": ["onnx>=1.15", "onnxruntime>=1.17"],
         # examples/demo: espeak-ng's 22.05 kHz speech is resampled to 16 kHz with scipy

@@ -5,7 +5,7 @@
 #                         `make TORCH= install` inside an environment that already has CUDA torch.
 #   FAIRSEQ=ve-fairseq==0.12.3   see README.md ("Which fairseq") for why this distribution.
 #   PYTHON=python3        must be Python 3.11 (checked before the environment is created).
-#   TEST_WORKERS=2        pytest processes of make test (pytest-xdist; 0: all tests in one process).
+#   TEST_WORKERS=2        pytest processes of make test (pytest-xdist's -n; 0: the tests run in pytest's own process).
 
 PYTHON ?= python3
 VENV ?= .venv

@@ -36,17 +36,20 @@ def sew_here(*args, expect=0) -> subprocess.CompletedProcess:
     """``sew ARGS`` run in this process (``sew_plugin.cli.main``, what the console script calls),
     its stdout and stderr captured; asserts its exit status is ``expect``. For tests whose subject is
     the command's work, not the script: a subprocess spends 4 s importing torch and fairseq again.
-    torch's thread count, which ``--threads`` sets, is restored."""
+    What a command sets for its process is put back: torch's thread count (``--threads``) and the
+    environment (``main`` quiets the libraries' logging through variables)."""
     from sew_plugin.cli import main
 
-    out, err, threads = io.StringIO(), io.StringIO(), torch.get_num_threads()
+    out, err, threads, environ = io.StringIO(), io.StringIO(), torch.get_num_threads(), dict(os.environ)
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
-            code = main([os.fsdecode(a) if isinstance(a, (str, Path)) else str(a) for a in args])
+            code = main([os.fsdecode(a) if isinstance(a, (str, bytes, os.PathLike)) else str(a) for a in args])
         except SystemExit as stop:
             code = stop.code
         finally:
             torch.set_num_threads(threads)
+            os.environ.clear()
+            os.environ.update(environ)
     run = subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
     assert code == expect, run.stdout + run.stderr
     return run

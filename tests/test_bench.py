@@ -258,7 +258,28 @@ def test_rows_in_a_format_they_cannot_run_in_are_refused(tiny_presets):
         prepare("sew_d_tiny:int8", "fp32", "cuda")
 
 
-def test_the_peak_column_is_the_achieved_rate_over_the_gemm_rate_timed_beside_it(tiny_presets, tmp_path, capsys):
+def test_each_row_gets_the_gemm_rate_of_its_own_format_timed_in_its_rotation(tiny_presets, monkeypatch):
+    from sew_plugin.inference import bench
+
+    product_s = {"fp32": 0.004, "bf16": 0.001, "int8": 0.002}  # a known rate per format
+    slots = []
+    timed = bench._timed
+    monkeypatch.setattr(bench, "_timed", lambda forward, x: slots.append("row") or timed(forward, x))
+    monkeypatch.setattr(bench.GemmReference, "warm_up", lambda self: None)
+    monkeypatch.setattr(bench.GemmReference, "seconds", lambda self: slots.append(self.dtype) or product_s[self.dtype])
+    models = ["sew_d_tiny", "sew_d_tiny:bf16", "sew_d_tiny:int8", "sew_d_tiny:autocast-bf16"]
+    rows = bench.run(models, [0.2], [1, 2], repeat=3, warmup=0, baseline="sew_d_tiny", log=lambda _: None, peak=True)
+    assert sorted(s for s in slots if s != "row") == sorted(["fp32", "bf16", "int8"] * 3 * 2)  # per repeat and setting
+    first = slots[: 7 * 3]  # the first setting's rotation: 4 rows and 3 references, 3 times
+    assert first.count("row") == 12 and first[:7].count("row") == 4  # the references among the rows, each repeat
+    assert len(rows) == 8
+    for row in rows:  # the autocast row's products run in bf16: bf16's rate
+        assert row.gemm_gflops == pytest.approx(2 * 2048**3 / product_s[row.format] / 1e9)
+        assert row.peak_share == pytest.approx(row.gflops / row.gemm_gflops)
+    assert {row.format for row in rows} == {"fp32", "bf16", "int8"}
+
+
+def test_sew_bench_peak_prints_the_rate_and_share_of_each_row(tiny_presets, tmp_path, capsys):
     from sew_plugin.cli import main as sew
     from sew_plugin.inference.bench import GemmReference
 
@@ -267,21 +288,15 @@ def test_the_peak_column_is_the_achieved_rate_over_the_gemm_rate_timed_beside_it
     assert reference.count > 1  # a slot of several products, not one
     assert reference.flop / reference.seconds() > 1e8  # FLOP/s of a real product, not a constant
     assert sew(["bench", "--models", "sew_d_tiny", "sew_d_tiny:bf16", "--baseline", "sew_d_tiny", "--seconds", "0.2",
-                "--batch-size", "1", "2", "--repeat", "1", "--warmup", "0", "--peak", "--out", str(tmp_path)]) == 0
+                "--batch-size", "1", "--repeat", "1", "--warmup", "0", "--peak", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    line = re.search(r"GEMM rate \(2048\^3 products timed in the rows' rotation, median\), GFLOP/s: (.*)", out).group(1)
-    settings = dict(part.split(": ") for part in line.split("; "))
-    assert list(settings) == ["batch 1, 0.2 s", "batch 2, 0.2 s"]  # measured at each setting
+    assert "GEMM rate: the median of 2048^3 products in the row's format, timed in the rows' rotation" in out
     rows = list(csv.DictReader(open(tmp_path / "bench.csv")))
-    assert len(rows) == 4
+    assert [row["dtype"] for row in rows] == ["fp32", "bf16"]
     for row in rows:
-        rates = dict(pair.split(" ") for pair in settings[f"batch {row['batch']}, 0.2 s"].split(", "))
-        assert set(rates) == {"fp32", "bf16"}
         gemm = float(row["gemm_gflops"])
-        assert gemm > 0.1 and f"{gemm:.0f}" == rates[row["dtype"]]  # its own format's rate
-        share = float(row["gflops"]) / gemm
-        assert 0 < float(row["peak_share"]) and abs(float(row["peak_share"]) - share) < 1e-6 * share
-        assert f"| {100 * float(row['peak_share']):.0f}% |" in out
+        assert gemm > 0.1 and abs(float(row["peak_share"]) - float(row["gflops"]) / gemm) < 1e-6 * gemm
+        assert f"| {gemm:.0f} ({row['dtype']}) | {100 * float(row['peak_share']):.0f}% |" in out
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -19,7 +19,7 @@ from conftest import (TINY_FINETUNING, TINY_PRETRAINING, TINY_PRETRAINING_COMMON
                       log_records)
 from helpers import half_precision_record, infer_result, sew_here
 
-pytestmark = pytest.mark.slow  # every test stands on fairseq-hydra-train runs (module fixtures) and the sew script
+pytestmark = pytest.mark.slow  # every test stands on fairseq-hydra-train runs (module fixtures) and sew's commands
 
 SEW = str(Path(sys.executable).with_name("sew"))
 VOCAB = ["THE", "CAT", "SAT", "ON", "A", "MAT", "DOG", "RAN"]

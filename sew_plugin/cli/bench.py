@@ -10,7 +10,8 @@ Rows are named models at full size with random weights (``sew bench --list``):
 ``configs/pretraining`` (``sew_tiny`` ... ``sew_d_base_plus``), and ``hf:NAME``, the same model and
 weights in HuggingFace ``transformers`` (the independent peer; SEW and SEW-D), St-SEW at an
 operating point, ``st_sew_base@S_f,S_k,S_q`` (e.g. ``st_sew_base@2,2,1``), and early exit after
-layer K, ``NAME:exitK`` (e.g. ``sew_d_mid:exit12``: the forward of an utterance that exits there),
+layer K, ``NAME:exitK`` (K from 1 to the model's layer count; e.g. ``sew_d_mid:exit12``: the forward of an
+utterance that exits there),
 a CIF model at lambda L, ``NAME@L`` (e.g. ``w2v2_base_cif@1.1``) or at the lambda that gives a mean
 frame period of P ms, ``NAME@Pms`` (e.g. ``w2v2_base_cif@90ms``, found on 10 s of noise), and input downsampling by f before
 the model, ``NAME:down{f}{method}`` (e.g. ``w2v2_base:down2resample``; methods conv, avgpool, resample).
@@ -20,7 +21,7 @@ formats side by side in one run), and ``:autocast-bf16`` / ``:autocast-fp16`` ke
 under autocast instead, which casts every weight at every call (``hf:sew_d_mid:autocast-bf16``).
 ``--peak`` times 2048^3 matrix products at each row's format as slots of the same rotation (the
 machine's GEMM rate at that moment: see ``GemmReference``) and gives each row's achieved FLOP/s
-as a share of the median rate of its format.
+as a share of the median rate of its format (columns ``GEMM rate`` and ``of GEMM rate``).
 ``NAME:onnx`` is the row ``NAME`` (a model, or St-SEW at an operating point, e.g.
 ``st_sew_base@2,2,1:onnx``) exported to ONNX (``sew_plugin.interop.onnx``, into a temporary file) and run
 by onnxruntime on the CPU with as many threads as torch, fp32 only, timed like the PyTorch rows; its
@@ -122,11 +123,7 @@ def main(args) -> int:
     machine = (f"{torch.get_num_threads()} threads, torch {torch.__version__}, device {args.device}, {args.dtype}"
                f"{' (rows without a format suffix)' if named else ''}")
     if args.peak:
-        rates = {}  # per setting, the rate of each format (its rows share it)
-        for r in rows:
-            rates.setdefault(f"batch {r.batch}, {r.seconds:g} s", {})[r.format] = r.gemm_gflops
-        machine += "; GEMM rate (2048^3 products timed in the rows' rotation, median), GFLOP/s: " + "; ".join(
-            f"{setting}: " + ", ".join(f"{f} {rate:.0f}" for f, rate in formats.items()) for setting, formats in rates.items())
+        machine += "; GEMM rate: the median of 2048^3 products in the row's format, timed in the rows' rotation"
     print(f"\n{machine}\n\n{table}")
     if args.out:
         write_tables(args.out, "bench", machine, table, rows)

@@ -108,7 +108,7 @@ def build(name: str):
         base, k = name.split(":exit", 1)
         model, _ = _plugin_model(base)
         layers = len(transformer_layers(model.encoder))
-        if not (k.isdigit() and 1 <= int(k) <= layers):
+        if not (k.isdecimal() and 1 <= int(k) <= layers):
             raise ValueError(f"{name}: ':exitK' takes a layer K from 1 to {layers} ({base}'s layers)")
         layer = int(k) - 1
         forward = lambda x: model(x, mask=False, features_only=True, layer=layer)["x"]  # noqa: E731
@@ -321,7 +321,7 @@ class GemmReference:
         else:
             a, b = x.to(DTYPES[dtype]), torch.randn(size, size, device=device, dtype=DTYPES[dtype])
             self.product = lambda _: a @ b  # noqa: E731
-        self.x, self.flop, self.slot_s, self.count = x, 2 * size**3, slot_s, 1
+        self.dtype, self.x, self.flop, self.slot_s, self.count = dtype, x, 2 * size**3, slot_s, 1
 
     def warm_up(self) -> None:
         self.count = max(1, math.ceil(self.slot_s / self.seconds()))
@@ -457,12 +457,14 @@ def run(models: List[str], seconds: List[float], batch_sizes: List[int], device:
 
 def to_markdown(rows: List[Row], baseline: str) -> str:
     head = ("| model | batch | audio (s) | params (M) | forward median (ms) | min-max (ms) | RTF | "
-            f"speed-up vs {baseline} | GMACs | context GMACs | frame ms | peak memory (MB) | GFLOP/s | of GEMM peak |\n"
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+            f"speed-up vs {baseline} | GMACs | context GMACs | frame ms | peak memory (MB) | GFLOP/s | "
+            "GEMM rate (GFLOP/s) | of GEMM rate |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
     return head + "".join(
         f"| {r.model} | {r.batch} | {r.seconds:g} | {r.params_m:.1f} | {r.median_ms:.0f} | "
         f"{r.min_ms:.0f}-{r.max_ms:.0f} | {r.rtf:.4f} | {r.speedup:.2f}x | {r.gmacs:.1f} | "
         f"{r.context_gmacs:.1f} | {r.frame_ms:.0f} | {r.peak_mb:.0f} | {r.gflops:.0f} | "
+        f"{'-' if r.gemm_gflops is None else f'{r.gemm_gflops:.0f} ({r.format})'} | "
         f"{'-' if r.peak_share is None else f'{100 * r.peak_share:.0f}%'} |\n"
         for r in rows
     )

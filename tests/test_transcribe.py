@@ -114,16 +114,16 @@ def test_groupnorm_windows_get_the_whole_recordings_statistics():
     assert torch.allclose(mean.double(), features.mean(-1), atol=1e-5)
     assert torch.allclose(var.double(), features.var(-1, unbiased=False), rtol=1e-4, atol=1e-6)
 
-    import sew_plugin.inference.windows as windows
+    import sew_plugin.modules.masked_group_norm as norms  # where forward_windows takes it from
 
     reference = whole(model, wav)
     with_statistics = (forward_windows(model, wav, Windowing(20, 2.5)).lprobs - reference).abs().max()
-    own = windows.recording_statistics
+    own = norms.recording_statistics
     try:
-        windows.recording_statistics = lambda *_: None  # each window normalised by its own frames
+        norms.recording_statistics = lambda *_: None  # each window normalised by its own frames
         without = (forward_windows(model, wav, Windowing(20, 2.5)).lprobs - reference).abs().max()
     finally:
-        windows.recording_statistics = own
+        norms.recording_statistics = own
     assert with_statistics < without / 3, (with_statistics, without)
 
 
@@ -323,6 +323,13 @@ def test_sew_transcribe_writes_every_format_refuses_bad_files_and_shards_cover_e
 def test_sew_transcribe_refuses_a_missing_input_and_a_bad_shard_before_loading(tmp_path):
     refused = sew("transcribe", tmp_path / "none.pt", tmp_path / "nothing.wav", expect=2)
     assert f"{tmp_path / 'nothing.wav'}: not found" in refused.stderr
+    # before the model's libraries are even imported (fairseq's import alone takes 2-4 s)
+    probe = subprocess.run([sys.executable, "-c", "import sys; from sew_plugin.cli import main; code = main(sys.argv[1:]); "
+                            "print('fairseq' in sys.modules); sys.exit(code)",
+                            "transcribe", str(tmp_path / "none.pt"), str(tmp_path / "nothing.wav")],
+                           capture_output=True, text=True, timeout=300)
+    assert probe.returncode == 2 and probe.stdout == "False\n", probe.stdout + probe.stderr
+    assert f"{tmp_path / 'nothing.wav'}: not found" in probe.stderr
     refused = sew_here("transcribe", tmp_path / "none.pt", tmp_path, "--num-shards", 2, "--shard-id", 2, expect=2)
     assert "--shard-id 2 must be below --num-shards 2" in refused.stderr
     refused = sew_here("transcribe", tmp_path / "none.pt", tmp_path, "--format", "srt", expect=2)

@@ -66,8 +66,7 @@ def output_names(sources: List[Path], files: List[Path]) -> Dict[Path, Path]:
 
 
 def main(args) -> int:
-    from ..data.recordings import find_recordings, load_recording  # fairseq's import, only when transcribing
-    from ..inference.transcriber import Transcriber, describe
+    from ..data.recordings import find_recordings, load_recording
     from ..inference.windows import Windowing
 
     if args.shard_id >= args.num_shards:
@@ -84,6 +83,9 @@ def main(args) -> int:
     if args.out:
         check_outputs("transcribe", args.out, [p.relative_to(args.out) for paths in outputs.values() for p in paths],
                       args.overwrite)
+
+    # fairseq's import (2-4 s), after every check of the options and files above
+    from ..inference.transcriber import Transcriber, describe
 
     model, decoder, normalize = load(args, "transcribe", args.data)
     apply_settings(model, decoder, args, "transcribe")

@@ -23,7 +23,6 @@ import torch
 import torch.nn.functional as F
 
 from ..data.audio import SAMPLE_RATE
-from ..modules.masked_group_norm import given_statistics, recording_statistics
 
 MIN_CONTEXT = 0.1  # seconds: windows then overlap by at least 0.2 s, more than a frame's 25 ms receptive field
 
@@ -114,6 +113,9 @@ def forward_windows(model, wav: torch.Tensor, windowing: Windowing = Windowing()
                     normalize: bool = False) -> Stitched:
     """The stitched CTC log-probabilities of the (S,) 16 kHz waveform ``wav`` (see the module's
     docstring). ``normalize``: layer-normalise the whole waveform first, as a checkpoint's task did."""
+    # fairseq comes in with it: imported here, `sew transcribe` checks its options and files first
+    from ..modules.masked_group_norm import given_statistics, recording_statistics
+
     if normalize:
         wav = F.layer_norm(wav, wav.shape)
     frame, align = samples_per_frame(model)

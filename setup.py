@@ -31,7 +31,7 @@ setup(
     # the top-level configs/ (what `fairseq-hydra-train --config-dir configs/...` reads in a checkout)
     # travel as the package sew_plugin.configs, where sew_plugin.presets finds them in any install
     package_dir={"sew_plugin.configs": "configs"},
-    package_data={"sew_plugin.configs": ["**/*.yaml"]},
+    package_data={"sew_plugin.configs": ["**/*.yaml"], "sew_plugin.modules": ["*.c"]},
     install_requires=["torch>=2.1", "soundfile>=0.12", "soxr>=0.3", "editdistance", "flashlight-text>=0.0.7", "matplotlib"]
     + FAIRSEQ_RUNTIME_DEPS,
     extras_require={

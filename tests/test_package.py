@@ -81,20 +81,22 @@ def test_a_wheel_carries_every_config_and_presets_reads_them_from_it(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     configs = {f"sew_plugin/{p.relative_to(REPO).as_posix()}" for p in (REPO / "configs").rglob("*.yaml")}
     assert configs and configs <= names
+    assert "sew_plugin/modules/position_bias.c" in names  # SEW-D's kernel, compiled where it runs
     metadata = zipfile.ZipFile(wheel).read("sew_plugin-0.1.0.dist-info/METADATA").decode()
     assert "Requires-Python: >=3.11,<3.12" in metadata
 
     subprocess.run([*pip, "install", "-q", "--no-deps", "--target", tmp_path / "site", wheel], check=True, capture_output=True)
     code = ("import sew_plugin; from sew_plugin import presets; print(sew_plugin.__file__); "
             "print(presets.CONFIG_DIR); print(*presets.available('pretraining')); "
-            "print(presets.load_config('sew_tiny').model.encoder_embed_dim)")
+            "print(presets.load_config('sew_tiny').model.encoder_embed_dim); "
+            "from sew_plugin.modules import position_bias; print(position_bias.SOURCE.is_file())")
     run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
                          env={**os.environ, "PYTHONPATH": str(tmp_path / "site")})
     assert run.returncode == 0, run.stderr[-2000:]
-    module, config_dir, names, width = run.stdout.splitlines()
+    module, config_dir, names, width, kernel_source = run.stdout.splitlines()
     assert module.startswith(str(tmp_path / "site")) and config_dir == str(tmp_path / "site" / "sew_plugin" / "configs")
     assert names.split() == presets.available("pretraining") == ALL_NAMES["pretraining"]
-    assert width == "512"
+    assert width == "512" and kernel_source == "True"
 
 
 def test_presets_in_the_checkout_read_the_top_level_configs():

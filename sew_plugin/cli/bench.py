@@ -122,6 +122,10 @@ def main(args) -> int:
     named = any(row_format(name, args.dtype)[0] != name for name in args.models)  # rows with their own format
     machine = (f"{torch.get_num_threads()} threads, torch {torch.__version__}, device {args.device}, {args.dtype}"
                f"{' (rows without a format suffix)' if named else ''}")
+    if any(name.startswith("sew_d") for name in args.models):
+        from ..modules import position_bias
+
+        machine += f"; SEW-D position bias: {position_bias.status()}"
     if args.peak:
         machine += "; GEMM rate: the median of 2048^3 products in the row's format, timed in the rows' rotation"
     print(f"\n{machine}\n\n{table}")

@@ -94,8 +94,9 @@ class DebertaEncoder(nn.Module):
             return RelativePositions.whole_table(length, self.position_buckets, self.max_position, device)
         key = (length, str(device))
         if key not in self._positions:
-            held = sum(3 * p.index.numel() * p.index.element_size() for p in self._positions.values())
-            if held + 24 * length * length > self.POSITIONS_CACHE_BYTES:  # index, c2p and p2c: int64
+            # at most index, c2p and p2c (int64, L * L each: built for PyTorch's gathers)
+            held = sum(24 * p.length ** 2 for p in self._positions.values())
+            if held + 24 * length * length > self.POSITIONS_CACHE_BYTES:
                 self._positions.clear()
             self._positions[key] = RelativePositions(length, self.position_buckets, self.max_position, device)
         return self._positions[key]

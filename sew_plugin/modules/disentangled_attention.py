@@ -13,11 +13,14 @@ How this is made fast (the public implementation computes the same function more
 - the projected tables K_r, Q_r depend only on weights: without autograd they are computed once,
   in the inference dtype and transposed for the products, and reused until a weight changes
   (tracked with the tensors' version counters);
-- only the buckets a length can reach are used (distances below L), and the (L, L) bucket index
-  is built once per length, with each term's flattened positions, so that one ``gather``
-  per term writes it in the scores' layout (p2c needs no transpose and copy: 2.5x faster);
-- both position terms are summed in place into one additive bias for
-  ``torch.nn.functional.scaled_dot_product_attention``; Q is scaled before the products, so
+- only the buckets a length can reach are used (distances below L), and the table row of each
+  distance is computed once per length;
+- in fp32 on the CPU a compiled kernel (``position_bias``) writes both position terms and the
+  padding into one additive bias in a single pass; elsewhere (half precision, autograd, traces,
+  no C compiler) one ``gather`` per term writes it in the scores' layout (p2c needs no transpose
+  and copy: 2.5x faster) and the terms are summed in place;
+- the bias is added by ``torch.nn.functional.scaled_dot_product_attention`` (by ``baddbmm`` in half
+  precision on the CPU); Q is scaled before the products, so
   nothing of size (B, H, L, L) is rescaled and fp16 scores stay small;
 - utterances are attended in groups whose score tensors fit in the CPU caches (at batch 8 the
   whole batch's scores would not);
@@ -26,12 +29,15 @@ How this is made fast (the public implementation computes the same function more
 - no Python loop over heads or positions.
 """
 
+import functools
 import math
 from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from . import position_bias
 
 
 POSITION_TERMS = ("c2p", "p2c")  # content-to-position, position-to-content
@@ -79,25 +85,34 @@ class RelativePositions:
     """The (L, L) bucket index of a length, which rows of the position table it uses, and where
     each position term's (i, j) entry lies in the flattened (L, rows) products of ``_attend``.
 
-    ``index[i, j]`` points into rows ``[first, first + rows)`` of the 2 * buckets table, already
-    offset so that it indexes the sliced table directly. ``c2p[i * L + j] = i * rows + index[i, j]``
-    and ``p2c[i * L + j] = j * rows + index[i, j]``: one ``gather`` each builds the (L, L)
-    term in the scores' own layout, with no (L, L) transpose or copy after it.
+    ``rows_of[L - 1 - i + j]`` is the table row of distance i - j (int32, for ``position_bias``),
+    offset so that it indexes rows ``[first, first + rows)`` of the 2 * buckets table directly.
+    For PyTorch's gathers, built when first used: ``index[i, j]`` the same row for every (i, j),
+    ``c2p[i * L + j] = i * rows + index[i, j]`` and ``p2c[i * L + j] = j * rows + index[i, j]``: one
+    ``gather`` each builds the (L, L) term in the scores' own layout, with no transpose or copy after it.
     """
 
     def __init__(self, length: int, buckets: int, max_position: int, device: torch.device):
         span = buckets  # the table has 2 * buckets rows; distance 0 sits at row `buckets`
         distances = torch.arange(-(length - 1), length, device=device)  # (2L - 1,)
         rows = (log_bucket(distances, buckets, max_position) + span).clamp(0, 2 * span - 1)
+        self.length = length
         self.first = int(rows.min())
         self.rows = int(rows.max()) - self.first + 1
-        i = torch.arange(length, device=device)
-        self.index = (rows - self.first)[i[:, None] - i[None, :] + length - 1]  # (L, L)
-        self._flatten(i)
+        self.rows_of = (rows - self.first).flip(0).to(torch.int32)
 
-    def _flatten(self, i: torch.Tensor) -> None:
-        self.c2p = (i[:, None] * self.rows + self.index).reshape(-1)  # (L * L,)
-        self.p2c = (i[None, :] * self.rows + self.index).reshape(-1)
+    @functools.cached_property
+    def index(self) -> torch.Tensor:  # (L, L)
+        i = torch.arange(self.length, device=self.rows_of.device)
+        return self.rows_of.long()[self.length - 1 - i[:, None] + i[None, :]]
+
+    @functools.cached_property
+    def c2p(self) -> torch.Tensor:  # (L * L,)
+        return (torch.arange(self.length, device=self.index.device)[:, None] * self.rows + self.index).reshape(-1)
+
+    @functools.cached_property
+    def p2c(self) -> torch.Tensor:  # (L * L,)
+        return (torch.arange(self.length, device=self.index.device)[None, :] * self.rows + self.index).reshape(-1)
 
     @classmethod
     def whole_table(cls, length, buckets: int, max_position: int, device: torch.device) -> "RelativePositions":
@@ -108,8 +123,9 @@ class RelativePositions:
         i = torch.arange(length, device=device)
         relative = i[:, None] - i[None, :]
         positions.index = (log_bucket(relative, buckets, max_position) + buckets).clamp(0, 2 * buckets - 1)
-        positions.first, positions.rows = 0, 2 * buckets
-        positions._flatten(i)
+        positions.first, positions.rows, positions.rows_of = 0, 2 * buckets, None
+        positions.c2p = (i[:, None] * positions.rows + positions.index).reshape(-1)
+        positions.p2c = (i[None, :] * positions.rows + positions.index).reshape(-1)
         return positions
 
 
@@ -164,10 +180,14 @@ class DisentangledSelfAttention(nn.Module):
             self._tables = (key, whole, used)
         return used[1], used[2]
 
-    def _attend(self, q, k, v, pos_key_t, pos_query_t, positions, key_padding_mask) -> torch.Tensor:
-        """Scores with the disentangled bias and their softmax-weighted values, (B, H, L, d).
+    def _bias(self, q, k, pos_key_t, pos_query_t, positions, key_padding_mask) -> Optional[torch.Tensor]:
+        """The additive (B, H, L, L) bias of both position terms and the padding (or None: neither).
         ``pos_key_t``, ``pos_query_t``: the (H, d, rows) tables of the rows ``positions`` uses."""
         bsz, _, length, _ = q.shape
+        c2p = torch.matmul(q, pos_key_t) if self.c2p else None  # (B, H, L, rows): Q_i . K_r[row]
+        p2c = torch.matmul(k, pos_query_t) if self.p2c else None  # (B, H, L, rows): K_j . Q_r[row]
+        if c2p is not None and p2c is not None and position_bias.applies(c2p):
+            return position_bias.position_bias(c2p, p2c, positions.rows_of, key_padding_mask)
 
         def relative(products: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:  # (B, H, L, rows) -> (B, H, L, L)
             # gather, not index_select: along the last dim it ran 13x slower on the CPU. Half
@@ -181,10 +201,10 @@ class DisentangledSelfAttention(nn.Module):
             return gathered.view(bsz, self.heads, length, length)
 
         bias = None
-        if self.c2p:  # content of i -> position of (i - j): Q_i . K_r[idx(i - j)]
-            bias = relative(torch.matmul(q, pos_key_t), positions.c2p)
-        if self.p2c:  # position of (i - j) -> content of j: K_j . Q_r[idx(i - j)]
-            p2c = relative(torch.matmul(k, pos_query_t), positions.p2c)
+        if c2p is not None:  # content of i -> position of (i - j): Q_i . K_r[idx(i - j)]
+            bias = relative(c2p, positions.c2p)
+        if p2c is not None:  # position of (i - j) -> content of j: K_j . Q_r[idx(i - j)]
+            p2c = relative(p2c, positions.p2c)
             bias = p2c if bias is None else bias.add_(p2c)
         if key_padding_mask is not None:
             masked = key_padding_mask[:, None, None, :]
@@ -193,6 +213,12 @@ class DisentangledSelfAttention(nn.Module):
                 bias = torch.zeros_like(masked, dtype=q.dtype).masked_fill(masked, min_value)
             else:  # the sum of the gathered terms is this call's own tensor: fill it in place
                 bias = bias.masked_fill_(masked, min_value)
+        return bias
+
+    def _attend(self, q, k, v, pos_key_t, pos_query_t, positions, key_padding_mask) -> torch.Tensor:
+        """Scores with the disentangled bias and their softmax-weighted values, (B, H, L, d)."""
+        bsz, _, length, _ = q.shape
+        bias = self._bias(q, k, pos_key_t, pos_query_t, positions, key_padding_mask)
         explicit = bias is not None and bias.shape == (bsz, self.heads, length, length) and q.dtype in HALF
         if explicit and q.device.type == "cpu" and not (self.training or torch.jit.is_tracing()):
             # PyTorch's CPU attention kernel ran no faster in bf16 than in fp32 (1.36 vs 1.27 ms at

@@ -9,6 +9,7 @@ import contextlib
 import io
 import os
 import subprocess
+import sys
 from argparse import Namespace
 from pathlib import Path
 
@@ -32,6 +33,11 @@ from conftest import TINY_SEW
 
 # ---- the sew command line in this process ------------------------------------------------------
 
+def command_line_text(arg) -> str:
+    """A command-line argument from a path, bytes (a file name in no encoding) or a number."""
+    return os.fsdecode(arg) if isinstance(arg, (str, bytes, os.PathLike)) else str(arg)
+
+
 def sew_here(*args, expect=0) -> subprocess.CompletedProcess:
     """``sew ARGS`` run in this process (``sew_plugin.cli.main``, what the console script calls),
     its stdout and stderr captured; asserts its exit status is ``expect``. For tests whose subject is
@@ -43,7 +49,7 @@ def sew_here(*args, expect=0) -> subprocess.CompletedProcess:
     out, err, threads, environ = io.StringIO(), io.StringIO(), torch.get_num_threads(), dict(os.environ)
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
-            code = main([os.fsdecode(a) if isinstance(a, (str, bytes, os.PathLike)) else str(a) for a in args])
+            code = main([command_line_text(a) for a in args])
         except SystemExit as stop:
             code = stop.code
         finally:
@@ -52,6 +58,19 @@ def sew_here(*args, expect=0) -> subprocess.CompletedProcess:
             os.environ.update(environ)
     run = subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
     assert code == expect, run.stdout + run.stderr
+    return run
+
+
+SEW = str(Path(sys.executable).with_name("sew"))
+
+
+def sew_script(*args, expect=0, timeout=600) -> subprocess.CompletedProcess:
+    """``sew ARGS``: the console script in a subprocess, as a user runs it (``sew_here`` for the
+    other calls); asserts it printed no traceback and exited with ``expect``."""
+    run = subprocess.run([SEW, *map(command_line_text, args)], capture_output=True, text=True, errors="replace",
+                         timeout=timeout)
+    assert "Traceback" not in run.stderr, run.stderr
+    assert run.returncode == expect, run.stdout + run.stderr
     return run
 
 

@@ -15,17 +15,9 @@ import soundfile as sf
 import torch
 
 from conftest import write_manifest, write_wav_corpus
-from helpers import LETTERS, ctc_model, sew_here, write_checkpoint
+from helpers import LETTERS, ctc_model, sew_here, sew_script, write_checkpoint
 
-SEW = str(Path(sys.executable).with_name("sew"))
 FAIRSEQ_MANIFEST = Path(__import__("fairseq").__file__).parent / "examples" / "wav2vec" / "wav2vec_manifest.py"
-
-
-def sew(*args, expect=0) -> subprocess.CompletedProcess:
-    run = subprocess.run([SEW, *map(os.fsdecode, args)], capture_output=True, text=True, errors="replace", timeout=300)
-    assert "Traceback" not in run.stderr, run.stderr
-    assert run.returncode == expect, run.stdout + run.stderr
-    return run
 
 
 def wav(path: Path, n: int = 4000) -> Path:
@@ -67,7 +59,7 @@ def test_manifest_over_linked_subsets_lists_what_fairseqs_script_lists(tmp_path)
     fairseq = subprocess.run([sys.executable, str(FAIRSEQ_MANIFEST), str(train), "--dest", str(tmp_path / "fairseq"),
                               "--ext", "wav", "--valid-percent", "0"], capture_output=True, text=True)
     assert fairseq.returncode == 0, fairseq.stderr
-    sew("manifest", train, "--dest", tmp_path / "sew")
+    sew_script("manifest", train, "--dest", tmp_path / "sew")
     theirs = sorted((os.path.realpath(p), n) for p, n in zip(rows(tmp_path / "fairseq" / "train.tsv"),
                     [int(l.split("\t")[1]) for l in (tmp_path / "fairseq" / "train.tsv").read_text().splitlines()[1:]]))
     ours = sorted((os.path.realpath(p), n) for p, n in zip(rows(tmp_path / "sew" / "train.tsv"),
@@ -75,9 +67,9 @@ def test_manifest_over_linked_subsets_lists_what_fairseqs_script_lists(tmp_path)
     assert len(ours) == 6 and ours == theirs
 
     (train / "gone.wav").symlink_to(tmp_path / "nowhere.wav")  # fairseq's script stops at it with a traceback
-    refused = sew("manifest", train, "--dest", tmp_path / "again", expect=2)
+    refused = sew_script("manifest", train, "--dest", tmp_path / "again", expect=2)
     assert f"{train / 'gone.wav'}: a link to nothing" in refused.stderr
-    counted = sew("manifest", train, "--dest", tmp_path / "again", "--skip-bad")
+    counted = sew_script("manifest", train, "--dest", tmp_path / "again", "--skip-bad")
     assert "7 audio files found; written: train 6; skipped: 1" in counted.stdout
 
 
@@ -88,16 +80,16 @@ def test_a_rerun_refuses_stale_outputs_and_overwrite_removes_them(tmp_path):
         wav(tmp_path / "audio" / f"u{i}.wav", 3000 + 10 * i)
     (tmp_path / "t.txt").write_text("".join(f"u{i} THE CAT\n" for i in range(6)))
     data = tmp_path / "data"
-    sew("manifest", tmp_path / "audio", "--dest", data, "--valid-percent", "0.5")
-    sew("labels", data / "train.tsv", tmp_path / "t.txt", "--dest", data)
-    sew("labels", data / "valid.tsv", tmp_path / "t.txt", "--dest", data)
+    sew_script("manifest", tmp_path / "audio", "--dest", data, "--valid-percent", "0.5")
+    sew_script("labels", data / "train.tsv", tmp_path / "t.txt", "--dest", data)
+    sew_script("labels", data / "valid.tsv", tmp_path / "t.txt", "--dest", data)
 
-    refused = sew("manifest", tmp_path / "audio", "--dest", data, expect=2)
+    refused = sew_script("manifest", tmp_path / "audio", "--dest", data, expect=2)
     for name in ("train.tsv", "train.wrd", "train.ltr", "valid.tsv", "valid.ltr"):
         assert str(data / name) in refused.stderr
     assert "--overwrite" in refused.stderr and len(rows(data / "train.tsv")) == 3  # nothing changed
 
-    replaced = sew("manifest", tmp_path / "audio", "--dest", data, "--overwrite")
+    replaced = sew_script("manifest", tmp_path / "audio", "--dest", data, "--overwrite")
     assert "removed, from an earlier run: " in replaced.stdout
     assert sorted(p.name for p in data.iterdir()) == ["dict.ltr.txt", "train.tsv"]
     assert len(rows(data / "train.tsv")) == 6
@@ -106,13 +98,13 @@ def test_a_rerun_refuses_stale_outputs_and_overwrite_removes_them(tmp_path):
 def test_manifests_of_other_folders_in_one_dest_are_not_stale(tmp_path):
     for split in ("train", "valid", "test"):
         wav(tmp_path / split / f"{split}.wav")
-        sew("manifest", tmp_path / split, "--dest", tmp_path / "data", "--split", split)
+        sew_script("manifest", tmp_path / split, "--dest", tmp_path / "data", "--split", split)
     assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["test.tsv", "train.tsv", "valid.tsv"]
     # a subset of the pre-training folder, as its own split beside the pre-training train/valid
     for i in range(4):
         wav(tmp_path / "all" / "sub" / f"u{i}.wav")
-    sew("manifest", tmp_path / "all", "--dest", tmp_path / "pre", "--valid-percent", "0.25")
-    sew("manifest", tmp_path / "all" / "sub", "--dest", tmp_path / "pre", "--split", "train_sub")
+    sew_script("manifest", tmp_path / "all", "--dest", tmp_path / "pre", "--valid-percent", "0.25")
+    sew_script("manifest", tmp_path / "all" / "sub", "--dest", tmp_path / "pre", "--split", "train_sub")
     assert sorted(p.name for p in (tmp_path / "pre").iterdir()) == ["train.tsv", "train_sub.tsv", "valid.tsv"]
 
 
@@ -120,15 +112,15 @@ def test_labels_rerun_after_skip_bad_starts_from_every_row_and_rebuilds_its_dict
     for i in range(4):
         wav(tmp_path / "audio" / f"u{i}.wav")
     data = tmp_path / "data"
-    sew("manifest", tmp_path / "audio", "--dest", data)
+    sew_script("manifest", tmp_path / "audio", "--dest", data)
     (tmp_path / "t.txt").write_text("u0 THE CAT\nu1 THE DOG\nu2 A CAT\n")  # u3 has no transcript
-    sew("labels", data / "train.tsv", tmp_path / "t.txt", "--dest", data, "--skip-bad")
+    sew_script("labels", data / "train.tsv", tmp_path / "t.txt", "--dest", data, "--skip-bad")
     assert len(rows(data / "train.tsv")) == 3 and len(rows(data / "train.unfiltered.tsv")) == 4
 
     (tmp_path / "t.txt").write_text("u0 THE CAT\nu1 THE DOG\nu2 A CAT\nu3 QUIZ\n")  # fixed, with new letters
-    refused = sew("labels", data / "train.tsv", tmp_path / "t.txt", "--dest", data, expect=2)
+    refused = sew_script("labels", data / "train.tsv", tmp_path / "t.txt", "--dest", data, expect=2)
     assert "already exist (the labels of an earlier run)" in refused.stderr
-    done = sew("labels", data / "train.tsv", tmp_path / "t.txt", "--dest", data, "--overwrite")
+    done = sew_script("labels", data / "train.tsv", tmp_path / "t.txt", "--dest", data, "--overwrite")
     assert "4 utterances in, 4 labelled out" in done.stdout and "rebuilt" in done.stdout
     assert "before an earlier --skip-bad" in done.stdout
     assert len(rows(data / "train.tsv")) == 4 and not (data / "train.unfiltered.tsv").exists()
@@ -139,7 +131,7 @@ def test_hidden_files_are_left_out_as_fairseqs_glob_leaves_them_and_counted(tmp_
     wav(tmp_path / "audio" / "a.wav")
     (tmp_path / "audio" / "._a.wav").write_bytes(b"\x00\x05\x16\x07")  # macOS's AppleDouble copy
     wav(tmp_path / "audio" / ".Trash" / "old.wav")
-    done = sew("manifest", tmp_path / "audio", "--dest", tmp_path / "d")
+    done = sew_script("manifest", tmp_path / "audio", "--dest", tmp_path / "d")
     assert "1 audio files found; written: train 1; skipped: 0; 2 hidden files or folders left out" in done.stdout
     fairseq = subprocess.run([sys.executable, str(FAIRSEQ_MANIFEST), str(tmp_path / "audio"), "--dest",
                               str(tmp_path / "f"), "--ext", "wav", "--valid-percent", "0"], capture_output=True, text=True)
@@ -151,9 +143,9 @@ def test_hidden_files_are_left_out_as_fairseqs_glob_leaves_them_and_counted(tmp_
 def test_valid_percent_is_a_fraction_and_a_percent_is_refused_with_the_hint(tmp_path):
     for i in range(10):
         wav(tmp_path / "audio" / f"u{i}.wav")
-    done = sew("manifest", tmp_path / "audio", "--dest", tmp_path / "d", "--valid-percent", "0.2")
+    done = sew_script("manifest", tmp_path / "audio", "--dest", tmp_path / "d", "--valid-percent", "0.2")
     assert "written: train 8, valid 2" in done.stdout
-    refused = sew("manifest", tmp_path / "audio", "--dest", tmp_path / "e", "--valid-percent", "2", expect=2)
+    refused = sew_script("manifest", tmp_path / "audio", "--dest", tmp_path / "e", "--valid-percent", "2", expect=2)
     assert "sew manifest: error: --valid-percent 2: a fraction in [0, 1), as in fairseq (for 2% write 0.02)" in refused.stderr
 
 
@@ -164,18 +156,18 @@ def test_labelling_another_folders_manifest_into_dest_refuses_to_mix_them(tmp_pa
         wav(tmp_path / "audio" / f"u{i}.wav")
     (tmp_path / "t.txt").write_text("".join(f"u{i} THE CAT\n" for i in range(6)))
     data = tmp_path / "data"
-    sew("manifest", tmp_path / "audio", "--dest", data)
-    sew("labels", data / "train.tsv", tmp_path / "t.txt", "--dest", data)
+    sew_script("manifest", tmp_path / "audio", "--dest", data)
+    sew_script("labels", data / "train.tsv", tmp_path / "t.txt", "--dest", data)
     lines = (data / "train.ltr").read_text()
     scratch = tmp_path / "scratch" / "train.tsv"
     scratch.parent.mkdir()
     scratch.write_text("\n".join((data / "train.tsv").read_text().splitlines()[:3]) + "\n")
 
-    refused = sew("labels", scratch, tmp_path / "t.txt", "--dest", data, expect=2)
+    refused = sew_script("labels", scratch, tmp_path / "t.txt", "--dest", data, expect=2)
     assert f"{data / 'train.tsv'}, {data / 'train.wrd'}, {data / 'train.ltr'} already exist" in refused.stderr
     assert (data / "train.ltr").read_text() == lines
 
-    sew("labels", scratch, tmp_path / "t.txt", "--dest", tmp_path / "elsewhere")  # DEST gets the manifest too
+    sew_script("labels", scratch, tmp_path / "t.txt", "--dest", tmp_path / "elsewhere")  # DEST gets the manifest too
     assert (tmp_path / "elsewhere" / "train.tsv").read_text() == scratch.read_text()
     assert len((tmp_path / "elsewhere" / "train.ltr").read_text().splitlines()) == 2
 
@@ -186,9 +178,9 @@ def test_labelling_another_folders_manifest_into_dest_refuses_to_mix_them(tmp_pa
 def test_results_of_two_subsets_sit_side_by_side_and_a_rerun_is_explicit(tmp_path, labelled):
     folder, ckpt = labelled
     results = tmp_path / "results"
-    sew("infer", ckpt, folder / "valid.tsv", "--results-path", results, "--w2l-decoder", "viterbi",
+    sew_script("infer", ckpt, folder / "valid.tsv", "--results-path", results, "--w2l-decoder", "viterbi",
         "--post-process", "letter")
-    sew("infer", ckpt, folder / "test.tsv", "--results-dir", results)
+    sew_script("infer", ckpt, folder / "test.tsv", "--results-dir", results)
     for subset, n in (("valid", 2), ("test", 3)):
         for kind in ("hypo.word", "hypo.units", "ref.word", "ref.units"):
             lines = (results / f"{kind}-ckpt.pt-{subset}.txt").read_text().splitlines()
@@ -200,14 +192,14 @@ def test_results_of_two_subsets_sit_side_by_side_and_a_rerun_is_explicit(tmp_pat
     words = (results / "hypo.word-ckpt.pt-test.txt").read_text().splitlines()
     for unit, word in zip(units, words):  # units are the dictionary's symbols, as fairseq writes them
         assert unit.rsplit(" ", 1)[0].replace(" ", "").replace("|", " ").split() == word.rsplit(" ", 1)[0].split()
-    refused = sew("infer", ckpt, folder / "test.tsv", "--results-dir", results, expect=2)
+    refused = sew_script("infer", ckpt, folder / "test.tsv", "--results-dir", results, expect=2)
     assert f"{results / 'hypo.word-ckpt.pt-test.txt'}" in refused.stderr and "--overwrite" in refused.stderr
 
     unlabelled = tmp_path / "unlabelled"  # the same subset without references: the earlier ref files go
     unlabelled.mkdir()
     for name in ("test.tsv", "dict.ltr.txt"):
         (unlabelled / name).write_text((folder / name).read_text())
-    sew("infer", ckpt, unlabelled / "test.tsv", "--results-dir", results, "--overwrite")
+    sew_script("infer", ckpt, unlabelled / "test.tsv", "--results-dir", results, "--overwrite")
     assert not (results / "ref.word-ckpt.pt-test.txt").exists() and (results / "hypo.word-ckpt.pt-test.txt").exists()
 
 
@@ -218,7 +210,7 @@ def test_results_of_two_subsets_sit_side_by_side_and_a_rerun_is_explicit(tmp_pat
 ])
 def test_fairseqs_options_without_an_equivalent_are_refused_naming_the_way_here(tmp_path, option, value,
                                                                               message):
-    run = sew if option == "--gen-subset" else sew_here
+    run = sew_script if option == "--gen-subset" else sew_here
     assert "--overwrite replaces the files of --results-dir" in sew_here("infer", tmp_path / "c.pt", tmp_path,
                                                                           "--overwrite", expect=2).stderr
     refused = run("infer", tmp_path / "ckpt.pt", tmp_path, option, value, expect=2)
@@ -239,7 +231,7 @@ def test_references_outside_the_dictionary_are_refused_by_line(tmp_path, labelle
     (data / "dict.ltr.txt").write_text((folder / "dict.ltr.txt").read_text())
     (data / "valid.tsv").write_text((folder / "valid.tsv").read_text())
     (data / "valid.ltr").write_text(labels, encoding="utf-8")
-    refused = sew("infer", ckpt, data / "valid.tsv", expect=2)
+    refused = sew_script("infer", ckpt, data / "valid.tsv", expect=2)
     assert f"{data / 'valid.ltr'}:{line}: {message}" in refused.stderr
 
 
@@ -250,7 +242,7 @@ def test_references_outside_the_dictionary_are_refused_by_line(tmp_path, labelle
 def test_skip_bad_with_every_file_bad_writes_nothing(tmp_path):
     wav(tmp_path / "audio" / "short.wav", 100)
     sf.write(tmp_path / "audio" / "stereo.wav", np.zeros((4000, 2), np.float32), 16000)
-    refused = sew("manifest", tmp_path / "audio", "--dest", tmp_path / "d", "--skip-bad", expect=2)
+    refused = sew_script("manifest", tmp_path / "audio", "--dest", tmp_path / "d", "--skip-bad", expect=2)
     assert "2 bad audio files" in refused.stderr and "none is left: fix them" in refused.stderr
     assert not (tmp_path / "d" / "train.tsv").exists()
 
@@ -280,7 +272,7 @@ def test_a_dest_that_cannot_be_written_is_refused_by_name(tmp_path, command, whe
         dest = dest / "out.txt"
     inputs = {"manifest": [tmp_path / "audio"], "labels": [tmp_path / "train.tsv", tmp_path / "t.txt"],
               "lexicon": [tmp_path / "t.txt"], "lm": [tmp_path / "t.txt"]}[command]
-    run = sew if (command, where) == ("manifest", "file") else sew_here
+    run = sew_script if (command, where) == ("manifest", "file") else sew_here
     refused = run(command, *inputs, "--dest", dest, expect=2)
     assert refused.stderr.startswith(f"sew {command}: error: ") and str(dest if command in ("manifest", "labels") or
                                                                           where == "file" else dest.parent) in refused.stderr
@@ -292,7 +284,7 @@ def test_a_results_dir_that_cannot_be_written_is_refused_before_the_model_loads(
     write_manifest(tmp_path / "valid.tsv", tmp_path / "audio", [("u0.wav", 4000)])
     (tmp_path / "a-file").write_text("")
     results = tmp_path / "a-file" if where == "file" else unwritable(tmp_path)
-    refused = sew("infer", tmp_path / "no-such-checkpoint.pt", tmp_path / "valid.tsv", "--results-dir", results,
+    refused = sew_script("infer", tmp_path / "no-such-checkpoint.pt", tmp_path / "valid.tsv", "--results-dir", results,
                   expect=2)
     assert f"sew infer: error: {results}: --results-dir" in refused.stderr  # not the checkpoint: nothing loaded
 
@@ -304,10 +296,10 @@ def test_undecodable_and_control_character_names_are_escaped_and_counted(tmp_pat
     wav(audio / "good.wav")
     os.rename(wav(audio / "latin.wav"), os.fsencode(audio) + b"/caf\xe9.wav")  # Latin-1 bytes
     wav(audio / "line\rbreak.wav")
-    refused = sew("manifest", audio, "--dest", tmp_path / "d", expect=2)
+    refused = sew_script("manifest", audio, "--dest", tmp_path / "d", expect=2)
     assert "caf\\xe9.wav: the file name is not UTF-8" in refused.stderr
     assert "line\\rbreak.wav: a tab or line break" in refused.stderr and "\r" not in refused.stderr
-    skipped = sew("manifest", audio, "--dest", tmp_path / "d", "--skip-bad")
+    skipped = sew_script("manifest", audio, "--dest", tmp_path / "d", "--skip-bad")
     assert "3 audio files found; written: train 1; skipped: 2" in skipped.stdout
     listed = (tmp_path / "d" / "train.skipped_audio.tsv").read_text(encoding="utf-8").splitlines()
     assert len(listed) == 2 and all(len(line.split("\t")) == 2 for line in listed)
@@ -320,7 +312,7 @@ def test_undecodable_and_control_character_names_are_escaped_and_counted(tmp_pat
 def test_infer_on_a_device_torch_lacks_is_refused_by_option(tmp_path, device, message):
     if device == "cuda" and torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
-    refused = sew("infer", tmp_path / "ckpt.pt", tmp_path / "valid.tsv", "--device", device, expect=2)
+    refused = sew_script("infer", tmp_path / "ckpt.pt", tmp_path / "valid.tsv", "--device", device, expect=2)
     assert "sew infer: error: argument --device: " in refused.stderr and message in refused.stderr
 
 
@@ -329,7 +321,7 @@ def test_infer_on_a_device_torch_lacks_is_refused_by_option(tmp_path, device, me
 def test_manifest_starting_with_a_byte_order_mark_is_refused_by_line(tmp_path):
     wav(tmp_path / "audio" / "u0.wav")
     (tmp_path / "valid.tsv").write_text(f"\ufeff{tmp_path / 'audio'}\nu0.wav\t4000\n", encoding="utf-8")
-    refused = sew("infer", tmp_path / "ckpt.pt", tmp_path / "valid.tsv", expect=2)
+    refused = sew_script("infer", tmp_path / "ckpt.pt", tmp_path / "valid.tsv", expect=2)
     assert f"{tmp_path / 'valid.tsv'}:1: starts with a UTF-8 byte-order mark, which fairseq reads as part of the " \
            "first path" in refused.stderr
 
@@ -337,14 +329,14 @@ def test_manifest_starting_with_a_byte_order_mark_is_refused_by_line(tmp_path):
 def test_blanks_fairseq_would_strip_are_refused(tmp_path):
     wav(tmp_path / "audio" / " lead.wav")
     wav(tmp_path / "audio" / "fine.wav")
-    refused = sew("manifest", tmp_path / "audio", "--dest", tmp_path / "d", expect=2)
+    refused = sew_script("manifest", tmp_path / "audio", "--dest", tmp_path / "d", expect=2)
     assert f"{tmp_path / 'audio' / ' lead.wav'}: the path begins with a blank, which fairseq strips" in refused.stderr
     write_manifest(tmp_path / "valid.tsv", tmp_path / "audio", [(" lead.wav", 4000)])
-    refused = sew("infer", tmp_path / "ckpt.pt", tmp_path / "valid.tsv", expect=2)
+    refused = sew_script("infer", tmp_path / "ckpt.pt", tmp_path / "valid.tsv", expect=2)
     assert f"{tmp_path / 'valid.tsv'}:2: the path ' lead.wav' begins with a blank" in refused.stderr
 
     wav(tmp_path / "twin " / "u.wav")
-    refused = sew("manifest", tmp_path / "twin ", "--dest", tmp_path / "e", expect=2)
+    refused = sew_script("manifest", tmp_path / "twin ", "--dest", tmp_path / "e", expect=2)
     assert "the directory name ends in a blank, which fairseq strips" in refused.stderr
 
 
@@ -353,7 +345,7 @@ def test_blanks_fairseq_would_strip_are_refused(tmp_path):
 @pytest.mark.parametrize("split", ["../x", "", ".hidden", "a/b", "test.tsv", "dev,test"])
 def test_a_split_that_is_not_a_plain_name_is_refused(tmp_path, split):
     wav(tmp_path / "audio" / "u0.wav")
-    run = sew if split == "../x" else sew_here
+    run = sew_script if split == "../x" else sew_here
     refused = run("manifest", tmp_path / "audio", "--dest", tmp_path / "d", "--split", split, expect=2)
     assert "sew manifest: error: --split " in refused.stderr and "expected a plain name" in refused.stderr
     assert not (tmp_path / "x.tsv").exists() and not list((tmp_path / "d").glob("*.tsv"))
@@ -364,7 +356,7 @@ def test_ids_with_dots_and_decomposed_names_find_their_transcripts(tmp_path):
     wav(tmp_path / "audio" / "spk.utt.1.wav")
     wav(tmp_path / "audio" / f"caf{decomposed}.wav", 3000)
     (tmp_path / "t.txt").write_text("spk.utt.1 THE CAT\ncaf\u00e9 A DOG\n", encoding="utf-8")
-    sew("manifest", tmp_path / "audio", "--dest", tmp_path / "d")
-    done = sew("labels", tmp_path / "d" / "train.tsv", tmp_path / "t.txt", "--dest", tmp_path / "d", "--upper")
+    sew_script("manifest", tmp_path / "audio", "--dest", tmp_path / "d")
+    done = sew_script("labels", tmp_path / "d" / "train.tsv", tmp_path / "t.txt", "--dest", tmp_path / "d", "--upper")
     assert "2 utterances in, 2 labelled out, 0 skipped" in done.stdout
     assert (tmp_path / "d" / "train.wrd").read_text().splitlines() == ["A DOG", "THE CAT"]

@@ -2,7 +2,6 @@
 through overlapping windows; words with times and confidences; txt/json/srt/vtt/ctm; shards."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -22,9 +21,8 @@ from sew_plugin.inference.transcriber import Transcript, Transcriber
 from sew_plugin.inference.windows import ALIGN_FRAMES, Windowing, forward_windows, kept_frames, plan
 from sew_plugin.modules.masked_group_norm import first_norm, mask_feature_norm, recording_statistics
 
-from helpers import LETTERS, ctc_model, sew_here, write_checkpoint
+from helpers import LETTERS, ctc_model, sew_here, sew_script, write_checkpoint
 
-SEW = str(Path(sys.executable).with_name("sew"))
 
 
 def letters() -> Dictionary:
@@ -271,14 +269,6 @@ def test_the_python_api_transcribes_arrays_and_files_alike(tmp_path, checkpoint)
         transcriber.transcribe(np.stack([wav, wav]), sample_rate=16000)
 
 
-def sew(*args, expect=0):
-    """The console script in a subprocess (once per case; ``sew_here`` runs the other calls in this process)."""
-    run = subprocess.run([SEW, *map(str, args)], capture_output=True, text=True, timeout=600)
-    assert "Traceback" not in run.stderr, run.stderr
-    assert run.returncode == expect, run.stdout + run.stderr
-    return run
-
-
 def recordings(folder: Path) -> Path:
     for i, seconds in enumerate((3.0, 7.5, 1.2, 12.0, 4.0)):
         sub = folder / ("talks" if i % 2 else "calls")
@@ -292,7 +282,7 @@ def recordings(folder: Path) -> Path:
 def test_sew_transcribe_writes_every_format_refuses_bad_files_and_shards_cover_each_file_once(tmp_path, checkpoint):
     audio = recordings(tmp_path / "audio")
     one = tmp_path / "one"
-    run = sew("transcribe", checkpoint, audio, "--out", one, "--format", *FORMATS, "--window", "5", "--context", "1")
+    run = sew_script("transcribe", checkpoint, audio, "--out", one, "--format", *FORMATS, "--window", "5", "--context", "1")
     assert "transcribed 5 of 5 files" in run.stdout and "resampled to 16 kHz" in run.stdout
     names = sorted(p.relative_to(one).as_posix() for p in one.rglob("*.*"))
     assert names == sorted(f"{d}/r{i}.{fmt}" for i, d in enumerate(["calls", "talks"] * 3) if i < 5 for fmt in FORMATS)
@@ -321,7 +311,7 @@ def test_sew_transcribe_writes_every_format_refuses_bad_files_and_shards_cover_e
 
 
 def test_sew_transcribe_refuses_a_missing_input_and_a_bad_shard_before_loading(tmp_path):
-    refused = sew("transcribe", tmp_path / "none.pt", tmp_path / "nothing.wav", expect=2)
+    refused = sew_script("transcribe", tmp_path / "none.pt", tmp_path / "nothing.wav", expect=2)
     assert f"{tmp_path / 'nothing.wav'}: not found" in refused.stderr
     # before the model's libraries are even imported (fairseq's import alone takes 2-4 s)
     probe = subprocess.run([sys.executable, "-c", "import sys; from sew_plugin.cli import main; code = main(sys.argv[1:]); "
@@ -349,7 +339,7 @@ def test_sew_transcribe_refuses_a_missing_input_and_a_bad_shard_before_loading(t
 def test_sew_transcribe_refuses_options_the_model_cannot_run_once_and_notes_duplicates(tmp_path, checkpoint):
     sf.write(tmp_path / "a.wav", speechlike(3.0), 16000)
     (tmp_path / "link.wav").symlink_to(tmp_path / "a.wav")
-    refused = sew("transcribe", checkpoint, tmp_path / "a.wav", "--window", "1", "--context", "0.3", "--skip-bad",
+    refused = sew_script("transcribe", checkpoint, tmp_path / "a.wav", "--window", "1", "--context", "0.3", "--skip-bad",
                   expect=2)
     assert refused.stderr.count("--window 1.0 with --context 0.3 leaves no step") == 1
     done = sew_here("transcribe", checkpoint, tmp_path / "a.wav", tmp_path / "link.wav")
@@ -388,7 +378,7 @@ def test_sew_transcribe_with_decode_workers_writes_what_one_process_writes(tmp_p
     (tmp_path / "lex.txt").write_text("".join(f"{w} {' '.join(w)} |\n" for w in ("EAT", "TEA", "NOT", "NO", "SEA", "TO")))
     kenlm = ["--decoder", "kenlm", "--lm", tmp_path / "lm.arpa", "--lexicon", tmp_path / "lex.txt", "--window", "5",
              "--context", "1", "--format", "json", "ctm"]
-    for workers, command in ((1, sew_here), (2, sew)):
+    for workers, command in ((1, sew_here), (2, sew_script)):
         command("transcribe", checkpoint, audio, "--out", tmp_path / f"w{workers}", "--decode-workers", workers, *kenlm)
     ones = {p.relative_to(tmp_path / "w1"): p.read_bytes() for p in (tmp_path / "w1").rglob("*.*")}
     assert len(ones) == 10 and ones == {p.relative_to(tmp_path / "w2"): p.read_bytes()
@@ -402,7 +392,7 @@ def test_sew_transcribe_with_decode_workers_writes_what_one_process_writes(tmp_p
 
     (audio / "zz").mkdir()  # a bad file last: what was decoded before it, in the workers, is written
     (audio / "zz" / "bad.wav").write_bytes(b"RIFF\x10\x00\x00\x00WAVEfmt garbage")
-    refused = sew("transcribe", checkpoint, audio, "--out", tmp_path / "w3", "--decode-workers", 2, *kenlm, expect=2)
+    refused = sew_script("transcribe", checkpoint, audio, "--out", tmp_path / "w3", "--decode-workers", 2, *kenlm, expect=2)
     assert "bad.wav: cannot be decoded" in refused.stderr
     assert len(list((tmp_path / "w3").rglob("*.json"))) == 5
 

@@ -13,7 +13,7 @@ TORCH ?= torch==2.13.0
 FAIRSEQ ?= ve-fairseq==0.12.3
 BIN := $(VENV)/bin
 
-.PHONY: install espeak testdata test demo clean
+.PHONY: install espeak compiler testdata test demo clean
 
 # ve-fairseq==0.12.3 is a cp311 wheel only (setup.py's python_requires says the same): refuse any
 # other Python before creating the environment.
@@ -37,6 +37,12 @@ espeak:
 	@command -v espeak-ng >/dev/null || $(SUDO) apt-get install -y espeak-ng \
 		|| ($(SUDO) apt-get update && $(SUDO) apt-get install -y espeak-ng)
 
+# A C compiler for SEW-D's position bias kernel (sew_plugin/modules/position_bias.c, compiled on
+# first use; without one SEW-D gathers with PyTorch, more slowly, and its kernel's tests fail).
+compiler:
+	@command -v $${CC:-cc} >/dev/null || $(SUDO) apt-get install -y gcc \
+		|| ($(SUDO) apt-get update && $(SUDO) apt-get install -y gcc)
+
 # Real speech for sew transcribe's tests: the LibriVox recordings of Debian's pocketsphinx-testdata
 # (16 kHz WAV, with their transcription), fetched with apt-get download (no root needed).
 LIBRIVOX := tests/data/librivox
@@ -53,13 +59,13 @@ $(LIBRIVOX)/transcription:
 # TEST_WORKERS pytest processes (pytest-xdist) share the tests out file by file, so each file's
 # module fixtures (fine-tuned models, the demo's smoke run) are built once.
 TEST_WORKERS ?= 2
-test: install espeak testdata
+test: install espeak compiler testdata
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
 
 # The end-to-end recipe (examples/demo/run.py); reruns resume from the finished steps.
 DEMO_OUT ?= demo_out
-demo: install espeak
+demo: install espeak compiler
 	$(BIN)/python examples/demo/run.py --out $(DEMO_OUT)
 
 clean:

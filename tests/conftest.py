@@ -36,6 +36,15 @@ def _seed():
     np.random.seed(0)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _kernel_cache(tmp_path_factory):
+    """SEW-D's position bias kernel is built in the session's temporary folder, not the user's
+    ~/.cache/sew_plugin (the commands the tests run inherit it)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SEW_PLUGIN_CACHE", str(tmp_path_factory.mktemp("kernels")))
+        yield
+
+
 def write_wav_corpus(root: Path, lengths, sample_rate: int = 16000, seed: int = 0):
     """Write one mono 16 kHz WAV per length (samples): voiced-like tones with noise.
 

@@ -1,6 +1,7 @@
 """SEW-D's compiled position-bias kernel: bit-identical to PyTorch's gathers, used by the model's
 fp32 CPU forward, built once per source, compiler and CPU, and a warned fallback without a compiler."""
 
+import os
 import warnings
 
 import pytest
@@ -69,20 +70,72 @@ def fresh(monkeypatch, tmp_path):
     return tmp_path
 
 
+def compiler():
+    return position_bias.shutil.which(os.environ.get("CC") or "cc")
+
+
 def test_built_once_per_cpu_and_reused(fresh, monkeypatch):
-    compiler = position_bias.shutil.which("cc")
-    first = position_bias._compile(compiler)
+    monkeypatch.setattr(position_bias, "FLAG_SETS", (("-O2",),))
+    first, flags = position_bias._build(compiler())
     built = first.stat().st_mtime_ns
-    assert position_bias._compile(compiler) == first and first.stat().st_mtime_ns == built
+    assert position_bias._build(compiler()) == (first, ("-O2",)) and first.stat().st_mtime_ns == built
     assert [p.name for p in fresh.iterdir()] == [first.name]  # no partial file left behind
+    assert first.stat().st_mode & 0o755 == 0o755  # loadable by the other users of a shared cache
     monkeypatch.setattr(position_bias, "_cpu_flags", lambda: "flags : another cpu")
-    assert position_bias._compile(compiler) != first
+    assert position_bias._build(compiler())[0] != first
 
 
-def test_flags_a_compiler_refuses_fall_back_to_the_next_set(fresh, monkeypatch):
+def test_flags_a_compiler_refuses_fall_back_to_the_next_set_and_are_not_tried_again(fresh, monkeypatch):
     monkeypatch.setattr(position_bias, "FLAG_SETS", (("-O3", "--no-such-flag-sew"), ("-O2",)))
     assert position_bias.library() is not None
-    assert position_bias.status().startswith("compiled kernel")
+    assert position_bias.status().startswith("compiled kernel") and position_bias.status().endswith("; -O2)")
+    refused, = fresh.glob("*.refused")
+    assert "no-such-flag-sew" in refused.read_text()
+    calls = []
+    run = position_bias.subprocess.run
+    monkeypatch.setattr(position_bias.subprocess, "run", lambda cmd, **kw: calls.append(cmd) or run(cmd, **kw))
+    assert position_bias._build(compiler())[1] == ("-O2",)
+    assert all("-shared" not in cmd for cmd in calls)  # nothing compiled again: the refusal and the build are read
+
+
+def test_a_cached_build_that_no_longer_loads_is_built_again(fresh, monkeypatch):
+    monkeypatch.setattr(position_bias, "FLAG_SETS", (("-O2",),))
+    path, _ = position_bias._build(compiler())
+    path.write_bytes(b"not a shared library")
+    assert position_bias.library() is not None
+    assert path.read_bytes()[:4] == b"\x7fELF"
+
+
+def test_a_cache_that_cannot_be_written_falls_back_naming_it(fresh, monkeypatch, tmp_path):
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("SEW_PLUGIN_CACHE", str(tmp_path / "file" / "cache"))
+    with pytest.warns(RuntimeWarning, match="SEW_PLUGIN_CACHE"):
+        assert position_bias.library() is None
+
+
+def test_inputs_the_kernel_cannot_read_safely_are_refused():
+    positions = RelativePositions(10, 256, 512, torch.device("cpu"))
+    c2p = torch.randn(2, 1, 10, positions.rows)
+    for bad, match in [
+        (dict(p2c=c2p[:1]), "p2c: expected fp32 CPU products of shape"),
+        (dict(p2c=c2p.double()), "p2c: expected fp32"),
+        (dict(rows_of=positions.rows_of.long()), "rows_of: expected \\(19,\\) int32"),
+        (dict(rows_of=positions.rows_of + 1), "rows_of: rows outside"),
+        (dict(key_padding_mask=torch.zeros(1, 10, dtype=torch.bool)), "key_padding_mask: expected bool \\(2, 10\\)"),
+        (dict(key_padding_mask=torch.zeros(2, 10, dtype=torch.long)), "key_padding_mask: expected bool"),
+    ]:
+        args = dict(c2p=c2p, p2c=c2p.clone(), rows_of=positions.rows_of, key_padding_mask=None) | bad
+        with pytest.raises(ValueError, match=match):
+            position_bias.position_bias(**args)
+
+
+def test_gathers_blocks_nest():
+    products = torch.randn(1, 1, 4, 7)
+    with position_bias.gathers():
+        with position_bias.gathers():
+            pass
+        assert not position_bias.applies(products)
+    assert position_bias.applies(products)
 
 
 def test_without_a_compiler_it_warns_once_and_the_model_still_runs(fresh, monkeypatch):

@@ -1,12 +1,14 @@
 """What SEW-D's compiled position-bias kernel gains (``sew_plugin.modules.position_bias``): the
-c2p + p2c bias alone and the whole fp32 forward of a full-size SEW-D (random weights), each timed
-with the kernel and with PyTorch's gathers, interleaved after a warm-up; both must agree bit for bit.
+whole fp32 forward of a full-size SEW-D (random weights) and the c2p + p2c bias of one layer for
+one utterance, each timed with the kernel and with PyTorch's gathers, interleaved after a warm-up;
+the two forwards must agree bit for bit.
 
     .venv/bin/python examples/benchmarks/position_bias.py --seconds 10 30 --batch-size 1 8 --repeat 5
 """
 
 import argparse
 import statistics
+import sys
 import time
 
 import torch
@@ -45,8 +47,7 @@ def main() -> None:
     heads = encoder.layer[0].attention.self.heads
     print(f"{args.model}, fp32, {torch.get_num_threads()} threads, torch {torch.__version__}; "
           f"kernel: {position_bias.status()}")
-    print("| audio | batch | frames | bias: gathers | bias: kernel | ratio | forward: gathers | forward: kernel | ratio |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    bias_rows, forward_rows = [], []
     for seconds in args.seconds:
         for bsz in args.batch_size:
             x = torch.randn(bsz, int(16000 * seconds))
@@ -57,26 +58,30 @@ def main() -> None:
             hook.remove()
             if not torch.equal(forward(x), reference):
                 raise SystemExit("the kernel's forward differs from the gathers' forward")
-            length = attended[0]
-            positions = RelativePositions(length, encoder.position_buckets, encoder.max_position, torch.device("cpu"))
-            c2p, p2c = (torch.randn(1, heads, length, positions.rows) for _ in range(2))
-            index = positions.c2p.expand(1, heads, -1), positions.p2c.expand(1, heads, -1)
-
-            def gathered_bias():
-                return c2p.flatten(-2).gather(-1, index[0]).add_(p2c.flatten(-2).gather(-1, index[1]))
 
             def gathered_forward():
                 with position_bias.gathers():
                     forward(x)
 
-            bias = interleaved({"gathers": gathered_bias,
-                                "kernel": lambda: position_bias.position_bias(c2p, p2c, positions.rows_of, None)},
-                               args.repeat)
             whole = interleaved({"gathers": gathered_forward, "kernel": lambda: forward(x)}, args.repeat)
-            print(f"| {seconds:g} s | {bsz} | {length} | {1e3 * bias['gathers']:.2f} ms | {1e3 * bias['kernel']:.2f} ms "
-                  f"| {bias['gathers'] / bias['kernel']:.2f}x | {1e3 * whole['gathers']:.0f} ms "
-                  f"| {1e3 * whole['kernel']:.0f} ms | {whole['gathers'] / whole['kernel']:.2f}x |", flush=True)
-
+            forward_rows.append(f"| {seconds:g} s | {bsz} | {1e3 * whole['gathers']:.0f} ms | {1e3 * whole['kernel']:.0f} ms "
+                                f"| {whole['gathers'] / whole['kernel']:.2f}x |")
+            print(forward_rows[-1], file=sys.stderr, flush=True)  # progress
+        # the bias of one layer for one utterance (from 10 s up the attention's cache-sized groups hold one)
+        length = attended[0]
+        positions = RelativePositions(length, encoder.position_buckets, encoder.max_position, torch.device("cpu"))
+        c2p, p2c = (torch.randn(1, heads, length, positions.rows) for _ in range(2))
+        index = positions.c2p.expand(1, heads, -1), positions.p2c.expand(1, heads, -1)
+        bias = interleaved({"gathers": lambda: c2p.flatten(-2).gather(-1, index[0]).add_(p2c.flatten(-2).gather(-1, index[1])),
+                            "kernel": lambda: position_bias.position_bias(c2p, p2c, positions.rows_of, None)},
+                           args.repeat)
+        bias_rows.append(f"| {seconds:g} s | {length} | {1e3 * bias['gathers']:.2f} ms | {1e3 * bias['kernel']:.2f} ms "
+                         f"| {bias['gathers'] / bias['kernel']:.2f}x |")
+    print("\nThe whole forward:\n\n| audio | batch | gathers | kernel | speed-up |\n|---|---|---|---|---|")
+    print("\n".join(forward_rows))
+    print(f"\nThe bias of one layer ({heads} heads), one utterance:\n\n"
+          "| audio | frames attended | gathers | kernel | speed-up |\n|---|---|---|---|---|")
+    print("\n".join(bias_rows))
 
 if __name__ == "__main__":
     main()

@@ -125,7 +125,7 @@ def main(args) -> int:
     if any(name.startswith("sew_d") for name in args.models):
         from ..modules import position_bias
 
-        machine += f"; SEW-D position bias: {position_bias.status()}"
+        machine += f"; SEW-D's position bias in fp32 and int8 rows: {position_bias.status()}"
     if args.peak:
         machine += "; GEMM rate: the median of 2048^3 products in the row's format, timed in the rows' rotation"
     print(f"\n{machine}\n\n{table}")

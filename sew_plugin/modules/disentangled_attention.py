@@ -17,8 +17,8 @@ How this is made fast (the public implementation computes the same function more
   distance is computed once per length;
 - in fp32 on the CPU a compiled kernel (``position_bias``) writes both position terms and the
   padding into one additive bias in a single pass; elsewhere (half precision, autograd, traces,
-  no C compiler) one ``gather`` per term writes it in the scores' layout (p2c needs no transpose
-  and copy: 2.5x faster) and the terms are summed in place;
+  one position term only, no C compiler) one ``gather`` per term writes it in the scores' layout
+  (p2c needs no transpose and copy: 2.5x faster) and the terms are summed in place;
 - the bias is added by ``torch.nn.functional.scaled_dot_product_attention`` (by ``baddbmm`` in half
   precision on the CPU); Q is scaled before the products, so
   nothing of size (B, H, L, L) is rescaled and fp16 scores stay small;

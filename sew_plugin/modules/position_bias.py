@@ -8,11 +8,11 @@ per distance and walks tiles whose table rows stay in the L1 cache; its result i
 
 It is compiled the first time it is needed, with the machine's C compiler (``$CC``, else ``cc``),
 for this CPU (``-march=native``), into ``$SEW_PLUGIN_CACHE`` (default ``~/.cache/sew_plugin``). The
-file is named by a hash of the source, the compiler and the CPU's flags, so a home directory shared
-by machines with different CPUs holds one build per CPU. Without a compiler, or with
-``SEW_PLUGIN_KERNELS=0``, SEW-D gathers with PyTorch (the same numbers, more slowly) and says so
-once. Used for fp32 on the CPU without autograd; half precision keeps the int16 gathers, which the
-kernel did not beat.
+file is named by a hash of the source, the compiler, the CPU's flags and the compiler flags, so a
+home directory shared by machines with different CPUs holds one build per CPU. Without a compiler, or with
+``SEW_PLUGIN_KERNELS=0``, SEW-D gathers with PyTorch (the same numbers, more slowly); the first
+says so once. Used for fp32 on the CPU without autograd, in models with both position terms (the
+default ``p2c|c2p``); half precision keeps the int16 gathers, which the kernel did not beat.
 """
 
 import contextlib
@@ -32,9 +32,11 @@ import torch
 
 SOURCE = Path(__file__).with_suffix(".c")
 # tried in order until one compiles. GCC's tuning for recent x86 cores turns off vector gathers;
-# the kernel's two table reads ran 1.5-2x faster with them on (-mtune-ctrl is GCC's alone)
+# the kernel's two table reads ran 1.5-2x faster with them on (GCC 12 names the tuning use_gather,
+# later GCCs use_gather_8parts; clang takes neither). Without -fopenmp the kernel runs on one thread.
 FLAG_SETS = (
     ("-O3", "-march=native", "-fopenmp", "-mtune-ctrl=use_gather"),
+    ("-O3", "-march=native", "-fopenmp", "-mtune-ctrl=use_gather_8parts"),
     ("-O3", "-march=native", "-fopenmp"),
     ("-O3",),
 )
@@ -60,45 +62,67 @@ def compiler_version(compiler: str) -> str:
     return subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=60).stdout
 
 
-def _compile(compiler: str) -> Path:
-    """The kernel's shared library for this source, compiler and CPU: built once, then reused."""
-    version = compiler_version(compiler)
-    key = hashlib.sha256("\0".join([SOURCE.read_text(), version, platform.machine(), _cpu_flags()]).encode())
-    target = cache_dir() / f"position_bias-{key.hexdigest()[:16]}.so"
-    if target.exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    errors = []
+def _build(compiler: str) -> Tuple[Path, Tuple[str, ...]]:
+    """The kernel's shared library for this source, compiler and CPU, with the first flag set the
+    compiler takes, and those flags: built once, then reused. A set the compiler refused is
+    remembered (``.refused`` beside), so later processes do not try it again."""
+    version, folder = compiler_version(compiler), cache_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    refusal = ""
     for flags in FLAG_SETS:
+        key = hashlib.sha256("\0".join([SOURCE.read_text(), version, platform.machine(), _cpu_flags(), *flags]).encode())
+        target = folder / f"position_bias-{key.hexdigest()[:16]}.so"
+        refused = target.with_suffix(".refused")
+        if target.exists():
+            return target, flags
+        if refused.exists():
+            refusal = refused.read_text()
+            continue
         # built beside the target and renamed into place: processes compiling at once never load a half-written file
-        fd, partial = tempfile.mkstemp(suffix=".so", dir=target.parent)
+        fd, partial = tempfile.mkstemp(suffix=".partial", dir=folder)
         os.close(fd)
-        done = subprocess.run([compiler, *flags, "-shared", "-fPIC", str(SOURCE), "-o", partial],
-                              capture_output=True, text=True, timeout=300)
-        if done.returncode == 0:
-            os.replace(partial, target)
-            return target
-        os.unlink(partial)
-        errors.append(done.stderr.strip().splitlines()[-1:] or [f"exit {done.returncode}"])
-    raise RuntimeError(f"{compiler} could not compile {SOURCE.name}: {errors[-1][0]}")
+        try:
+            done = subprocess.run([compiler, *flags, "-shared", "-fPIC", str(SOURCE), "-o", partial],
+                                  capture_output=True, text=True, timeout=300)
+            if done.returncode == 0:
+                os.chmod(partial, 0o755)  # mkstemp's 0600 would keep other users sharing the cache out
+                os.replace(partial, target)
+                return target, flags
+            refusal = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
+            refused.write_text(refusal)
+        finally:
+            if os.path.exists(partial):
+                os.unlink(partial)
+    raise RuntimeError(f"{compiler} compiled {SOURCE.name} with none of its flag sets: {refusal}")
 
 
 def _load() -> Tuple[Optional[ctypes.CDLL], str]:
-    if os.environ.get("SEW_PLUGIN_KERNELS", "1") == "0":
+    if os.environ.get("SEW_PLUGIN_KERNELS", "1") == "0":  # asked for: no warning
         return None, "PyTorch gathers (SEW_PLUGIN_KERNELS=0)"
-    compiler = shutil.which(os.environ.get("CC") or "cc")
+    name = os.environ.get("CC") or "cc"
+    compiler = shutil.which(name)
     try:
         if compiler is None:
-            raise RuntimeError(f"no C compiler ({os.environ.get('CC') or 'cc'}) on PATH")
-        library = ctypes.CDLL(str(_compile(compiler)))
-    except (OSError, RuntimeError, subprocess.SubprocessError) as e:
-        warnings.warn(f"SEW-D's position bias falls back to PyTorch's gathers (same results, slower): {e}. "
-                      "Install a C compiler (gcc) for the compiled kernel.", RuntimeWarning)
-        return None, f"PyTorch gathers ({e})"
-    library.position_bias_f32.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 4 + [ctypes.c_int]
-    library.position_bias_f32.restype = None
-    version = (compiler_version(compiler).splitlines() or [Path(compiler).name])[0]
-    return library, f"compiled kernel ({version})"
+            raise RuntimeError(f"no C compiler ({name}) on PATH: install one (gcc) for the compiled kernel")
+        path, flags = _build(compiler)
+        try:
+            library = ctypes.CDLL(str(path))
+        except OSError:  # a cached build that no longer loads: built again, once
+            path.unlink(missing_ok=True)
+            path, flags = _build(compiler)
+            library = ctypes.CDLL(str(path))
+    except OSError as e:
+        reason = f"{e} (the build cache is {cache_dir()}: SEW_PLUGIN_CACHE sets it)"
+    except (RuntimeError, subprocess.SubprocessError) as e:
+        reason = str(e)
+    else:
+        library.position_bias_f32.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 4 + [ctypes.c_int]
+        library.position_bias_f32.restype = None
+        version = (compiler_version(compiler).splitlines() or [Path(compiler).name])[0]
+        return library, f"compiled kernel ({version}; {' '.join(flags)})"
+    warnings.warn(f"SEW-D's position bias falls back to PyTorch's gathers (same results, slower): {reason}",
+                  RuntimeWarning)
+    return None, f"PyTorch gathers ({reason})"
 
 
 def library() -> Optional[ctypes.CDLL]:
@@ -118,18 +142,20 @@ def status() -> str:
 @contextlib.contextmanager
 def gathers():
     """PyTorch's gathers instead of the kernel inside this block, in this thread (for comparisons)."""
+    before = getattr(_gathering, "on", False)
     _gathering.on = True
     try:
         yield
     finally:
-        _gathering.on = False
+        _gathering.on = before
 
 
 def applies(products: torch.Tensor) -> bool:
     """Whether the kernel computes the bias of these (G, H, L, rows) products: fp32 on the CPU,
     nothing to differentiate or trace, not inside ``gathers()``, and a kernel built."""
-    return (not getattr(_gathering, "on", False) and products.dtype == torch.float32 and products.device.type == "cpu" and not products.requires_grad
-            and not torch.jit.is_tracing() and library() is not None)
+    return (not getattr(_gathering, "on", False) and products.dtype == torch.float32
+            and products.device.type == "cpu" and not products.requires_grad
+            and not (torch.jit.is_tracing() or torch.compiler.is_compiling()) and library() is not None)
 
 
 def position_bias(c2p: torch.Tensor, p2c: torch.Tensor, rows_of: torch.Tensor,
@@ -140,12 +166,25 @@ def position_bias(c2p: torch.Tensor, p2c: torch.Tensor, rows_of: torch.Tensor,
     distance i - j at ``L - 1 - i + j``; ``key_padding_mask``: (G, L), True at padded frames.
     """
     groups, heads, length, rows = c2p.shape
+    for name, t in (("c2p", c2p), ("p2c", p2c)):  # what the C code assumes of the memory it is handed
+        if t.shape != c2p.shape or t.dtype != torch.float32 or t.device.type != "cpu":
+            raise ValueError(f"{name}: expected fp32 CPU products of shape {tuple(c2p.shape)}, got "
+                             f"{t.dtype} {tuple(t.shape)} on {t.device}")
+    if rows_of.dtype != torch.int32 or rows_of.shape != (2 * length - 1,) or rows_of.device.type != "cpu":
+        raise ValueError(f"rows_of: expected ({2 * length - 1},) int32 on the CPU, got {rows_of.dtype} "
+                         f"{tuple(rows_of.shape)} on {rows_of.device}")
+    if length and not 0 <= int(rows_of.min()) <= int(rows_of.max()) < rows:
+        raise ValueError(f"rows_of: rows outside the products' {rows}")
+    if key_padding_mask is not None and (key_padding_mask.dtype != torch.bool or key_padding_mask.shape != (groups, length)):
+        raise ValueError(f"key_padding_mask: expected bool ({groups}, {length}), got {key_padding_mask.dtype} "
+                         f"{tuple(key_padding_mask.shape)}")
     if length * rows >= 2**31:  # the kernel's int32 offsets
         raise ValueError(f"{length} frames are too many for the position bias kernel")
-    c2p, p2c = c2p.contiguous(), p2c.contiguous()
+    c2p, p2c, rows_of = c2p.contiguous(), p2c.contiguous(), rows_of.contiguous()
     mask = None if key_padding_mask is None else key_padding_mask.contiguous().view(torch.uint8)
-    bias = torch.empty(groups, heads, length, length)
-    library().position_bias_f32(c2p.data_ptr(), p2c.data_ptr(), rows_of.data_ptr(),
-                                None if mask is None else mask.data_ptr(), bias.data_ptr(),
-                                groups, heads, length, rows, torch.get_num_threads())
+    bias = c2p.new_empty(groups, heads, length, length)
+    with torch.profiler.record_function("sew_plugin::position_bias"):
+        library().position_bias_f32(c2p.data_ptr(), p2c.data_ptr(), rows_of.data_ptr(),
+                                    None if mask is None else mask.data_ptr(), bias.data_ptr(),
+                                    groups, heads, length, rows, torch.get_num_threads())
     return bias

@@ -159,6 +159,17 @@ def test_int8_products_are_counted_as_multiply_accumulates():
     assert counts[0] > 0 and abs(counts[1] - counts[0]) < 1e-6 * counts[0]
 
 
+def test_int8_linear_in_row_blocks_computes_what_one_block_computes(monkeypatch):
+    linear = torch.nn.Linear(24, 40)
+    layer = Int8Linear.from_linear(linear)
+    x = torch.randn(3, 13, 24)  # 39 rows
+    whole = layer(x)
+    monkeypatch.setattr(Int8Linear, "BLOCK_BYTES", 1)  # 16 rows at a time: blocks of 16, 16 and 7
+    blocks = layer(x)
+    assert blocks.shape == (3, 13, 40) and torch.equal(blocks, whole)
+    assert (whole - linear(x)).abs().max() < 0.02 * linear(x).abs().max()
+
+
 def test_the_similarity_exit_compares_layers_in_fp32():
     """In bf16, cosine similarities near 1 round to steps of 0.004, which would merge the thresholds
     a sweep compares: the policy gets them in fp32."""

@@ -1,7 +1,6 @@
 """SEW-D's compiled position-bias kernel: bit-identical to PyTorch's gathers, used by the model's
 fp32 CPU forward, built once per source, compiler and CPU, and a warned fallback without a compiler."""
 
-import os
 import warnings
 
 import pytest
@@ -70,19 +69,21 @@ def fresh(monkeypatch, tmp_path):
     return tmp_path
 
 
-def compiler():
-    return position_bias.shutil.which(os.environ.get("CC") or "cc")
+def build():
+    """``_build`` with this machine's compiler."""
+    compiler = position_bias.shutil.which(position_bias.compiler_name())
+    return position_bias._build(compiler, position_bias.compiler_version(compiler))
 
 
 def test_built_once_per_cpu_and_reused(fresh, monkeypatch):
     monkeypatch.setattr(position_bias, "FLAG_SETS", (("-O2",),))
-    first, flags = position_bias._build(compiler())
+    first, flags = build()
     built = first.stat().st_mtime_ns
-    assert position_bias._build(compiler()) == (first, ("-O2",)) and first.stat().st_mtime_ns == built
+    assert build() == (first, ("-O2",)) and first.stat().st_mtime_ns == built
     assert [p.name for p in fresh.iterdir()] == [first.name]  # no partial file left behind
     assert first.stat().st_mode & 0o755 == 0o755  # loadable by the other users of a shared cache
     monkeypatch.setattr(position_bias, "_cpu_flags", lambda: "flags : another cpu")
-    assert position_bias._build(compiler())[0] != first
+    assert build()[0] != first
 
 
 def test_flags_a_compiler_refuses_fall_back_to_the_next_set_and_are_not_tried_again(fresh, monkeypatch):
@@ -94,13 +95,13 @@ def test_flags_a_compiler_refuses_fall_back_to_the_next_set_and_are_not_tried_ag
     calls = []
     run = position_bias.subprocess.run
     monkeypatch.setattr(position_bias.subprocess, "run", lambda cmd, **kw: calls.append(cmd) or run(cmd, **kw))
-    assert position_bias._build(compiler())[1] == ("-O2",)
+    assert build()[1] == ("-O2",)
     assert all("-shared" not in cmd for cmd in calls)  # nothing compiled again: the refusal and the build are read
 
 
 def test_a_cached_build_that_no_longer_loads_is_built_again(fresh, monkeypatch):
     monkeypatch.setattr(position_bias, "FLAG_SETS", (("-O2",),))
-    path, _ = position_bias._build(compiler())
+    path, _ = build()
     path.write_bytes(b"not a shared library")
     assert position_bias.library() is not None
     assert path.read_bytes()[:4] == b"\x7fELF"

@@ -123,10 +123,8 @@ class RelativePositions:
         i = torch.arange(length, device=device)
         relative = i[:, None] - i[None, :]
         positions.index = (log_bucket(relative, buckets, max_position) + buckets).clamp(0, 2 * buckets - 1)
-        positions.first, positions.rows, positions.rows_of = 0, 2 * buckets, None
-        positions.c2p = (i[:, None] * positions.rows + positions.index).reshape(-1)
-        positions.p2c = (i[None, :] * positions.rows + positions.index).reshape(-1)
-        return positions
+        positions.length, positions.first, positions.rows, positions.rows_of = length, 0, 2 * buckets, None
+        return positions  # c2p and p2c: the properties, from this index
 
 
 class DisentangledSelfAttention(nn.Module):

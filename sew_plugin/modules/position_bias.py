@@ -58,19 +58,24 @@ def _cpu_flags() -> str:
         return platform.processor()
 
 
+def compiler_name() -> str:
+    return os.environ.get("CC") or "cc"
+
+
 def compiler_version(compiler: str) -> str:
     return subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=60).stdout
 
 
-def _build(compiler: str) -> Tuple[Path, Tuple[str, ...]]:
-    """The kernel's shared library for this source, compiler and CPU, with the first flag set the
-    compiler takes, and those flags: built once, then reused. A set the compiler refused is
-    remembered (``.refused`` beside), so later processes do not try it again."""
-    version, folder = compiler_version(compiler), cache_dir()
+def _build(compiler: str, version: str) -> Tuple[Path, Tuple[str, ...]]:
+    """The kernel's shared library for this source, compiler (``version``: its ``--version``) and
+    CPU, with the first flag set the compiler takes, and those flags: built once, then reused. A set
+    the compiler refused is remembered (``.refused`` beside), so later processes do not try it again."""
+    folder = cache_dir()
     folder.mkdir(parents=True, exist_ok=True)
+    built_for = [SOURCE.read_text(), version, platform.machine(), _cpu_flags()]
     refusal = ""
     for flags in FLAG_SETS:
-        key = hashlib.sha256("\0".join([SOURCE.read_text(), version, platform.machine(), _cpu_flags(), *flags]).encode())
+        key = hashlib.sha256("\0".join([*built_for, *flags]).encode())
         target = folder / f"position_bias-{key.hexdigest()[:16]}.so"
         refused = target.with_suffix(".refused")
         if target.exists():
@@ -99,17 +104,18 @@ def _build(compiler: str) -> Tuple[Path, Tuple[str, ...]]:
 def _load() -> Tuple[Optional[ctypes.CDLL], str]:
     if os.environ.get("SEW_PLUGIN_KERNELS", "1") == "0":  # asked for: no warning
         return None, "PyTorch gathers (SEW_PLUGIN_KERNELS=0)"
-    name = os.environ.get("CC") or "cc"
+    name = compiler_name()
     compiler = shutil.which(name)
     try:
         if compiler is None:
             raise RuntimeError(f"no C compiler ({name}) on PATH: install one (gcc) for the compiled kernel")
-        path, flags = _build(compiler)
+        version = compiler_version(compiler)
+        path, flags = _build(compiler, version)
         try:
             library = ctypes.CDLL(str(path))
         except OSError:  # a cached build that no longer loads: built again, once
             path.unlink(missing_ok=True)
-            path, flags = _build(compiler)
+            path, flags = _build(compiler, version)
             library = ctypes.CDLL(str(path))
     except OSError as e:
         reason = f"{e} (the build cache is {cache_dir()}: SEW_PLUGIN_CACHE sets it)"
@@ -118,8 +124,7 @@ def _load() -> Tuple[Optional[ctypes.CDLL], str]:
     else:
         library.position_bias_f32.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 4 + [ctypes.c_int]
         library.position_bias_f32.restype = None
-        version = (compiler_version(compiler).splitlines() or [Path(compiler).name])[0]
-        return library, f"compiled kernel ({version}; {' '.join(flags)})"
+        return library, f"compiled kernel ({(version.splitlines() or [name])[0]}; {' '.join(flags)})"
     warnings.warn(f"SEW-D's position bias falls back to PyTorch's gathers (same results, slower): {reason}",
                   RuntimeWarning)
     return None, f"PyTorch gathers ({reason})"

@@ -160,3 +160,9 @@ def test_turned_off_by_the_environment_without_a_warning(fresh, monkeypatch):
         warnings.simplefilter("error", RuntimeWarning)
         assert position_bias.library() is None
     assert position_bias.status() == "PyTorch gathers (SEW_PLUGIN_KERNELS=0)"
+
+
+def test_a_switch_other_than_0_or_1_is_refused_by_name(fresh, monkeypatch):
+    monkeypatch.setenv("SEW_PLUGIN_KERNELS", "false")
+    with pytest.raises(ValueError, match="SEW_PLUGIN_KERNELS='false': 0 turns"):
+        position_bias.library()

@@ -102,7 +102,11 @@ def _build(compiler: str, version: str) -> Tuple[Path, Tuple[str, ...]]:
 
 
 def _load() -> Tuple[Optional[ctypes.CDLL], str]:
-    if os.environ.get("SEW_PLUGIN_KERNELS", "1") == "0":  # asked for: no warning
+    switch = os.environ.get("SEW_PLUGIN_KERNELS", "1")
+    if switch not in ("0", "1"):
+        raise ValueError(f"SEW_PLUGIN_KERNELS={switch!r}: 0 turns SEW-D's compiled position bias off, 1 (the "
+                         "default) on")
+    if switch == "0":  # asked for: no warning
         return None, "PyTorch gathers (SEW_PLUGIN_KERNELS=0)"
     name = compiler_name()
     compiler = shutil.which(name)

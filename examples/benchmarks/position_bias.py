@@ -1,7 +1,8 @@
-"""What SEW-D's compiled position-bias kernel gains (``sew_plugin.modules.position_bias``): the
-whole fp32 forward of a full-size SEW-D (random weights) and the c2p + p2c bias of one layer for
-one utterance, each timed with the kernel and with PyTorch's gathers, interleaved after a warm-up;
-the two forwards must agree bit for bit.
+"""What SEW-D's compiled position-bias kernels gain (``sew_plugin.modules.position_bias``): the
+whole forward of a full-size SEW-D (random weights) and the attention of one layer for one
+utterance (its products, position bias, softmax and values), in fp32 (the bias kernel) and bf16
+(the biased-softmax kernel), each timed with the kernel and with PyTorch's gathers, interleaved
+after a warm-up. The fp32 forwards must agree bit for bit, the bf16 ones within 2% of the largest value.
 
     .venv/bin/python examples/benchmarks/position_bias.py --seconds 10 30 --batch-size 1 8 --repeat 5
 """
@@ -14,6 +15,7 @@ import time
 import torch
 
 from sew_plugin.inference.bench import build
+from sew_plugin.inference.precision import DTYPES, set_precision
 from sew_plugin.modules import position_bias
 from sew_plugin.modules.disentangled_attention import RelativePositions
 
@@ -31,9 +33,16 @@ def interleaved(settings: dict, repeat: int) -> dict:
     return {name: statistics.median(t) for name, t in times.items()}
 
 
+def same_forward(dtype: str, kernel: torch.Tensor, gathered: torch.Tensor) -> bool:
+    if dtype == "fp32":
+        return torch.equal(kernel, gathered)
+    return bool((kernel.float() - gathered.float()).abs().max() <= 0.02 * gathered.float().abs().max())
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="sew_d_mid")
+    p.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
     p.add_argument("--seconds", nargs="+", type=float, default=[10, 30])
     p.add_argument("--batch-size", nargs="+", type=int, default=[1, 8])
     p.add_argument("--repeat", type=int, default=5)
@@ -42,46 +51,56 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.set_grad_enabled(False)
-    model, forward = build(args.model)
-    encoder = model.encoder.encoder
-    heads = encoder.layer[0].attention.self.heads
-    print(f"{args.model}, fp32, {torch.get_num_threads()} threads, torch {torch.__version__}; "
-          f"kernel: {position_bias.status()}")
-    bias_rows, forward_rows = [], []
-    for seconds in args.seconds:
-        for bsz in args.batch_size:
-            x = torch.randn(bsz, int(16000 * seconds))
-            attended = []  # the squeezed length the attention sees
-            hook = encoder.layer[0].attention.self.register_forward_pre_hook(lambda m, a: attended.append(a[0].size(1)))
-            with position_bias.gathers():
-                reference = forward(x)
-            hook.remove()
-            if not torch.equal(forward(x), reference):
-                raise SystemExit("the kernel's forward differs from the gathers' forward")
-
-            def gathered_forward():
+    print(f"{args.model}, {torch.get_num_threads()} threads, torch {torch.__version__}; kernel: {position_bias.status()}")
+    layer_rows, forward_rows = [], []
+    for dtype in args.dtypes:
+        model, forward = build(args.model)
+        set_precision(model.eval(), dtype)
+        encoder = model.encoder.encoder
+        attention = encoder.layer[0].attention.self
+        for seconds in args.seconds:
+            for bsz in args.batch_size:
+                x = torch.randn(bsz, int(16000 * seconds))
+                attended = []  # the squeezed length the attention sees
+                hook = attention.register_forward_pre_hook(lambda m, a: attended.append(a[0].size(1)))
                 with position_bias.gathers():
-                    forward(x)
+                    reference = forward(x)
+                hook.remove()
+                if not same_forward(dtype, forward(x), reference):
+                    raise SystemExit(f"{dtype}: the kernel's forward differs from the gathers' forward")
 
-            whole = interleaved({"gathers": gathered_forward, "kernel": lambda: forward(x)}, args.repeat)
-            forward_rows.append(f"| {seconds:g} s | {bsz} | {1e3 * whole['gathers']:.0f} ms | {1e3 * whole['kernel']:.0f} ms "
-                                f"| {whole['gathers'] / whole['kernel']:.2f}x |")
-            print(forward_rows[-1], file=sys.stderr, flush=True)  # progress
-        # the bias of one layer for one utterance (from 10 s up the attention's cache-sized groups hold one)
-        length = attended[0]
-        positions = RelativePositions(length, encoder.position_buckets, encoder.max_position, torch.device("cpu"))
-        c2p, p2c = (torch.randn(1, heads, length, positions.rows) for _ in range(2))
-        index = positions.c2p.expand(1, heads, -1), positions.p2c.expand(1, heads, -1)
-        bias = interleaved({"gathers": lambda: c2p.flatten(-2).gather(-1, index[0]).add_(p2c.flatten(-2).gather(-1, index[1])),
-                            "kernel": lambda: position_bias.position_bias(c2p, p2c, positions.rows_of, None)},
-                           args.repeat)
-        bias_rows.append(f"| {seconds:g} s | {length} | {1e3 * bias['gathers']:.2f} ms | {1e3 * bias['kernel']:.2f} ms "
-                         f"| {bias['gathers'] / bias['kernel']:.2f}x |")
-    print("\nThe whole forward:\n\n| audio | batch | gathers | kernel | speed-up |\n|---|---|---|---|---|")
+                def gathered_forward():
+                    with position_bias.gathers():
+                        forward(x)
+
+                whole = interleaved({"gathers": gathered_forward, "kernel": lambda: forward(x)}, args.repeat)
+                forward_rows.append(f"| {dtype} | {seconds:g} s | {bsz} | {1e3 * whole['gathers']:.0f} ms "
+                                    f"| {1e3 * whole['kernel']:.0f} ms | {whole['gathers'] / whole['kernel']:.2f}x |")
+                print(forward_rows[-1], file=sys.stderr, flush=True)  # progress
+            # one layer's attention for one utterance (from 10 s up the attention's cache-sized groups hold one)
+            length = attended[0]
+            positions = RelativePositions(length, encoder.position_buckets, encoder.max_position, torch.device("cpu"))
+            table = torch.randn(2 * encoder.position_buckets, model.cfg.encoder_embed_dim, dtype=DTYPES[dtype])
+            pos_key, pos_query = attention.position_tables(table, ("benchmark",),
+                                                           slice(positions.first, positions.first + positions.rows))
+            q, k, v = (torch.randn(1, attention.heads, length, attention.head_dim, dtype=DTYPES[dtype]) for _ in range(3))
+
+            def attend():
+                return attention._attend(q, k, v, pos_key, pos_query, positions, None)
+
+            def gathered_attend():
+                with position_bias.gathers():
+                    return attend()
+
+            one = interleaved({"gathers": gathered_attend, "kernel": attend}, args.repeat)
+            layer_rows.append(f"| {dtype} | {seconds:g} s | {length} | {1e3 * one['gathers']:.2f} ms "
+                              f"| {1e3 * one['kernel']:.2f} ms | {one['gathers'] / one['kernel']:.2f}x |")
+    print("\nThe whole forward:\n\n| format | audio | batch | gathers | kernel | speed-up |\n|---|---|---|---|---|---|")
     print("\n".join(forward_rows))
-    print(f"\nThe bias of one layer ({heads} heads), one utterance:\n\n"
-          "| audio | frames attended | gathers | kernel | speed-up |\n|---|---|---|---|---|")
-    print("\n".join(bias_rows))
+    print(f"\nThe attention of one layer ({attention.heads} heads), one utterance:\n\n"
+          "| format | audio | frames attended | gathers | kernel | speed-up |\n|---|---|---|---|---|---|")
+    print("\n".join(layer_rows))
+
 
 if __name__ == "__main__":
     main()

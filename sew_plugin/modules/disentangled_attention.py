@@ -16,9 +16,10 @@ How this is made fast (the public implementation computes the same function more
 - only the buckets a length can reach are used (distances below L), and the table row of each
   distance is computed once per length;
 - in fp32 on the CPU a compiled kernel (``position_bias``) writes both position terms and the
-  padding into one additive bias in a single pass; elsewhere (half precision, autograd, traces,
-  one position term only, no C compiler) one ``gather`` per term writes it in the scores' layout
-  (p2c needs no transpose and copy: 2.5x faster) and the terms are summed in place;
+  padding into one additive bias in a single pass; in bf16 on the CPU another adds them to the
+  scores and takes the softmax in the same pass (``position_bias.attention``); elsewhere (fp16,
+  autograd, traces, one position term only, no C compiler) one ``gather`` per term writes the bias
+  in the scores' layout (p2c needs no transpose and copy: 2.5x faster) and the terms are summed in place;
 - the bias is added by ``torch.nn.functional.scaled_dot_product_attention`` (by ``baddbmm`` in half
   precision on the CPU); Q is scaled before the products, so
   nothing of size (B, H, L, L) is rescaled and fp16 scores stay small;
@@ -184,7 +185,7 @@ class DisentangledSelfAttention(nn.Module):
         bsz, _, length, _ = q.shape
         c2p = torch.matmul(q, pos_key_t) if self.c2p else None  # (B, H, L, rows): Q_i . K_r[row]
         p2c = torch.matmul(k, pos_query_t) if self.p2c else None  # (B, H, L, rows): K_j . Q_r[row]
-        if c2p is not None and p2c is not None and position_bias.applies(c2p):
+        if c2p is not None and p2c is not None and c2p.dtype == torch.float32 and position_bias.applies(c2p):
             return position_bias.position_bias(c2p, p2c, positions.rows_of, key_padding_mask)
 
         def relative(products: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:  # (B, H, L, rows) -> (B, H, L, L)
@@ -216,6 +217,9 @@ class DisentangledSelfAttention(nn.Module):
     def _attend(self, q, k, v, pos_key_t, pos_query_t, positions, key_padding_mask) -> torch.Tensor:
         """Scores with the disentangled bias and their softmax-weighted values, (B, H, L, d)."""
         bsz, _, length, _ = q.shape
+        if (self.c2p and self.p2c and q.dtype == torch.bfloat16 and not self.training
+                and position_bias.applies(q)):
+            return position_bias.attention(q, k, v, pos_key_t, pos_query_t, positions.rows_of, key_padding_mask)
         bias = self._bias(q, k, pos_key_t, pos_query_t, positions, key_padding_mask)
         explicit = bias is not None and bias.shape == (bsz, self.heads, length, length) and q.dtype in HALF
         if explicit and q.device.type == "cpu" and not (self.training or torch.jit.is_tracing()):

@@ -1,4 +1,6 @@
-/* SEW-D's relative-position bias in one pass (fp32, CPU): see position_bias.py.
+/* SEW-D's relative-position bias on the CPU: see position_bias.py.
+ *
+ * position_bias_f32, the fp32 bias in one pass:
  *
  *   bias[g, h, i, j] = c2p[g, h, i, row(i - j)] + p2c[g, h, j, row(i - j)]   (-FLT_MAX where mask[g, j])
  *
@@ -12,6 +14,10 @@
  */
 #include <float.h>
 #include <stdint.h>
+#include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #define QUERIES 32
 #define KEYS 128
@@ -38,6 +44,118 @@ void position_bias_f32(const float *restrict c2p, const float *restrict p2c, con
                 if (padded)
                     for (int64_t j = j0; j < j1; j++)
                         if (padded[j]) bias_i[j] = -FLT_MAX;
+            }
+        }
+    }
+}
+
+/* position_softmax_bf16, the bf16 attention probabilities with the bias in one pass:
+ *
+ *   scores[gh, i, :] <- softmax_j(scores[gh, i, j] + c2p[gh, i, row(i - j)] + p2c[gh, j, row(i - j)])
+ *
+ * in place over the (G * H, L, L) Q.K^T products, padded keys left out (probability 0; uniform where
+ * every key is padded). The sum, the exponentials and their total are fp32; each probability is rounded
+ * to bf16 once. Without the kernel, PyTorch writes and reads (L, L) tensors about ten times between the
+ * gathers, the sum, the products and the softmax; here the scores are read and written once.
+ *
+ * Tiles of 32 queries by 128 keys as above; each thread's 32 x L fp32 rows (its part of work, handed
+ * in: `work`) then get their softmax while still in the caches. c2p and p2c must have one readable
+ * element past their end (bf16_at).
+ */
+static inline float bf16_value(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+/* p[k] as fp32: the 32-bit word at p + k with its upper half (p[k + 1]) dropped. x86 gathers 32-bit
+ * words, not 16-bit ones: this lets the compiler vectorize the table reads. Reads p[k + 1]. */
+static inline float bf16_at(const uint16_t *p, int32_t k) {
+    uint32_t u;
+    memcpy(&u, p + k, 4);
+    u <<= 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+static inline uint16_t bf16_rounded(float f) { /* to nearest, ties to even; probabilities are finite */
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return (uint16_t)((u + 0x7FFF + ((u >> 16) & 1)) >> 16);
+}
+
+/* e^x for x <= 0 to about 1 ulp, as 2^n e^r with |r| <= ln(2) / 2 and e^r by its degree-6 Taylor
+ * polynomial; 0 below -87, where e^x is subnormal (the bf16 product with V slows down on those). */
+static inline float exp_nonpositive(float x) {
+    const int underflow = x < -87.0f;
+    x = underflow ? 0.0f : x;
+    const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f; /* round(x / ln 2) */
+    const float r = (x - n * 0.693145751953125f) - n * 1.428606765330187045e-06f; /* ln 2 in two parts */
+    float p = 1.0f / 720;
+    p = p * r + 1.0f / 120;
+    p = p * r + 1.0f / 24;
+    p = p * r + 1.0f / 6;
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+    const int32_t bits = ((int32_t)n + 127) << 23; /* 2^n */
+    float scale;
+    memcpy(&scale, &bits, 4);
+    return underflow ? 0.0f : p * scale;
+}
+
+void position_softmax_bf16(uint16_t *restrict scores, const uint16_t *restrict c2p, const uint16_t *restrict p2c,
+                           const int32_t *restrict rows_of, const uint8_t *restrict mask, float *restrict work,
+                           int64_t groups, int64_t heads, int64_t length, int64_t rows, int threads) {
+    const int64_t L = length, query_tiles = (L + QUERIES - 1) / QUERIES;
+#pragma omp parallel num_threads(threads)
+    {
+#ifdef _OPENMP
+        float *restrict sums = work + (int64_t)omp_get_thread_num() * QUERIES * L; /* (32, L) */
+#else
+        float *restrict sums = work;
+#endif
+#pragma omp for schedule(static)
+        for (int64_t t = 0; t < groups * heads * query_tiles; t++) {
+            const int64_t gh = t / query_tiles, i0 = (t % query_tiles) * QUERIES;
+            const int64_t i1 = i0 + QUERIES < L ? i0 + QUERIES : L;
+            const uint16_t *restrict p2c_gh = p2c + gh * L * rows;
+            const uint8_t *restrict padded = mask ? mask + (gh / heads) * L : 0;
+            for (int64_t j0 = 0; j0 < L; j0 += KEYS) {
+                const int64_t j1 = j0 + KEYS < L ? j0 + KEYS : L;
+                for (int64_t i = i0; i < i1; i++) {
+                    const int32_t *restrict row = rows_of + L - 1 - i; /* row[j] = row(i - j) */
+                    const uint16_t *restrict c2p_i = c2p + (gh * L + i) * rows;
+                    const uint16_t *restrict scores_i = scores + (gh * L + i) * L;
+                    float *restrict sum_i = sums + (i - i0) * L;
+#pragma omp simd
+                    for (int64_t j = j0; j < j1; j++)
+                        sum_i[j] = bf16_value(scores_i[j]) + bf16_at(c2p_i, row[j])
+                                   + bf16_at(p2c_gh, (int32_t)j * (int32_t)rows + row[j]);
+                    if (padded)
+#pragma omp simd
+                        for (int64_t j = j0; j < j1; j++)
+                            sum_i[j] = padded[j] ? -FLT_MAX : sum_i[j];
+                }
+            }
+            for (int64_t i = i0; i < i1; i++) {
+                float *restrict sum_i = sums + (i - i0) * L;
+                uint16_t *restrict out = scores + (gh * L + i) * L;
+                float top = -FLT_MAX, total = 0.0f;
+#pragma omp simd reduction(max : top)
+                for (int64_t j = 0; j < L; j++)
+                    top = sum_i[j] > top ? sum_i[j] : top;
+#pragma omp simd reduction(+ : total)
+                for (int64_t j = 0; j < L; j++) {
+                    sum_i[j] = exp_nonpositive(sum_i[j] - top);
+                    total += sum_i[j];
+                }
+                const float inverse = 1.0f / total;
+#pragma omp simd
+                for (int64_t j = 0; j < L; j++)
+                    out[j] = bf16_rounded(sum_i[j] * inverse);
             }
         }
     }

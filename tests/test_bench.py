@@ -182,7 +182,7 @@ def timed_forwards(monkeypatch):
     was on and at which dtype, the dtypes the linear layers computed in during it (``int8`` for
     ``Int8Linear``) and the dtypes of the row's parameters."""
     from sew_plugin.inference import bench
-    from sew_plugin.inference.precision import is_narrow
+    from sew_plugin.inference.precision import kept_in_fp32
     from sew_plugin.modules.int8_linear import Int8Linear
 
     rows, calls = {}, []
@@ -208,8 +208,8 @@ def timed_forwards(monkeypatch):
         finally:
             handle.remove()
         name, model = rows[id(forward)]
-        # the convolutions precision.is_narrow keeps in fp32 (the tiny rows have them) aside
-        narrow = {id(p) for m in model.modules() if is_narrow(m) for p in m.parameters()}
+        # the parts precision keeps in fp32 (narrow convolutions, the waveform's block) aside
+        narrow = {id(p) for m in kept_in_fp32(model) for p in m.parameters()}
         calls.append((name, torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu"), linear,
                       {p.dtype for p in model.parameters() if id(p) not in narrow}))
         return seconds

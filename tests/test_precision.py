@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from sew_plugin.cli import main as sew
-from sew_plugin.inference.precision import context_network, is_narrow, parameter_count, set_precision
+from sew_plugin.inference.precision import context_network, kept_in_fp32, parameter_count, set_precision
+from sew_plugin.modules.feature_extractor import GroupedConvFeatureExtractor
 from sew_plugin.modules.int8_linear import Int8Linear
 from sew_plugin.modules.masked_group_norm import mask_feature_norm
 
@@ -54,11 +55,14 @@ def test_a_converted_model_holds_its_format_and_computes_close_to_fp32(kind, dty
         assert {p.dtype for p in model.parameters()} == {torch.float32}
     else:
         want = {"bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
-        # convolutions of 2..31 input channels per group stay fp32 (precision.is_narrow)
-        narrow = {id(p) for m in model.modules() if is_narrow(m) for p in m.parameters()}
-        assert narrow  # the tiny models have such convolutions, so the rule is exercised
-        assert {p.dtype for p in model.parameters() if id(p) not in narrow} == {want}
-        assert {p.dtype for p in model.parameters() if id(p) in narrow} == {torch.float32}
+        # convolutions of 2..31 input channels per group and the waveform's block stay fp32
+        fp32_parts = {id(p) for m in kept_in_fp32(model) for p in m.parameters()}
+        extractor = model.w2v_encoder.w2v_model.feature_extractor
+        waveform_block = extractor.conv_layers[0] if isinstance(extractor, GroupedConvFeatureExtractor) else None
+        assert fp32_parts  # the tiny models have such convolutions, so the rule is exercised
+        assert {p.dtype for p in model.parameters() if id(p) not in fp32_parts} == {want}
+        assert {p.dtype for p in model.parameters() if id(p) in fp32_parts} == {torch.float32}
+        assert waveform_block is None or {p.dtype for p in waveform_block.parameters()} == {torch.float32}
         assert {b.dtype for b in model.buffers() if b.is_floating_point()} <= {want}
     assert parameter_count(model) == parameters and model.inference_dtype == dtype
 

@@ -7,8 +7,9 @@ import torch.nn.functional as F
 
 
 def convolve(conv: torch.nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
-    """``conv(x)`` for fairseq's unpadded extractor convolutions, (B, C_in, T) -> (B, C_out, T'), run
-    the faster way (measured on a 2-core Intel Xeon with AMX, 2 threads):
+    """``conv(x)`` for fairseq's unpadded extractor convolutions, (B, C_in, T) -> (B, C_out, T'), with
+    ``x`` taken in the convolution's own format (``inference.precision`` keeps some in fp32), run the
+    faster way (measured on a 2-core Intel Xeon with AMX, 2 threads):
 
     - one input channel (the first layer, on the waveform): a product of the (C_out, k) kernel with
       the (B, k, T') waveform frames; the same arithmetic as oneDNN's convolution (bit-identical in
@@ -18,17 +19,18 @@ def convolve(conv: torch.nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
       (SEW-D-mid's WFE-C, 10 s, bf16: 32 vs 54 ms); the result is a (B, C, T) view of that
       memory. In fp32 the plain layout measured faster, and is kept.
     """
-    kernel, stride = conv.kernel_size[0], conv.stride[0]
+    kernel, stride, dtype = conv.kernel_size[0], conv.stride[0], conv.weight.dtype
     if conv.padding != (0,) or conv.dilation != (1,):
-        return conv(x)
+        return conv(x.to(dtype))
     if conv.in_channels == 1 and conv.groups == 1:
+        x = x.to(dtype)
         # the frames laid out as (B, k, T') before the product (k x T' values, a tenth of its output):
         # from the strided view, matmul made its (B, C_out, T') result contiguous afterwards, a
         # transposing copy of the whole output that took 20x the product (10 s, c=64: 9.6 vs 0.46 ms)
         frames = x[:, 0].unfold(-1, kernel, stride).transpose(1, 2).contiguous()  # (B, k, T')
         y = torch.bmm(conv.weight[:, 0].expand(x.size(0), -1, -1), frames)  # (B, C_out, T')
         return y if conv.bias is None else y + conv.bias[:, None]
-    if conv.weight.dtype in (torch.bfloat16, torch.float16) and x.device.type == "cpu":
-        x = x.unsqueeze(2).contiguous(memory_format=torch.channels_last)  # (B, C, 1, T) in (B, T, C) memory
+    if dtype in (torch.bfloat16, torch.float16) and x.device.type == "cpu":
+        x = x.unsqueeze(2).to(dtype, memory_format=torch.channels_last)  # (B, C, 1, T) in (B, T, C) memory: one copy at most
         return F.conv2d(x, conv.weight.unsqueeze(2), conv.bias, stride=(1, stride), groups=conv.groups).squeeze(2)
-    return conv(x)
+    return conv(x.to(dtype))

@@ -109,6 +109,8 @@ def conv_layers_of(extractor: ConvFeatureExtractionModel) -> ConvLayers:
 class GroupedConvFeatureExtractor(ConvFeatureExtractionModel):
     """fairseq's conv feature extractor, run so that it stays in the CPU caches and, in inference,
     holds fewer activations at once. Parameters, their names and the outputs are fairseq's.
+    Each block takes its input in its convolution's format: ``inference.precision`` keeps the
+    waveform's block in fp32 in a bf16 or fp16 model, and the waveform reaches it uncast.
 
     - Utterances run in groups whose first-layer activations fit in the caches: a whole batch of
       C x S/5 activations overflows them, and the same convolutions run about twice as fast in
@@ -137,7 +139,7 @@ class GroupedConvFeatureExtractor(ConvFeatureExtractionModel):
         first_channels = self.conv_layers[0][0].out_channels
         per_utterance = 4 * x.size(1) * (1 + first_channels // 5)
         group = max(1, self.GROUP_BYTES // per_utterance)
-        run = super().forward if torch.is_grad_enabled() else self._forward_without_autograd
+        run = self._forward_with_autograd if torch.is_grad_enabled() else self._forward_without_autograd
         if x.size(0) <= group:
             return run(x)
         outs = []
@@ -145,6 +147,13 @@ class GroupedConvFeatureExtractor(ConvFeatureExtractionModel):
             with rows(i, i + group):  # the group's valid samples, for the masked GroupNorm
                 outs.append(run(x[i : i + group]))
         return torch.cat(outs)
+
+    def _forward_with_autograd(self, x: torch.Tensor) -> torch.Tensor:
+        """fairseq's forward, each block handed its input in its convolution's format."""
+        x = x.unsqueeze(1)  # (B, 1, S)
+        for block in self.conv_layers:
+            x = block(x.to(block[0].weight.dtype))
+        return x
 
     def _forward_without_autograd(self, x: torch.Tensor) -> torch.Tensor:
         x = x.unsqueeze(1)  # (B, 1, S)

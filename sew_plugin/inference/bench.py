@@ -243,12 +243,13 @@ def frame_period_ms(model: torch.nn.Module, forward: Callable, x: torch.Tensor, 
 def mac_counts(model: torch.nn.Module, forward: Callable, x: torch.Tensor) -> Dict[str, float]:
     """Multiply-accumulates of one forward per module path (``Global``: all), by FlopCounterMode.
 
-    Fused CPU attention and int8 products (``Int8Linear``'s ``torch._int_mm``) are not in torch's
-    table: attention is counted with torch's own SDPA formula, an (M, K) x (K, N) int8 product as
+    Fused CPU attention, int8 products (``Int8Linear``'s ``torch._int_mm``) and products with their
+    GELU fused (``modules.fused_gelu``) are not in torch's table: attention is counted with torch's
+    own SDPA formula, convolutions with its convolution formula, an (M, K) x (K, N) product as
     M * K * N. transformers' weight-norm parametrization breaks the counter, so it is folded first.
     """
     from torch.nn.utils import parametrize
-    from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+    from torch.utils.flop_counter import FlopCounterMode, conv_flop_count, sdpa_flop_count
 
     for module in model.modules():
         if parametrize.is_parametrized(module, "weight"):
@@ -260,8 +261,17 @@ def mac_counts(model: torch.nn.Module, forward: Callable, x: torch.Tensor) -> Di
     def int8_product(a_shape, b_shape, *args, out_shape=None, **kwargs):  # shapes: the counter passes those
         return 2 * a_shape[0] * a_shape[1] * b_shape[1]
 
+    def linear_product(x_shape, w_shape, *args, out_shape=None, **kwargs):  # (..., K) x (N, K)^T
+        return 2 * math.prod(x_shape[:-1]) * w_shape[1] * w_shape[0]
+
+    def convolution(x_shape, w_shape, *args, out_shape=None, **kwargs):
+        return conv_flop_count(x_shape, w_shape, out_shape, transposed=False)
+
     mapping = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: cpu_flash,
                torch.ops.aten._int_mm: int8_product}
+    if hasattr(torch.ops.mkldnn, "_linear_pointwise"):
+        mapping.update({torch.ops.mkldnn._linear_pointwise: linear_product,
+                        torch.ops.mkldnn._convolution_pointwise: convolution})
     with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=mapping) as counter:
         forward(x)
     return {name: sum(ops.values()) / 2 for name, ops in counter.get_flop_counts().items()}

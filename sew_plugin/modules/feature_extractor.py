@@ -160,6 +160,9 @@ class GroupedConvFeatureExtractor(ConvFeatureExtractionModel):
         for block in self.conv_layers:
             conv, *rest, activation = block  # conv, dropout, [norm], GELU
             assert isinstance(activation, torch.nn.GELU) and activation.approximate == "none"
+            if all(isinstance(m, torch.nn.Dropout) and (m.p == 0 or not m.training) for m in rest):
+                x = convolve(conv, x, gelu=True)  # nothing between the two: the GELU fused in bf16
+                continue
             x = convolve(conv, x)  # the block's input is released as soon as the conv has run
             for module in rest:
                 x = module(x)

@@ -192,7 +192,7 @@ def test_inputs_the_kernel_cannot_read_safely_are_refused():
         (dict(p2c=c2p[:1]), "p2c: expected torch.float32 CPU products of shape"),
         (dict(p2c=c2p.double()), "p2c: expected torch.float32"),
         (dict(rows_of=positions.rows_of.long()), "rows_of: expected \\(19,\\) int32"),
-        (dict(rows_of=positions.rows_of + 1), "rows_of: rows outside"),
+        (dict(rows_of=positions.rows_of + positions.rows), "rows_of: rows outside"),
         (dict(key_padding_mask=torch.zeros(1, 10, dtype=torch.bool)), "key_padding_mask: expected bool \\(2, 10\\)"),
         (dict(key_padding_mask=torch.zeros(2, 10, dtype=torch.long)), "key_padding_mask: expected bool"),
     ]:

@@ -63,11 +63,14 @@ def test_log_buckets_match_the_reference_formula():
 
 
 def test_relative_positions_use_only_reachable_buckets():
+    # the window of table rows is a multiple of 32 (RelativePositions.ROW_ALIGNMENT) starting at the first used
     short = RelativePositions(10, 256, 512, torch.device("cpu"))
-    assert short.rows == 19  # distances -9..9
+    assert short.rows == 32 and short.first == 256 - 9 and short.index.max() == 18  # distances -9..9
     assert short.index[0, 0] == 9 and short.index[0, 9] == 0 and short.index[9, 0] == 18
     medium = RelativePositions(300, 256, 512, torch.device("cpu"))  # bucket(299) = 206
-    assert medium.rows == 2 * 206 + 1 and medium.index.max() == medium.rows - 1
+    assert medium.rows == 416 and medium.first == 256 - 206 and medium.index.max() == 2 * 206
+    end = RelativePositions(499, 256, 512, torch.device("cpu"))  # 507 rows used: the window ends with the table
+    assert end.rows == 512 and end.first == 0 and end.index.min() == 3 and end.index.max() == 509
     long = RelativePositions(600, 256, 512, torch.device("cpu"))  # reaches the clamped table ends
     assert long.first == 0 and long.rows == 512
 

@@ -38,7 +38,7 @@ def _seed():
 
 @pytest.fixture(scope="session", autouse=True)
 def _kernel_cache(tmp_path_factory):
-    """SEW-D's position bias kernel is built in the session's temporary folder, not the user's
+    """The compiled kernels (modules/kernels.py) are built in the session's temporary folder, not the user's
     ~/.cache/sew_plugin (the commands the tests run inherit it)."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("SEW_PLUGIN_CACHE", str(tmp_path_factory.mktemp("kernels")))

@@ -2,8 +2,6 @@
 attention's probabilities within one bf16 rounding of fp32 arithmetic on the same inputs, both used by
 the model's CPU forward; built once per source, compiler and CPU, and a warned fallback without a compiler."""
 
-import warnings
-
 import pytest
 import torch
 
@@ -132,59 +130,6 @@ def test_the_bf16_model_uses_the_attention_kernel_and_stays_close_to_the_gathers
     assert torch.equal(fused[1, : alone.size(1)], alone[0])  # a padded batch gives what each utterance gives alone
 
 
-@pytest.fixture
-def fresh(monkeypatch, tmp_path):
-    """The kernel loaded anew (not this process's copy), with an empty build cache."""
-    monkeypatch.setattr(position_bias, "_loaded", {})
-    monkeypatch.setenv("SEW_PLUGIN_CACHE", str(tmp_path))
-    return tmp_path
-
-
-def build():
-    """``_build`` with this machine's compiler."""
-    compiler = position_bias.shutil.which(position_bias.compiler_name())
-    return position_bias._build(compiler, position_bias.compiler_version(compiler))
-
-
-def test_built_once_per_cpu_and_reused(fresh, monkeypatch):
-    monkeypatch.setattr(position_bias, "FLAG_SETS", (("-O2",),))
-    first, flags = build()
-    built = first.stat().st_mtime_ns
-    assert build() == (first, ("-O2",)) and first.stat().st_mtime_ns == built
-    assert [p.name for p in fresh.iterdir()] == [first.name]  # no partial file left behind
-    assert first.stat().st_mode & 0o755 == 0o755  # loadable by the other users of a shared cache
-    monkeypatch.setattr(position_bias, "_cpu_flags", lambda: "flags : another cpu")
-    assert build()[0] != first
-
-
-def test_flags_a_compiler_refuses_fall_back_to_the_next_set_and_are_not_tried_again(fresh, monkeypatch):
-    monkeypatch.setattr(position_bias, "FLAG_SETS", (("-O3", "--no-such-flag-sew"), ("-O2",)))
-    assert position_bias.library() is not None
-    assert position_bias.status().startswith("compiled kernel") and position_bias.status().endswith("; -O2)")
-    refused, = fresh.glob("*.refused")
-    assert "no-such-flag-sew" in refused.read_text()
-    calls = []
-    run = position_bias.subprocess.run
-    monkeypatch.setattr(position_bias.subprocess, "run", lambda cmd, **kw: calls.append(cmd) or run(cmd, **kw))
-    assert build()[1] == ("-O2",)
-    assert all("-shared" not in cmd for cmd in calls)  # nothing compiled again: the refusal and the build are read
-
-
-def test_a_cached_build_that_no_longer_loads_is_built_again(fresh, monkeypatch):
-    monkeypatch.setattr(position_bias, "FLAG_SETS", (("-O2",),))
-    path, _ = build()
-    path.write_bytes(b"not a shared library")
-    assert position_bias.library() is not None
-    assert path.read_bytes()[:4] == b"\x7fELF"
-
-
-def test_a_cache_that_cannot_be_written_falls_back_naming_it(fresh, monkeypatch, tmp_path):
-    (tmp_path / "file").write_text("")
-    monkeypatch.setenv("SEW_PLUGIN_CACHE", str(tmp_path / "file" / "cache"))
-    with pytest.warns(RuntimeWarning, match="SEW_PLUGIN_CACHE"):
-        assert position_bias.library() is None
-
-
 def test_inputs_the_kernel_cannot_read_safely_are_refused():
     positions = RelativePositions(10, 256, 512, torch.device("cpu"))
     c2p = torch.randn(2, 1, 10, positions.rows)
@@ -212,7 +157,6 @@ def test_inputs_the_kernel_cannot_read_safely_are_refused():
         with pytest.raises(ValueError, match=match):
             position_bias.attention(**args)
 
-
 def test_gathers_blocks_nest():
     products = torch.randn(1, 1, 4, 7)
     with position_bias.gathers():
@@ -220,32 +164,3 @@ def test_gathers_blocks_nest():
             pass
         assert not position_bias.applies(products)
     assert position_bias.applies(products)
-
-
-def test_without_a_compiler_it_warns_once_and_the_model_still_runs(fresh, monkeypatch):
-    monkeypatch.setenv("CC", "no-such-compiler-sew")
-    with pytest.warns(RuntimeWarning, match="no C compiler \\(no-such-compiler-sew\\)"):
-        assert position_bias.library() is None
-    model = tiny_sew_d().eval()
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", RuntimeWarning)  # said once
-        assert position_bias.library() is None
-        with torch.no_grad():
-            x = model(waveform_batch([4000])[0], mask=False, features_only=True)["x"]
-    assert torch.isfinite(x).all()
-    assert position_bias.status().startswith("PyTorch gathers (no C compiler")
-    assert list(fresh.iterdir()) == []
-
-
-def test_turned_off_by_the_environment_without_a_warning(fresh, monkeypatch):
-    monkeypatch.setenv("SEW_PLUGIN_KERNELS", "0")
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", RuntimeWarning)
-        assert position_bias.library() is None
-    assert position_bias.status() == "PyTorch gathers (SEW_PLUGIN_KERNELS=0)"
-
-
-def test_a_switch_other_than_0_or_1_is_refused_by_name(fresh, monkeypatch):
-    monkeypatch.setenv("SEW_PLUGIN_KERNELS", "false")
-    with pytest.raises(ValueError, match="SEW_PLUGIN_KERNELS='false': 0 turns"):
-        position_bias.library()

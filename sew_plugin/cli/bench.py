@@ -125,7 +125,11 @@ def main(args) -> int:
     if any(name.startswith("sew_d") for name in args.models):
         from ..modules import position_bias
 
-        machine += f"; SEW-D's position bias in fp32 and int8 rows: {position_bias.status()}"
+        machine += f"; SEW-D's position bias: {position_bias.status()}"
+    if "int8" in (args.dtype, *(row_format(name, args.dtype)[1] for name in args.models)):
+        from ..modules import int8_linear
+
+        machine += f"; int8 quantization: {int8_linear.status()}"
     if args.peak:
         machine += "; GEMM rate: the median of 2048^3 products in the row's format, timed in the rows' rotation"
     print(f"\n{machine}\n\n{table}")

@@ -11,147 +11,30 @@ both terms to the scores and takes their softmax in one pass (``attention``), in
 rounded once (closer to fp32 than PyTorch's bf16 steps). In fp32 that fused form was slower than
 the bias and PyTorch's fused attention (0.85x at 30 s), so fp32 keeps the bias kernel.
 
-It is compiled the first time it is needed, with the machine's C compiler (``$CC``, else ``cc``),
-for this CPU (``-march=native``), into ``$SEW_PLUGIN_CACHE`` (default ``~/.cache/sew_plugin``). The
-file is named by a hash of the source, the compiler, the CPU's flags and the compiler flags, so a
-home directory shared by machines with different CPUs holds one build per CPU. Without a compiler, or with
-``SEW_PLUGIN_KERNELS=0``, SEW-D gathers with PyTorch (the same function, more slowly); the first
-says so once. Used on the CPU without autograd, in models with both position terms (the default
+It is compiled the first time it is needed (``kernels``); without it SEW-D gathers with PyTorch
+(the same function, more slowly). Used on the CPU without autograd, in models with both position terms (the default
 ``p2c|c2p``), for fp32 (and int8, whose attention is fp32) and bf16; fp16 keeps the gathers.
 """
 
 import contextlib
 import ctypes
-import hashlib
-import os
-import platform
-import shutil
-import subprocess
-import tempfile
 import threading
-import warnings
-from pathlib import Path
-from typing import Optional, Tuple
+from typing import Optional
 
 import torch
 
-SOURCE = Path(__file__).with_suffix(".c")
-# tried in order until one compiles. GCC's tuning for recent x86 cores turns off vector gathers;
-# the kernel's two table reads ran 1.5-2x faster with them on (GCC 12 names the tuning use_gather,
-# later GCCs use_gather_8parts; clang takes neither). Without -fopenmp the kernel runs on one thread.
-FLAG_SETS = (
-    ("-O3", "-march=native", "-fopenmp", "-mtune-ctrl=use_gather"),
-    ("-O3", "-march=native", "-fopenmp", "-mtune-ctrl=use_gather_8parts"),
-    ("-O3", "-march=native", "-fopenmp"),
-    ("-O3",),
-)
+from . import kernels
 
-_lock = threading.Lock()
-_loaded: dict = {}  # "library": the CDLL or None, "status": what bench reports
 _gathering = threading.local()  # inside ``gathers()``
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("SEW_PLUGIN_CACHE") or Path.home() / ".cache" / "sew_plugin")
-
-
-def _cpu_flags() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            return next((line for line in f if line.startswith(("flags", "Features"))), "")
-    except OSError:
-        return platform.processor()
-
-
-def compiler_name() -> str:
-    return os.environ.get("CC") or "cc"
-
-
-def compiler_version(compiler: str) -> str:
-    return subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=60).stdout
-
-
-def _build(compiler: str, version: str) -> Tuple[Path, Tuple[str, ...]]:
-    """The kernel's shared library for this source, compiler (``version``: its ``--version``) and
-    CPU, with the first flag set the compiler takes, and those flags: built once, then reused. A set
-    the compiler refused is remembered (``.refused`` beside), so later processes do not try it again."""
-    folder = cache_dir()
-    folder.mkdir(parents=True, exist_ok=True)
-    built_for = [SOURCE.read_text(), version, platform.machine(), _cpu_flags()]
-    refusal = ""
-    for flags in FLAG_SETS:
-        key = hashlib.sha256("\0".join([*built_for, *flags]).encode())
-        target = folder / f"position_bias-{key.hexdigest()[:16]}.so"
-        refused = target.with_suffix(".refused")
-        if target.exists():
-            return target, flags
-        if refused.exists():
-            refusal = refused.read_text()
-            continue
-        # built beside the target and renamed into place: processes compiling at once never load a half-written file
-        fd, partial = tempfile.mkstemp(suffix=".partial", dir=folder)
-        os.close(fd)
-        try:
-            done = subprocess.run([compiler, *flags, "-shared", "-fPIC", str(SOURCE), "-o", partial],
-                                  capture_output=True, text=True, timeout=300)
-            if done.returncode == 0:
-                os.chmod(partial, 0o755)  # mkstemp's 0600 would keep other users sharing the cache out
-                os.replace(partial, target)
-                return target, flags
-            refusal = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
-            refused.write_text(refusal)
-        finally:
-            if os.path.exists(partial):
-                os.unlink(partial)
-    raise RuntimeError(f"{compiler} compiled {SOURCE.name} with none of its flag sets: {refusal}")
-
-
-def _load() -> Tuple[Optional[ctypes.CDLL], str]:
-    switch = os.environ.get("SEW_PLUGIN_KERNELS", "1")
-    if switch not in ("0", "1"):
-        raise ValueError(f"SEW_PLUGIN_KERNELS={switch!r}: 0 turns SEW-D's compiled position bias off, 1 (the "
-                         "default) on")
-    if switch == "0":  # asked for: no warning
-        return None, "PyTorch gathers (SEW_PLUGIN_KERNELS=0)"
-    name = compiler_name()
-    compiler = shutil.which(name)
-    try:
-        if compiler is None:
-            raise RuntimeError(f"no C compiler ({name}) on PATH: install one (gcc) for the compiled kernel")
-        version = compiler_version(compiler)
-        path, flags = _build(compiler, version)
-        try:
-            library = ctypes.CDLL(str(path))
-        except OSError:  # a cached build that no longer loads: built again, once
-            path.unlink(missing_ok=True)
-            path, flags = _build(compiler, version)
-            library = ctypes.CDLL(str(path))
-    except OSError as e:
-        reason = f"{e} (the build cache is {cache_dir()}: SEW_PLUGIN_CACHE sets it)"
-    except (RuntimeError, subprocess.SubprocessError) as e:
-        reason = str(e)
-    else:
-        library.position_bias_f32.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 4 + [ctypes.c_int]
-        library.position_softmax_bf16.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_int64] * 4 + [ctypes.c_int]
-        library.position_bias_f32.restype = library.position_softmax_bf16.restype = None
-        return library, f"compiled kernel ({(version.splitlines() or [name])[0]}; {' '.join(flags)})"
-    warnings.warn(f"SEW-D's position bias falls back to PyTorch's gathers (same results, slower): {reason}",
-                  RuntimeWarning)
-    return None, f"PyTorch gathers ({reason})"
-
-
-def library() -> Optional[ctypes.CDLL]:
-    """The compiled kernel, or None where it cannot be built or is turned off (loaded once)."""
-    with _lock:
-        if "library" not in _loaded:
-            _loaded["library"], _loaded["status"] = _load()
-    return _loaded["library"]
-
-
-def status() -> str:
-    """How the position bias is built in this process, for benchmark reports."""
-    library()
-    return _loaded["status"]
+KERNEL = kernels.Kernel(
+    "position_bias",
+    {"position_bias_f32": [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 4 + [ctypes.c_int],
+     "position_softmax_bf16": [ctypes.c_void_p] * 6 + [ctypes.c_int64] * 4 + [ctypes.c_int]},
+    fallback="SEW-D's position bias falls back to PyTorch's gathers", without="PyTorch gathers")
+library = KERNEL.library  # the compiled kernel, or None where it cannot be built or is turned off
+status = KERNEL.status  # how the position bias is computed in this process, for benchmark reports
 
 
 @contextlib.contextmanager

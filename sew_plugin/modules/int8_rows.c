@@ -1,0 +1,50 @@
+/* Int8Linear's per-row quantization and its dequantization, each in one pass (CPU): see int8_linear.py.
+ *
+ *   quantize_rows:  scale[m] = max(max_k |x[m, k]|, FLT_MIN) / 127,  q[m, k] = round(x[m, k] / scale[m])
+ *   dequantize_rows: out[m, n] = product[m, n] * weight_scale[n] * scale[m] + bias[n]
+ *
+ * The same operations in the same order as Int8Linear's PyTorch path, each rounded as there (no
+ * fused multiply-add), so the results are bit-identical; PyTorch's path makes two passes over x and
+ * three over the (m, n) output, each a separate kernel.
+ */
+#pragma GCC optimize("fp-contract=off")
+#include <float.h>
+#include <math.h>
+#include <stdint.h>
+
+void quantize_rows(const float *restrict x, int8_t *restrict q, float *restrict scale, int64_t rows, int64_t cols,
+                   int threads) {
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t m = 0; m < rows; m++) {
+        const float *restrict x_m = x + m * cols;
+        int8_t *restrict q_m = q + m * cols;
+        float top = 0.0f;
+#pragma omp simd reduction(max : top)
+        for (int64_t k = 0; k < cols; k++)
+            top = fabsf(x_m[k]) > top ? fabsf(x_m[k]) : top;
+        const float s = (top > FLT_MIN ? top : FLT_MIN) / 127.0f;
+        scale[m] = s;
+#pragma omp simd
+        for (int64_t k = 0; k < cols; k++)
+            q_m[k] = (int8_t)nearbyintf(x_m[k] / s); /* to nearest, ties to even, as torch.round */
+    }
+}
+
+void dequantize_rows(const int32_t *restrict product, const float *restrict scale, const float *restrict weight_scale,
+                     const float *restrict bias, float *restrict out, int64_t rows, int64_t cols, int threads) {
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t m = 0; m < rows; m++) {
+        const int32_t *restrict p_m = product + m * cols;
+        float *restrict out_m = out + m * cols;
+        const float s = scale[m];
+        if (bias) {
+#pragma omp simd
+            for (int64_t n = 0; n < cols; n++)
+                out_m[n] = (float)p_m[n] * weight_scale[n] * s + bias[n];
+        } else {
+#pragma omp simd
+            for (int64_t n = 0; n < cols; n++)
+                out_m[n] = (float)p_m[n] * weight_scale[n] * s;
+        }
+    }
+}

@@ -1,0 +1,118 @@
+"""The plugin's compiled C kernels (``modules.kernels``): built once per source, compiler and CPU,
+refused flags remembered, a warned fallback without a compiler or a writable cache, a switch to turn
+them off; and ``int8_rows.c``, whose quantization is bit-identical to ``Int8Linear``'s PyTorch path."""
+
+import warnings
+
+import pytest
+import torch
+
+from sew_plugin.inference.precision import set_precision
+from sew_plugin.modules import int8_linear, kernels, position_bias
+from sew_plugin.modules.int8_linear import Int8Linear
+
+from conftest import waveform_batch
+from helpers import tiny_sew_d
+
+
+@pytest.fixture
+def fresh(monkeypatch, tmp_path):
+    """The kernels loaded anew (not this process's copies), with an empty build cache."""
+    monkeypatch.setattr(kernels, "_loaded", {})
+    monkeypatch.setenv("SEW_PLUGIN_CACHE", str(tmp_path))
+    return tmp_path
+
+
+def build(name="position_bias"):
+    """``_build`` of ``modules/{name}.c`` with this machine's compiler."""
+    compiler = kernels.shutil.which(kernels.compiler_name())
+    return kernels._build(kernels.FOLDER / f"{name}.c", compiler, kernels.compiler_version(compiler))
+
+
+def test_built_once_per_source_and_cpu_and_reused(fresh, monkeypatch):
+    monkeypatch.setattr(kernels, "FLAG_SETS", (("-O2",),))
+    first, flags = build()
+    built = first.stat().st_mtime_ns
+    assert build() == (first, ("-O2",)) and first.stat().st_mtime_ns == built
+    assert [p.name for p in fresh.iterdir()] == [first.name]  # no partial file left behind
+    assert first.stat().st_mode & 0o755 == 0o755  # loadable by the other users of a shared cache
+    assert first.name.startswith("position_bias-") and build("int8_rows")[0].name.startswith("int8_rows-")
+    monkeypatch.setattr(kernels, "_cpu_flags", lambda: "flags : another cpu")
+    assert build()[0] != first
+
+
+def test_flags_a_compiler_refuses_fall_back_to_the_next_set_and_are_not_tried_again(fresh, monkeypatch):
+    monkeypatch.setattr(kernels, "FLAG_SETS", (("-O3", "--no-such-flag-sew"), ("-O2",)))
+    assert position_bias.library() is not None
+    assert position_bias.status().startswith("compiled kernel") and position_bias.status().endswith("; -O2)")
+    refused, = fresh.glob("*.refused")
+    assert "no-such-flag-sew" in refused.read_text()
+    calls = []
+    run = kernels.subprocess.run
+    monkeypatch.setattr(kernels.subprocess, "run", lambda cmd, **kw: calls.append(cmd) or run(cmd, **kw))
+    assert build()[1] == ("-O2",)
+    assert all("-shared" not in cmd for cmd in calls)  # nothing compiled again: the refusal and the build are read
+
+
+def test_a_cached_build_that_no_longer_loads_is_built_again(fresh, monkeypatch):
+    monkeypatch.setattr(kernels, "FLAG_SETS", (("-O2",),))
+    path, _ = build()
+    path.write_bytes(b"not a shared library")
+    assert position_bias.library() is not None
+    assert path.read_bytes()[:4] == b"\x7fELF"
+
+
+def test_a_cache_that_cannot_be_written_falls_back_naming_it(fresh, monkeypatch, tmp_path):
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("SEW_PLUGIN_CACHE", str(tmp_path / "file" / "cache"))
+    with pytest.warns(RuntimeWarning, match="SEW_PLUGIN_CACHE"):
+        assert position_bias.library() is None
+
+
+def test_without_a_compiler_each_kernel_warns_once_and_the_models_still_run(fresh, monkeypatch):
+    monkeypatch.setenv("CC", "no-such-compiler-sew")
+    with pytest.warns(RuntimeWarning, match="position bias falls back .* no C compiler \\(no-such-compiler-sew\\)"):
+        assert position_bias.library() is None
+    with pytest.warns(RuntimeWarning, match="int8 quantizes with PyTorch's operations .* no C compiler"):
+        assert int8_linear.library() is None
+    model = tiny_sew_d().eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # said once
+        assert position_bias.library() is None and int8_linear.library() is None
+        with torch.no_grad():
+            x = model(waveform_batch([4000])[0], mask=False, features_only=True)["x"]
+            set_precision(model, "int8")
+            y = model(waveform_batch([4000])[0], mask=False, features_only=True)["x"]
+    assert torch.isfinite(x).all() and torch.isfinite(y).all()
+    assert position_bias.status().startswith("PyTorch gathers (no C compiler")
+    assert int8_linear.status().startswith("PyTorch operations (no C compiler")
+    assert list(fresh.iterdir()) == []
+
+
+def test_turned_off_by_the_environment_without_a_warning(fresh, monkeypatch):
+    monkeypatch.setenv("SEW_PLUGIN_KERNELS", "0")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        assert position_bias.library() is None and int8_linear.library() is None
+    assert position_bias.status() == "PyTorch gathers (SEW_PLUGIN_KERNELS=0)"
+    assert int8_linear.status() == "PyTorch operations (SEW_PLUGIN_KERNELS=0)"
+
+
+def test_a_switch_other_than_0_or_1_is_refused_by_name(fresh, monkeypatch):
+    monkeypatch.setenv("SEW_PLUGIN_KERNELS", "false")
+    with pytest.raises(ValueError, match="SEW_PLUGIN_KERNELS='false': 0 turns"):
+        position_bias.library()
+
+
+@pytest.mark.parametrize("rows", [1, 7, 300])
+@pytest.mark.parametrize("bias", [True, False])
+def test_int8_rows_kernel_computes_what_pytorchs_operations_compute_bit_for_bit(rows, bias, monkeypatch):
+    assert int8_linear.library() is not None, int8_linear.status()
+    g = torch.Generator().manual_seed(rows)
+    layer = Int8Linear.from_linear(torch.nn.Linear(96, 40, bias=bias))
+    x = torch.randn(rows, 96, generator=g) * torch.logspace(-3, 3, rows)[:, None]  # rows of very different scales
+    x[0] = 0.0  # a silent frame: the smallest scale, all zeros
+    compiled = layer(x)
+    monkeypatch.setattr(int8_linear, "library", lambda: None)
+    assert torch.equal(compiled, layer(x))
+    assert torch.equal(compiled[0], layer.bias if bias else torch.zeros(40))

@@ -81,7 +81,7 @@ def test_a_wheel_carries_every_config_and_presets_reads_them_from_it(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     configs = {f"sew_plugin/{p.relative_to(REPO).as_posix()}" for p in (REPO / "configs").rglob("*.yaml")}
     assert configs and configs <= names
-    assert "sew_plugin/modules/position_bias.c" in names  # SEW-D's kernel, compiled where it runs
+    assert {"sew_plugin/modules/position_bias.c", "sew_plugin/modules/int8_rows.c"} <= names  # compiled where they run
     metadata = zipfile.ZipFile(wheel).read("sew_plugin-0.1.0.dist-info/METADATA").decode()
     assert "Requires-Python: >=3.11,<3.12" in metadata
 
@@ -89,7 +89,7 @@ def test_a_wheel_carries_every_config_and_presets_reads_them_from_it(tmp_path):
     code = ("import sew_plugin; from sew_plugin import presets; print(sew_plugin.__file__); "
             "print(presets.CONFIG_DIR); print(*presets.available('pretraining')); "
             "print(presets.load_config('sew_tiny').model.encoder_embed_dim); "
-            "from sew_plugin.modules import position_bias; print(position_bias.SOURCE.is_file())")
+            "from sew_plugin.modules import kernels; print((kernels.FOLDER / 'int8_rows.c').is_file())")
     run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
                          env={**os.environ, "PYTHONPATH": str(tmp_path / "site")})
     assert run.returncode == 0, run.stderr[-2000:]

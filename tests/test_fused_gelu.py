@@ -1,6 +1,6 @@
 """Products with their GELU fused in bf16 on the CPU (``modules.fused_gelu``): within one bf16 rounding
-of fp32 arithmetic, used by SEW-D's feed-forward and the extractor's norm-less blocks in bf16 only,
-and counted by ``sew bench`` like the unfused products."""
+of fp32 arithmetic, used by SEW-D's feed-forward and the extractor's norm-less blocks in bf16 only
+(``sew bench`` counts their MACs like the unfused products': test_bench)."""
 
 import pytest
 import torch

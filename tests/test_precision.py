@@ -194,3 +194,33 @@ def test_the_similarity_exit_compares_layers_in_fp32():
     similarity = seen[-1]  # after layer 2: against layer 1
     assert similarity.dtype == torch.float32 and bool((similarity > -1).all())
     assert not torch.equal(similarity, similarity.to(torch.bfloat16).float())  # not rounded to bf16
+
+
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
+def test_a_bf16_model_whose_waveform_block_is_fp32_runs_with_autograd_and_traced():
+    """Every path through the extractor casts each block's input to its convolution's format: with
+    32 channels its later blocks are bf16 while the waveform's is fp32 (the tiny models' narrow
+    convolutions would all stay fp32 and hide a missing cast)."""
+    from helpers import tiny_sew_d
+
+    model = set_precision(tiny_sew_d(wfe_c_channels=32).eval(), "bf16")
+    blocks = model.feature_extractor.conv_layers
+    assert blocks[0][0].weight.dtype == torch.float32 and blocks[1][0].weight.dtype == torch.bfloat16
+    class Features(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, x):
+            return self.model(x, mask=False, features_only=True)["x"]
+
+    source, _ = waveform_batch([6000])
+    features = Features()
+    with torch.no_grad():
+        eager = features(source)
+        traced = torch.jit.trace(features, source, check_trace=False)(source)
+    with_autograd = features(source)
+    # traced and with autograd the GELUs are not fused (modules.fused_gelu): a bf16 rounding apart
+    assert eager.dtype == traced.dtype == with_autograd.dtype == torch.bfloat16
+    assert torch.allclose(traced.float(), eager.float(), atol=0.05, rtol=0.05)
+    assert torch.equal(traced, with_autograd)

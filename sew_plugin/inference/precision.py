@@ -38,7 +38,6 @@ from typing import Dict, List
 import torch
 from torch import nn
 
-from ..modules.feature_extractor import GroupedConvFeatureExtractor
 from ..modules.int8_linear import Int8Linear
 
 DTYPES: Dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16,
@@ -83,14 +82,21 @@ def kept_in_fp32(model: nn.Module) -> List[nn.Module]:
     """The modules ``set_precision`` keeps in fp32 when the rest is bf16 or fp16: the narrow
     convolutions (``is_narrow``) and the first block of each of this plugin's feature extractors
     (the waveform's convolution and its norm)."""
-    extractors = [m for m in model.modules() if isinstance(m, GroupedConvFeatureExtractor)]
-    return [e.conv_layers[0] for e in extractors] + [m for m in model.modules() if is_narrow(m)]
+    return [e.conv_layers[0] for e in _extractors(model)] + [m for m in model.modules() if is_narrow(m)]
+
+
+def _extractors(model: nn.Module) -> List[nn.Module]:
+    """The plugin's feature extractors in ``model`` (imported here: fairseq is slow to import, and
+    the commands check their arguments with this module before they load a model)."""
+    from ..modules.feature_extractor import GroupedConvFeatureExtractor
+
+    return [m for m in model.modules() if isinstance(m, GroupedConvFeatureExtractor)]
 
 
 def _convert_to_half(model: nn.Module, dtype: torch.dtype) -> None:
     """``model`` in ``dtype`` but for ``kept_in_fp32``, each part handed inputs in its own format."""
     model.to(dtype)
-    extractors = [m for m in model.modules() if isinstance(m, GroupedConvFeatureExtractor)]
+    extractors = _extractors(model)
     for extractor in extractors:  # it casts each block's input itself, the waveform's block is fp32
         extractor.conv_layers[0].float()
         extractor.register_forward_hook(_cast_output(dtype))

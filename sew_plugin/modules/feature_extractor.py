@@ -120,8 +120,8 @@ class GroupedConvFeatureExtractor(ConvFeatureExtractionModel):
       holds its input and one output instead of three tensors, and the convolutions run through
       ``convolve``: the first as a matrix product, in half precision on (B, T, C) memory.
 
-    Traced (``torch.jit.trace``, the ONNX export) it runs as fairseq's: the groups depend on the
-    traced shape, which the graph would then keep for every input.
+    Traced (``torch.jit.trace``, the ONNX export) it runs as fairseq's, in one group: the groups
+    depend on the traced shape, which the graph would then keep for every input.
     """
 
     GROUP_BYTES = 16 << 20
@@ -134,8 +134,8 @@ class GroupedConvFeatureExtractor(ConvFeatureExtractionModel):
                 f"field: at least {self.min_samples} samples ({self.min_samples / 16:g} ms at 16 kHz) "
                 "give one frame"
             )
-        if torch.jit.is_tracing():
-            return super().forward(x)
+        if torch.jit.is_tracing():  # one group: the groups would depend on the traced shape
+            return self._forward_with_autograd(x)
         first_channels = self.conv_layers[0][0].out_channels
         per_utterance = 4 * x.size(1) * (1 + first_channels // 5)
         group = max(1, self.GROUP_BYTES // per_utterance)
@@ -149,7 +149,7 @@ class GroupedConvFeatureExtractor(ConvFeatureExtractionModel):
         return torch.cat(outs)
 
     def _forward_with_autograd(self, x: torch.Tensor) -> torch.Tensor:
-        """fairseq's forward, each block handed its input in its convolution's format."""
+        """fairseq's forward, each block handed its input in its convolution's format (also traced)."""
         x = x.unsqueeze(1)  # (B, 1, S)
         for block in self.conv_layers:
             x = block(x.to(block[0].weight.dtype))

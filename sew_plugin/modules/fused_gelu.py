@@ -14,17 +14,27 @@ The results differ from the separate GELU's by at most one bf16 rounding (the GE
 sum). In fp32 the fused kernels ran no faster, so fp32 keeps the separate, bit-identical GELU.
 """
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 
+@functools.lru_cache(maxsize=None)
+def available() -> bool:
+    """A PyTorch built with oneDNN's fused products, on a CPU where oneDNN computes bf16 (the check
+    PyTorch's own compiler makes before it uses them; CPUs without AVX-512 lack it)."""
+    return (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+            and hasattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported")
+            and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()))
+
+
 def applies(x: torch.Tensor) -> bool:
     """Whether a product of ``x`` takes its GELU fused: bf16 on the CPU, no autograd, trace or
-    torch.compile (the fused kernels are inference-only), and a PyTorch built with oneDNN."""
+    torch.compile (the fused kernels are inference-only), and ``available()``."""
     return (x.dtype == torch.bfloat16 and x.device.type == "cpu" and not torch.is_grad_enabled()
-            and not (torch.jit.is_tracing() or torch.compiler.is_compiling())
-            and torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
+            and not (torch.jit.is_tracing() or torch.compiler.is_compiling()) and available())
 
 
 def linear_gelu(linear: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -64,7 +64,10 @@ class Int8Linear(nn.Module):
 
     def _block(self, rows: torch.Tensor, out: torch.Tensor) -> None:
         """(m, in) fp32 rows -> their (m, out) outputs, written into ``out``."""
-        compiled = library() if rows.device.type == "cpu" and not torch.jit.is_tracing() else None
+        buffers = (self.weight_scale, *([] if self.bias is None else [self.bias]))
+        usable = (rows.device.type == "cpu" and all(b.dtype == torch.float32 and b.is_contiguous() for b in buffers)
+                  and not (torch.jit.is_tracing() or torch.compiler.is_compiling()))
+        compiled = library() if usable else None
         if compiled is not None:
             # one pass to quantize, one to dequantize (bit-identical to the operations below): on a
             # 2-core Xeon with AMX 1.4-2.3x faster per layer than the PyTorch operations, whose passes

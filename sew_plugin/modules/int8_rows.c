@@ -3,11 +3,11 @@
  *   quantize_rows:  scale[m] = max(max_k |x[m, k]|, FLT_MIN) / 127,  q[m, k] = round(x[m, k] / scale[m])
  *   dequantize_rows: out[m, n] = product[m, n] * weight_scale[n] * scale[m] + bias[n]
  *
- * The same operations in the same order as Int8Linear's PyTorch path, each rounded as there (no
- * fused multiply-add), so the results are bit-identical; PyTorch's path makes two passes over x and
- * three over the (m, n) output, each a separate kernel.
+ * The same operations in the same order as Int8Linear's PyTorch path, each rounded as there (built
+ * with -ffp-contract=off: no fused multiply-add), so finite inputs give bit-identical results; a row
+ * with a NaN or an infinity gets a NaN scale and no finite output, as there. PyTorch's path makes two
+ * passes over x and three over the (m, n) output, each a separate kernel.
  */
-#pragma GCC optimize("fp-contract=off")
 #include <float.h>
 #include <math.h>
 #include <stdint.h>
@@ -18,15 +18,20 @@ void quantize_rows(const float *restrict x, int8_t *restrict q, float *restrict 
     for (int64_t m = 0; m < rows; m++) {
         const float *restrict x_m = x + m * cols;
         int8_t *restrict q_m = q + m * cols;
-        float top = 0.0f;
-#pragma omp simd reduction(max : top)
-        for (int64_t k = 0; k < cols; k++)
+        float top = 0.0f, poison = 0.0f; /* poison: NaN if the row holds a NaN or an infinity, else 0 */
+#pragma omp simd reduction(max : top) reduction(+ : poison)
+        for (int64_t k = 0; k < cols; k++) {
             top = fabsf(x_m[k]) > top ? fabsf(x_m[k]) : top;
-        const float s = (top > FLT_MIN ? top : FLT_MIN) / 127.0f;
+            poison += x_m[k] * 0.0f;
+        }
+        top += poison;
+        const float s = (top > FLT_MIN || top != top ? top : FLT_MIN) / 127.0f;
         scale[m] = s;
 #pragma omp simd
-        for (int64_t k = 0; k < cols; k++)
-            q_m[k] = (int8_t)nearbyintf(x_m[k] / s); /* to nearest, ties to even, as torch.round */
+        for (int64_t k = 0; k < cols; k++) { /* to nearest, ties to even, as torch.round; NaN to 0 */
+            const float v = nearbyintf(x_m[k] / s);
+            q_m[k] = v == v ? (int8_t)v : 0;
+        }
     }
 }
 

@@ -6,7 +6,8 @@ A kernel is compiled the first time it is needed, with the machine's C compiler 
 ``~/.cache/sew_plugin``). The file is named by a hash of the source, the compiler, the CPU's flags
 and the compiler flags, so a home directory shared by machines with different CPUs holds one build
 per CPU. It is written to a temporary name and renamed, so processes building at once never load a
-half-written file; flag sets a compiler refused are remembered. Without a compiler (or a cache it
+half-written file; flag sets a compiler refused are remembered (a ``.refused`` file beside: delete
+the cache folder to try them again, e.g. after installing OpenMP). Without a compiler (or a cache it
 can write) the caller computes with PyTorch and says so once, naming the cause;
 ``SEW_PLUGIN_KERNELS=0`` asks for that without a warning.
 """
@@ -27,12 +28,15 @@ FOLDER = Path(__file__).parent
 # tried in order until one compiles. GCC's tuning for recent x86 cores turns off vector gathers;
 # the position bias kernel's two table reads ran 1.5-2x faster with them on (GCC 12 names the tuning
 # use_gather, later GCCs use_gather_8parts; clang takes neither). Without -fopenmp a kernel runs on
-# one thread.
+# one thread. Every set keeps IEEE arithmetic without contracting a * b + c into one rounding (the
+# kernels' results are stated bit for bit, and their exponential rounds by IEEE addition), whatever
+# the compiler's default (clang contracts, Intel's icx assumes fast-math).
+IEEE = ("-fno-fast-math", "-ffp-contract=off")
 FLAG_SETS = (
-    ("-O3", "-march=native", "-fopenmp", "-mtune-ctrl=use_gather"),
-    ("-O3", "-march=native", "-fopenmp", "-mtune-ctrl=use_gather_8parts"),
-    ("-O3", "-march=native", "-fopenmp"),
-    ("-O3",),
+    ("-O3", "-march=native", "-fopenmp", "-mtune-ctrl=use_gather", *IEEE),
+    ("-O3", "-march=native", "-fopenmp", "-mtune-ctrl=use_gather_8parts", *IEEE),
+    ("-O3", "-march=native", "-fopenmp", *IEEE),
+    ("-O3", *IEEE),
 )
 
 _lock = threading.Lock()
@@ -124,7 +128,7 @@ def _load(name: str, signatures: Signatures, fallback: str) -> Tuple[Optional[ct
         for function, argtypes in signatures.items():
             getattr(library, function).argtypes, getattr(library, function).restype = argtypes, None
         return library, f"compiled kernel ({(version.splitlines() or [compiler_name()])[0]}; {' '.join(flags)})"
-    warnings.warn(f"{fallback} (same results, slower): {reason}", RuntimeWarning)
+    warnings.warn(f"{fallback}, more slowly: {reason}", RuntimeWarning)
     return None, reason
 
 

@@ -86,8 +86,10 @@ static inline uint16_t bf16_rounded(float f) { /* to nearest, ties to even; prob
     return (uint16_t)((u + 0x7FFF + ((u >> 16) & 1)) >> 16);
 }
 
-/* e^x for x <= 0 to about 1 ulp, as 2^n e^r with |r| <= ln(2) / 2 and e^r by its degree-6 Taylor
- * polynomial; 0 below -87, where e^x is subnormal (the bf16 product with V slows down on those). */
+/* e^x for x <= 0 to about 2 ulp, as 2^n e^r with |r| <= ln(2) / 2 and e^r by its degree-6 Taylor
+ * polynomial; 0 below -87, near where e^x turns subnormal (-87.3; the product with V slows down on
+ * those). The rounding of x / ln 2 by adding and subtracting 1.5 * 2^23 needs IEEE arithmetic: the
+ * kernels are built without fast-math (kernels.FLAG_SETS). */
 static inline float exp_nonpositive(float x) {
     const int underflow = x < -87.0f;
     x = underflow ? 0.0f : x;
@@ -105,6 +107,8 @@ static inline float exp_nonpositive(float x) {
     memcpy(&scale, &bits, 4);
     return underflow ? 0.0f : p * scale;
 }
+
+const int position_softmax_queries = QUERIES; /* rows of `work` per thread: QUERIES x L floats */
 
 void position_softmax_bf16(uint16_t *restrict scores, const uint16_t *restrict c2p, const uint16_t *restrict p2c,
                            const int32_t *restrict rows_of, const uint8_t *restrict mask, float *restrict work,

@@ -100,7 +100,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos_key_t: torc
     p2c = torch.matmul(k, pos_query_t, out=q.new_empty(size + 1)[:size].view(groups, heads, length, rows))
     scores = torch.matmul(q, k.transpose(-1, -2)).contiguous()  # (G, H, L, L)
     threads = torch.get_num_threads()
-    work = torch.empty(threads, 32, length)  # each thread's rows of fp32 sums (the kernel's QUERIES)
+    queries = ctypes.c_int.in_dll(library(), "position_softmax_queries").value  # a tile's rows
+    work = torch.empty(threads, queries, length, dtype=torch.float32)  # each thread's rows of fp32 sums
     with torch.profiler.record_function("sew_plugin::position_softmax"):
         library().position_softmax_bf16(scores.data_ptr(), c2p.data_ptr(), p2c.data_ptr(), rows_of.data_ptr(),
                                         None if mask is None else mask.data_ptr(), work.data_ptr(),

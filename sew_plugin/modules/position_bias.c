@@ -22,19 +22,35 @@
 #define QUERIES 32
 #define KEYS 128
 
+/* The tiles both kernels walk: work item t of groups * heads * query_tiles(L) is the (group, head)
+ * gh and its queries [i0, i1); each is then walked by KEYS keys at a time, up to L. */
+typedef struct {
+    int64_t gh, i0, i1;
+} Tile;
+
+static inline int64_t query_tiles(int64_t L) { return (L + QUERIES - 1) / QUERIES; }
+
+static inline Tile tile_at(int64_t t, int64_t L) {
+    const int64_t i0 = (t % query_tiles(L)) * QUERIES;
+    const Tile tile = {t / query_tiles(L), i0, i0 + QUERIES < L ? i0 + QUERIES : L};
+    return tile;
+}
+
+static inline int64_t keys_end(int64_t j0, int64_t L) { return j0 + KEYS < L ? j0 + KEYS : L; }
+
 void position_bias_f32(const float *restrict c2p, const float *restrict p2c, const int32_t *restrict rows_of,
                        const uint8_t *restrict mask, float *restrict bias,
                        int64_t groups, int64_t heads, int64_t length, int64_t rows, int threads) {
-    const int64_t L = length, query_tiles = (L + QUERIES - 1) / QUERIES;
+    const int64_t L = length;
 #pragma omp parallel for schedule(static) num_threads(threads)
-    for (int64_t t = 0; t < groups * heads * query_tiles; t++) {
-        const int64_t gh = t / query_tiles, i0 = (t % query_tiles) * QUERIES;
-        const int64_t i1 = i0 + QUERIES < L ? i0 + QUERIES : L;
+    for (int64_t t = 0; t < groups * heads * query_tiles(L); t++) {
+        const Tile tile = tile_at(t, L);
+        const int64_t gh = tile.gh;
         const float *restrict p2c_gh = p2c + gh * L * rows;
         const uint8_t *restrict padded = mask ? mask + (gh / heads) * L : 0;
         for (int64_t j0 = 0; j0 < L; j0 += KEYS) {
-            const int64_t j1 = j0 + KEYS < L ? j0 + KEYS : L;
-            for (int64_t i = i0; i < i1; i++) {
+            const int64_t j1 = keys_end(j0, L);
+            for (int64_t i = tile.i0; i < tile.i1; i++) {
                 const int32_t *restrict row = rows_of + L - 1 - i;  /* row[j] = row(i - j) */
                 const float *restrict c2p_i = c2p + (gh * L + i) * rows;
                 float *restrict bias_i = bias + (gh * L + i) * L;
@@ -113,7 +129,7 @@ const int position_softmax_queries = QUERIES; /* rows of `work` per thread: QUER
 void position_softmax_bf16(uint16_t *restrict scores, const uint16_t *restrict c2p, const uint16_t *restrict p2c,
                            const int32_t *restrict rows_of, const uint8_t *restrict mask, float *restrict work,
                            int64_t groups, int64_t heads, int64_t length, int64_t rows, int threads) {
-    const int64_t L = length, query_tiles = (L + QUERIES - 1) / QUERIES;
+    const int64_t L = length;
 #pragma omp parallel num_threads(threads)
     {
 #ifdef _OPENMP
@@ -122,13 +138,13 @@ void position_softmax_bf16(uint16_t *restrict scores, const uint16_t *restrict c
         float *restrict sums = work;
 #endif
 #pragma omp for schedule(static)
-        for (int64_t t = 0; t < groups * heads * query_tiles; t++) {
-            const int64_t gh = t / query_tiles, i0 = (t % query_tiles) * QUERIES;
-            const int64_t i1 = i0 + QUERIES < L ? i0 + QUERIES : L;
+        for (int64_t t = 0; t < groups * heads * query_tiles(L); t++) {
+            const Tile tile = tile_at(t, L);
+            const int64_t gh = tile.gh, i0 = tile.i0, i1 = tile.i1;
             const uint16_t *restrict p2c_gh = p2c + gh * L * rows;
             const uint8_t *restrict padded = mask ? mask + (gh / heads) * L : 0;
             for (int64_t j0 = 0; j0 < L; j0 += KEYS) {
-                const int64_t j1 = j0 + KEYS < L ? j0 + KEYS : L;
+                const int64_t j1 = keys_end(j0, L);
                 for (int64_t i = i0; i < i1; i++) {
                     const int32_t *restrict row = rows_of + L - 1 - i; /* row[j] = row(i - j) */
                     const uint16_t *restrict c2p_i = c2p + (gh * L + i) * rows;

@@ -57,31 +57,40 @@ class Int8Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features).float()
         out = rows.new_empty(rows.size(0), self.out_features)
+        compiled = self._kernel(rows)
+        if compiled is not None:
+            rows = rows.contiguous()  # the kernel reads raw memory
         step = max(16, self.BLOCK_BYTES // (4 * max(self.in_features, self.out_features)))
         for start in range(0, rows.size(0), step):
-            self._block(rows[start : start + step], out[start : start + step])
+            if compiled is not None:
+                self._compiled_block(compiled, rows[start : start + step], out[start : start + step])
+            else:
+                self._block(rows[start : start + step], out[start : start + step])
         return out.view(*x.shape[:-1], self.out_features)
 
-    def _block(self, rows: torch.Tensor, out: torch.Tensor) -> None:
-        """(m, in) fp32 rows -> their (m, out) outputs, written into ``out``."""
+    def _kernel(self, rows: torch.Tensor):
+        """``int8_rows.c`` where it takes this call: CPU rows, fp32 contiguous scales and bias (a cast
+        model's may be bf16), not traced or compiled, and a kernel built; else None."""
         buffers = (self.weight_scale, *([] if self.bias is None else [self.bias]))
         usable = (rows.device.type == "cpu" and all(b.dtype == torch.float32 and b.is_contiguous() for b in buffers)
                   and not (torch.jit.is_tracing() or torch.compiler.is_compiling()))
-        compiled = library() if usable else None
-        if compiled is not None:
-            # one pass to quantize, one to dequantize (bit-identical to the operations below): on a
-            # 2-core Xeon with AMX 1.4-2.3x faster per layer than the PyTorch operations, whose passes
-            # cost as much as the int8 product itself at 1992 rows
-            rows = rows.contiguous()
-            quantized = torch.empty(rows.shape, dtype=torch.int8)
-            scale = rows.new_empty(rows.size(0))
-            threads = torch.get_num_threads()
-            compiled.quantize_rows(rows.data_ptr(), quantized.data_ptr(), scale.data_ptr(), *rows.shape, threads)
-            product = torch._int_mm(quantized, self.weight_int8).contiguous()
-            compiled.dequantize_rows(product.data_ptr(), scale.data_ptr(), self.weight_scale.data_ptr(),
-                                     None if self.bias is None else self.bias.data_ptr(), out.data_ptr(),
-                                     *product.shape, threads)
-            return
+        return library() if usable else None
+
+    def _compiled_block(self, compiled, rows: torch.Tensor, out: torch.Tensor) -> None:
+        """``_block`` by the kernel: one pass to quantize, one to dequantize (bit-identical). On a
+        2-core Xeon with AMX 1.4-2.3x faster per product than the PyTorch operations, whose passes
+        cost as much as the int8 product itself at 1992 rows."""
+        quantized = torch.empty(rows.shape, dtype=torch.int8)
+        scale = rows.new_empty(rows.size(0))
+        threads = torch.get_num_threads()
+        compiled.quantize_rows(rows.data_ptr(), quantized.data_ptr(), scale.data_ptr(), *rows.shape, threads)
+        product = torch._int_mm(quantized, self.weight_int8).contiguous()
+        compiled.dequantize_rows(product.data_ptr(), scale.data_ptr(), self.weight_scale.data_ptr(),
+                                 None if self.bias is None else self.bias.data_ptr(), out.data_ptr(),
+                                 *product.shape, threads)
+
+    def _block(self, rows: torch.Tensor, out: torch.Tensor) -> None:
+        """(m, in) fp32 rows -> their (m, out) outputs, written into ``out``, by PyTorch's operations."""
         # in place after the first pass over each (m, C) tensor, and the two scales applied one after
         # the other rather than as an (m, out) product of them: on a 2-core Xeon with AMX, 379 vs
         # 520 us for (249, 512) x (512, 512), 9.5 vs 30.7 ms at m = 1992 (the int8 product: 6.0 ms)

@@ -18,6 +18,7 @@ It is compiled the first time it is needed (``kernels``); without it SEW-D gathe
 
 import contextlib
 import ctypes
+import functools
 import threading
 from typing import Optional
 
@@ -100,13 +101,18 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos_key_t: torc
     p2c = torch.matmul(k, pos_query_t, out=q.new_empty(size + 1)[:size].view(groups, heads, length, rows))
     scores = torch.matmul(q, k.transpose(-1, -2)).contiguous()  # (G, H, L, L)
     threads = torch.get_num_threads()
-    queries = ctypes.c_int.in_dll(library(), "position_softmax_queries").value  # a tile's rows
-    work = torch.empty(threads, queries, length, dtype=torch.float32)  # each thread's rows of fp32 sums
+    work = torch.empty(threads, _tile_queries(), length, dtype=torch.float32)  # each thread's rows of fp32 sums
     with torch.profiler.record_function("sew_plugin::position_softmax"):
         library().position_softmax_bf16(scores.data_ptr(), c2p.data_ptr(), p2c.data_ptr(), rows_of.data_ptr(),
                                         None if mask is None else mask.data_ptr(), work.data_ptr(),
                                         groups, heads, length, rows, threads)
     return torch.matmul(scores, v)
+
+
+@functools.lru_cache(maxsize=None)
+def _tile_queries() -> int:
+    """Queries per tile of ``position_softmax_bf16``: the rows of its per-thread work buffer."""
+    return ctypes.c_int.in_dll(library(), "position_softmax_queries").value
 
 
 def _check(tensors: dict, shape, dtype: torch.dtype, what: str) -> None:

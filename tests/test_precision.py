@@ -220,7 +220,7 @@ def test_a_bf16_model_whose_waveform_block_is_fp32_runs_with_autograd_and_traced
         eager = features(source)
         traced = torch.jit.trace(features, source, check_trace=False)(source)
     with_autograd = features(source)
-    # traced and with autograd the GELUs are not fused (modules.fused_gelu): a bf16 rounding apart
+    # traced and with autograd the GELUs are not fused (modules.onednn): a bf16 rounding apart
     assert eager.dtype == traced.dtype == with_autograd.dtype == torch.bfloat16
     assert torch.allclose(traced.float(), eager.float(), atol=0.05, rtol=0.05)
     assert torch.equal(traced, with_autograd)

@@ -1,8 +1,10 @@
 """How much faster one SEW-D-mid layer's linear products run in bf16 and in int8 (``Int8Linear``)
 than in fp32, at the row counts of ``sew bench``'s settings: what bounds the whole forward's gain
-in each format (issue 22). ``int8 ops`` is ``Int8Linear`` quantizing with PyTorch's operations
-instead of its compiled kernel (``modules/int8_rows.c``; the same results). Interleaved, median of
-``--repeat``; random weights.
+in each format (issue 22). ``bf16`` is what a bf16 model runs on the CPU, weights packed in
+oneDNN's layout (``modules.onednn.PackedLinear``), ``bf16 plain`` PyTorch's ``nn.Linear`` (the same
+results); ``int8 ops`` is ``Int8Linear`` quantizing with PyTorch's operations instead of its compiled
+kernel (``modules/int8_rows.c``; the same results). Interleaved, median of ``--repeat``; random
+weights.
 
     .venv/bin/python examples/benchmarks/linear_formats.py --rows 249 749 1992 5992 --repeat 12
 """
@@ -14,7 +16,7 @@ import time
 import torch
 from torch import nn
 
-from sew_plugin.modules import int8_linear
+from sew_plugin.modules import int8_linear, onednn
 from sew_plugin.modules.int8_linear import Int8Linear
 
 # (in, out) of one layer's products: query, key, value and output projections, then the feed-forward pair
@@ -30,14 +32,17 @@ def main() -> None:
     torch.set_grad_enabled(False)
     layers = [nn.Linear(i, o) for i, o in LAYER]
     int8 = [Int8Linear.from_linear(layer) for layer in layers]
-    formats = {"fp32": layers, "bf16": [nn.Linear(i, o).to(torch.bfloat16) for i, o in LAYER], "int8": int8,
-               "int8 ops": int8}
-    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": torch.float32, "int8 ops": torch.float32}
+    plain = [nn.Linear(i, o).to(torch.bfloat16) for i, o in LAYER]
+    formats = {"fp32": layers, "bf16": [onednn.PackedLinear(layer) for layer in plain], "bf16 plain": plain,
+               "int8": int8, "int8 ops": int8}
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "bf16 plain": torch.bfloat16, "int8": torch.float32,
+              "int8 ops": torch.float32}
     kernel = int8_linear.library
     print(f"{torch.get_num_threads()} threads, torch {torch.__version__}; int8 quantization: {int8_linear.status()}\n")
-    print("| rows | fp32 (ms) | bf16 (ms) | int8 (ms) | int8 ops (ms) | bf16 vs fp32 | int8 vs fp32 "
-          "| int8 kernel vs ops | fp32 GFLOP/s |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print(f"bf16 weights packed in oneDNN's layout: {'yes' if onednn.available() else 'no (oneDNN has no bf16 here)'}\n")
+    print("| rows | fp32 (ms) | bf16 (ms) | bf16 plain (ms) | int8 (ms) | int8 ops (ms) | bf16 vs fp32 "
+          "| int8 vs fp32 | bf16 packed vs plain | int8 kernel vs ops | fp32 GFLOP/s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     flops_per_row = 2 * sum(i * o for i, o in LAYER)
     for rows in args.rows:
         inputs = {name: {i: torch.randn(rows, i).to(dtypes[name]) for i in {512, 2048}} for name in formats}
@@ -50,8 +55,9 @@ def main() -> None:
                     module(inputs[name][i])
                 times[name].append(time.perf_counter() - start)
         ms = {name: 1e3 * statistics.median(t[1:]) for name, t in times.items()}
-        print(f"| {rows} | {ms['fp32']:.2f} | {ms['bf16']:.2f} | {ms['int8']:.2f} | {ms['int8 ops']:.2f} "
-              f"| {ms['fp32'] / ms['bf16']:.2f}x | {ms['fp32'] / ms['int8']:.2f}x | {ms['int8 ops'] / ms['int8']:.2f}x "
+        print(f"| {rows} | {ms['fp32']:.2f} | {ms['bf16']:.2f} | {ms['bf16 plain']:.2f} | {ms['int8']:.2f} "
+              f"| {ms['int8 ops']:.2f} | {ms['fp32'] / ms['bf16']:.2f}x | {ms['fp32'] / ms['int8']:.2f}x "
+              f"| {ms['bf16 plain'] / ms['bf16']:.2f}x | {ms['int8 ops'] / ms['int8']:.2f}x "
               f"| {flops_per_row * rows / ms['fp32'] / 1e6:.0f} |", flush=True)
     int8_linear.library = kernel
 

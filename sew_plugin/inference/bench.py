@@ -244,7 +244,7 @@ def mac_counts(model: torch.nn.Module, forward: Callable, x: torch.Tensor) -> Di
     """Multiply-accumulates of one forward per module path (``Global``: all), by FlopCounterMode.
 
     Fused CPU attention, int8 products (``Int8Linear``'s ``torch._int_mm``) and products with their
-    GELU fused (``modules.fused_gelu``) are not in torch's table: attention is counted with torch's
+    GELU fused (``modules.onednn``) are not in torch's table: attention is counted with torch's
     own SDPA formula, convolutions with its convolution formula, an (M, K) x (K, N) product as
     M * K * N. transformers' weight-norm parametrization breaks the counter, so it is folded first.
     """

@@ -5,13 +5,13 @@ same first layer."""
 import torch
 import torch.nn.functional as F
 
-from . import fused_gelu
+from . import onednn
 
 
 def convolve(conv: torch.nn.Conv1d, x: torch.Tensor, gelu: bool = False) -> torch.Tensor:
     """``conv(x)`` for fairseq's unpadded extractor convolutions, (B, C_in, T) -> (B, C_out, T'), with
     ``x`` taken in the convolution's own format (``inference.precision`` keeps some in fp32), and
-    with ``gelu`` (without autograd) its GELU, fused into the product in bf16 (``fused_gelu``). Run the
+    with ``gelu`` (without autograd) its GELU, fused into the product in bf16 (``onednn``). Run the
     faster way (measured on a 2-core Intel Xeon with AMX, 2 threads):
 
     - one input channel (the first layer, on the waveform): a product of the (C_out, k) kernel with
@@ -36,7 +36,7 @@ def convolve(conv: torch.nn.Conv1d, x: torch.Tensor, gelu: bool = False) -> torc
     if dtype in (torch.bfloat16, torch.float16) and x.device.type == "cpu":
         x = x.unsqueeze(2).to(dtype, memory_format=torch.channels_last)  # (B, C, 1, T) in (B, T, C) memory: one copy at most
         if gelu:
-            return fused_gelu.conv2d_gelu(x, conv.weight.unsqueeze(2), conv.bias, (1, stride), conv.groups).squeeze(2)
+            return onednn.conv2d_gelu(x, conv.weight.unsqueeze(2), conv.bias, (1, stride), conv.groups).squeeze(2)
         return F.conv2d(x, conv.weight.unsqueeze(2), conv.bias, stride=(1, stride), groups=conv.groups).squeeze(2)
     return _then_gelu(conv(x.to(dtype)), gelu)
 

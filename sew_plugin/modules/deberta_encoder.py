@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import fused_gelu
+from . import onednn
 from .disentangled_attention import DisentangledSelfAttention, RelativePositions, position_terms, weights_key
 
 LAYER_NORM_EPS = 1e-7  # DeBERTa's, used by every LayerNorm of the SEW-D encoder
@@ -45,7 +45,7 @@ class Intermediate(nn.Module):
         self.dense = nn.Linear(dim, ffn_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return fused_gelu.linear_gelu(self.dense, x)  # exact (erf) GELU, as DeBERTa's "gelu_python"
+        return onednn.linear_gelu(self.dense, x)  # exact (erf) GELU, as DeBERTa's "gelu_python"
 
 
 class DebertaLayer(nn.Module):

@@ -1,0 +1,159 @@
+"""oneDNN's bf16 inference kernels on the CPU (``modules.onednn``): linear weights packed once
+(``PackedLinear``, the plain product's results), products with their GELU fused (within one bf16
+rounding of fp32 arithmetic), used in bf16 only (``sew bench`` counts their MACs like the plain
+products': test_bench)."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from sew_plugin.inference.precision import set_precision
+from sew_plugin.modules import onednn
+
+from conftest import waveform_batch
+from helpers import tiny_sew_d
+
+
+class FusedCalls(TorchDispatchMode):
+    """The oneDNN kernels and PyTorch's linear products (``aten::addmm``) run inside: names, a oneDNN
+    linear product's with what it fuses (``:gelu``, ``:none``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.names = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.name()
+        if name.startswith("mkldnn::") or name == "aten::addmm":
+            self.names.append(f"{name}:{args[3]}" if name == "mkldnn::_linear_pointwise" else name)
+        return func(*args, **(kwargs or {}))
+
+
+def test_linear_gelu_is_fp32_arithmetic_rounded_once():
+    g = torch.Generator().manual_seed(0)
+    linear = torch.nn.Linear(64, 256).to(torch.bfloat16)
+    x = torch.randn(3, 37, 64, generator=g).bfloat16()
+    with torch.no_grad():
+        fused = onednn.linear_gelu(linear, x).float()
+        exact = F.gelu(F.linear(x.float(), linear.weight.float(), linear.bias.float()))
+        separate = F.gelu(linear(x)).float()
+    assert fused.shape == (3, 37, 256)
+    # the fused GELU sees the unrounded sum: at most one bf16 rounding from fp32 arithmetic
+    assert ((fused - exact).abs() <= exact.abs() * 2**-8 + 1e-6).all()
+    assert (fused - exact).abs().mean() <= (separate - exact).abs().mean()
+
+
+def test_conv_gelu_is_fp32_arithmetic_rounded_once():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 48, 1, 101, generator=g).bfloat16().contiguous(memory_format=torch.channels_last)
+    weight = (torch.randn(96, 48, 1, 3, generator=g) * 0.1).bfloat16()
+    bias = torch.randn(96, generator=g).bfloat16()
+    with torch.no_grad():
+        fused = onednn.conv2d_gelu(x, weight, bias, (1, 2), 1).float()
+        exact = F.gelu(F.conv2d(x.float(), weight.float(), bias.float(), stride=(1, 2)))
+    assert fused.shape == (2, 96, 1, 50)
+    assert ((fused - exact).abs() <= exact.abs() * 2**-8 + 1e-6).all()
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "fp32"])
+def test_sew_d_fuses_in_bf16_only_and_stays_close_to_fp32(dtype):
+    reference = tiny_sew_d().eval()  # the GroupNorm front end: its norm-less blocks after the first fuse
+    model = tiny_sew_d().eval()
+    model.load_state_dict(reference.state_dict())
+    set_precision(model, dtype)
+    source, _ = waveform_batch([6000])
+    with torch.no_grad(), FusedCalls() as calls:
+        got = model(source, mask=False, features_only=True)["x"].float()
+    with torch.no_grad():
+        want = reference(source, mask=False, features_only=True)["x"]
+    layers = len(model.encoder.encoder.layer)
+    # the norm-less blocks in bf16: all but the waveform's, and those precision keeps fp32 (is_narrow)
+    bf16_blocks = sum(block[0].weight.dtype == torch.bfloat16 for block in model.feature_extractor.conv_layers)
+    if dtype == "bf16":
+        assert calls.names.count("mkldnn::_linear_pointwise:gelu") == layers  # each feed-forward's input product
+        # every other linear product on its packed weight, packed at conversion, not in the forward
+        assert calls.names.count("mkldnn::_linear_pointwise:none") > 0 and "aten::addmm" not in calls.names
+        assert "mkldnn::_reorder_linear_weight" not in calls.names
+        assert calls.names.count("mkldnn::_convolution_pointwise") == bf16_blocks > 0
+        assert (got - want).abs().max() < 0.05 * want.abs().max()
+    else:
+        assert set(calls.names) == {"aten::addmm"} and torch.equal(got, want)
+
+
+def test_autograd_keeps_the_separate_gelu():
+    linear = torch.nn.Linear(8, 16).to(torch.bfloat16)
+    x = torch.randn(4, 8).bfloat16()
+    with FusedCalls() as calls:
+        y = onednn.linear_gelu(linear, x)
+    y.float().sum().backward()
+    assert calls.names == ["aten::addmm"] and linear.weight.grad is not None
+    assert not onednn.applies(x.float()) and not onednn.applies(x.half())
+
+
+def test_packed_linear_computes_the_plain_product_on_a_weight_packed_once():
+    g = torch.Generator().manual_seed(2)
+    plain = torch.nn.Linear(64, 96).to(torch.bfloat16)
+    packed = onednn.PackedLinear(plain)
+    assert packed.weight is plain.weight and packed.bias is plain.bias  # shared: one state dict, same names
+    x = torch.randn(2, 37, 64, generator=g).bfloat16()
+    strided = torch.randn(37, 2, 64, generator=g).bfloat16().transpose(0, 1)
+    with torch.no_grad(), FusedCalls() as calls:
+        got, got_strided = packed(x), packed(strided)
+    assert calls.names == ["mkldnn::_linear_pointwise:none"] * 2  # not reordered again at each call
+    with torch.no_grad():
+        assert torch.equal(got, plain(x))
+        # a strided input (PyTorch's product reads it another way): fp32 arithmetic up to bf16 roundings
+        exact = F.linear(strided.float(), plain.weight.float(), plain.bias.float())
+        scale = F.linear(strided.float().abs(), plain.weight.float().abs(), plain.bias.float().abs())
+        assert ((got_strided.float() - exact).abs() <= scale * 2**-7).all()
+    assert got.shape == got_strided.shape == (2, 37, 96)
+
+
+def small_packed_linear():
+    """A (16 -> 8) bf16 ``nn.Linear``, its ``PackedLinear`` and a (5, 16) input."""
+    plain = torch.nn.Linear(16, 8).to(torch.bfloat16)
+    return plain, onednn.PackedLinear(plain), torch.randn(5, 16).bfloat16()
+
+
+def test_packed_linear_packs_again_when_its_weight_changes():
+    plain, packed, x = small_packed_linear()
+    with torch.no_grad():
+        before = packed(x)
+        plain.weight.mul_(2)  # in place, as load_state_dict writes
+        assert torch.equal(packed(x), plain(x)) and not torch.equal(packed(x), before)
+        packed.weight = torch.nn.Parameter(torch.randn(8, 16).bfloat16())  # another tensor
+        assert torch.equal(packed(x), F.linear(x, packed.weight, packed.bias))
+
+
+def test_packed_linear_copies_and_falls_back_where_the_kernels_do_not_apply():
+    import copy
+    import io
+
+    plain, packed, x = small_packed_linear()
+    with torch.no_grad():
+        want = plain(x)
+        buffer = io.BytesIO()
+        torch.save(packed, buffer)  # mkldnn tensors have no storage: copies pack again
+        assert torch.equal(copy.deepcopy(packed)(x), want)
+        assert torch.equal(torch.load(io.BytesIO(buffer.getvalue()), weights_only=False)(x), want)
+    with FusedCalls() as calls:  # autograd: PyTorch's product, gradients reach the shared weight
+        packed(x).float().sum().backward()
+    assert calls.names == ["aten::addmm"] and plain.weight.grad is not None
+    fp32 = onednn.PackedLinear(torch.nn.Linear(16, 8))
+    with torch.no_grad():
+        assert torch.equal(fp32(x.float()), F.linear(x.float(), fp32.weight, fp32.bias))
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "fp16", "fp32", "int8"])
+def test_only_bf16_packs_the_linear_layers(dtype):
+    model = tiny_sew_d().eval()
+    names = list(model.state_dict())
+    set_precision(model, dtype)
+    packed = [m for m in model.modules() if isinstance(m, onednn.PackedLinear)]
+    if dtype == "bf16":
+        assert len(packed) == sum(isinstance(m, torch.nn.Linear) for m in model.modules()) > 0
+    else:
+        assert packed == []
+    if dtype != "int8":  # int8 stores its own buffers
+        assert list(model.state_dict()) == names

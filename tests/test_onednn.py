@@ -157,3 +157,28 @@ def test_only_bf16_packs_the_linear_layers(dtype):
         assert packed == []
     if dtype != "int8":  # int8 stores its own buffers
         assert list(model.state_dict()) == names
+
+
+class OpNames(TorchDispatchMode):
+    """Every operation's name run inside."""
+
+    def __init__(self):
+        super().__init__()
+        self.names = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.append(func.name())
+        return func(*args, **(kwargs or {}))
+
+
+def test_fp32_gelu_runs_in_place_on_the_product_without_autograd():
+    linear = torch.nn.Linear(16, 32)
+    x = torch.randn(7, 16)
+    with torch.no_grad(), OpNames() as ops:
+        got = onednn.linear_gelu(linear, x)
+    with torch.no_grad():
+        assert torch.equal(got, F.gelu(linear(x)))  # bit-identical
+    assert "aten::gelu_" in ops.names and "aten::gelu" not in ops.names  # no second (7, 32) tensor
+    with OpNames() as ops:
+        onednn.linear_gelu(linear, x).sum().backward()  # autograd keeps the product for the gradient
+    assert "aten::gelu" in ops.names and "aten::gelu_" not in ops.names and linear.weight.grad is not None

@@ -106,7 +106,11 @@ def linear_gelu(linear: nn.Module, x: torch.Tensor) -> torch.Tensor:
     if isinstance(linear, nn.Linear) and linear.weight.dtype == x.dtype and applies(x):
         weight = linear.packed_weight() if isinstance(linear, PackedLinear) else linear.weight
         return torch.ops.mkldnn._linear_pointwise(x, weight, linear.bias, "gelu", [], "none")
-    return F.gelu(linear(x))
+    if torch.is_grad_enabled():
+        return F.gelu(linear(x))
+    # in place on the fresh product (bit-identical): a new output was a fresh allocation whose pages
+    # the kernel faulted in, which made the GELU 3.5x slower (fp32, 5992 x 2048: 15.3 vs 4.4 ms)
+    return torch.ops.aten.gelu_(linear(x))
 
 
 def conv2d_gelu(x: torch.Tensor, weight: torch.Tensor, bias, stride, groups: int) -> torch.Tensor:

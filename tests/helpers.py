@@ -14,6 +14,7 @@ from argparse import Namespace
 from pathlib import Path
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 from fairseq.data import Dictionary
 from fairseq.dataclass.configs import FairseqConfig
 from fairseq.models.wav2vec.wav2vec2 import Wav2Vec2Config
@@ -285,3 +286,15 @@ def infer_result(results_dir: Path, kind: str = "summary") -> Path:
     found = sorted(Path(results_dir).glob(f"{kind}-*"))
     assert len(found) == 1, found
     return found[0]
+
+
+class OpNames(TorchDispatchMode):
+    """Every operation's name run inside."""
+
+    def __init__(self):
+        super().__init__()
+        self.names = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.append(func.name())
+        return func(*args, **(kwargs or {}))

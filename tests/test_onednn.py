@@ -12,7 +12,7 @@ from sew_plugin.inference.precision import set_precision
 from sew_plugin.modules import onednn
 
 from conftest import waveform_batch
-from helpers import tiny_sew_d
+from helpers import OpNames, tiny_sew_d
 
 
 class FusedCalls(TorchDispatchMode):
@@ -157,18 +157,6 @@ def test_only_bf16_packs_the_linear_layers(dtype):
         assert packed == []
     if dtype != "int8":  # int8 stores its own buffers
         assert list(model.state_dict()) == names
-
-
-class OpNames(TorchDispatchMode):
-    """Every operation's name run inside."""
-
-    def __init__(self):
-        super().__init__()
-        self.names = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.names.append(func.name())
-        return func(*args, **(kwargs or {}))
 
 
 def test_fp32_gelu_runs_in_place_on_the_product_without_autograd():

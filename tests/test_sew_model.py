@@ -12,7 +12,7 @@ from sew_plugin.modules.predictor_head import MLPPredictorHead
 from sew_plugin.modules.squeeze import Upsample
 
 from conftest import TINY_SEW, waveform_batch as batch
-from helpers import tiny_sew
+from helpers import OpNames, tiny_sew
 
 
 def n_params(model) -> int:
@@ -248,3 +248,19 @@ def test_the_saved_config_records_the_wfe_c_layers_the_model_built(tmp_path):
     assert model_cfg.conv_feature_layers == wfe_c(TINY_SEW["wfe_c_channels"], 1) == model.cfg.conv_feature_layers
     rebuilt = task.build_model(OmegaConf.create(OmegaConf.to_container(model_cfg)))
     assert set(rebuilt.state_dict()) == set(model.state_dict())
+
+
+def test_pointwise_convolutions_run_as_batched_products_in_fp32():
+    """``convolution.convolve``: a kernel-1 layer is a (C_out, C_in) x (B, C_in, T) product, bias and
+    GELU included, with the convolution's result up to fp32 rounding."""
+    from sew_plugin.modules.convolution import convolve
+
+    conv = torch.nn.Conv1d(48, 96, 1)
+    x = torch.randn(3, 48, 101)
+    with torch.no_grad(), OpNames() as ops:
+        got, got_gelu = convolve(conv, x), convolve(conv, x, gelu=True)
+    with torch.no_grad():
+        want = conv(x)
+    assert "aten::bmm" in ops.names and not any("convolution" in name for name in ops.names)
+    assert got.shape == (3, 96, 101) and torch.allclose(got, want, atol=1e-5, rtol=1e-5)
+    assert torch.allclose(got_gelu, torch.nn.functional.gelu(want), atol=1e-5, rtol=1e-5)

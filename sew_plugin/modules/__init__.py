@@ -1,6 +1,7 @@
 """Building blocks that the models in ``sew_plugin.models`` compose."""
 
 import numpy as np
+import torch
 from torch import nn
 
 
@@ -21,3 +22,13 @@ def keep_layer_results(model: nn.Module, keep: bool) -> None:
     for module in model.modules():
         if hasattr(module, "keep_layer_results"):
             module.keep_layer_results = keep
+
+
+def weights_key(*tensors: torch.Tensor) -> tuple:
+    """Identifies the current contents of ``tensors``: storage and in-place version counters.
+
+    An optimizer step or ``load_state_dict`` bumps the version, so a cache keyed on this is
+    invalidated exactly when a weight it was computed from changes. Inference tensors (made under
+    ``torch.inference_mode``) have no version counter: their storage alone identifies them.
+    """
+    return tuple((t.data_ptr(), None if t.is_inference() else t._version) for t in tensors)

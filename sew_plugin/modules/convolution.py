@@ -17,9 +17,11 @@ def convolve(conv: torch.nn.Conv1d, x: torch.Tensor, gelu: bool = False) -> torc
     - one input channel (the first layer, on the waveform): a product of the (C_out, k) kernel with
       the (B, k, T') waveform frames; the same arithmetic as oneDNN's convolution (bit-identical in
       fp32 and bf16) in a tenth of the time (0.46 vs 4.4 ms for 10 s, c=64);
-    - pointwise (kernel 1) layers in fp32: a batched matrix product, 1.05-9x faster than oneDNN's
-      convolution for 64-512 channels at 4,000-48,000 frames in groups of 2 utterances (the narrower,
-      the more: 9x at 64, 1.5-2x at 128, 1.05-1.45x at 512), with the same arithmetic;
+    - pointwise (kernel 1) layers in fp32 on the CPU: a batched matrix product, 1.05-9x faster than
+      oneDNN's convolution for 64-512 channels at 4,000-48,000 frames in groups of 2 utterances (the
+      narrower, the more: 9x at 64, 1.5-2x at 128, 1.05-1.45x at 512); without a bias (fairseq's
+      default) the same sums, bit-identical, with one the bias added after the sum (within fp32's
+      rounding of the convolution's);
     - half-precision weights (bf16 / fp16) on the CPU: the convolution on (B, T, C) memory, where
       oneDNN's half-precision kernels need no reorder of the activations before and after
       (SEW-D-mid's WFE-C, 10 s, bf16: 32 vs 54 ms); the result is a (B, C, T) view of that
@@ -36,9 +38,12 @@ def convolve(conv: torch.nn.Conv1d, x: torch.Tensor, gelu: bool = False) -> torc
         frames = x[:, 0].unfold(-1, kernel, stride).transpose(1, 2).contiguous()  # (B, k, T')
         y = torch.bmm(conv.weight[:, 0].expand(x.size(0), -1, -1), frames)  # (B, C_out, T')
         return _then_gelu(y if conv.bias is None else y + conv.bias[:, None], gelu)
-    if kernel == 1 and stride == 1 and conv.groups == 1 and dtype == torch.float32:
+    hooked = bool(conv._forward_hooks or conv._forward_pre_hooks)  # inference.precision's casts
+    if kernel == 1 and stride == 1 and conv.groups == 1 and dtype == torch.float32 and x.device.type == "cpu" \
+            and not hooked:
         # pointwise: the (C_out, C_in) kernel times the (B, C_in, T) input as it lies, the result
-        # written as (B, C_out, T) by bmm itself (matmul made a (B * T, C_out) product and transposed it)
+        # written as (B, C_out, T) by bmm itself (matmul made a (B * T, C_out) product and transposed
+        # it). A convolution with hooks (a bf16 model's narrow ones, kept fp32) runs as the module
         x = x.to(dtype)
         y = torch.bmm(conv.weight[:, :, 0].expand(x.size(0), -1, -1), x)
         return _then_gelu(y if conv.bias is None else y.add_(conv.bias[:, None]), gelu)

@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import onednn
-from .disentangled_attention import DisentangledSelfAttention, RelativePositions, position_terms, weights_key
+from . import onednn, weights_key
+from .disentangled_attention import DisentangledSelfAttention, RelativePositions, position_terms
 
 LAYER_NORM_EPS = 1e-7  # DeBERTa's, used by every LayerNorm of the SEW-D encoder
 

@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import position_bias
+from . import position_bias, weights_key
 
 
 POSITION_TERMS = ("c2p", "p2c")  # content-to-position, position-to-content
@@ -65,15 +65,6 @@ def log_bucket(relative: torch.Tensor, buckets: int, max_position: int) -> torch
     log_ratio = torch.log(abs_pos.float() / mid) / torch.log(torch.tensor((max_position - 1) / mid))
     log_pos = torch.ceil(log_ratio * (mid - 1)) + mid
     return torch.where(abs_pos <= mid, relative.float(), log_pos * sign).long()
-
-
-def weights_key(*tensors: torch.Tensor) -> tuple:
-    """Identifies the current contents of ``tensors``: storage and in-place version counters.
-
-    An optimizer step or ``load_state_dict`` bumps the version, so a cache keyed on this is
-    invalidated exactly when a weight it was computed from changes.
-    """
-    return tuple((t.data_ptr(), t._version) for t in tensors)
 
 
 def projection_key(linear: nn.Module) -> tuple:

@@ -46,7 +46,7 @@ class Int8Linear(nn.Module):
         scale = weight.abs().amax(1).clamp(min=torch.finfo(torch.float32).tiny) / 127
         quantized = torch.round(weight / scale[:, None]).clamp(-127, 127).to(torch.int8)
         bias = None if linear.bias is None else linear.bias.detach().float().clone()
-        return cls(quantized.t().contiguous(), scale, bias)
+        return cls(quantized.t().contiguous(), scale, bias).train(linear.training)
 
     # rows quantized and multiplied at a time: a block's fp32 input and int32 product stay within
     # the CPU caches and glibc's heap. Whole, at 5992 rows (8 x 30 s) the (M, 2048) int32 product was

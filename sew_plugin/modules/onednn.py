@@ -34,6 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import weights_key
+
 
 @functools.lru_cache(maxsize=None)
 def available() -> bool:
@@ -54,32 +56,43 @@ def applies(x: torch.Tensor) -> bool:
 
 class PackedLinear(nn.Linear):
     """An ``nn.Linear`` (the same parameters, shared) that multiplies with its weight in oneDNN's
-    layout where ``applies``: (..., in) -> (..., out), as ``nn.Linear`` computes it. The packed
-    copy is made when the layer is converted and again whenever the weight has changed since (a
-    state dict loaded into it, a move between devices)."""
+    layout where ``applies``: (..., in) -> (..., out), as ``nn.Linear`` computes it.
+
+    The weight is packed at the first such product and again whenever it has changed since: another
+    tensor, a write that bumps its version counter (``load_state_dict``, an optimizer step, any
+    in-place operation on the parameter), a move or cast (``.to``, ``.float``). A write through
+    ``weight.data`` bypasses the version counter: call ``repack()`` after one. Hooks registered on
+    the ``nn.Linear`` before the swap are not carried over."""
 
     def __init__(self, linear: nn.Linear):
         super().__init__(linear.in_features, linear.out_features, bias=linear.bias is not None, device="meta")
         self.weight, self.bias = linear.weight, linear.bias
-        self._packed, self._packed_of = None, None
-        if linear.weight.dtype == torch.bfloat16 and linear.weight.device.type == "cpu" and available():
-            self.packed_weight()
+        self.train(linear.training)
+        self.repack()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.weight.dtype == x.dtype and applies(x):
-            return torch.ops.mkldnn._linear_pointwise(x, self.packed_weight(), self.bias, "none", [], "")
-        return super().forward(x)
+        if self.weight.dtype == x.dtype and x.size(-1) == self.in_features and applies(x):
+            return torch.ops.mkldnn._linear_pointwise(x, self.packed_weight(), self.bias, "none", [], "none")
+        return super().forward(x)  # and nn.Linear's error for a wrong input size
 
     def packed_weight(self) -> torch.Tensor:
         """The weight in oneDNN's layout (an mkldnn tensor of shape (out, in)), packed anew if the
-        weight changed (another tensor, or written in place) since it was last packed."""
+        weight changed since it was last packed."""
         weight = self.weight
-        if self._packed_of is None or self._packed_of[0] is not weight or self._packed_of[1:] != (
-                weight.data_ptr(), weight._version):
+        if self._packed_of is None or self._packed_of[0] is not weight or self._packed_of[2] != weights_key(weight):
             with torch.no_grad():
                 self._packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach())
-            self._packed_of = (weight, weight.data_ptr(), weight._version)
+            # the packed tensor's storage, held: a storage swapped in later cannot reuse its address
+            self._packed_of = (weight, weight.detach(), weights_key(weight))
         return self._packed
+
+    def repack(self) -> None:
+        """Drop the packed weight: the next product packs the weight as it is then."""
+        self._packed, self._packed_of = None, None
+
+    def _apply(self, fn, recurse=True):
+        self.repack()  # a move or cast replaces the weight's storage (its version counter stays)
+        return super()._apply(fn, recurse)
 
     def __getstate__(self):
         """Copies and pickles go without the packed weight (mkldnn tensors have no storage to copy):
@@ -89,15 +102,18 @@ class PackedLinear(nn.Linear):
 
 def pack_linear_layers(module: nn.Module) -> int:
     """Replace ``module``'s bf16 CPU ``nn.Linear`` layers by ``PackedLinear`` ones sharing their
-    parameters, in place, where oneDNN computes bf16 (``available``); the number replaced."""
+    parameters, in place, where oneDNN computes bf16 (``available``); the number replaced. A layer
+    registered in several places becomes one ``PackedLinear``. Layers that are never called as
+    modules (fairseq's attention hands its projections' weights to PyTorch's attention function:
+    SEW's and wav2vec 2.0's) never pack, and hold no second copy."""
     if not available():
         return 0
-    linear = [(parent, name, child) for parent in module.modules() for name, child in parent.named_children()
-              if type(child) is nn.Linear and child.weight.dtype == torch.bfloat16
-              and child.weight.device.type == "cpu"]
-    for parent, name, child in linear:
-        setattr(parent, name, PackedLinear(child))
-    return len(linear)
+    swapped = {}
+    for parent in list(module.modules()):
+        for name, child in list(parent._modules.items()):
+            if type(child) is nn.Linear and child.weight.dtype == torch.bfloat16 and child.weight.device.type == "cpu":
+                setattr(parent, name, swapped.setdefault(id(child), PackedLinear(child)))
+    return len(swapped)
 
 
 def linear_gelu(linear: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -106,7 +122,7 @@ def linear_gelu(linear: nn.Module, x: torch.Tensor) -> torch.Tensor:
     if isinstance(linear, nn.Linear) and linear.weight.dtype == x.dtype and applies(x):
         weight = linear.packed_weight() if isinstance(linear, PackedLinear) else linear.weight
         return torch.ops.mkldnn._linear_pointwise(x, weight, linear.bias, "gelu", [], "none")
-    if torch.is_grad_enabled():
+    if torch.is_grad_enabled() or linear._forward_hooks:  # a hook sees the product itself
         return F.gelu(linear(x))
     # in place on the fresh product (bit-identical): a new output was a fresh allocation whose pages
     # the kernel faulted in, which made the GELU 3.5x slower (fp32, 5992 x 2048: 15.3 vs 4.4 ms)

@@ -4,8 +4,9 @@
   stored, (out, in), and oneDNN reorders it into the blocked layout its AMX / AVX-512 kernels read,
   at every call. ``PackedLinear`` keeps that reordered copy (``torch.ops.mkldnn._reorder_linear_weight``,
   what PyTorch's compiler does with frozen bf16 weights) and multiplies with it. Measured on a
-  2-core Intel Xeon with AMX (2 threads), one SEW-D-mid layer's six products ran 1.17x / 1.35x /
-  1.09x faster at 249 / 749 / 1992 rows (``examples/benchmarks/linear_formats.py``). The results
+  2-core Intel Xeon with AMX (2 threads), one SEW-D-mid layer's six products ran 0.90-1.05x /
+  1.25-1.30x / 1.02-1.10x / 1.07-1.14x as fast at 249 / 749 / 1992 / 5992 rows in four runs of
+  ``examples/benchmarks/linear_formats.py``, the whole bf16 forward 1.01-1.15x. The results
   are the plain product's but for an occasional sum that oneDNN splits differently for the two
   layouts (at 749 rows, one output in 10,000 differed by one bf16 rounding).
   The plain weight stays the parameter (state dicts, other devices, autograd and traces use it), so

@@ -141,8 +141,9 @@ def test_packed_linear_packs_again_when_its_weight_changes():
         assert torch.equal(packed(x), F.linear(x, packed.weight, packed.bias))
         packed.float()  # a cast or move drops the packed copy; its storage is the weight's no more
         assert packed._packed is None
-        packed.weight.data = packed.weight.data * 3  # a storage swapped in (no version bump)
         packed.bfloat16()
+        assert torch.equal(packed(x), F.linear(x, packed.weight, packed.bias))
+        packed.weight.data = packed.weight.data * 3  # a storage swapped in (no version bump)
         assert torch.equal(packed(x), F.linear(x, packed.weight, packed.bias))
         packed.weight.data.mul_(-1)  # written past the version counter: repack() says so
         packed.repack()
@@ -207,11 +208,12 @@ def test_a_linear_layer_registered_twice_becomes_one_packed_layer():
 def test_a_hook_on_the_feed_forward_product_sees_it_before_its_gelu():
     linear = torch.nn.Linear(16, 32)
     seen = []
-    linear.register_forward_hook(lambda module, args, output: seen.append(output.clone()))
+    linear.register_forward_hook(lambda module, args, output: seen.append(output))  # held, not copied
     x = torch.randn(7, 16)
     with torch.no_grad():
         got = onednn.linear_gelu(linear, x)
-        assert torch.equal(seen[0], linear(x)) and torch.equal(got, F.gelu(seen[0]))
+        product = F.linear(x, linear.weight, linear.bias)
+        assert torch.equal(seen[0], product) and torch.equal(got, F.gelu(product))
 
 
 @pytest.mark.parametrize("dtype", ["bf16", "fp32"])
@@ -219,10 +221,17 @@ def test_sew_d_converts_and_runs_inside_inference_mode(dtype):
     """Weights made under ``torch.inference_mode`` have no version counter: the caches keyed on
     weights (packed weights, projected position tables) key them by storage alone."""
     source, _ = waveform_batch([6000])
+    other = tiny_sew_d().eval()  # other weights (another random draw)
     with torch.inference_mode():
         model = tiny_sew_d().eval()
         reference = model(source, mask=False, features_only=True)["x"]
         set_precision(model, dtype)
         first = model(source, mask=False, features_only=True)["x"].float()
         again = model(source, mask=False, features_only=True)["x"].float()
+        # weights written in place where no version counter tells it: nothing cached on them is reused
+        model.load_state_dict({k: v.to(model.state_dict()[k].dtype) for k, v in other.state_dict().items()})
+        loaded = model(source, mask=False, features_only=True)["x"].float()
+        set_precision(other, dtype)
+        want = other(source, mask=False, features_only=True)["x"].float()
     assert torch.equal(first, again) and (first - reference).abs().max() < 0.05 * reference.abs().max()
+    assert torch.equal(loaded, want) and not torch.equal(loaded, first)

@@ -62,6 +62,10 @@ def test_a_converted_model_holds_its_format_and_computes_close_to_fp32(kind, dty
         assert fp32_parts  # the tiny models have such convolutions, so the rule is exercised
         assert {p.dtype for p in model.parameters() if id(p) not in fp32_parts} == {want}
         assert {p.dtype for p in model.parameters() if id(p) in fp32_parts} == {torch.float32}
+        # and their own fp32 values, not values rounded to the model's format and cast back
+        want_values = [v for m in kept_in_fp32(fp32) for v in m.state_dict().values()]
+        got_values = [v for m in kept_in_fp32(model) for v in m.state_dict().values()]
+        assert len(got_values) == len(want_values) > 0 and all(map(torch.equal, got_values, want_values))
         assert waveform_block is None or {p.dtype for p in waveform_block.parameters()} == {torch.float32}
         assert {b.dtype for b in model.buffers() if b.is_floating_point()} <= {want}
     assert parameter_count(model) == parameters and model.inference_dtype == dtype
@@ -223,4 +227,6 @@ def test_a_bf16_model_whose_waveform_block_is_fp32_runs_with_autograd_and_traced
     # traced and with autograd the GELUs are not fused (modules.onednn): a bf16 rounding apart
     assert eager.dtype == traced.dtype == with_autograd.dtype == torch.bfloat16
     assert torch.allclose(traced.float(), eager.float(), atol=0.05, rtol=0.05)
-    assert torch.equal(traced, with_autograd)
+    # traced, the attention is PyTorch's fused kernel; with autograd, products around a softmax:
+    # the same sums in another order, a bf16 rounding apart at most
+    assert torch.allclose(traced.float(), with_autograd.float(), atol=2**-8, rtol=2**-7)

@@ -264,3 +264,20 @@ def test_pointwise_convolutions_run_as_batched_products_in_fp32():
     assert "aten::bmm" in ops.names and not any("convolution" in name for name in ops.names)
     assert got.shape == (3, 96, 101) and torch.allclose(got, want, atol=1e-5, rtol=1e-5)
     assert torch.allclose(got_gelu, torch.nn.functional.gelu(want), atol=1e-5, rtol=1e-5)
+
+
+def test_a_bf16_models_fp32_kept_pointwise_convolutions_run_with_their_casts():
+    """The tiny models' pointwise layers are narrow, kept fp32 by ``set_precision`` with hooks that
+    cast their input to fp32 and their output back: ``convolve`` runs them as modules, hooks included."""
+    from sew_plugin.inference.precision import set_precision
+    from sew_plugin.modules.convolution import convolve
+
+    model = set_precision(tiny_sew().eval(), "bf16")
+    convs = [block[0] for block in model.feature_extractor.conv_layers]
+    pointwise = [conv for conv in convs if conv.kernel_size == (1,) and conv.weight.dtype == torch.float32]
+    assert pointwise  # the 16-channel ones (precision.is_narrow)
+    x = torch.randn(2, pointwise[0].in_channels, 50).bfloat16()
+    with torch.no_grad():
+        got = convolve(pointwise[0], x)
+        want = pointwise[0](x)  # the module with its hooks
+    assert got.dtype == torch.bfloat16 and torch.equal(got, want)

@@ -99,15 +99,17 @@ def _extractors(model: nn.Module) -> List[nn.Module]:
 
 def _convert_to_half(model: nn.Module, dtype: torch.dtype) -> None:
     """``model`` in ``dtype`` but for ``kept_in_fp32``, each part handed inputs in its own format."""
+    # the kept modules' own fp32 values: a cast of the whole model and back would round them to dtype
+    kept = [(module, {k: v.clone() for k, v in module.state_dict().items()}) for module in kept_in_fp32(model)]
     model.to(dtype)
+    for module, state in kept:
+        module.float().load_state_dict(state)
     extractors = _extractors(model)
     for extractor in extractors:  # it casts each block's input itself, the waveform's block is fp32
-        extractor.conv_layers[0].float()
         extractor.register_forward_hook(_cast_output(dtype))
     if not extractors:  # fairseq's own extractor (wav2vec 2.0 large): the waveform in the model's format
         model.register_forward_pre_hook(_cast_inputs(dtype), with_kwargs=True)
     for conv in (m for m in model.modules() if is_narrow(m)):  # weights, input and arithmetic in fp32
-        conv.float()
         conv.register_forward_pre_hook(_cast_inputs(torch.float32), with_kwargs=True)
         conv.register_forward_hook(_cast_output(dtype))
     onednn.pack_linear_layers(model)  # bf16 on the CPU: the linear weights in oneDNN's layout, once

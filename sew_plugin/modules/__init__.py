@@ -28,7 +28,8 @@ def weights_key(*tensors: torch.Tensor) -> tuple:
     """Identifies the current contents of ``tensors``: storage and in-place version counters.
 
     An optimizer step or ``load_state_dict`` bumps the version, so a cache keyed on this is
-    invalidated exactly when a weight it was computed from changes. Inference tensors (made under
-    ``torch.inference_mode``) have no version counter: their storage alone identifies them.
+    invalidated exactly when a weight it was computed from changes. Inference tensors (weights made
+    or converted under ``torch.inference_mode``) have no version counter, so nothing tells a write
+    to them: their key never matches another, and what is cached on them is rebuilt at every call.
     """
-    return tuple((t.data_ptr(), None if t.is_inference() else t._version) for t in tensors)
+    return tuple((t.data_ptr(), object() if t.is_inference() else t._version) for t in tensors)

@@ -62,8 +62,9 @@ class PackedLinear(nn.Linear):
     The weight is packed at the first such product and again whenever it has changed since: another
     tensor, a write that bumps its version counter (``load_state_dict``, an optimizer step, any
     in-place operation on the parameter), a move or cast (``.to``, ``.float``). A write through
-    ``weight.data`` bypasses the version counter: call ``repack()`` after one. Hooks registered on
-    the ``nn.Linear`` before the swap are not carried over."""
+    ``weight.data`` bypasses the version counter: call ``repack()`` after one. A weight made under
+    ``torch.inference_mode`` has no version counter and is packed at every product. Hooks
+    registered on the ``nn.Linear`` before the swap are not carried over."""
 
     def __init__(self, linear: nn.Linear):
         super().__init__(linear.in_features, linear.out_features, bias=linear.bias is not None, device="meta")
@@ -113,7 +114,9 @@ def pack_linear_layers(module: nn.Module) -> int:
     for parent in list(module.modules()):
         for name, child in list(parent._modules.items()):
             if type(child) is nn.Linear and child.weight.dtype == torch.bfloat16 and child.weight.device.type == "cpu":
-                setattr(parent, name, swapped.setdefault(id(child), PackedLinear(child)))
+                if id(child) not in swapped:
+                    swapped[id(child)] = PackedLinear(child)
+                setattr(parent, name, swapped[id(child)])
     return len(swapped)
 
 

@@ -127,7 +127,10 @@ def test_the_bf16_model_uses_the_attention_kernel_and_stays_close_to_the_gathers
         assert len(calls) == len(model.encoder.encoder.layer)  # not called inside gathers()
         alone = model(source[1:, :6730], mask=False, features_only=True)["x"].float()
     assert (fused - gathered).abs().max() <= 0.05 * gathered.abs().max()
-    assert torch.equal(fused[1, : alone.size(1)], alone[0])  # a padded batch gives what each utterance gives alone
+    # a padded batch gives what each utterance gives alone, within the last bit of fp32 made into bf16
+    # steps: the front end's fp32 GELU (PyTorch's vectorized loop with a scalar tail, whose place moves
+    # with the tensor's size) can differ by one fp32 ulp, which a bf16 rounding may turn into one step
+    assert (fused[1, : alone.size(1)] - alone[0]).abs().max() <= 2**-5 * alone.abs().max()  # 0-0.011 in 12 draws
 
 
 def test_inputs_the_kernel_cannot_read_safely_are_refused():

@@ -19,9 +19,9 @@ passing what they always passed.
   0.46 ms), and the GroupNorm after it computes in fp32 anyway (it cast the block's largest
   activation up and back down). The extractor casts each block's input to the block's format and
   hands on its output in the model's.
-  On the CPU in bf16 the linear layers keep their weights in oneDNN's blocked layout too, packed
-  once here (``modules.onednn.PackedLinear``), which PyTorch's bf16 product would otherwise
-  reorder at every call.
+  On the CPU in bf16 the linear layers become ``modules.onednn.PackedLinear``: each keeps its
+  weight in oneDNN's blocked layout too, packed at its first product, which PyTorch's bf16 product
+  would otherwise reorder at every call.
   Convolutions with 2 to ``NARROW_CONV - 1`` input channels per group (``is_narrow``: the tiny
   and demo-size models' positional and extractor convolutions, and SEW-D-tiny's positional one
   with 24) stay in fp32: on an Intel Xeon with AMX, oneDNN 3.12's bf16 kernels (torch 2.13) return
@@ -112,7 +112,7 @@ def _convert_to_half(model: nn.Module, dtype: torch.dtype) -> None:
     for conv in (m for m in model.modules() if is_narrow(m)):  # weights, input and arithmetic in fp32
         conv.register_forward_pre_hook(_cast_inputs(torch.float32), with_kwargs=True)
         conv.register_forward_hook(_cast_output(dtype))
-    onednn.pack_linear_layers(model)  # bf16 on the CPU: the linear weights in oneDNN's layout, once
+    onednn.pack_linear_layers(model)  # bf16 on the CPU: weights packed in oneDNN's layout at first use
 
 
 def quantize_linear_layers(module: nn.Module) -> int:

@@ -36,23 +36,27 @@ def convolve(conv: torch.nn.Conv1d, x: torch.Tensor, gelu: bool = False) -> torc
         # from the strided view, matmul made its (B, C_out, T') result contiguous afterwards, a
         # transposing copy of the whole output that took 20x the product (10 s, c=64: 9.6 vs 0.46 ms)
         frames = x[:, 0].unfold(-1, kernel, stride).transpose(1, 2).contiguous()  # (B, k, T')
-        y = torch.bmm(conv.weight[:, 0].expand(x.size(0), -1, -1), frames)  # (B, C_out, T')
-        return _then_gelu(y if conv.bias is None else y + conv.bias[:, None], gelu)
+        return _product(conv.weight[:, 0], frames, conv.bias, gelu)
     hooked = bool(conv._forward_hooks or conv._forward_pre_hooks)  # inference.precision's casts
     if kernel == 1 and stride == 1 and conv.groups == 1 and dtype == torch.float32 and x.device.type == "cpu" \
             and not hooked:
         # pointwise: the (C_out, C_in) kernel times the (B, C_in, T) input as it lies, the result
         # written as (B, C_out, T) by bmm itself (matmul made a (B * T, C_out) product and transposed
         # it). A convolution with hooks (a bf16 model's narrow ones, kept fp32) runs as the module
-        x = x.to(dtype)
-        y = torch.bmm(conv.weight[:, :, 0].expand(x.size(0), -1, -1), x)
-        return _then_gelu(y if conv.bias is None else y.add_(conv.bias[:, None]), gelu)
+        return _product(conv.weight[:, :, 0], x.to(dtype), conv.bias, gelu)
     if dtype in (torch.bfloat16, torch.float16) and x.device.type == "cpu":
         x = x.unsqueeze(2).to(dtype, memory_format=torch.channels_last)  # (B, C, 1, T) in (B, T, C) memory: one copy at most
         if gelu:
             return onednn.conv2d_gelu(x, conv.weight.unsqueeze(2), conv.bias, (1, stride), conv.groups).squeeze(2)
         return F.conv2d(x, conv.weight.unsqueeze(2), conv.bias, stride=(1, stride), groups=conv.groups).squeeze(2)
     return _then_gelu(conv(x.to(dtype)), gelu)
+
+
+def _product(kernel: torch.Tensor, x: torch.Tensor, bias, gelu: bool) -> torch.Tensor:
+    """(C_out, K) kernel times each utterance's (K, T) columns, (B, K, T) -> (B, C_out, T), written in
+    that layout by bmm itself; the bias added to the fresh product in place."""
+    y = torch.bmm(kernel.expand(x.size(0), -1, -1), x)
+    return _then_gelu(y if bias is None else y.add_(bias[:, None]), gelu)
 
 
 def _then_gelu(y: torch.Tensor, gelu: bool) -> torch.Tensor:

@@ -73,19 +73,20 @@ class PackedLinear(nn.Linear):
         self.repack()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.weight.dtype == x.dtype and x.size(-1) == self.in_features and applies(x):
-            return torch.ops.mkldnn._linear_pointwise(x, self.packed_weight(), self.bias, "none", [], "none")
-        return super().forward(x)  # and nn.Linear's error for a wrong input size
+        weight = onednn_weight(self, x)
+        if weight is None:
+            return super().forward(x)  # and nn.Linear's error for a wrong input size
+        return torch.ops.mkldnn._linear_pointwise(x, weight, self.bias, "none", [], "none")
 
     def packed_weight(self) -> torch.Tensor:
         """The weight in oneDNN's layout (an mkldnn tensor of shape (out, in)), packed anew if the
         weight changed since it was last packed."""
-        weight = self.weight
-        if self._packed_of is None or self._packed_of[0] is not weight or self._packed_of[2] != weights_key(weight):
+        weight, key = self.weight, weights_key(self.weight)
+        if self._packed_of is None or self._packed_of[0] is not weight or self._packed_of[2] != key:
             with torch.no_grad():
                 self._packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach())
             # the packed tensor's storage, held: a storage swapped in later cannot reuse its address
-            self._packed_of = (weight, weight.detach(), weights_key(weight))
+            self._packed_of = (weight, weight.detach(), key)
         return self._packed
 
     def repack(self) -> None:
@@ -120,11 +121,20 @@ def pack_linear_layers(module: nn.Module) -> int:
     return len(swapped)
 
 
+def onednn_weight(linear: nn.Module, x: torch.Tensor):
+    """The weight oneDNN multiplies ``x`` with (a ``PackedLinear``'s packed one), or None where
+    PyTorch's product runs: not an ``nn.Linear`` of ``x``'s format and width, or not ``applies``."""
+    if not (isinstance(linear, nn.Linear) and linear.weight.dtype == x.dtype
+            and x.size(-1) == linear.in_features and applies(x)):
+        return None
+    return linear.packed_weight() if isinstance(linear, PackedLinear) else linear.weight
+
+
 def linear_gelu(linear: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``gelu(linear(x))``, (..., in) -> (..., out): fused where ``applies`` (an ``nn.Linear`` in bf16),
-    with a ``PackedLinear``'s packed weight."""
-    if isinstance(linear, nn.Linear) and linear.weight.dtype == x.dtype and applies(x):
-        weight = linear.packed_weight() if isinstance(linear, PackedLinear) else linear.weight
+    """``gelu(linear(x))``, (..., in) -> (..., out): fused where oneDNN takes the product
+    (``onednn_weight``), else PyTorch's product and GELU."""
+    weight = onednn_weight(linear, x)
+    if weight is not None:
         return torch.ops.mkldnn._linear_pointwise(x, weight, linear.bias, "gelu", [], "none")
     if torch.is_grad_enabled() or linear._forward_hooks:  # a hook sees the product itself
         return F.gelu(linear(x))

@@ -52,6 +52,41 @@ def test_markdown_table_and_model_names():
     assert {"w2v2_base", "sew_d_mid", "hf:sew_d_mid", "sew_tiny", "hf:sew_tiny"} <= set(names)
 
 
+def test_speed_ups_pair_the_times_of_each_rotation(tiny_presets, monkeypatch):
+    from sew_plugin.inference import bench
+
+    # the machine drifts: rotation 2 runs at a third of rotation 1's speed, the row twice as fast as
+    # the baseline in both; in rotation 3 the row caught a fast moment. The row's median (50 ms,
+    # rotation 1) and the baseline's (200 ms, rotation 3) would give 4x; each rotation's pair: 2x, 2x, 6.67x
+    times = {"sew_tiny": [100, 300, 200], "sew_d_tiny": [50, 150, 30]}
+    calls = {name: iter(t) for name, t in times.items()}
+    order = []
+
+    def timed(forward, x):
+        name = forward.row
+        order.append(name)
+        return next(calls[name]) / 1000
+
+    real_prepare = bench.prepare
+
+    def prepare(name, dtype, device):
+        prepared = real_prepare(name, dtype, device)
+        forward = prepared.forward
+        prepared.forward = lambda x: forward(x)
+        prepared.forward.row = name
+        return prepared
+
+    monkeypatch.setattr(bench, "_timed", timed)
+    monkeypatch.setattr(bench, "prepare", prepare)
+    rows = {r.model: r for r in bench.run(["sew_d_tiny", "sew_tiny"], [0.2], [1], repeat=3, warmup=0,
+                                          baseline="sew_tiny", log=lambda _: None)}
+    assert len(order) == 6 and order[0] != order[2]  # one slot each per rotation, the order rotating
+    row = rows["sew_d_tiny"]
+    assert row.median_ms == 50 and rows["sew_tiny"].median_ms == 200
+    assert row.speedup == 2.0 and (row.speedup_min, row.speedup_max) == (2.0, 2 / 0.3)
+    assert "| 2.00x (2.00-6.67) |" in bench.to_markdown([row], "sew_tiny")
+
+
 def test_sew_bench_writes_table_csv_and_plots_with_ratios_to_the_named_baseline(tmp_path, capsys):
     import csv
     import json
@@ -66,10 +101,12 @@ def test_sew_bench_writes_table_csv_and_plots_with_ratios_to_the_named_baseline(
     with open(tmp_path / "out" / "bench.csv") as f:
         rows = {r["model"]: r for r in csv.DictReader(f)}
     assert set(rows) == {"sew_d_tiny", "sew_tiny"}
-    base = float(rows["sew_tiny"]["median_ms"])
-    for r in rows.values():
-        assert abs(float(r["speedup"]) - base / float(r["median_ms"])) < 1e-6
-    assert float(rows["sew_tiny"]["speedup"]) == 1.0
+    base = rows["sew_tiny"]
+    for r in rows.values():  # the median of two rotations' ratios: within their spread, which the times bound
+        low, high = float(r["speedup_min"]), float(r["speedup_max"])
+        assert low <= float(r["speedup"]) <= high
+        assert float(base["min_ms"]) / float(r["max_ms"]) - 1e-9 <= low <= high <= float(base["max_ms"]) / float(r["min_ms"]) + 1e-9
+    assert float(base["speedup"]) == float(base["speedup_min"]) == float(base["speedup_max"]) == 1.0
     assert "speed-up vs sew_tiny" in (tmp_path / "out" / "bench.md").read_text()
     png = (tmp_path / "out" / "bench.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"

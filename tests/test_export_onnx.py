@@ -197,7 +197,8 @@ def test_bench_onnx_row_is_timed_beside_its_pytorch_row(tiny_presets):
     onnx_row, torch_row = rows["sew_d_tiny:onnx"], rows["sew_d_tiny"]
     assert onnx_row.median_ms > 0 and math.isnan(onnx_row.peak_mb)
     assert onnx_row.gmacs == torch_row.gmacs > 0 and onnx_row.params_m == torch_row.params_m
-    assert abs(onnx_row.speedup - torch_row.median_ms / onnx_row.median_ms) < 1e-9
+    # the speed-up over the PyTorch row, rotation by rotation: within what their times allow
+    assert torch_row.min_ms / onnx_row.max_ms <= onnx_row.speedup <= torch_row.max_ms / onnx_row.min_ms
     assert rows["st_sew_base@2,2,1:onnx"].frame_ms == 40
 
     # the onnxruntime forward gives the PyTorch row's features

@@ -3,7 +3,9 @@
 All rows run in one process, in interleaved order that rotates every repeat, so drift of the
 machine (frequency, other load) hits every row alike. Times are medians over ``--repeat`` runs
 after warm-up, with the spread (min-max) beside them; every row gets its speed-up over a named
-baseline row measured in the same run.
+baseline row measured in the same run: the median over the rotations of the baseline's time over
+the row's in the same rotation (with their spread), which pairs times seconds apart where the
+ratio of the two medians could pair two phases of a drifting machine.
 
 Rows are named models at full size with random weights (``sew bench --list``):
 ``w2v2_base``/``w2v2_large`` (fairseq's own wav2vec 2.0), this plugin's configs in
@@ -21,7 +23,8 @@ formats side by side in one run), and ``:autocast-bf16`` / ``:autocast-fp16`` ke
 under autocast instead, which casts every weight at every call (``hf:sew_d_mid:autocast-bf16``).
 ``--peak`` times 2048^3 matrix products at each row's format as slots of the same rotation (the
 machine's GEMM rate at that moment: see ``GemmReference``) and gives each row's achieved FLOP/s
-as a share of the median rate of its format (columns ``GEMM rate`` and ``of GEMM rate``).
+as a share of the rate of its format: the median rate (column ``GEMM rate``), and the median over the
+rotations of the row's rate over the GEMM rate in the same rotation (``of GEMM rate``).
 ``NAME:onnx`` is the row ``NAME`` (a model, or St-SEW at an operating point, e.g.
 ``st_sew_base@2,2,1:onnx``) exported to ONNX (``sew_plugin.interop.onnx``, into a temporary file) and run
 by onnxruntime on the CPU with as many threads as torch, fp32 only, timed like the PyTorch rows; its
@@ -131,7 +134,8 @@ def main(args) -> int:
 
         machine += f"; int8 quantization: {int8_linear.status()}"
     if args.peak:
-        machine += "; GEMM rate: the median of 2048^3 products in the row's format, timed in the rows' rotation"
+        machine += ("; GEMM rate: the median of 2048^3 products in the row's format, timed in the rows' rotation; "
+                    "of GEMM rate: the median over the rotations of the row's FLOP/s over it")
     print(f"\n{machine}\n\n{table}")
     if args.out:
         write_tables(args.out, "bench", machine, table, rows)

@@ -4,7 +4,9 @@
 All rows run in one process, in interleaved order that rotates every repeat, so drift of the
 machine (frequency, other load) hits every row alike. Times are medians over ``repeat`` runs
 after warm-up, with the spread (min-max) beside them; every row gets its speed-up over a named
-baseline row measured in the same run.
+baseline row measured in the same run: the median over the rotations of the baseline's time over
+the row's in the same rotation (with their spread), which pairs times seconds apart where the
+ratio of the two medians could pair two phases of a drifting machine.
 """
 
 import contextlib
@@ -40,15 +42,24 @@ class Row:
     dtype: str = "fp32"  # the row's number format (``autocast-bf16`` for rows under autocast)
     peak_share: Optional[float] = None  # gflops over gemm_gflops (--peak)
     gemm_gflops: Optional[float] = None  # the GEMM rate at the row's format, timed in the same rotation (--peak)
+    speedup_min: Optional[float] = None  # the spread of ``speedup`` over the rotations (``paired``)
+    speedup_max: Optional[float] = None
 
     @property
     def format(self) -> str:
         """The number format its products run in (an autocast row's: the one autocast casts to)."""
         return self.dtype.removeprefix("autocast-")
 
-    def at_peak(self, flops_per_s: float) -> None:
-        self.gemm_gflops = flops_per_s / 1e9
-        self.peak_share = self.gflops * 1e9 / flops_per_s
+    def at_peak(self, flops_per_s: float, share: float) -> None:
+        self.gemm_gflops, self.peak_share = flops_per_s / 1e9, share
+
+
+def paired(numerators: List[float], denominators: List[float]) -> List[float]:
+    """``numerators[r] / denominators[r]`` for each rotation r: ratios of two slots timed in the same
+    rotation, seconds apart. Their median is the speed-up ``run`` reports, not the ratio of the two
+    medians: on a machine whose speed drifts (2x within minutes on shared CPUs), each median may
+    come from another phase of the machine, while a rotation's two times see the same one."""
+    return [n / d for n, d in zip(numerators, denominators)]
 
 
 def _plugin_model(name: str):
@@ -443,10 +454,10 @@ def run(models: List[str], seconds: List[float], batch_sizes: List[int], device:
             order = slots[r % len(slots):] + slots[: r % len(slots)]
             for name in order:
                 times[name].append(timed(name, x))
-        base = statistics.median(times[baseline])
         for name in models:
             row = built[name]
             med = statistics.median(times[name])
+            speedups = paired(times[baseline], times[name])
             with row.context():  # the forward that was timed: half-precision paths and caches too
                 memory = float("nan") if row.onnx else peak_memory_bytes(row.forward, x)
                 period = frame_period_ms(row.model, row.torch_forward, x, row.name)
@@ -454,15 +465,24 @@ def run(models: List[str], seconds: List[float], batch_sizes: List[int], device:
             flops = 2 * macs["Global"] / med
             rows.append(Row(
                 name, bsz, secs, parameter_count(row.model) / 1e6, 1000 * med,
-                1000 * min(times[name]), 1000 * max(times[name]), med / (bsz * secs), base / med,
+                1000 * min(times[name]), 1000 * max(times[name]), med / (bsz * secs), statistics.median(speedups),
                 macs["Global"] / 1e9, memory / 2**20, context_macs(row.model, macs) / 1e9, period,
                 flops / 1e9, dtype=f"autocast-{row.dtype}" if row.autocast else row.dtype,
+                speedup_min=min(speedups), speedup_max=max(speedups),
             ))
-            if references:
-                reference = references[f"GEMM {row.dtype}"]
-                rows[-1].at_peak(reference.flop / statistics.median(times[f"GEMM {row.dtype}"]))
-            log(f"{name} batch {bsz} {secs:g} s: {1000 * med:.0f} ms, x{base / med:.2f} vs {baseline}")
+            if references:  # the row's FLOP/s over the GEMM rate, each rotation's pair (``paired``)
+                reference, gemm = references[f"GEMM {row.dtype}"], times[f"GEMM {row.dtype}"]
+                shares = paired([2 * macs["Global"] / reference.flop * t for t in gemm], times[name])
+                rows[-1].at_peak(reference.flop / statistics.median(gemm), statistics.median(shares))
+            log(f"{name} batch {bsz} {secs:g} s: {1000 * med:.0f} ms, x{rows[-1].speedup:.2f} vs {baseline}")
     return rows
+
+
+def _spread(row: Row) -> str:
+    """`` (min-max)`` of a row's speed-up over the rotations, where they differ."""
+    if row.speedup_min is None or row.speedup_min == row.speedup_max:
+        return ""
+    return f" ({row.speedup_min:.2f}-{row.speedup_max:.2f})"
 
 
 def to_markdown(rows: List[Row], baseline: str) -> str:
@@ -472,7 +492,7 @@ def to_markdown(rows: List[Row], baseline: str) -> str:
             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
     return head + "".join(
         f"| {r.model} | {r.batch} | {r.seconds:g} | {r.params_m:.1f} | {r.median_ms:.0f} | "
-        f"{r.min_ms:.0f}-{r.max_ms:.0f} | {r.rtf:.4f} | {r.speedup:.2f}x | {r.gmacs:.1f} | "
+        f"{r.min_ms:.0f}-{r.max_ms:.0f} | {r.rtf:.4f} | {r.speedup:.2f}x{_spread(r)} | {r.gmacs:.1f} | "
         f"{r.context_gmacs:.1f} | {r.frame_ms:.0f} | {r.peak_mb:.0f} | {r.gflops:.0f} | "
         f"{'-' if r.gemm_gflops is None else f'{r.gemm_gflops:.0f} ({r.format})'} | "
         f"{'-' if r.peak_share is None else f'{100 * r.peak_share:.0f}%'} |\n"

@@ -17,13 +17,16 @@ from hydra.experimental.callback import Callback
 
 from .data.checkpoints import load_state, refusing_unsafe, verify_checkpoint
 from .data.errors import DataError
+from .modules.feature_extractor import group_feature_extractors
 from .modules.masked_group_norm import mask_feature_norm
 
 
 def load_checkpoint(path: Path, arg_overrides: Optional[dict] = None, quiet: bool = True):
     """``(model, cfg, task)`` of a checkpoint, loaded for inference: in eval mode on the CPU, with a
     GroupNorm front end's statistics taken over each utterance's own frames
-    (``sew_plugin.modules.masked_group_norm``: a padded batch gives each utterance what it gives alone).
+    (``sew_plugin.modules.masked_group_norm``: a padded batch gives each utterance what it gives alone),
+    and fairseq's feature extractor (wav2vec 2.0's) run the plugin's faster way
+    (``feature_extractor.group_feature_extractors``: the same parameters and fp32 outputs).
 
     Registers this plugin's models first, so checkpoints of ``sew``, ``sew_ctc`` and their original
     release names resolve even when ``common.user_dir`` was another path on the training machine.
@@ -43,6 +46,7 @@ def load_checkpoint(path: Path, arg_overrides: Optional[dict] = None, quiet: boo
         models, cfg, task = checkpoint_utils.load_model_ensemble_and_task([str(path)], overrides, state=state)
     model = models[0].eval()
     mask_feature_norm(model)
+    group_feature_extractors(model)
     return model, cfg, task
 
 

@@ -12,6 +12,7 @@ import torch
 
 from sew_plugin.checkpoint import load_checkpoint
 from sew_plugin.data.checkpoints import load_state
+from sew_plugin.modules.feature_extractor import GroupedConvFeatureExtractor
 
 COMPAT = Path(__file__).resolve().parent / "compat"
 EXPECTED = torch.load(COMPAT / "expected.pt", weights_only=True)
@@ -40,6 +41,8 @@ def test_each_utterance_alone_computes_the_logits_it_computed_before(name):
 def test_a_checkpoint_of_the_earlier_layout_loads_and_computes_the_same_logits(name):
     path = COMPAT / f"{name}.pt"
     model = load(name)
+    # every feature extractor runs the plugin's way, wav2vec 2.0's (fairseq's class) too
+    assert isinstance(model.w2v_encoder.w2v_model.feature_extractor, GroupedConvFeatureExtractor)
     assert set(model.state_dict()) == set(load_state(path)["model"])  # no parameter renamed or added
     with torch.no_grad():
         out = model(source=EXPECTED["source"], padding_mask=EXPECTED["padding_mask"])

@@ -38,3 +38,34 @@ def test_wfe_c_rejects_bad_sizes():
         wfe_c(0)
     with pytest.raises(ValueError, match="extra pointwise"):
         wfe_c(64, -1)
+
+
+@pytest.mark.parametrize("mode", ["default", "layer_norm"])
+def test_fairseq_extractors_run_grouped_with_the_same_parameters_and_fp32_outputs(mode, monkeypatch):
+    import copy
+
+    import torch
+    from fairseq.models.wav2vec.wav2vec2 import ConvFeatureExtractionModel
+    from torch import nn
+
+    from sew_plugin.modules.feature_extractor import GroupedConvFeatureExtractor, group_feature_extractors
+
+    torch.manual_seed(0)
+    layers = parse_conv_layers("[(32,10,5)] + [(32,3,2)]*2 + [(32,2,2)]")
+    fairseq = ConvFeatureExtractionModel(layers, dropout=0.0, mode=mode).eval()
+    model = nn.Sequential(copy.deepcopy(fairseq))
+    assert group_feature_extractors(model) == 1 and group_feature_extractors(model) == 0  # once
+    grouped = model[0]
+    assert type(grouped) is GroupedConvFeatureExtractor
+    assert list(grouped.state_dict()) == list(fairseq.state_dict())
+    x = torch.randn(3, 4000)
+    with torch.no_grad():  # one group: fairseq's result for the batch
+        assert torch.equal(grouped(x), fairseq(x))
+    # in groups of one utterance, with and without autograd: fairseq's result for each alone
+    monkeypatch.setattr(GroupedConvFeatureExtractor, "GROUP_BYTES", 1)
+    with torch.no_grad():
+        want = torch.cat([fairseq(x[i : i + 1]) for i in range(3)])
+        assert torch.equal(grouped(x), want)
+    assert torch.equal(grouped(x).detach(), want)
+    with pytest.raises(ValueError, match="shorter than the feature extractor's receptive field"):
+        grouped(x[:, :59])  # its receptive field: 60 samples

@@ -9,7 +9,7 @@ import torch
 
 from sew_plugin.cli import main as sew
 from sew_plugin.inference.precision import context_network, kept_in_fp32, parameter_count, set_precision
-from sew_plugin.modules.feature_extractor import GroupedConvFeatureExtractor
+from sew_plugin.modules.feature_extractor import GroupedConvFeatureExtractor, group_feature_extractors
 from sew_plugin.modules.int8_linear import Int8Linear
 from sew_plugin.modules.masked_group_norm import mask_feature_norm
 
@@ -18,19 +18,30 @@ from helpers import LETTERS, ctc_model, infer_result, model_cfg, tiny_ctc, write
 
 # max |log-probability - fp32's| on the tiny random models (bf16: 8 bits of mantissa, fp16: 11, int8:
 # 7 per value), measured 0.058, 0.0069 and 0.036; padded vs alone 3e-5, 1e-3 and 2e-6 (int8
-# quantizes each frame from itself; fp16's products are not batch-invariant on the CPU)
+# quantizes each frame from itself; fp16's products are not batch-invariant on the CPU), and in bf16
+# up to 0.025 for wav2vec 2.0: the fp32 waveform block's GELU (PyTorch's vectorized loop with a
+# scalar tail placed by the tensor's size) can differ by an fp32 ulp between a padded batch and the
+# utterance alone, and the bf16 rounding of its output then by one bf16 step (2^-8 relative), which
+# the tiny random model amplifies (seen with 1 of 3 seeds; 2^-5 as in test_position_bias)
 CLOSE_TO_FP32 = {"bf16": 0.15, "fp16": 0.02, "int8": 0.1}
-BATCH_EQUALS_ALONE = {"bf16": 1e-3, "fp16": 5e-3, "int8": 1e-4}
+BATCH_EQUALS_ALONE = {"bf16": 2**-5, "fp16": 5e-3, "int8": 1e-4}
+
+
+FAIRSEQ_EXTRACTOR = ":fairseq-extractor"  # a wav2vec 2.0 built by hand, not by load_checkpoint
 
 
 def twins(kind: str, **ctc):
     """Two copies of one random tiny CTC model with a GroupNorm front end, its statistics over each
-    utterance's own frames (as ``load_checkpoint`` sets them for inference)."""
+    utterance's own frames, its extractor the plugin's (as ``load_checkpoint`` sets them for
+    inference; ``wav2vec2:fairseq-extractor`` keeps fairseq's)."""
+    kind, fairseq_extractor = kind.removesuffix(FAIRSEQ_EXTRACTOR), kind.endswith(FAIRSEQ_EXTRACTOR)
     first = ctc_model(kind, "default", **ctc)
     second = ctc_model(kind, "default", **ctc)
     second.load_state_dict(first.state_dict())
     for model in (first, second):
         mask_feature_norm(model)
+        if not fairseq_extractor:
+            assert group_feature_extractors(model) == (kind == "wav2vec2")  # the others' are the plugin's
     return first, second
 
 
@@ -42,10 +53,12 @@ def lprobs(model, source, padding):
         return model.get_normalized_probs(out, log_probs=True).transpose(0, 1), frames
 
 
-@pytest.mark.parametrize("kind", ["sew", "sew_d", "st_sew", "wav2vec2"])
+@pytest.mark.parametrize("kind", ["sew", "sew_d", "st_sew", "wav2vec2", "wav2vec2" + FAIRSEQ_EXTRACTOR])
 @pytest.mark.parametrize("dtype", ["bf16", "fp16", "int8"])
 def test_a_converted_model_holds_its_format_and_computes_close_to_fp32(kind, dtype):
     fp32, model = twins(kind, **({"operating_point": "2,2,1"} if kind == "st_sew" else {}))
+    extractor = model.w2v_encoder.w2v_model.feature_extractor
+    assert isinstance(extractor, GroupedConvFeatureExtractor) != kind.endswith(FAIRSEQ_EXTRACTOR)
     parameters = parameter_count(fp32)
     set_precision(model, dtype)
     if dtype == "int8":  # the context network's linear layers are int8, everything else stays fp32
@@ -57,7 +70,6 @@ def test_a_converted_model_holds_its_format_and_computes_close_to_fp32(kind, dty
         want = {"bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
         # convolutions of 2..31 input channels per group and the waveform's block stay fp32
         fp32_parts = {id(p) for m in kept_in_fp32(model) for p in m.parameters()}
-        extractor = model.w2v_encoder.w2v_model.feature_extractor
         waveform_block = extractor.conv_layers[0] if isinstance(extractor, GroupedConvFeatureExtractor) else None
         assert fp32_parts  # the tiny models have such convolutions, so the rule is exercised
         assert {p.dtype for p in model.parameters() if id(p) not in fp32_parts} == {want}

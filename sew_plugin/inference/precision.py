@@ -13,8 +13,9 @@ passing what they always passed.
   (PyTorch's softmax and ``scaled_dot_product_attention`` kernels do for half-precision input),
   the CTC log-softmax runs on ``logits.float()`` (fairseq's ``get_normalized_probs``, the exit
   heads), and CIF's running sum is float64 (``modules.cif``).
-  The first block of this plugin's feature extractor (the convolution on the waveform and its
-  norm) stays fp32 too, and the waveform reaches it uncast: its product has 10 values per frame,
+  The first block of this plugin's feature extractor (also wav2vec 2.0's, once
+  ``checkpoint.load_checkpoint`` has made fairseq's one: ``feature_extractor.group_feature_extractors``;
+  the convolution on the waveform and its norm) stays fp32 too, and the waveform reaches it uncast: its product has 10 values per frame,
   on which oneDNN's bf16 matrix product ran 4x slower than fp32's (SEW-D-mid, 10 s: 1.8 vs
   0.46 ms), and the GroupNorm after it computes in fp32 anyway (it cast the block's largest
   activation up and back down). The extractor casts each block's input to the block's format and
@@ -107,7 +108,7 @@ def _convert_to_half(model: nn.Module, dtype: torch.dtype) -> None:
     extractors = _extractors(model)
     for extractor in extractors:  # it casts each block's input itself, the waveform's block is fp32
         extractor.register_forward_hook(_cast_output(dtype))
-    if not extractors:  # fairseq's own extractor (wav2vec 2.0 large): the waveform in the model's format
+    if not extractors:  # fairseq's own (a model not loaded by load_checkpoint): the waveform in the model's format
         model.register_forward_pre_hook(_cast_inputs(dtype), with_kwargs=True)
     for conv in (m for m in model.modules() if is_narrow(m)):  # weights, input and arithmetic in fp32
         conv.register_forward_pre_hook(_cast_inputs(torch.float32), with_kwargs=True)

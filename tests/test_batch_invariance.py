@@ -118,3 +118,33 @@ def test_sew_infer_refuses_rows_too_short_for_a_downsampling_model_by_line(tmp_p
         err = capsys.readouterr().err
         assert err.startswith("sew infer: error: 1 bad manifest rows") and f"{tmp_path / 'test.tsv'}:3" in err, err
         assert "500 samples; this model downsamples its input and needs at least 799" in err
+
+
+def test_groups_of_rows_get_their_rows_of_the_given_statistics_and_a_mismatch_is_refused():
+    from fairseq.modules import Fp32GroupNorm
+
+    from sew_plugin.modules.masked_group_norm import given_statistics, rows
+
+    torch.manual_seed(0)
+    norm = MaskedGroupNorm.convert(Fp32GroupNorm(4, 4), torch.nn.Conv1d(1, 4, 10, 5))
+    x = torch.randn(3, 4, 50)
+    mean, var = torch.randn(3, 4), torch.rand(3, 4) + 0.5
+    with given_statistics(mean, var):
+        whole = norm(x)
+        with rows(1, 3):  # rows 1 and 2 of the batch, as an extractor running it in groups hands them
+            assert torch.equal(norm(x[1:3]), whole[1:3])
+        with pytest.raises(ValueError, match="given statistics of 3 rows for a batch of 2"):
+            norm(x[1:3])  # never normalised by its own frames unseen
+
+
+def test_a_wav2vec2_encoder_with_input_downsampling_refuses_short_input_counting_its_own_samples():
+    from sew_plugin.modules.feature_extractor import group_feature_extractors
+
+    model = ctc_model("wav2vec2", "default", sew_ctc=True, input_downsample="avgpool", input_downsample_factor=2)
+    assert model.min_source_samples == 0  # fairseq's extractor does not say its receptive field
+    group_feature_extractors(model)  # what load_checkpoint does: the plugin's extractor says it
+    least = model.min_source_samples
+    assert least > model.w2v_encoder.w2v_model.feature_extractor.min_samples
+    with pytest.raises(ValueError, match=f"waveform of {least - 1} samples .* at least {least} samples"):
+        model.check_downsampled_length(least - 1)
+    model.check_downsampled_length(least)

@@ -76,15 +76,23 @@ def test_speed_ups_pair_the_times_of_each_rotation(tiny_presets, monkeypatch):
         prepared.forward.row = name
         return prepared
 
+    # the GEMM slot drifts with the baseline: the row's share of its rate is the same in rotations 1
+    # and 2 (0.2 x 2 MACs / flop); the two medians (20 ms of GEMM, 50 ms of the row) would give 0.4
+    gemm_s = iter([0.010, 0.030, 0.020])
     monkeypatch.setattr(bench, "_timed", timed)
     monkeypatch.setattr(bench, "prepare", prepare)
+    monkeypatch.setattr(bench.GemmReference, "warm_up", lambda self: None)
+    monkeypatch.setattr(bench.GemmReference, "seconds", lambda self: next(gemm_s))
     rows = {r.model: r for r in bench.run(["sew_d_tiny", "sew_tiny"], [0.2], [1], repeat=3, warmup=0,
-                                          baseline="sew_tiny", log=lambda _: None)}
+                                          baseline="sew_tiny", log=lambda _: None, peak=True)}
     assert len(order) == 6 and order[0] != order[2]  # one slot each per rotation, the order rotating
     row = rows["sew_d_tiny"]
     assert row.median_ms == 50 and rows["sew_tiny"].median_ms == 200
     assert row.speedup == 2.0 and (row.speedup_min, row.speedup_max) == (2.0, 2 / 0.3)
     assert "| 2.00x (2.00-6.67) |" in bench.to_markdown([row], "sew_tiny")
+    flop = 2 * 2048**3
+    assert row.gemm_gflops == pytest.approx(flop / 0.020 / 1e9)  # the median rate
+    assert row.peak_share == pytest.approx(2 * row.gmacs * 1e9 / flop * 0.2)
 
 
 def test_sew_bench_writes_table_csv_and_plots_with_ratios_to_the_named_baseline(tmp_path, capsys):

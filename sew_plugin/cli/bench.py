@@ -4,8 +4,8 @@ All rows run in one process, in interleaved order that rotates every repeat, so 
 machine (frequency, other load) hits every row alike. Times are medians over ``--repeat`` runs
 after warm-up, with the spread (min-max) beside them; every row gets its speed-up over a named
 baseline row measured in the same run: the median over the rotations of the baseline's time over
-the row's in the same rotation (with their spread), which pairs times seconds apart where the
-ratio of the two medians could pair two phases of a drifting machine.
+the row's in the same rotation (with their spread), which pairs times at most one rotation apart
+where the ratio of the two medians could pair two phases of a drifting machine.
 
 Rows are named models at full size with random weights (``sew bench --list``):
 ``w2v2_base``/``w2v2_large`` (fairseq's own wav2vec 2.0), this plugin's configs in

@@ -5,8 +5,8 @@ All rows run in one process, in interleaved order that rotates every repeat, so 
 machine (frequency, other load) hits every row alike. Times are medians over ``repeat`` runs
 after warm-up, with the spread (min-max) beside them; every row gets its speed-up over a named
 baseline row measured in the same run: the median over the rotations of the baseline's time over
-the row's in the same rotation (with their spread), which pairs times seconds apart where the
-ratio of the two medians could pair two phases of a drifting machine.
+the row's in the same rotation (with their spread), which pairs times at most one rotation apart
+where the ratio of the two medians could pair two phases of a drifting machine.
 """
 
 import contextlib
@@ -40,7 +40,7 @@ class Row:
     frame_ms: float = 20.0
     gflops: float = 0.0  # achieved: 2 * MACs over the median time
     dtype: str = "fp32"  # the row's number format (``autocast-bf16`` for rows under autocast)
-    peak_share: Optional[float] = None  # gflops over gemm_gflops (--peak)
+    peak_share: Optional[float] = None  # the median over the rotations of the row's FLOP/s over the GEMM rate (--peak)
     gemm_gflops: Optional[float] = None  # the GEMM rate at the row's format, timed in the same rotation (--peak)
     speedup_min: Optional[float] = None  # the spread of ``speedup`` over the rotations (``paired``)
     speedup_max: Optional[float] = None
@@ -56,9 +56,10 @@ class Row:
 
 def paired(numerators: List[float], denominators: List[float]) -> List[float]:
     """``numerators[r] / denominators[r]`` for each rotation r: ratios of two slots timed in the same
-    rotation, seconds apart. Their median is the speed-up ``run`` reports, not the ratio of the two
-    medians: on a machine whose speed drifts (2x within minutes on shared CPUs), each median may
-    come from another phase of the machine, while a rotation's two times see the same one."""
+    rotation (at most one rotation apart). Their median is the speed-up ``run`` reports, not the
+    ratio of the two medians: on a machine whose speed drifts (2x within minutes on shared CPUs),
+    each median may come from another phase of the machine, while a rotation's two times see
+    nearly the same one."""
     return [n / d for n, d in zip(numerators, denominators)]
 
 

@@ -143,9 +143,6 @@ class SEWCtc(Wav2VecCtc):
         self.input_downsampler = None
         if cfg.input_downsample != "none":
             self.input_downsampler = InputDownsampler(cfg.input_downsample, cfg.input_downsample_factor)
-            # the fewest samples that still give the extractor one frame once downsampled
-            extractor_min = getattr(w2v_encoder.w2v_model.feature_extractor, "min_samples", 0)
-            self.min_source_samples = self.input_downsampler.min_input_samples(extractor_min) if extractor_min else 0
         elif cfg.input_downsample_factor != 1:
             raise ValueError(f"model.input_downsample_factor={cfg.input_downsample_factor} needs model.input_downsample")
         if cfg.ctc_frames_per_step < 1:
@@ -230,6 +227,16 @@ class SEWCtc(Wav2VecCtc):
         period = 1000 * total_stride(conv_layers_of(encoder.feature_extractor)) / SAMPLE_RATE
         factor = self.input_downsampler.factor if self.input_downsampler is not None else 1
         return period * factor / self.cfg.ctc_frames_per_step
+
+    @property
+    def min_source_samples(self) -> int:
+        """The fewest samples that still give the extractor one frame once downsampled; 0 without
+        downsampling or with an extractor that does not say (fairseq's, before ``load_checkpoint``
+        makes it the plugin's: read at each call, not at construction)."""
+        extractor_min = getattr(self.w2v_encoder.w2v_model.feature_extractor, "min_samples", 0)
+        if self.input_downsampler is None or not extractor_min:
+            return 0
+        return self.input_downsampler.min_input_samples(extractor_min)
 
     def check_downsampled_length(self, samples: int) -> None:
         """Refuse a waveform that leaves the feature extractor no frame once downsampled, counting

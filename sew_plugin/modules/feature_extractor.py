@@ -112,7 +112,7 @@ class GroupedConvFeatureExtractor(ConvFeatureExtractionModel):
     Each block takes its input in its convolution's format: ``inference.precision`` keeps the
     waveform's block in fp32 in a bf16 or fp16 model, and the waveform reaches it uncast.
 
-    - Utterances run in groups whose first-layer activations fit in the caches: a whole batch of
+    - On the CPU, utterances run in groups whose first-layer activations fit in the caches: a whole batch of
       C x S/5 activations overflows them, and the same convolutions run about twice as fast in
       small groups (measured: batch 8 x 10 s through WFE-C c=64, 0.84 s -> 0.44 s on 2 cores).
       Every norm in the stack is per utterance (GroupNorm over time, LayerNorm per frame).
@@ -140,7 +140,7 @@ class GroupedConvFeatureExtractor(ConvFeatureExtractionModel):
         per_utterance = 4 * x.size(1) * (1 + first_channels // 5)
         group = max(1, self.GROUP_BYTES // per_utterance)
         run = self._forward_with_autograd if torch.is_grad_enabled() else self._forward_without_autograd
-        if x.size(0) <= group:
+        if x.size(0) <= group or x.device.type != "cpu":  # the groups are for the CPU's caches
             return run(x)
         outs = []
         for i in range(0, x.size(0), group):

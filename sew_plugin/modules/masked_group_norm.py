@@ -56,12 +56,15 @@ def valid_samples(padding_mask: Optional[torch.Tensor] = None, samples: Optional
 
 @contextlib.contextmanager
 def rows(start: int, stop: int) -> Iterator:
-    """The valid samples of rows ``start:stop`` only, for an extractor that runs a batch in groups."""
-    samples = _SAMPLES.get()
+    """The valid samples and given statistics (``given_statistics``) of rows ``start:stop`` only, for
+    an extractor that runs a batch in groups."""
+    samples, given = _SAMPLES.get(), _STATISTICS.get()
     token = _SAMPLES.set(None if samples is None else samples[start:stop])
+    given_token = _STATISTICS.set(None if given is None else tuple(t[start:stop] for t in given))
     try:
         yield
     finally:
+        _STATISTICS.reset(given_token)
         _SAMPLES.reset(token)
 
 
@@ -135,7 +138,9 @@ class MaskedGroupNorm(Fp32GroupNorm):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         given = _STATISTICS.get()
-        if given is not None and given[0].size(0) == x.size(0):
+        if given is not None:
+            if given[0].size(0) != x.size(0):  # never fall back to the window's own statistics unseen
+                raise ValueError(f"given statistics of {given[0].size(0)} rows for a batch of {x.size(0)}")
             return self.with_statistics(x, *given)
         samples = _SAMPLES.get() if self.masked else None
         if samples is None or samples.numel() != x.size(0):

@@ -190,7 +190,8 @@ def group_feature_extractors(model: torch.nn.Module) -> int:
     (bit-identical; fairseq's own differs by an ulp between a batch and its utterances alone). For inference (``checkpoint.load_checkpoint``):
     in bf16 its waveform block then stays fp32 and its GELUs fuse (``inference.precision``). Measured
     on a 2-core Xeon with AMX (``examples/benchmarks/wav2vec2_front_end.py``), wav2vec 2.0 base's
-    whole forward at 10 s ran 1.04x / 1.14x faster in fp32 (batch 1 / 8) and 1.28x / 1.76x in bf16.
+    whole forward at 10 s ran 1.04-1.09x / 1.14-1.15x faster in fp32 (batch 1 / 8) and 1.28-1.35x /
+    1.44-1.76x in bf16 (two runs).
     The number of extractors changed."""
     extractors = [m for m in model.modules() if type(m) is ConvFeatureExtractionModel]
     for extractor in extractors:

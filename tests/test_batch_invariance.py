@@ -137,6 +137,20 @@ def test_groups_of_rows_get_their_rows_of_the_given_statistics_and_a_mismatch_is
             norm(x[1:3])  # never normalised by its own frames unseen
 
 
+def test_an_extractor_in_groups_refuses_statistics_for_another_batch(monkeypatch):
+    from sew_plugin.modules.feature_extractor import GroupedConvFeatureExtractor, parse_conv_layers
+    from sew_plugin.modules.masked_group_norm import given_statistics
+
+    extractor = GroupedConvFeatureExtractor(parse_conv_layers("[(4,10,5)] + [(4,3,2)]"), mode="default").eval()
+    mask_feature_norm(extractor)
+    monkeypatch.setattr(GroupedConvFeatureExtractor, "GROUP_BYTES", 1)  # groups of one
+    x = torch.randn(4, 800)
+    with torch.no_grad(), given_statistics(torch.zeros(5, 4), torch.ones(5, 4)):
+        # each group's slice of the 5 rows would match its group of one: the extractor checks the whole
+        with pytest.raises(ValueError, match="given statistics of 5 rows for a batch of 4"):
+            extractor(x)
+
+
 def test_a_wav2vec2_encoder_with_input_downsampling_refuses_short_input_counting_its_own_samples():
     from sew_plugin.modules.feature_extractor import group_feature_extractors
 

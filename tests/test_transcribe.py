@@ -100,12 +100,14 @@ def test_windowed_output_matches_the_whole_forward(kind, extractor_mode):
     assert alone.windows == 1 and torch.allclose(alone.lprobs, whole(model, wav[: 16000 * 10]), atol=1e-5)
 
 
-@pytest.mark.parametrize("kind", ["sew", "wav2vec2"])
-def test_groupnorm_windows_get_the_whole_recordings_statistics(kind, monkeypatch):
+@pytest.mark.parametrize("kind, downsample", [("sew", {}), ("wav2vec2", {}),
+                                              ("sew", dict(input_downsample="avgpool", input_downsample_factor=2)),
+                                              ("wav2vec2", dict(input_downsample="resample", input_downsample_factor=3))])
+def test_groupnorm_windows_get_the_whole_recordings_statistics(kind, downsample, monkeypatch):
     from sew_plugin.modules.feature_extractor import GroupedConvFeatureExtractor, group_feature_extractors
 
     torch.manual_seed(0)
-    model = ctc_model(kind, "default").eval()
+    model = ctc_model(kind, "default", sew_ctc=bool(downsample), **downsample).eval()
     mask_feature_norm(model)
     group_feature_extractors(model)  # as load_checkpoint does (wav2vec 2.0's is fairseq's until then)
     # the windows' batch run one utterance at a time, as full-size models run 20 s windows: each group
@@ -113,8 +115,9 @@ def test_groupnorm_windows_get_the_whole_recordings_statistics(kind, monkeypatch
     monkeypatch.setattr(GroupedConvFeatureExtractor, "GROUP_BYTES", 1)
     wav = torch.from_numpy(speechlike(45.0))
     conv, _ = first_norm(model)
-    with torch.no_grad():
-        features = conv(wav[None, None])[0].double()
+    with torch.no_grad():  # of the waveform the front end sees: downsampled first, whole, by such a model
+        seen = model.input_downsampler(wav[None], None)[0][0] if downsample else wav
+        features = conv(seen[None, None])[0].double()
     mean, var = recording_statistics(model, wav, chunk=16000 * 7)  # chunked: a 7 s piece at a time
     assert torch.allclose(mean.double(), features.mean(-1), atol=1e-5)
     assert torch.allclose(var.double(), features.var(-1, unbiased=False), rtol=1e-4, atol=1e-6)

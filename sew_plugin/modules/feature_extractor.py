@@ -12,7 +12,7 @@ import torch
 from fairseq.models.wav2vec.wav2vec2 import ConvFeatureExtractionModel
 
 from .convolution import convolve
-from .masked_group_norm import rows
+from .masked_group_norm import check_given_rows, rows
 
 ConvLayers = List[Tuple[int, int, int]]
 
@@ -142,6 +142,7 @@ class GroupedConvFeatureExtractor(ConvFeatureExtractionModel):
         run = self._forward_with_autograd if torch.is_grad_enabled() else self._forward_without_autograd
         if x.size(0) <= group or x.device.type != "cpu":  # the groups are for the CPU's caches
             return run(x)
+        check_given_rows(x.size(0))
         outs = []
         for i in range(0, x.size(0), group):
             with rows(i, i + group):  # the group's valid samples, for the masked GroupNorm

@@ -68,6 +68,14 @@ def rows(start: int, stop: int) -> Iterator:
         _SAMPLES.reset(token)
 
 
+def check_given_rows(batch: int) -> None:
+    """Refuse given statistics (``given_statistics``) whose rows are not the batch's, before an
+    extractor splits the batch into groups (each group's slice could match its group by chance)."""
+    given = _STATISTICS.get()
+    if given is not None and given[0].size(0) != batch:
+        raise ValueError(f"given statistics of {given[0].size(0)} rows for a batch of {batch}")
+
+
 @contextlib.contextmanager
 def given_statistics(mean: torch.Tensor, var: torch.Tensor) -> Iterator:
     """Normalise each row of the forward inside with the given (B, C) per-channel mean and biased
@@ -95,13 +103,16 @@ def first_norm(model) -> Optional[Tuple[torch.nn.Conv1d, "MaskedGroupNorm"]]:
 @torch.no_grad()
 def recording_statistics(model, wav: torch.Tensor, chunk: int = 16000 * 30) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
     """(C,) per-channel mean and biased variance of the first convolution's output over all of the
-    (S,) waveform ``wav``, what the GroupNorm front end computes for it whole; None for a model
-    without one. The convolution runs over ``chunk`` samples at a time (overlapping by its kernel
+    (S,) waveform ``wav`` (downsampled first by a model with input downsampling, as its forward
+    does), what the GroupNorm front end computes for it whole; None for a model without one. The convolution runs over ``chunk`` samples at a time (overlapping by its kernel
     minus its stride, starting on its stride): memory stays bounded however long the recording."""
     found = first_norm(model)
     if found is None:
         return None
     conv, _ = found
+    downsampler = getattr(model, "input_downsampler", None)
+    if downsampler is not None:  # the front end sees the downsampled waveform (SEWCtc.forward), whole
+        wav = downsampler(wav[None].to(next(downsampler.parameters(), wav)), None)[0][0]
     k, s = conv.kernel_size[0], conv.stride[0]
     chunk = max(chunk - chunk % s, s)
     total = torch.zeros(conv.out_channels, dtype=torch.float64)
@@ -139,8 +150,7 @@ class MaskedGroupNorm(Fp32GroupNorm):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         given = _STATISTICS.get()
         if given is not None:
-            if given[0].size(0) != x.size(0):  # never fall back to the window's own statistics unseen
-                raise ValueError(f"given statistics of {given[0].size(0)} rows for a batch of {x.size(0)}")
+            check_given_rows(x.size(0))  # never fall back to the window's own statistics unseen
             return self.with_statistics(x, *given)
         samples = _SAMPLES.get() if self.masked else None
         if samples is None or samples.numel() != x.size(0):

@@ -236,10 +236,7 @@ class SEWCtc(Wav2VecCtc):
         extractor_min = getattr(self.w2v_encoder.w2v_model.feature_extractor, "min_samples", 0)
         if self.input_downsampler is None or not extractor_min:
             return 0
-        known = getattr(self, "_min_source_samples", None)  # (extractor's, ours): a search, read every forward
-        if known is None or known[0] != extractor_min:
-            known = self._min_source_samples = (extractor_min, self.input_downsampler.min_input_samples(extractor_min))
-        return known[1]
+        return self.input_downsampler.min_input_samples(extractor_min)
 
     def check_downsampled_length(self, samples: int) -> None:
         """Refuse a waveform that leaves the feature extractor no frame once downsampled, counting

@@ -112,11 +112,16 @@ class InputDownsampler(nn.Module):
         return conv_output_lengths(lengths, self.kernel, self.factor, self.padding).clamp(min=0)
 
     def min_input_samples(self, out_samples: int) -> int:
-        """The fewest input samples that give at least ``out_samples`` output samples."""
-        n = out_samples * self.factor + self.kernel
-        while n > 1 and int(self.output_lengths(torch.tensor([n - 1]))) >= out_samples:
-            n -= 1
-        return n
+        """The fewest input samples that give at least ``out_samples`` output samples (a bisection:
+        the output length never shrinks as the input grows, and ``SEWCtc`` asks at every forward)."""
+        low, high = 1, out_samples * self.factor + self.kernel  # high gives enough
+        while low < high:
+            middle = (low + high) // 2
+            if int(self.output_lengths(torch.tensor([middle]))) >= out_samples:
+                high = middle
+            else:
+                low = middle + 1
+        return low
 
     def forward(
         self, source: torch.Tensor, padding_mask: Optional[torch.Tensor]

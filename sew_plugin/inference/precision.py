@@ -13,9 +13,10 @@ passing what they always passed.
   (PyTorch's softmax and ``scaled_dot_product_attention`` kernels do for half-precision input),
   the CTC log-softmax runs on ``logits.float()`` (fairseq's ``get_normalized_probs``, the exit
   heads), and CIF's running sum is float64 (``modules.cif``).
-  The first block of this plugin's feature extractor (also wav2vec 2.0's, once
-  ``checkpoint.load_checkpoint`` has made fairseq's one: ``feature_extractor.group_feature_extractors``;
-  the convolution on the waveform and its norm) stays fp32 too, and the waveform reaches it uncast: its product has 10 values per frame,
+  The first block of this plugin's feature extractor (the convolution on the waveform and its
+  norm; wav2vec 2.0's too once ``checkpoint.load_checkpoint`` has made fairseq's extractor the
+  plugin's, ``feature_extractor.group_feature_extractors``) stays fp32 too, and the waveform
+  reaches it uncast: its product has 10 values per frame,
   on which oneDNN's bf16 matrix product ran 4x slower than fp32's (SEW-D-mid, 10 s: 1.8 vs
   0.46 ms), and the GroupNorm after it computes in fp32 anyway (it cast the block's largest
   activation up and back down). The extractor casts each block's input to the block's format and

@@ -188,12 +188,12 @@ def group_feature_extractors(model: torch.nn.Module) -> int:
     """Run each fairseq ``ConvFeatureExtractionModel`` in ``model`` (wav2vec 2.0's) as a
     ``GroupedConvFeatureExtractor``, in place: the class changes, the parameters and their names
     stay, and each group of utterances gets the fp32 output fairseq's forward gives that group
-    (bit-identical; fairseq's own differs by an ulp between a batch and its utterances alone). For inference (``checkpoint.load_checkpoint``):
-    in bf16 its waveform block then stays fp32 and its GELUs fuse (``inference.precision``). Measured
-    on a 2-core Xeon with AMX (``examples/benchmarks/wav2vec2_front_end.py``), wav2vec 2.0 base's
-    whole forward at 10 s ran 1.04-1.09x / 1.14-1.15x faster in fp32 (batch 1 / 8) and 1.28-1.35x /
-    1.44-1.76x in bf16 (two runs).
-    The number of extractors changed."""
+    (bit-identical; fairseq's own differs by an ulp between a batch and its utterances alone).
+    For inference (``checkpoint.load_checkpoint``): in bf16 its waveform block then stays fp32 and
+    its GELUs fuse (``inference.precision``). Measured on a 2-core Xeon with AMX
+    (``examples/benchmarks/wav2vec2_front_end.py``, two runs), wav2vec 2.0 base's whole forward at
+    10 s ran 1.04-1.09x / 1.14-1.15x faster in fp32 (batch 1 / 8) and 1.28-1.35x / 1.44-1.76x in
+    bf16. The number of extractors changed."""
     extractors = [m for m in model.modules() if type(m) is ConvFeatureExtractionModel]
     for extractor in extractors:
         extractor.__class__ = GroupedConvFeatureExtractor

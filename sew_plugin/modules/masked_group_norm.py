@@ -103,9 +103,11 @@ def first_norm(model) -> Optional[Tuple[torch.nn.Conv1d, "MaskedGroupNorm"]]:
 @torch.no_grad()
 def recording_statistics(model, wav: torch.Tensor, chunk: int = 16000 * 30) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
     """(C,) per-channel mean and biased variance of the first convolution's output over all of the
-    (S,) waveform ``wav`` (downsampled first by a model with input downsampling, as its forward
-    does), what the GroupNorm front end computes for it whole; None for a model without one. The convolution runs over ``chunk`` samples at a time (overlapping by its kernel
-    minus its stride, starting on its stride): memory stays bounded however long the recording."""
+    (S,) waveform ``wav`` (downsampled first, whole, by a model with input downsampling, as its
+    forward does), what the GroupNorm front end computes for it whole; None for a model without
+    one. The convolution runs over ``chunk`` samples at a time (overlapping by its kernel minus its
+    stride, starting on its stride): beyond the waveform (and its downsampled copy), memory stays
+    bounded however long the recording."""
     found = first_norm(model)
     if found is None:
         return None

@@ -95,6 +95,22 @@ def test_a_converted_model_holds_its_format_and_computes_close_to_fp32(kind, dty
     assert (got[1, : alone.size(1)] - alone[0]).abs().max() < BATCH_EQUALS_ALONE[dtype]
 
 
+@pytest.mark.parametrize("method", ["conv", "resample", "avgpool"])
+def test_a_bf16_model_with_input_downsampling_takes_the_fp32_waveform(method):
+    # the downsampler shortens the waveform before the extractor's fp32 waveform block: kept fp32
+    # with it (in bf16 the learned and resampling filters refused the fp32 waveform)
+    fp32, model = twins("sew", input_downsample=method, input_downsample_factor=2)
+    set_precision(model, "bf16")
+    kept = model.input_downsampler
+    assert kept in kept_in_fp32(model)
+    assert {t.dtype for t in (*kept.parameters(), *kept.buffers()) if t.is_floating_point()} <= {torch.float32}
+    source, padding = waveform_batch([16000, 6400])
+    reference, frames = lprobs(fp32, source, padding)
+    got, _ = lprobs(model, source, padding)
+    valid = ~frames if frames is not None else torch.ones(got.shape[:2], dtype=torch.bool)
+    assert (got - reference).abs()[valid].max() < CLOSE_TO_FP32["bf16"]
+
+
 def test_sew_d_position_tables_are_cached_in_the_inference_format():
     _, model = twins("sew_d")
     set_precision(model, "bf16")

@@ -20,7 +20,8 @@ passing what they always passed.
   on which oneDNN's bf16 matrix product ran 4x slower than fp32's (SEW-D-mid, 10 s: 1.8 vs
   0.46 ms), and the GroupNorm after it computes in fp32 anyway (it cast the block's largest
   activation up and back down). The extractor casts each block's input to the block's format and
-  hands on its output in the model's.
+  hands on its output in the model's. A CTC model's input downsampler, which shortens the
+  waveform before that block, stays fp32 with it.
   On the CPU in bf16 the linear layers become ``modules.onednn.PackedLinear``: each keeps its
   weight in oneDNN's blocked layout too, packed at its first product, which PyTorch's bf16 product
   would otherwise reorder at every call.
@@ -86,9 +87,13 @@ def _cast_output(dtype: torch.dtype):
 
 def kept_in_fp32(model: nn.Module) -> List[nn.Module]:
     """The modules ``set_precision`` keeps in fp32 when the rest is bf16 or fp16: the narrow
-    convolutions (``is_narrow``) and the first block of each of this plugin's feature extractors
-    (the waveform's convolution and its norm)."""
-    return [e.conv_layers[0] for e in _extractors(model)] + [m for m in model.modules() if is_narrow(m)]
+    convolutions (``is_narrow``), the first block of each of this plugin's feature extractors (the
+    waveform's convolution and its norm) and, before them, a CTC model's input downsampler: the
+    waveform reaches both uncast (a bf16 learned or resampling filter refused the fp32 waveform)."""
+    extractors = _extractors(model)
+    downsampler = getattr(model, "input_downsampler", None) if extractors else None
+    return ([e.conv_layers[0] for e in extractors] + ([downsampler] if downsampler is not None else [])
+            + [m for m in model.modules() if is_narrow(m)])
 
 
 def _extractors(model: nn.Module) -> List[nn.Module]:

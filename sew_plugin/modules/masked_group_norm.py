@@ -114,7 +114,7 @@ def recording_statistics(model, wav: torch.Tensor, chunk: int = 16000 * 30) -> O
     conv, _ = found
     downsampler = getattr(model, "input_downsampler", None)
     if downsampler is not None:  # the front end sees the downsampled waveform (SEWCtc.forward), whole
-        wav = downsampler(wav[None].to(next(downsampler.parameters(), wav)), None)[0][0]
+        wav = downsampler(wav[None], None)[0][0]
     k, s = conv.kernel_size[0], conv.stride[0]
     chunk = max(chunk - chunk % s, s)
     total = torch.zeros(conv.out_channels, dtype=torch.float64)

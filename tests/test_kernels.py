@@ -1,7 +1,9 @@
 """The plugin's compiled C kernels (``modules.kernels``): built once per source, compiler and CPU,
 refused flags remembered, a warned fallback without a compiler or a writable cache, a switch to turn
-them off; and ``int8_rows.c``, whose quantization is bit-identical to ``Int8Linear``'s PyTorch path."""
+them off; and ``int8_rows.c``, whose quantization is bit-identical to ``Int8Linear``'s PyTorch path,
+and oneDNN's int8 product with a packed weight, bit-identical to ``torch._int_mm``'s."""
 
+import copy
 import warnings
 
 import pytest
@@ -9,7 +11,7 @@ import torch
 
 from sew_plugin.inference.precision import set_precision
 from sew_plugin.modules import int8_linear, kernels, position_bias
-from sew_plugin.modules.int8_linear import Int8Linear
+from sew_plugin.modules.int8_linear import Int8Conv1d, Int8Linear
 
 from conftest import waveform_batch
 from helpers import tiny_sew_d
@@ -116,6 +118,46 @@ def test_int8_rows_kernel_computes_what_pytorchs_operations_compute_bit_for_bit(
     monkeypatch.setattr(int8_linear, "library", lambda: None)
     assert torch.equal(compiled, layer(x))
     assert torch.equal(compiled[0], layer.bias if bias else torch.zeros(40))
+
+
+def test_int8_rows_kernel_quantizes_overlapping_windows_as_pytorchs_operations_do(monkeypatch):
+    # an int8 convolution's windows are views of its input, stride * C_in values apart and overlapping
+    layer = Int8Conv1d.from_conv(torch.nn.Conv1d(16, 24, kernel_size=3, stride=2))
+    x = torch.randn(2, 16, 77) * torch.logspace(-2, 2, 77)  # frames of very different scales
+    compiled = layer(x)
+    monkeypatch.setattr(int8_linear, "library", lambda: None)
+    assert torch.equal(compiled, layer(x))
+
+
+needs_onednn_int8 = pytest.mark.skipif(not int8_linear.onednn_int8(),
+                                       reason="oneDNN's packed int8 product runs on CPUs with VNNI only")
+
+
+@needs_onednn_int8
+@pytest.mark.parametrize("compiled", [True, False])
+@pytest.mark.parametrize("rows", [1, 300])
+def test_onednn_int8_products_give_what_torch_int_mm_gives_bit_for_bit(compiled, rows, monkeypatch):
+    if not compiled:
+        monkeypatch.setattr(int8_linear, "library", lambda: None)
+    layer = Int8Linear.from_linear(torch.nn.Linear(96, 40))
+    x = torch.randn(rows, 96) * torch.logspace(-3, 3, rows)[:, None]
+    packed = layer(x)
+    assert layer._packed is not None  # the product was oneDNN's
+    monkeypatch.setattr(int8_linear, "onednn_int8", lambda: False)
+    assert torch.equal(packed, layer(x))
+
+
+@needs_onednn_int8
+def test_an_int8_layer_copies_without_its_packed_weight_and_packs_again_after_a_change():
+    linear = torch.nn.Linear(32, 8)
+    layer = Int8Linear.from_linear(linear)
+    x = torch.randn(5, 32)
+    out = layer(x)
+    twin = copy.deepcopy(layer)  # oneDNN's packed tensors have no storage to copy
+    assert twin._packed is None and torch.equal(twin(x), out)
+    with torch.no_grad():
+        layer.weight_int8.neg_()  # a write bumps the version counter: packed again
+    assert torch.allclose(layer(x), 2 * layer.bias - out, atol=1e-5)
 
 
 def test_int8_rows_kernel_keeps_a_non_finite_row_non_finite_and_the_others_exact(monkeypatch):

@@ -138,8 +138,8 @@ def add_decoder_arguments(p, tuning: bool = False) -> None:
     p.add_argument("--device", type=device, default="cpu", help="cpu or cuda")
     p.add_argument("--dtype", default="fp32", choices=list(DTYPES),
                    help="number format of the model, converted once at load: bf16 (CPUs with AVX512-BF16 or AMX, "
-                   "GPUs), fp16 (GPUs), int8 (the CPU: the transformer's linear layers in int8, each frame quantized "
-                   "from itself)")
+                   "GPUs), fp16 (GPUs), int8 (the CPU: the transformer's linear layers and the feature extractor's "
+                   "convolutions after the first in int8, each frame quantized from itself)")
     p.add_argument("--threads", type=at_least(0), default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--exit-policy", choices=POLICIES,
                    help="early-exit models: leave at --exit-layer (layer), or at the first exit whose mean "

@@ -255,8 +255,9 @@ def frame_period_ms(model: torch.nn.Module, forward: Callable, x: torch.Tensor, 
 def mac_counts(model: torch.nn.Module, forward: Callable, x: torch.Tensor) -> Dict[str, float]:
     """Multiply-accumulates of one forward per module path (``Global``: all), by FlopCounterMode.
 
-    Fused CPU attention, int8 products (``Int8Linear``'s ``torch._int_mm``) and products with their
-    GELU fused (``modules.onednn``) are not in torch's table: attention is counted with torch's
+    Fused CPU attention, int8 products (``Int8Linear``'s ``torch._int_mm`` or oneDNN's
+    ``qlinear_pointwise``) and products with their GELU fused (``modules.onednn``) are not in
+    torch's table: attention is counted with torch's
     own SDPA formula, convolutions with its convolution formula, an (M, K) x (K, N) product as
     M * K * N. transformers' weight-norm parametrization breaks the counter, so it is folded first.
     """
@@ -273,6 +274,9 @@ def mac_counts(model: torch.nn.Module, forward: Callable, x: torch.Tensor) -> Di
     def int8_product(a_shape, b_shape, *args, out_shape=None, **kwargs):  # shapes: the counter passes those
         return 2 * a_shape[0] * a_shape[1] * b_shape[1]
 
+    def packed_int8_product(x_shape, x_scale, x_zero_point, w_shape, *args, out_shape=None, **kwargs):
+        return 2 * math.prod(x_shape) * w_shape[1]  # (..., K) x the packed (K, N)
+
     def linear_product(x_shape, w_shape, *args, out_shape=None, **kwargs):  # (..., K) x (N, K)^T
         return 2 * math.prod(x_shape[:-1]) * w_shape[1] * w_shape[0]
 
@@ -281,6 +285,8 @@ def mac_counts(model: torch.nn.Module, forward: Callable, x: torch.Tensor) -> Di
 
     mapping = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: cpu_flash,
                torch.ops.aten._int_mm: int8_product}
+    if hasattr(torch.ops.onednn, "qlinear_pointwise"):
+        mapping[torch.ops.onednn.qlinear_pointwise] = packed_int8_product
     if hasattr(torch.ops.mkldnn, "_linear_pointwise"):
         mapping.update({torch.ops.mkldnn._linear_pointwise: linear_product,
                         torch.ops.mkldnn._convolution_pointwise: convolution})

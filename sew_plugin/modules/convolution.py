@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from . import onednn
+from .int8_linear import Int8Conv1d
 
 
 def convolve(conv: torch.nn.Conv1d, x: torch.Tensor, gelu: bool = False) -> torch.Tensor:
@@ -27,6 +28,8 @@ def convolve(conv: torch.nn.Conv1d, x: torch.Tensor, gelu: bool = False) -> torc
       (SEW-D-mid's WFE-C, 10 s, bf16: 32 vs 54 ms); the result is a (B, C, T) view of that
       memory. In fp32 the plain layout measured faster, and is kept.
     """
+    if isinstance(conv, Int8Conv1d):  # an int8 model's (inference.precision): on (B, T, C) memory itself
+        return _then_gelu(conv(x), gelu)
     kernel, stride, dtype = conv.kernel_size[0], conv.stride[0], conv.weight.dtype
     if conv.padding != (0,) or conv.dilation != (1,):
         return _then_gelu(conv(x.to(dtype)), gelu)

@@ -152,8 +152,8 @@ class GroupedConvFeatureExtractor(ConvFeatureExtractionModel):
     def _forward_with_autograd(self, x: torch.Tensor) -> torch.Tensor:
         """fairseq's forward, each block handed its input in its convolution's format (also traced)."""
         x = x.unsqueeze(1)  # (B, 1, S)
-        for block in self.conv_layers:
-            x = block(x.to(block[0].weight.dtype))
+        for block in self.conv_layers:  # an int8 model's (Int8Conv1d, no weight) take what they are given
+            x = block(x.to(block[0].weight.dtype) if isinstance(block[0], torch.nn.Conv1d) else x)
         return x
 
     def _forward_without_autograd(self, x: torch.Tensor) -> torch.Tensor:

@@ -2,9 +2,10 @@
 than in fp32, at the row counts of ``sew bench``'s settings: what bounds the whole forward's gain
 in each format (issue 22). ``bf16`` is what a bf16 model runs on the CPU, weights packed in
 oneDNN's layout (``modules.onednn.PackedLinear``), ``bf16 plain`` PyTorch's ``nn.Linear`` (the same
-results); ``int8 ops`` is ``Int8Linear`` quantizing with PyTorch's operations instead of its compiled
-kernel (``modules/int8_rows.c``; the same results). Interleaved, median of ``--repeat``; random
-weights.
+results); ``int8`` multiplies by oneDNN's product with its weight packed where the CPU has VNNI
+(``int8_linear.onednn_int8``), ``int8 _int_mm`` by ``torch._int_mm`` (the same results); ``int8 ops`` is
+``Int8Linear`` quantizing with PyTorch's operations instead of its compiled kernel
+(``modules/int8_rows.c``; the same results). Interleaved, median of ``--repeat``; random weights.
 
     .venv/bin/python examples/benchmarks/linear_formats.py --rows 249 749 1992 5992 --repeat 12
 """
@@ -34,15 +35,16 @@ def main() -> None:
     int8 = [Int8Linear.from_linear(layer) for layer in layers]
     plain = [nn.Linear(i, o).to(torch.bfloat16) for i, o in LAYER]
     formats = {"fp32": layers, "bf16": [onednn.PackedLinear(layer) for layer in plain], "bf16 plain": plain,
-               "int8": int8, "int8 ops": int8}
-    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "bf16 plain": torch.bfloat16, "int8": torch.float32,
-              "int8 ops": torch.float32}
-    kernel = int8_linear.library
+               "int8": int8, "int8 _int_mm": int8, "int8 ops": int8}
+    dtypes = {name: torch.bfloat16 if name.startswith("bf16") else torch.float32 for name in formats}
+    kernel, packed = int8_linear.library, int8_linear.onednn_int8
     print(f"{torch.get_num_threads()} threads, torch {torch.__version__}; int8 quantization: {int8_linear.status()}\n")
     print(f"bf16 weights packed in oneDNN's layout: {'yes' if onednn.available() else 'no (oneDNN has no bf16 here)'}\n")
-    print("| rows | fp32 (ms) | bf16 (ms) | bf16 plain (ms) | int8 (ms) | int8 ops (ms) | bf16 vs fp32 "
-          "| int8 vs fp32 | bf16 packed vs plain | int8 kernel vs ops | fp32 GFLOP/s |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print(f"int8 weights packed in oneDNN's layout: {'yes' if packed() else 'no (torch._int_mm)'}\n")
+    print("| rows | fp32 (ms) | bf16 (ms) | bf16 plain (ms) | int8 (ms) | int8 _int_mm (ms) | int8 ops (ms) "
+          "| bf16 vs fp32 | int8 vs fp32 | bf16 packed vs plain | int8 packed vs _int_mm | int8 kernel vs ops "
+          "| fp32 GFLOP/s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     flops_per_row = 2 * sum(i * o for i, o in LAYER)
     for rows in args.rows:
         inputs = {name: {i: torch.randn(rows, i).to(dtypes[name]) for i in {512, 2048}} for name in formats}
@@ -50,16 +52,18 @@ def main() -> None:
         for _ in range(args.repeat + 1):  # the first round warms up
             for name, modules in formats.items():
                 int8_linear.library = (lambda: None) if name == "int8 ops" else kernel
+                int8_linear.onednn_int8 = (lambda: False) if name == "int8 _int_mm" else packed
                 start = time.perf_counter()
                 for module, (i, _) in zip(modules, LAYER):
                     module(inputs[name][i])
                 times[name].append(time.perf_counter() - start)
         ms = {name: 1e3 * statistics.median(t[1:]) for name, t in times.items()}
         print(f"| {rows} | {ms['fp32']:.2f} | {ms['bf16']:.2f} | {ms['bf16 plain']:.2f} | {ms['int8']:.2f} "
-              f"| {ms['int8 ops']:.2f} | {ms['fp32'] / ms['bf16']:.2f}x | {ms['fp32'] / ms['int8']:.2f}x "
-              f"| {ms['bf16 plain'] / ms['bf16']:.2f}x | {ms['int8 ops'] / ms['int8']:.2f}x "
+              f"| {ms['int8 _int_mm']:.2f} | {ms['int8 ops']:.2f} | {ms['fp32'] / ms['bf16']:.2f}x "
+              f"| {ms['fp32'] / ms['int8']:.2f}x | {ms['bf16 plain'] / ms['bf16']:.2f}x "
+              f"| {ms['int8 _int_mm'] / ms['int8']:.2f}x | {ms['int8 ops'] / ms['int8']:.2f}x "
               f"| {flops_per_row * rows / ms['fp32'] / 1e6:.0f} |", flush=True)
-    int8_linear.library = kernel
+    int8_linear.library, int8_linear.onednn_int8 = kernel, packed
 
 
 if __name__ == "__main__":

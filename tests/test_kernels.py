@@ -4,6 +4,7 @@ them off; and ``int8_rows.c``, whose quantization is bit-identical to ``Int8Line
 and oneDNN's int8 product with a packed weight, bit-identical to ``torch._int_mm``'s."""
 
 import copy
+import pickle
 import warnings
 
 import pytest
@@ -122,6 +123,7 @@ def test_int8_rows_kernel_computes_what_pytorchs_operations_compute_bit_for_bit(
 
 def test_int8_rows_kernel_quantizes_overlapping_windows_as_pytorchs_operations_do(monkeypatch):
     # an int8 convolution's windows are views of its input, stride * C_in values apart and overlapping
+    assert int8_linear.library() is not None, int8_linear.status()
     layer = Int8Conv1d.from_conv(torch.nn.Conv1d(16, 24, kernel_size=3, stride=2))
     x = torch.randn(2, 16, 77) * torch.logspace(-2, 2, 77)  # frames of very different scales
     compiled = layer(x)
@@ -155,6 +157,8 @@ def test_an_int8_layer_copies_without_its_packed_weight_and_packs_again_after_a_
     out = layer(x)
     twin = copy.deepcopy(layer)  # oneDNN's packed tensors have no storage to copy
     assert twin._packed is None and torch.equal(twin(x), out)
+    twin.compile()  # and what nn.Module leaves out of a copy stays out (torch.compile's wrapper)
+    assert pickle.loads(pickle.dumps(twin))._packed is None
     with torch.no_grad():
         layer.weight_int8.neg_()  # a write bumps the version counter: packed again
     assert torch.allclose(layer(x), 2 * layer.bias - out, atol=1e-5)

@@ -174,15 +174,15 @@ def set_precision(model: nn.Module, dtype: str = "fp32") -> nn.Module:
 
 
 def refuse_int8_off_cpu(dtype: str, device: str, what: str = "int8") -> None:
-    """int8's products are ``torch._int_mm``'s CPU kernel: refused, before any model is built, on
-    another device (``what`` names who asks)."""
+    """int8's products are CPU kernels (oneDNN's ``qlinear_pointwise`` or ``torch._int_mm``'s):
+    refused, before any model is built, on another device (``what`` names who asks)."""
     if dtype == "int8" and torch.device(device).type != "cpu":
-        raise ValueError(f"{what} runs on the CPU (its products are torch._int_mm's CPU kernel); on a GPU use bf16 "
-                         "or fp16")
+        raise ValueError(f"{what} runs on the CPU (its products are oneDNN's or torch._int_mm's CPU kernels); on a "
+                         "GPU use bf16 or fp16")
 
 
 def parameter_count(model: nn.Module) -> int:
     """The model's parameters, the int8 layers' weights (buffers, not ``parameters()``) included."""
-    int8 = [m for m in model.modules() if isinstance(m, Int8Linear)]
+    int8 = [m for m in model.modules() if isinstance(m, Int8Linear)]  # Int8Conv1d's too: a subclass
     frozen = sum(m.weight_int8.numel() + (m.bias.numel() if m.bias is not None else 0) for m in int8)
     return sum(p.numel() for p in model.parameters()) + frozen

@@ -40,7 +40,8 @@ status = KERNEL.status  # for benchmark reports
 @functools.lru_cache(maxsize=None)
 def onednn_int8() -> bool:
     """Whether oneDNN's int8 product with a packed weight runs here: PyTorch built with it, on a
-    CPU with int8 dot-product instructions (VNNI, where it was measured; elsewhere ``_int_mm``)."""
+    CPU with int8 dot-product instructions (VNNI; measured on an Intel Xeon with AMX only, where
+    it was faster; elsewhere ``_int_mm``)."""
     return (torch.backends.mkldnn.is_available() and hasattr(torch.ops.onednn, "qlinear_pointwise")
             and hasattr(torch.ops.onednn, "qlinear_prepack")
             and bool(getattr(torch.cpu, "_is_vnni_supported", lambda: False)()))
@@ -108,7 +109,7 @@ class Int8Linear(nn.Module):
         bias = None if self.bias is None else self.bias.data_ptr()
         packed = self._onednn_weight(quantized)
         if packed is not None:
-            product = self._onednn_product(quantized, packed)  # times weight_scale already
+            product = self._onednn_product(quantized, packed).contiguous()  # times weight_scale already
             compiled.scale_rows(product.data_ptr(), scale.data_ptr(), bias, out.data_ptr(), *product.shape, threads)
             return
         product = torch._int_mm(quantized, self.weight_int8).contiguous()
@@ -133,8 +134,10 @@ class Int8Linear(nn.Module):
 
     def _onednn_weight(self, quantized: torch.Tensor):
         """oneDNN's packed copy of the weight for a product of ``quantized`` (packed at the first one,
-        and again after the weight changed), or None where ``torch._int_mm`` runs instead: not
-        ``onednn_int8``, off the CPU, fp32 scales cast, traced or compiled."""
+        and again after the weight changed: ``weights_key``; a layer converted under
+        ``torch.inference_mode`` has no version counter and packs at every product), or None where
+        ``torch._int_mm`` runs instead: not ``onednn_int8``, off the CPU, fp32 scales cast, traced or
+        compiled."""
         if not (onednn_int8() and quantized.device.type == "cpu" and self.weight_scale.dtype == torch.float32
                 and not (torch.jit.is_tracing() or torch.compiler.is_compiling())):
             return None
@@ -154,7 +157,9 @@ class Int8Linear(nn.Module):
     def __getstate__(self):
         """Copies and pickles go without the packed weight (oneDNN's tensors have no storage to copy):
         the copy packs it again at its first product."""
-        return {**self.__dict__, "_packed": None}
+        state = super().__getstate__().copy()  # nn.Module's own (it drops what torch.compile adds)
+        state["_packed"] = None
+        return state
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int8"

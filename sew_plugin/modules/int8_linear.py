@@ -6,9 +6,9 @@ weights to [-127, 127] once, when the layer is converted, and ``s_x`` is each in
 
 The product is oneDNN's with the weight packed once in its blocked layout where ``onednn_int8``
 (``torch.ops.onednn.qlinear_pointwise``, the kernel PyTorch's compiler uses for x86 int8): on a
-2-core Xeon with AMX 1.1-2.4x faster than ``torch._int_mm``, which reorders the weight at every
-call (SEW-D-mid's products at 249-749 rows; 2.4x for the feed-forward's 512 -> 2048), with the
-same int32 sums; elsewhere ``torch._int_mm``.
+2-core Xeon with AMX 1.1-2.4x faster per product than ``torch._int_mm``, which reorders the weight
+at every call (SEW-D-mid's products at 249-749 rows; 2.4x for the feed-forward's 512 -> 2048; a
+layer's six 1.08-1.21x), with the same int32 sums; elsewhere ``torch._int_mm``.
 
 Why per row and not PyTorch's dynamic quantization (one activation scale per call): a scale taken
 over the whole (B * T, C) input depends on the other utterances of the batch and on the padded

@@ -3,8 +3,8 @@
 ``quantize_linear_layers``: int8 until 2026-12-06); int8 with ``torch._int_mm``'s products instead of
 oneDNN's with packed weights (``modules.int8_linear.onednn_int8``). Random weights, the rows
 interleaved in rotations, each speed-up the median over rotations of fp32's time over the row's in
-the same rotation (its spread in brackets); also each int8 row's largest difference from fp32's
-encoder output, relative to fp32's largest value.
+the same rotation (``bench.paired``; its spread in brackets); also each int8 row's largest
+difference from fp32's encoder output, relative to fp32's largest value.
 
     .venv/bin/python examples/benchmarks/int8_parts.py --seconds 10 30 --batch-size 1 8 --repeat 5
 """
@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from sew_plugin.inference.bench import build
+from sew_plugin.inference.bench import build, paired
 from sew_plugin.inference.precision import context_network, quantize_linear_layers, set_precision
 from sew_plugin.modules import int8_linear
 
@@ -52,7 +52,7 @@ def main() -> None:
             int8_linear.onednn_int8 = onednn
             scale = outputs["fp32"].abs().max()
             for name, t in times.items():
-                ratios = [base / own for base, own in zip(times["fp32"][1:], t[1:])]
+                ratios = paired(times["fp32"][1:], t[1:])
                 diff = (outputs[name] - outputs["fp32"]).abs().max() / scale
                 print(f"| {seconds:g} | {batch} | {name} | {1e3 * statistics.median(t[1:]):.0f} | "
                       f"{statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f}) | {diff:.4f} |",

@@ -244,9 +244,13 @@ def test_folders_are_searched_for_every_audio_format_in_a_fixed_order(tmp_path):
         (tmp_path / name).parent.mkdir(exist_ok=True)
         (tmp_path / name).write_bytes(b"")
     (tmp_path / "again.wav").symlink_to(tmp_path / "a" / "1.wav")
-    found, again = find_recordings([tmp_path / "a", tmp_path])
+    (tmp_path / ".hidden").mkdir()
+    (tmp_path / ".hidden" / "4.wav").write_bytes(b"")
+    (tmp_path / "b" / "._2.flac").write_bytes(b"")
+    found, again, hidden = find_recordings([tmp_path / "a", tmp_path])
     assert [p.relative_to(tmp_path).as_posix() for p in found] == ["a/1.wav", "b/2.flac", "c/3.mp3"]
     assert again == [(tmp_path / "a" / "1.wav", tmp_path / "a" / "1.wav"), (tmp_path / "again.wav", tmp_path / "a" / "1.wav")]
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in hidden) == [".hidden", "b/._2.flac"]
 
 
 # ---- the command and the Python API on a checkpoint --------------------------------------------
@@ -277,6 +281,16 @@ def test_the_python_api_transcribes_arrays_and_files_alike(tmp_path, checkpoint)
     assert transcriber.transcribe(torch.from_numpy(wav).requires_grad_(), sample_rate=16000).text == from_array.text
     with pytest.raises(DataError, match=r"shape \(2, 400000\): expected \(samples,\) or \(samples, channels\)"):
         transcriber.transcribe(np.stack([wav, wav]), sample_rate=16000)
+
+
+def test_the_python_api_refuses_settings_it_would_not_read(tmp_path):
+    with pytest.raises(ValueError, match="lm is for decoder 'kenlm'; threshold is for exit_policy 'entropy' or "
+                       "'similarity' or 'nbest'"):
+        Transcriber.from_checkpoint(tmp_path / "none.pt", lm=tmp_path / "lm.arpa", threshold=0.3)
+    with pytest.raises(ValueError, match="exit_layer is for exit_policy 'layer'"):
+        Transcriber.from_checkpoint(tmp_path / "none.pt", exit_policy="entropy", threshold=0.3, exit_layer=2)
+    with pytest.raises(ValueError, match="nbest is for exit_policy 'nbest'"):
+        Transcriber.from_checkpoint(tmp_path / "none.pt", exit_policy="layer", exit_layer=2, nbest=10)
 
 
 def recordings(folder: Path) -> Path:
@@ -355,6 +369,23 @@ def test_sew_transcribe_refuses_options_the_model_cannot_run_once_and_notes_dupl
     done = sew_here("transcribe", checkpoint, tmp_path / "a.wav", tmp_path / "link.wav")
     assert f"{tmp_path / 'link.wav'} left out: the same file as {tmp_path / 'a.wav'}" in done.stderr
     assert "transcribed 1 of 1 files" in done.stderr
+    # options this run would not read are refused by name, before the model loads
+    for options, reason in ((["--lm", tmp_path / "lm.arpa"], "--lm is for --decoder kenlm"),
+                            (["--lm-weight", 1], "--lm-weight is for --decoder kenlm"),
+                            (["--threshold", 0.3], "--threshold is for --exit-policy entropy, similarity or nbest"),
+                            (["--exit-layer", 2], "--exit-layer is for --exit-policy layer"),
+                            (["--exit-policy", "entropy", "--threshold", 1, "--exit-layer", 2, "--nbest", 5],
+                             "--exit-layer is for --exit-policy layer; --nbest is for --exit-policy nbest")):
+        refused = sew_here("transcribe", tmp_path / "none.pt", tmp_path / "a.wav", *options, expect=2)
+        assert reason in refused.stderr and "would ignore" in refused.stderr, refused.stderr
+    # a folder's hidden recordings and folders are left out, as fairseq's glob, and counted
+    (tmp_path / ".Trash").mkdir()
+    sf.write(tmp_path / ".Trash" / "b.wav", speechlike(1.0), 16000)
+    (tmp_path / "._a.wav").write_bytes(b"AppleDouble")
+    done = sew_here("transcribe", checkpoint, tmp_path)
+    assert "transcribed 1 of 1 files" in done.stderr
+    assert f"2 hidden files or folders left out, as fairseq's glob: {tmp_path / '.Trash'}, {tmp_path / '._a.wav'}" \
+        in done.stderr
 
 
 # ---- decoding in several processes --------------------------------------------------------------

@@ -27,8 +27,9 @@ from pathlib import Path
 from ..data.errors import DataError, output_dir, refuse_existing
 from ..inference.decoding import DECODERS, BeamOptions, ParallelDecoder, build_decoder
 from ..inference.precision import DTYPES
-from ..inference.settings import (load_for_inference, require_fixed_cif_lambda, require_fixed_operating_point,
-                                  set_cif_lambda, set_exit_policy, set_operating_point)
+from ..inference.settings import (NBEST, READ_BY, load_for_inference, require_fixed_cif_lambda,
+                                  require_fixed_operating_point, set_cif_lambda, set_exit_policy, set_operating_point,
+                                  unread)
 from ..inference.transcribe import (LABELS, Batching, check_inputs, label_path, result_paths, transcribe,
                                     write_results)
 from ..modules.early_exit import POLICIES
@@ -114,22 +115,22 @@ def add_decoder_arguments(p, tuning: bool = False) -> None:
         p.add_argument("--lm", "--kenlm-model", "--lm-model", type=Path,
                        help="KenLM language model (ARPA or binary) for --decoder kenlm")
         p.add_argument("--lexicon", type=Path, help="flashlight lexicon (WORD W O R D |) for --decoder kenlm")
-        p.add_argument("--lm-weight", type=at_least(0.0, float), default=2.0,
+        p.add_argument("--lm-weight", type=at_least(0.0, float), default=BeamOptions.lm_weight,
                        help="--decoder kenlm: weight of the LM score; the default is the papers' (sew tune-lm "
                        "chooses it for a model on held-out data)")
-        p.add_argument("--word-score", type=finite, default=-1.0,
+        p.add_argument("--word-score", type=finite, default=BeamOptions.word_score,
                        help="--decoder kenlm: score added per word (an insertion penalty); the default is the papers'")
-    p.add_argument("--sil-score", "--sil-weight", type=float, default=0.0,
+    p.add_argument("--sil-score", "--sil-weight", type=float, default=BeamOptions.sil_score,
                    help="--decoder kenlm: score added per silence (|)")
-    p.add_argument("--unk-score", "--unk-weight", type=float, default=float("-inf"),
+    p.add_argument("--unk-score", "--unk-weight", type=float, default=BeamOptions.unk_score,
                    help="--decoder kenlm: score of a word outside the lexicon (-inf: never produced)")
     p.add_argument("--post-process", choices=["letter"], default="letter",
                    help="how label symbols become words; letters joined at | (fairseq's letter), the only one here")
-    p.add_argument("--beam", type=at_least(1), default=50,
+    p.add_argument("--beam", type=at_least(1), default=BeamOptions.beam,
                    help="--decoder kenlm: hypotheses kept; the default is the papers'")
-    p.add_argument("--beam-size-token", type=at_least(0), default=0,
+    p.add_argument("--beam-size-token", type=at_least(0), default=BeamOptions.beam_size_token,
                    help="--decoder kenlm: letters tried per frame (0: the whole vocabulary)")
-    p.add_argument("--beam-threshold", type=float, default=25.0,
+    p.add_argument("--beam-threshold", type=float, default=BeamOptions.beam_threshold,
                    help="--decoder kenlm: drop hypotheses scoring this far below the best")
     if not tuning:
         p.add_argument("--decode-workers", type=at_least(1), default=1,
@@ -146,7 +147,7 @@ def add_decoder_arguments(p, tuning: bool = False) -> None:
                    "posterior entropy is below --threshold (entropy), whose cosine similarity to the previous "
                    "layer is above it (similarity), or whose N-best confidence reaches it (nbest, --decoder kenlm)")
     p.add_argument("--exit-layer", type=int, help="--exit-policy layer: the exit layer")
-    p.add_argument("--nbest", type=at_least(1), default=300, help="--exit-policy nbest: hypotheses in the confidence")
+    p.add_argument("--nbest", type=at_least(1), default=NBEST, help="--exit-policy nbest: hypotheses in the confidence")
 
 
 def results_files(args):
@@ -188,11 +189,37 @@ def load(args, command: str = "infer", data=None):
         raise SystemExit(f"sew {command}: error: --decoder kenlm needs --lm and --lexicon")
     if args.decode_workers > 1 and args.decoder != "kenlm":
         raise SystemExit(f"sew {command}: error: --decode-workers is for --decoder kenlm (greedy decoding is an argmax)")
+    refuse_unread(args, command)
     with refusing(command):
         model, task, normalize = load_for_inference(args.checkpoint, data, args.device, args.threads, command,
                                                     args.dtype)
     decoder = build_decoder(args.decoder, task.target_dictionary, args.lexicon, args.lm, beam_options(args))
     return model, decoder, normalize
+
+
+def refuse_unread(args, command: str) -> None:
+    """Options given to a run that would not read them (``settings.unread``) stop it, by name: an LM,
+    lexicon or beam option without ``--decoder kenlm``, ``--threshold``, ``--exit-layer`` or
+    ``--nbest`` without an ``--exit-policy`` that reads it. Options at their default count as not given."""
+    given = {f"--{name}": name for name in ("lm", "lexicon") if getattr(args, name) is not None}  # option -> READ_BY's
+    given.update({f"--{f.name.replace('_', '-')}": "beam" for f in dataclasses.fields(BeamOptions)
+                  if getattr(args, f.name) != f.default})
+    if getattr(args, "threshold", None) is not None:  # sew sweep has --thresholds instead
+        given["--threshold"] = "threshold"
+    if args.exit_layer is not None:
+        given["--exit-layer"] = "exit_layer"
+    if args.nbest != NBEST:
+        given["--nbest"] = "nbest"
+    ignored = unread(dict.fromkeys(given.values()), args.decoder, args.exit_policy)
+    reasons = []
+    for option, name in given.items():
+        if name in ignored:
+            setting, values = READ_BY[name]
+            readers = " or ".join([", ".join(values[:-1]), values[-1]] if len(values) > 1 else values)
+            reasons.append(f"{option} is for --{setting.replace('_', '-')} {readers}")
+    if reasons:
+        raise SystemExit(f"sew {command}: error: {'; '.join(reasons)} (this run would ignore "
+                         f"{'it' if len(reasons) == 1 else 'them'})")
 
 
 @contextlib.contextmanager

@@ -76,7 +76,7 @@ def main(args) -> int:
     formats = args.format or ["txt", "json"]
     with refusing("transcribe"):
         windowing = Windowing(args.window, args.context, args.batch_size)
-    found, again = find_recordings(args.audio)
+    found, again, hidden = find_recordings(args.audio)
     names = output_names(list(args.audio), found)  # over every shard's files: no two shards write one name
     files = found[args.shard_id :: args.num_shards]
     outputs = {f: [args.out / f"{names[f]}.{fmt}" for fmt in formats] for f in files} if args.out else {}
@@ -135,6 +135,9 @@ def main(args) -> int:
     shard = f"shard {args.shard_id} of {args.num_shards}: " if args.num_shards > 1 else ""
     notes = [f"{n} {what}" for n, what in ((mixed, "mixed down to mono"), (resampled, "resampled to 16 kHz")) if n]
     notes += [f"{path} left out: the same file as {first}" for path, first in again]
+    if hidden:  # in every shard's summary, as the files found again
+        notes.append(f"{len(hidden)} hidden files or folders left out, as fairseq's glob: "
+                     f"{', '.join(map(str, hidden[:3]))}{', ...' if len(hidden) > 3 else ''}")
     rtf = f"real-time factor {elapsed / audio_s:.4f}" if audio_s else "no audio transcribed"
     print(f"{shard}transcribed {done} of {len(files)} files ({audio_s:.1f} s of audio), skipped "
           f"{len(skipped)}{'; ' + '; '.join(notes) if notes else ''}; {elapsed:.2f} s, {rtf}",

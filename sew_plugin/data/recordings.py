@@ -38,18 +38,21 @@ class Recording:
         return len(self.samples) / SAMPLE_RATE
 
 
-def find_recordings(sources: Sequence[Path]) -> Tuple[List[Path], List[Tuple[Path, Path]]]:
+def find_recordings(sources: Sequence[Path]) -> Tuple[List[Path], List[Tuple[Path, Path]], List[Path]]:
     """The files to transcribe, in a fixed order (each source in turn, a folder's files sorted by
-    path and found through links to folders), each once; and the (path, the same file's first path)
-    of each file found again (given twice, or through a link). A link to nothing is kept: reading it
-    names it. A source that does not exist, or a folder without recordings, raises ``DataErrors``."""
-    found, problems, seen, again = [], [], {}, []
+    path and found through links to folders), each once; the (path, the same file's first path)
+    of each file found again (given twice, or through a link); and the hidden recordings and
+    folders left out of searched folders (names that begin with a dot, as fairseq's glob leaves
+    them: macOS's ``._`` copies, ``.Trash``). A link to nothing is kept: reading it names it. A
+    source that does not exist, or a folder without recordings, raises ``DataErrors``."""
+    found, problems, seen, again, hidden = [], [], {}, [], {}
     for source in map(Path, sources):
         if source.is_dir():
             files = []
             for ext in EXTENSIONS:
-                present, dangling, _ = files_below(source, ext)  # hidden files are left out, as by glob
+                present, dangling, left_out = files_below(source, ext)
                 files += present + dangling  # a link to nothing is named when it is read
+                hidden.update(dict.fromkeys(left_out))  # each hidden folder is listed for every extension
             if not files:
                 problems.append(DataError(source, f"no recordings in this folder ({', '.join(EXTENSIONS)})"))
         elif source.is_file():
@@ -66,7 +69,7 @@ def find_recordings(sources: Sequence[Path]) -> Tuple[List[Path], List[Tuple[Pat
                 found.append(path)
     if problems:
         raise DataErrors("inputs", problems)
-    return found, again
+    return found, again, list(hidden)
 
 
 def resample(samples: np.ndarray, rate: int, target: int = SAMPLE_RATE) -> np.ndarray:

@@ -12,7 +12,7 @@ from typing import Optional
 
 import torch
 
-from ..modules.early_exit import make_policy
+from ..modules.early_exit import NBEST, make_policy
 from .precision import refuse_int8_off_cpu, set_precision
 
 
@@ -85,8 +85,24 @@ def exits_of(model) -> list:
     return [] if runner is None else runner.layers + [runner.encoder.num_layers]
 
 
+# the setting each option is read by: (setting, its values that read it). Given to a run without
+# one of those values, the option would be ignored: callers refuse it (``unread``)
+READ_BY = {
+    "lm": ("decoder", ("kenlm",)), "lexicon": ("decoder", ("kenlm",)), "beam": ("decoder", ("kenlm",)),
+    "threshold": ("exit_policy", ("entropy", "similarity", "nbest")), "exit_layer": ("exit_policy", ("layer",)),
+    "nbest": ("exit_policy", ("nbest",)),
+}
+
+
+def unread(given, decoder: str, exit_policy: Optional[str]) -> list:
+    """The options among ``given`` (keys of ``READ_BY``: those a caller set) that a run with
+    ``decoder`` and ``exit_policy`` would not read, e.g. an LM without the kenlm decoder."""
+    run = {"decoder": decoder, "exit_policy": exit_policy}
+    return [name for name in given if run[READ_BY[name][0]] not in READ_BY[name][1]]
+
+
 def set_exit_policy(model, policy: str, threshold: Optional[float] = None, layer: Optional[int] = None,
-                    nbest: int = 300, decoder=None) -> None:
+                    nbest: int = NBEST, decoder=None) -> None:
     """Put an early-exit model under ``policy`` (``layer`` for the fixed exit, else ``threshold``;
     ``decoder`` is the beam decoder of the N-best policy)."""
     runner = getattr(model, "exit_runner", None)

@@ -25,8 +25,8 @@ from ..data.errors import DataError
 from ..data.recordings import Recording, load_recording, make_recording
 from .alignment import Word, align_words
 from .decoding import BeamOptions, build_decoder
-from .settings import (load_for_inference, require_fixed_cif_lambda, require_fixed_operating_point, set_cif_lambda,
-                       set_exit_policy, set_operating_point)
+from .settings import (NBEST, READ_BY, load_for_inference, require_fixed_cif_lambda, require_fixed_operating_point,
+                       set_cif_lambda, set_exit_policy, set_operating_point, unread)
 from .windows import Windowing, forward_windows, hop_samples, samples_per_frame
 
 
@@ -84,12 +84,19 @@ class Transcriber:
                         lm: Optional[Path] = None, lexicon: Optional[Path] = None, beam: Optional[BeamOptions] = None,
                         operating_point: Optional[str] = None, cif_lambda: Optional[float] = None,
                         exit_policy: Optional[str] = None, threshold: Optional[float] = None,
-                        exit_layer: Optional[int] = None, nbest: int = 300, windowing: Optional[Windowing] = None,
+                        exit_layer: Optional[int] = None, nbest: int = NBEST, windowing: Optional[Windowing] = None,
                         device: str = "cpu", threads: int = 0, dtype: str = "fp32") -> "Transcriber":
         """The checkpoint loaded for inference (its dictionary from ``data``/dict.ltr.txt, by default
         the folder it was fine-tuned from) in ``dtype`` (fp32, bf16, fp16 or int8:
         ``precision``), at the given setting, with the greedy (``viterbi``) or KenLM (``kenlm``,
-        with ``lm`` and ``lexicon``) decoder. Bad settings raise ``ValueError``."""
+        with ``lm`` and ``lexicon``) decoder. Bad settings raise ``ValueError``, as do settings this
+        decoder and exit policy would not read (``settings.unread``: e.g. ``lm`` without ``kenlm``)."""
+        given = [name for name, value in (("lm", lm), ("lexicon", lexicon), ("beam", beam), ("threshold", threshold),
+                                          ("exit_layer", exit_layer)) if value is not None]
+        ignored = unread(given + (["nbest"] if nbest != NBEST else []), decoder, exit_policy)
+        if ignored:
+            raise ValueError("; ".join(f"{name} is for {READ_BY[name][0]} {' or '.join(map(repr, READ_BY[name][1]))}"
+                                       for name in ignored) + " (this transcriber would ignore it)")
         model, task, normalize = load_for_inference(Path(checkpoint), data, device, threads, "transcribe", dtype)
         search = build_decoder(decoder, task.target_dictionary, lexicon, lm, beam or BeamOptions())
         if operating_point is not None:

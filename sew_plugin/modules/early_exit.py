@@ -139,7 +139,11 @@ class NBestExit(ExitPolicy):
         return torch.tensor(confident, dtype=torch.bool)
 
 
-def make_policy(name: str, threshold: float = math.inf, layer: Optional[int] = None, nbest: int = 300, decoder=None):
+NBEST = 300  # the N-best policy's hypotheses, by default
+
+
+def make_policy(name: str, threshold: float = math.inf, layer: Optional[int] = None, nbest: int = NBEST,
+                decoder=None):
     kinds = {c.name: c for c in (FixedExit, EntropyExit, SimilarityExit, NBestExit)}
     if name not in kinds:
         raise ValueError(f"exit policy {name!r} must be one of {POLICIES}")

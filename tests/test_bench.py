@@ -179,7 +179,8 @@ def test_cif_rows_by_lambda_and_by_frame_period():
 
 @pytest.mark.parametrize("method", ["conv", "avgpool", "resample"])
 def test_downsampled_rows_shorten_the_input_before_the_model(method):
-    from sew_plugin.inference.bench import build, frame_period_ms
+    from sew_plugin.inference.bench import build, frame_period_ms, prepare
+    from sew_plugin.inference.precision import kept_in_fp32
 
     x = torch.randn(1, 32000)
     full_model, full = build("sew_tiny")
@@ -187,6 +188,13 @@ def test_downsampled_rows_shorten_the_input_before_the_model(method):
     assert down(x).size(1) == full(x[:, ::2]).size(1)  # half the samples, half the frames
     assert 0.4 < count_macs(down_model, down, x) / count_macs(full_model, full, x) < 0.6
     assert frame_period_ms(down_model, down, x, f"sew_tiny:down2{method}") == 2 * frame_period_ms(full_model, full, x) == 80.0
+    # in bf16 the downsampler stays fp32, as a CTC model's does (``precision.kept_in_fp32``)
+    half = prepare(f"sew_tiny:down2{method}:bf16", "fp32", "cpu")
+    assert all(t.dtype == torch.float32 for t in (*half.model.input_downsampler.parameters(),
+                                                   *half.model.input_downsampler.buffers()))
+    assert half.model.input_downsampler in kept_in_fp32(half.model)
+    with torch.no_grad():
+        assert torch.isfinite(half.forward(x).float()).all()
 
 
 @pytest.mark.parametrize("name, message", [

@@ -125,7 +125,7 @@ def main(args) -> int:
     named = any(row_format(name, args.dtype)[0] != name for name in args.models)  # rows with their own format
     machine = (f"{torch.get_num_threads()} threads, torch {torch.__version__}, device {args.device}, {args.dtype}"
                f"{' (rows without a format suffix)' if named else ''}")
-    if any(name.startswith("sew_d") for name in args.models):
+    if any(name.startswith("sew_d") for name in (*args.models, args.baseline)):
         from ..modules import position_bias
 
         machine += f"; SEW-D's position bias: {position_bias.status()}"

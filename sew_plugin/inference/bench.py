@@ -129,9 +129,10 @@ def build(name: str):
 
         base, factor, method = downsampling(name)
         model, inner = _plugin_model(base)
-        model.input_downsample = InputDownsampler(method, factor)  # a child, so .to(device) moves it too
-        # called directly, not through the model's forward: cast to its dtype here (``precision``)
-        forward = lambda x: inner(model.input_downsample(x.to(next(model.parameters())), None)[0])  # noqa: E731
+        # a child, so .to(device) moves it too, named as a CTC model names it: ``precision`` keeps it
+        # fp32 in every format, and the fp32 waveform reaches it and the extractor's first block uncast
+        model.input_downsampler = InputDownsampler(method, factor)
+        forward = lambda x: inner(model.input_downsampler(x, None)[0])  # noqa: E731
     elif "@" in name:  # St-SEW at a fixed operating point, or a CIF model at a lambda
         base, point = name.split("@", 1)
         model, forward = _plugin_model(base)

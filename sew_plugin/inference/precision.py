@@ -2,9 +2,10 @@
 
 The weights are converted once, when the model is loaded, rather than cast at every forward
 (autocast's way: it re-casts every fp32 weight on each call; in issue 22's profile of SEW-D-mid on
-an Intel Xeon the casts took 57 ms per forward, the bf16 matrix products 31 ms). A forward
-pre-hook casts the floating-point inputs (the fp32 waveform) to the model's format, so callers keep
-passing what they always passed.
+an Intel Xeon the casts took 57 ms per forward, the bf16 matrix products 31 ms). Callers keep
+passing what they always passed, the fp32 waveform: this plugin's feature extractor takes it
+uncast (below), and a model without one gets a forward pre-hook that casts the floating-point
+inputs to the model's format.
 
 - **bf16 / fp16**: every parameter and buffer in that format. The steps that need fp32 get it
   without a change here: LayerNorm and the GroupNorm front end compute their statistics in fp32

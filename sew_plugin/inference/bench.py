@@ -129,10 +129,11 @@ def build(name: str):
 
         base, factor, method = downsampling(name)
         model, inner = _plugin_model(base)
-        # a child, so .to(device) moves it too, named as a CTC model names it: ``precision`` keeps it
-        # fp32 in every format, and the fp32 waveform reaches it and the extractor's first block uncast
-        model.input_downsampler = InputDownsampler(method, factor)
-        forward = lambda x: inner(model.input_downsampler(x, None)[0])  # noqa: E731
+        # a child, so .to(device) moves it too, named as a CTC model names it: ``precision`` keeps it in
+        # fp32 before this plugin's extractor, as a CTC model's. Called directly, not through the
+        # model's forward: the waveform is cast to the downsampler's own format here
+        model.input_downsampler = down = InputDownsampler(method, factor)
+        forward = lambda x: inner(down(x.to(_format_of(down, x.dtype)), None)[0])  # noqa: E731
     elif "@" in name:  # St-SEW at a fixed operating point, or a CIF model at a lambda
         base, point = name.split("@", 1)
         model, forward = _plugin_model(base)
@@ -149,6 +150,11 @@ def build(name: str):
         if getattr(model, "cif", None) is not None:
             raise ValueError(f"{name} samples its CIF lambda: name one, e.g. {name}@1.0")
     return model.eval(), forward
+
+
+def _format_of(module: torch.nn.Module, default: torch.dtype) -> torch.dtype:
+    """The floating-point format of ``module``'s parameters and buffers (``default`` without any)."""
+    return next((t.dtype for t in (*module.parameters(), *module.buffers()) if t.is_floating_point()), default)
 
 
 def _onnx_model(name: str):
@@ -278,8 +284,8 @@ def mac_counts(model: torch.nn.Module, forward: Callable, x: torch.Tensor) -> Di
     def packed_int8_product(x_shape, x_scale, x_zero_point, w_shape, *args, out_shape=None, **kwargs):
         return 2 * math.prod(x_shape) * w_shape[1]  # (..., K) x the packed (K, N)
 
-    def linear_product(x_shape, w_shape, *args, out_shape=None, **kwargs):  # (..., K) x (N, K)^T
-        return 2 * math.prod(x_shape[:-1]) * w_shape[1] * w_shape[0]
+    def linear_product(x_shape, *args, out_shape=None, **kwargs):  # (..., K) -> (..., N), either overload
+        return 2 * math.prod(out_shape) * x_shape[-1]
 
     def convolution(x_shape, w_shape, *args, out_shape=None, **kwargs):
         return conv_flop_count(x_shape, w_shape, out_shape, transposed=False)

@@ -114,6 +114,10 @@ def test_a_bf16_model_with_input_downsampling_takes_the_fp32_waveform(method):
     kept = model.input_downsampler
     assert kept in kept_in_fp32(model)
     assert {t.dtype for t in (*kept.parameters(), *kept.buffers()) if t.is_floating_point()} <= {torch.float32}
+    # with their own fp32 values, the resampler's non-persistent filter too (not rounded to bf16 and back)
+    own = [*fp32.input_downsampler.parameters(), *fp32.input_downsampler.buffers()]
+    assert all(map(torch.equal, [*kept.parameters(), *kept.buffers()], own))
+    assert method == "avgpool" or own
     source, padding = waveform_batch([16000, 6400])
     reference, frames = lprobs(fp32, source, padding)
     got, _ = lprobs(model, source, padding)

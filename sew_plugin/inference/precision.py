@@ -111,11 +111,18 @@ def _extractors(model: nn.Module) -> List[nn.Module]:
 
 def _convert_to_half(model: nn.Module, dtype: torch.dtype) -> None:
     """``model`` in ``dtype`` but for ``kept_in_fp32``, each part handed inputs in its own format."""
-    # the kept modules' own fp32 values: a cast of the whole model and back would round them to dtype
-    kept = [(module, {k: v.clone() for k, v in module.state_dict().items()}) for module in kept_in_fp32(model)]
+    # the kept modules' own fp32 values: a cast of the whole model and back would round them to dtype.
+    # Every parameter and buffer, the non-persistent ones a state dict leaves out too (a resampler's filter)
+    def tensors(module):
+        return (*module.named_parameters(), *module.named_buffers())
+
+    kept = [(module, {name: t.detach().clone() for name, t in tensors(module)}) for module in kept_in_fp32(model)]
     model.to(dtype)
-    for module, state in kept:
-        module.float().load_state_dict(state)
+    for module, values in kept:
+        module.float()
+        with torch.no_grad():
+            for name, t in tensors(module):
+                t.copy_(values[name])
     extractors = _extractors(model)
     for extractor in extractors:  # it casts each block's input itself, the waveform's block is fp32
         extractor.register_forward_hook(_cast_output(dtype))

@@ -83,6 +83,22 @@ def test_usage_and_data_errors_both_exit_2_without_a_traceback(tmp_path):
     assert "Traceback" not in usage.stderr + data.stderr
 
 
+def test_options_a_run_would_not_read_are_refused_before_any_file_is_touched(tmp_path, capsys):
+    results = tmp_path / "results"
+    for argv, reason in (
+        (["infer", "none.pt", "none.tsv", "--nbest", "1", "--results-dir", str(results)],
+         "--nbest is for --exit-policy nbest (fairseq's --nbest, the hypotheses printed, has no equivalent here)"),
+        (["infer", "none.pt", "none.tsv", "--kenlm-model", "lm.arpa", "--sil-weight", "1"],
+         "--lm is for --decoder kenlm; --sil-score is for --decoder kenlm (this run would ignore them)"),
+        (["sweep", "none.pt", "none.tsv", "--points", "1,1,1", "--exit-layer", "3"],
+         "one exit layer is sew infer --exit-policy layer --exit-layer K"),
+    ):
+        with pytest.raises(SystemExit) as refused:
+            sew(argv)
+        assert reason in str(refused.value), refused.value
+    assert not results.exists()  # refused before the results folder is made or the manifest read
+
+
 @pytest.mark.parametrize("command", ["infer", "sweep", "export-onnx"])
 def test_a_pretrained_checkpoint_is_refused_where_a_ctc_one_is_needed(tmp_path, capsys, command):
     checkpoint = pretrained_checkpoint(tmp_path / "pretrained.pt", "sew")

@@ -156,3 +156,9 @@ def test_sew_tune_lm_refuses_what_it_cannot_tune(data, tmp_path, capsys):
     with pytest.raises(SystemExit):
         sew_main(["tune-lm", *common, "--exit-policy", "nbest", "--threshold", "0.5"])
     assert "--exit-policy nbest exits by the beam search's own confidence" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # the policy's option alone: refused as that, not sent to --exit-policy nbest
+        sew_main(["tune-lm", *common, "--nbest", "10"])
+    assert "without it and its --nbest" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # an option this run would ignore, before any file is read
+        sew_main(["tune-lm", *common, "--threshold", "0.5"])
+    assert "--threshold is for --exit-policy entropy, similarity or nbest" in capsys.readouterr().err

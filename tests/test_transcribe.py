@@ -251,6 +251,9 @@ def test_folders_are_searched_for_every_audio_format_in_a_fixed_order(tmp_path):
     assert [p.relative_to(tmp_path).as_posix() for p in found] == ["a/1.wav", "b/2.flac", "c/3.mp3"]
     assert again == [(tmp_path / "a" / "1.wav", tmp_path / "a" / "1.wav"), (tmp_path / "again.wav", tmp_path / "a" / "1.wav")]
     assert sorted(p.relative_to(tmp_path).as_posix() for p in hidden) == [".hidden", "b/._2.flac"]
+    # named as a source, a hidden file or folder is transcribed, not left out
+    found, _, hidden = find_recordings([tmp_path, tmp_path / ".hidden", tmp_path / "b" / "._2.flac"])
+    assert {".hidden/4.wav", "b/._2.flac"} <= {p.relative_to(tmp_path).as_posix() for p in found} and hidden == []
 
 
 # ---- the command and the Python API on a checkpoint --------------------------------------------

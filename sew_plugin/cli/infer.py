@@ -185,11 +185,6 @@ def load(args, command: str = "infer", data=None):
     """The model, decoder and normalisation of ``args.checkpoint``, its dictionary from ``data``
     (the folder of ``dict.ltr.txt``; None: the folder it was fine-tuned from); misuse stops with the
     command's error."""
-    if args.decoder == "kenlm" and (args.lm is None or args.lexicon is None):
-        raise SystemExit(f"sew {command}: error: --decoder kenlm needs --lm and --lexicon")
-    if args.decode_workers > 1 and args.decoder != "kenlm":
-        raise SystemExit(f"sew {command}: error: --decode-workers is for --decoder kenlm (greedy decoding is an argmax)")
-    refuse_unread(args, command)
     with refusing(command):
         model, task, normalize = load_for_inference(args.checkpoint, data, args.device, args.threads, command,
                                                     args.dtype)
@@ -197,10 +192,20 @@ def load(args, command: str = "infer", data=None):
     return model, decoder, normalize
 
 
-def refuse_unread(args, command: str) -> None:
-    """Options given to a run that would not read them (``settings.unread``) stop it, by name: an LM,
-    lexicon or beam option without ``--decoder kenlm``, ``--threshold``, ``--exit-layer`` or
-    ``--nbest`` without an ``--exit-policy`` that reads it. Options at their default count as not given."""
+# what an option refused as unread meant in fairseq's infer.py, where users bring it from
+FAIRSEQ_MEANING = {"--nbest": "fairseq's --nbest, the hypotheses printed, has no equivalent here"}
+
+
+def check_decoder_options(args, command: str) -> None:
+    """The decoder and exit-policy options checked together, before any file is read: kenlm's files
+    given, ``--decode-workers`` only for kenlm, and no option the run would not read
+    (``settings.unread``: an LM, lexicon or beam option without ``--decoder kenlm``, ``--threshold``,
+    ``--exit-layer`` or ``--nbest`` without an ``--exit-policy`` that reads it; options at their
+    default count as not given), each refused by name."""
+    if args.decoder == "kenlm" and (args.lm is None or args.lexicon is None):
+        raise SystemExit(f"sew {command}: error: --decoder kenlm needs --lm and --lexicon")
+    if args.decode_workers > 1 and args.decoder != "kenlm":
+        raise SystemExit(f"sew {command}: error: --decode-workers is for --decoder kenlm (greedy decoding is an argmax)")
     given = {f"--{name}": name for name in ("lm", "lexicon") if getattr(args, name) is not None}  # option -> READ_BY's
     given.update({f"--{f.name.replace('_', '-')}": "beam" for f in dataclasses.fields(BeamOptions)
                   if getattr(args, f.name) != f.default})
@@ -216,7 +221,8 @@ def refuse_unread(args, command: str) -> None:
         if name in ignored:
             setting, values = READ_BY[name]
             readers = " or ".join([", ".join(values[:-1]), values[-1]] if len(values) > 1 else values)
-            reasons.append(f"{option} is for --{setting.replace('_', '-')} {readers}")
+            meaning = f" ({FAIRSEQ_MEANING[option]})" if option in FAIRSEQ_MEANING else ""
+            reasons.append(f"{option} is for --{setting.replace('_', '-')} {readers}{meaning}")
     if reasons:
         raise SystemExit(f"sew {command}: error: {'; '.join(reasons)} (this run would ignore "
                          f"{'it' if len(reasons) == 1 else 'them'})")
@@ -280,6 +286,7 @@ def batching(args, warm_every_batch: bool = False) -> Batching:
 def main(args) -> int:
     if args.overwrite and not args.results_dir:
         raise SystemExit("sew infer: error: --overwrite replaces the files of --results-dir; give --results-dir")
+    check_decoder_options(args, "infer")
     earlier = results_files(args) if args.results_dir else None  # checked before any file is read
     inputs = check_inputs(args.manifest, args.labels)  # bad input stops here, before the model loads
     model, decoder, normalize = load(args, "infer", args.manifest.parent)

@@ -45,6 +45,10 @@ def main(args) -> int:
         raise SystemExit("sew sweep: error: --thresholds needs --exit-policy entropy, similarity or nbest")
     if args.exit_policy and not args.thresholds:
         raise SystemExit("sew sweep: error: --exit-policy goes with --thresholds")
+    if args.exit_layer is not None:
+        raise SystemExit("sew sweep: error: --exit-layer: sew sweep runs --thresholds of --exit-policy entropy, "
+                         "similarity or nbest; one exit layer is sew infer --exit-policy layer --exit-layer K")
+    infer.check_decoder_options(args, "sweep")
     if args.out:
         check_outputs("sweep", args.out, ["sweep.md", "sweep.csv", "sweep.png"], args.overwrite)
     inputs = infer.labelled_inputs(args, "sweep")  # the WER column needs references

@@ -26,8 +26,8 @@ from tqdm import tqdm
 
 from ..data.errors import DataError
 from ..inference.formats import FORMATS
-from .infer import (add_decoder_arguments, add_setting_arguments, apply_settings, beam_options, decoding_workers,
-                    load)
+from .infer import (add_decoder_arguments, add_setting_arguments, apply_settings, beam_options, check_decoder_options,
+                    decoding_workers, load)
 from .options import at_least, check_outputs, refusing
 
 
@@ -73,6 +73,7 @@ def main(args) -> int:
         raise SystemExit(f"sew transcribe: error: --shard-id {args.shard_id} must be below --num-shards {args.num_shards}")
     if args.format and not args.out:
         raise SystemExit("sew transcribe: error: --format needs --out (without it the text goes to standard output)")
+    check_decoder_options(args, "transcribe")
     formats = args.format or ["txt", "json"]
     with refusing("transcribe"):
         windowing = Windowing(args.window, args.context, args.batch_size)

@@ -24,6 +24,7 @@ from pathlib import Path
 from ..inference.decoding import ViterbiDecoder
 from ..inference.lm_tuning import best_point, decode_grid, edges_reached, to_markdown
 from ..inference.reports import write_tables
+from ..inference.settings import NBEST
 from ..inference.transcribe import transcribe
 from . import infer
 from .infer import add_decoding_arguments, add_setting_arguments
@@ -45,9 +46,10 @@ def main(args) -> int:
     for option, values in (("--lm-weight", args.lm_weight), ("--word-score", args.word_score)):
         if len(set(values)) < len(values):
             raise SystemExit(f"sew tune-lm: error: {option} {' '.join(f'{v:g}' for v in values)}: each value once")
-    if args.exit_policy == "nbest":  # its exits would be decided by the beam search at one pair of the grid
+    if args.exit_policy == "nbest" or args.nbest != NBEST:  # its exits would follow the beam search at one pair
         raise SystemExit("sew tune-lm: error: --exit-policy nbest exits by the beam search's own confidence, which "
-                         "the LM weights change: tune the model without it (or under another policy)")
+                         "the LM weights change: tune the model without it and its --nbest (or under another policy)")
+    infer.check_decoder_options(args, "tune-lm")
     if args.out:
         check_outputs("tune-lm", args.out, OUTPUTS, args.overwrite)
     inputs = infer.labelled_inputs(args, "tune-lm")

@@ -43,7 +43,7 @@ def find_recordings(sources: Sequence[Path]) -> Tuple[List[Path], List[Tuple[Pat
     path and found through links to folders), each once; the (path, the same file's first path)
     of each file found again (given twice, or through a link); and the hidden recordings and
     folders left out of searched folders (names that begin with a dot, as fairseq's glob leaves
-    them: macOS's ``._`` copies, ``.Trash``). A link to nothing is kept: reading it names it. A
+    them: macOS's ``._`` copies, ``.Trash``), but for those given as sources or holding one. A link to nothing is kept: reading it names it. A
     source that does not exist, or a folder without recordings, raises ``DataErrors``."""
     found, problems, seen, again, hidden = [], [], {}, [], {}
     for source in map(Path, sources):
@@ -69,7 +69,10 @@ def find_recordings(sources: Sequence[Path]) -> Tuple[List[Path], List[Tuple[Pat
                 found.append(path)
     if problems:
         raise DataErrors("inputs", problems)
-    return found, again, list(hidden)
+    given = [Path(os.path.realpath(source)) for source in sources]  # a hidden file or folder named is not left out
+    hidden = [h for h in hidden if not any(g == Path(os.path.realpath(h)) or Path(os.path.realpath(h)) in g.parents
+                                           for g in given)]
+    return found, again, hidden
 
 
 def resample(samples: np.ndarray, rate: int, target: int = SAMPLE_RATE) -> np.ndarray:

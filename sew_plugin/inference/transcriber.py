@@ -91,12 +91,13 @@ class Transcriber:
         ``precision``), at the given setting, with the greedy (``viterbi``) or KenLM (``kenlm``,
         with ``lm`` and ``lexicon``) decoder. Bad settings raise ``ValueError``, as do settings this
         decoder and exit policy would not read (``settings.unread``: e.g. ``lm`` without ``kenlm``)."""
-        given = [name for name, value in (("lm", lm), ("lexicon", lexicon), ("beam", beam), ("threshold", threshold),
+        given = [name for name, value in (("lm", lm), ("lexicon", lexicon), ("threshold", threshold),
                                           ("exit_layer", exit_layer)) if value is not None]
-        ignored = unread(given + (["nbest"] if nbest != NBEST else []), decoder, exit_policy)
+        given += ["beam"] * (beam not in (None, BeamOptions())) + ["nbest"] * (nbest != NBEST)  # defaults: not given
+        ignored = unread(given, decoder, exit_policy)
         if ignored:
             raise ValueError("; ".join(f"{name} is for {READ_BY[name][0]} {' or '.join(map(repr, READ_BY[name][1]))}"
-                                       for name in ignored) + " (this transcriber would ignore it)")
+                                       for name in ignored) + f" (this transcriber would ignore {'them' if ignored[1:] else 'it'})")
         model, task, normalize = load_for_inference(Path(checkpoint), data, device, threads, "transcribe", dtype)
         search = build_decoder(decoder, task.target_dictionary, lexicon, lm, beam or BeamOptions())
         if operating_point is not None:

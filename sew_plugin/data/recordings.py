@@ -43,8 +43,9 @@ def find_recordings(sources: Sequence[Path]) -> Tuple[List[Path], List[Tuple[Pat
     path and found through links to folders), each once; the (path, the same file's first path)
     of each file found again (given twice, or through a link); and the hidden recordings and
     folders left out of searched folders (names that begin with a dot, as fairseq's glob leaves
-    them: macOS's ``._`` copies, ``.Trash``), but for those given as sources or holding one. A link to nothing is kept: reading it names it. A
-    source that does not exist, or a folder without recordings, raises ``DataErrors``."""
+    them: macOS's ``._`` copies, ``.Trash``), but for those given as sources or holding one. A
+    link to nothing is kept: reading it names it. A source that does not exist, or a folder
+    without recordings, raises ``DataErrors``."""
     found, problems, seen, again, hidden = [], [], {}, [], {}
     for source in map(Path, sources):
         if source.is_dir():
@@ -69,10 +70,14 @@ def find_recordings(sources: Sequence[Path]) -> Tuple[List[Path], List[Tuple[Pat
                 found.append(path)
     if problems:
         raise DataErrors("inputs", problems)
-    given = [Path(os.path.realpath(source)) for source in sources]  # a hidden file or folder named is not left out
-    hidden = [h for h in hidden if not any(g == Path(os.path.realpath(h)) or Path(os.path.realpath(h)) in g.parents
-                                           for g in given)]
-    return found, again, hidden
+    given = [Path(os.path.realpath(source)) for source in sources]
+    return found, again, [path for path in hidden if not _given_or_holds_one(path, given)]
+
+
+def _given_or_holds_one(path: Path, given: List[Path]) -> bool:
+    """Whether ``path`` is one of the ``given`` real paths, or a folder that holds one."""
+    real = Path(os.path.realpath(path))
+    return any(g == real or real in g.parents for g in given)
 
 
 def resample(samples: np.ndarray, rate: int, target: int = SAMPLE_RATE) -> np.ndarray:

@@ -18,8 +18,8 @@ a CIF model at lambda L, ``NAME@L`` (e.g. ``w2v2_base_cif@1.1``) or at the lambd
 frame period of P ms, ``NAME@Pms`` (e.g. ``w2v2_base_cif@90ms``, found on 10 s of noise), and input downsampling by f before
 the model, ``NAME:down{f}{method}`` (e.g. ``w2v2_base:down2resample``; methods conv, avgpool, resample).
 ``--dtype`` converts every row's weights once (``sew_plugin.inference.precision``: bf16, fp16, or
-int8 linear layers and extractor convolutions); a row's own ``:DTYPE`` overrides it (``sew_d_mid:bf16``, ``sew_d_mid:int8``:
-formats side by side in one run), and ``:autocast-bf16`` / ``:autocast-fp16`` keep a row in fp32
+int8 linear layers and extractor convolutions); a row's own ``:DTYPE`` overrides it
+(``sew_d_mid:bf16``, ``sew_d_mid:int8``: formats side by side in one run), and ``:autocast-bf16`` / ``:autocast-fp16`` keep a row in fp32
 under autocast instead, which casts every weight at every call (``hf:sew_d_mid:autocast-bf16``).
 ``--peak`` times 2048^3 matrix products at each row's format as slots of the same rotation (the
 machine's GEMM rate at that moment: see ``GemmReference``) and gives each row's achieved FLOP/s

@@ -215,10 +215,9 @@ def check_decoder_options(args, command: str) -> None:
         given["--exit-layer"] = "exit_layer"
     if args.nbest != NBEST:
         given["--nbest"] = "nbest"
-    ignored = unread(dict.fromkeys(given.values()), args.decoder, args.exit_policy)
     reasons = []
     for option, name in given.items():
-        if name in ignored:
+        if unread([name], args.decoder, args.exit_policy):
             setting, values = READ_BY[name]
             readers = " or ".join([", ".join(values[:-1]), values[-1]] if len(values) > 1 else values)
             meaning = f" ({FAIRSEQ_MEANING[option]})" if option in FAIRSEQ_MEANING else ""

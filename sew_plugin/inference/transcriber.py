@@ -96,8 +96,8 @@ class Transcriber:
         given += ["beam"] * (beam not in (None, BeamOptions())) + ["nbest"] * (nbest != NBEST)  # defaults: not given
         ignored = unread(given, decoder, exit_policy)
         if ignored:
-            raise ValueError("; ".join(f"{name} is for {READ_BY[name][0]} {' or '.join(map(repr, READ_BY[name][1]))}"
-                                       for name in ignored) + f" (this transcriber would ignore {'them' if ignored[1:] else 'it'})")
+            reasons = [f"{name} is for {READ_BY[name][0]} {' or '.join(map(repr, READ_BY[name][1]))}" for name in ignored]
+            raise ValueError(f"{'; '.join(reasons)} (this transcriber would ignore {'them' if ignored[1:] else 'it'})")
         model, task, normalize = load_for_inference(Path(checkpoint), data, device, threads, "transcribe", dtype)
         search = build_decoder(decoder, task.target_dictionary, lexicon, lm, beam or BeamOptions())
         if operating_point is not None:

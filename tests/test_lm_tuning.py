@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from sew_plugin.cli import main as sew_main
-from sew_plugin.inference.decoding import BeamOptions, KenLMLexiconDecoder, ViterbiDecoder
+from sew_plugin.inference.decoding import BeamOptions, KenLMLexiconDecoder, ParallelDecoder, ViterbiDecoder
 from sew_plugin.inference.lm_tuning import GridPoint, best_point, decode_grid, edges_reached, to_markdown
 from sew_plugin.inference.settings import load_for_inference
 from sew_plugin.inference.transcribe import Utterance, transcribe
@@ -55,6 +55,23 @@ def test_the_grid_finds_the_lm_weight_that_lets_the_lm_settle_the_acoustics(tgt_
         decode_grid([Utterance("u2", [], ["CAT"], 1.0)], decoder, [1.0], [0.0])
     with pytest.raises(ValueError, match="the references hold no words"):
         decode_grid([Utterance("u3", [], [], 1.0, emissions=utterances[0].emissions)], decoder, [1.0], [0.0])
+
+
+def test_the_grid_in_worker_processes_is_the_serial_grid(tgt_dict, files):  # noqa: F811
+    lexicon, lm = files
+    frames = [emissions(tgt_dict, LEANS_TO_CAB), emissions(tgt_dict, [{"T": .9}, {"H": .9}, {"E": .9}, {"|": .9}]),
+              emissions(tgt_dict, [{"C": .5, "T": .4}, {"A": .9}, {"B": .5, "T": .4}, {"|": .9}])]
+    utterances = [Utterance(f"u{i}", [], ref, 1.0, emissions=e) for i, (ref, e) in
+                  enumerate(zip([["CAT"], ["THE"], ["CAT"]], frames))]
+    decoder = KenLMLexiconDecoder(tgt_dict, lexicon, lm, BeamOptions(beam=10, lm_weight=1.0, word_score=0.0))
+    grid = ([0.0, 2.0, 3.0], [-1.0, 0.0, 5.0])
+    serial = decode_grid(utterances, decoder, *grid, log=lambda _: None)
+    logged = []
+    with ParallelDecoder(2, "kenlm", tgt_dict, lexicon, lm, decoder.options) as parallel:
+        parallel_points = decode_grid(utterances, decoder, *grid, log=logged.append, parallel=parallel)
+    assert parallel_points == serial
+    assert len({p.word_errors for p in serial}) > 1  # the pairs decode differently: each worker used its pair's options
+    assert [line.split(":")[0] for line in logged] == [f"LM weight {w:g}, word score {s:g}" for w in grid[0] for s in grid[1]]
 
 
 def test_a_best_pair_on_the_grids_edge_is_said():
@@ -124,6 +141,20 @@ def test_sew_tune_lm_writes_the_grid_and_its_best_as_sew_infer_decodes_them(data
     assert errors[best["lm_weight"], best["word_score"]] == min(errors.values())
     greedy = transcribe(model, data / "valid.tsv", ViterbiDecoder(task.target_dictionary), normalize=normalize)[1]
     assert best["greedy_wer"] == pytest.approx(greedy.wer)
+
+
+def test_sew_tune_lm_with_decode_workers_writes_the_serial_grid(data, tmp_path, capsys):
+    common = [str(data / "ckpt.pt"), str(data / "valid.tsv"), "--lm", str(data / "lm.arpa"), "--lexicon",
+              str(data / "lexicon.txt"), "--lm-weight", "0", "4", "--word-score", "-4", "0", "4"]
+    for workers in (1, 2):
+        assert sew_main(["tune-lm", *common, "--decode-workers", str(workers), "--out", str(tmp_path / f"w{workers}")]) == 0
+    capsys.readouterr()
+    for name in ("tune-lm.csv", "tune-lm.md", "best.json"):
+        assert (tmp_path / "w2" / name).read_text() == (tmp_path / "w1" / name).read_text(), name
+    assert len({row.split(",")[4] for row in (tmp_path / "w1" / "tune-lm.csv").read_text().splitlines()[1:]}) > 1
+    with pytest.raises(SystemExit):
+        sew_main(["tune-lm", *common, "--decode-workers", "0"])
+    assert "--decode-workers" in capsys.readouterr().err
 
 
 def test_sew_tune_lm_refuses_what_it_cannot_tune(data, tmp_path, capsys):

@@ -1,5 +1,7 @@
 """The KenLM lexicon beam search in several processes (``--decode-workers``): time against one
-process, on the same emissions, and a check that every hypothesis is the serial one.
+process, on the same emissions, and a check that every hypothesis is the serial one; then
+``sew tune-lm``'s grid (``--lm-weights`` x ``--word-scores``) decoded the same ways, and a check that
+every point is the serial one.
 
     python examples/benchmarks/decode_workers.py --words 50000 --utterances 32 --workers 1 2
 
@@ -10,6 +12,7 @@ worker (reading the lexicon and the LM) is timed apart from the decoding.
 """
 
 import argparse
+import contextlib
 import time
 from pathlib import Path
 
@@ -22,6 +25,8 @@ def main():
 
     from sew_plugin.data.ngram import write_arpa
     from sew_plugin.inference.decoding import BeamOptions, KenLMLexiconDecoder, ParallelDecoder
+    from sew_plugin.inference.lm_tuning import decode_grid
+    from sew_plugin.inference.transcribe import Utterance
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--words", type=int, default=50000)
@@ -30,6 +35,8 @@ def main():
     parser.add_argument("--beam", type=int, default=50)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--workdir", type=Path, default=Path("decode_workers_bench"))
+    parser.add_argument("--lm-weights", type=float, nargs="+", default=[0.5, 1.0, 2.0])
+    parser.add_argument("--word-scores", type=float, nargs="+", default=[-1.0, 0.0])
     args = parser.parse_args()
 
     letters = "|ETAONISRHDLUCMFWYGPBVKXJQZ'"
@@ -73,6 +80,27 @@ def main():
         reference = reference if reference is not None else found
         base = base or took
         print(f"| {workers} | {took:.2f} | {len(batch) / took:.1f} | {base / took:.2f}x | {found == reference} |")
+
+    # sew tune-lm's grid: every pair's beam search over the same emissions (the references: any words)
+    utterances = [Utterance(f"u{i}", [], words[i % len(words)].split(), args.seconds, emissions=e)
+                  for i, e in enumerate(batch)]
+    pairs = len(args.lm_weights) * len(args.word_scores)
+    print(f"\n| workers | grid of {pairs} pairs (s) | speed-up | identical to serial |")
+    print("|---|---|---|---|")
+    reference, base = None, None
+    for workers in args.workers:
+        with contextlib.ExitStack() as stack:
+            parallel = None
+            if workers > 1:
+                parallel = stack.enter_context(ParallelDecoder(workers, "kenlm", vocab, lexicon, lm, options))
+                parallel.hypotheses(batch[:workers])  # every worker built and warm before the clock starts
+            start = time.perf_counter()
+            points = decode_grid(utterances, serial, args.lm_weights, args.word_scores, log=lambda _: None,
+                                 parallel=parallel)
+            took = time.perf_counter() - start
+        reference = reference if reference is not None else points
+        base = base or took
+        print(f"| {workers} | {took:.2f} | {base / took:.2f}x | {points == reference} |")
 
 
 if __name__ == "__main__":

@@ -101,7 +101,7 @@ def add_decoder_arguments(p, tuning: bool = False) -> None:
     """Decoder, device and exit-policy options, shared by ``sew infer``, ``sew sweep`` and ``sew transcribe``;
     with ``tuning`` (``sew tune-lm``) the kenlm decoder alone, with lists of LM weights and word scores."""
     if tuning:
-        p.set_defaults(decoder="kenlm", decode_workers=1)
+        p.set_defaults(decoder="kenlm")
         p.add_argument("--lm", "--kenlm-model", "--lm-model", type=Path, required=True,
                        help="KenLM language model (ARPA or binary)")
         p.add_argument("--lexicon", type=Path, required=True, help="flashlight lexicon (WORD W O R D |)")
@@ -132,10 +132,10 @@ def add_decoder_arguments(p, tuning: bool = False) -> None:
                    help="--decoder kenlm: letters tried per frame (0: the whole vocabulary)")
     p.add_argument("--beam-threshold", type=float, default=BeamOptions.beam_threshold,
                    help="--decoder kenlm: drop hypotheses scoring this far below the best")
-    if not tuning:
-        p.add_argument("--decode-workers", type=at_least(1), default=1,
-                       help="--decoder kenlm: processes running the beam search on several utterances at once "
-                       "(the results are the serial ones)")
+    p.add_argument("--decode-workers", type=at_least(1), default=1,
+                   help=("processes running the beam searches of every pair's utterances at once (the grid is the "
+                         "serial one)" if tuning else "--decoder kenlm: processes running the beam search on several "
+                         "utterances at once (the results are the serial ones)"))
     p.add_argument("--device", type=device, default="cpu", help="cpu or cuda")
     p.add_argument("--dtype", default="fp32", choices=list(DTYPES),
                    help="number format of the model, converted once at load: bf16 (CPUs with AVX512-BF16 or AMX, "

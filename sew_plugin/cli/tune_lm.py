@@ -4,11 +4,12 @@ checkpoint on held-out data by a grid.
 The model runs once over the manifest (its greedy WER is reported too), and each pair of
 ``--lm-weight`` and ``--word-score`` values decodes the kept log-probabilities again with the same
 KenLM model and lexicon trie; the pair with the fewest word errors wins (then the fewest letter
-errors, then the first in grid order). The beam searches run one after the other, one per pair and
-utterance: a grid of 35 pairs costs 35 beam-search passes over the manifest. Tune on a validation
-manifest, then test with the winner (figures here illustrative):
+errors, then the first in grid order). A grid of 35 pairs costs 35 beam-search passes over the
+manifest; ``--decode-workers N`` runs them in N processes at once, each utterance of a pair decoded
+whole by one of them, so the grid is the one a single process finds. Tune on a validation manifest,
+then test with the winner (figures here illustrative):
 
-    sew tune-lm ckpt.pt data/dev_other.tsv --lm lm.arpa --lexicon lexicon.txt --out tune/
+    sew tune-lm ckpt.pt data/dev_other.tsv --lm lm.arpa --lexicon lexicon.txt --out tune/ --decode-workers 8
     # ... best: --lm-weight 1.5 --word-score -1 (WER 10.26%)
     sew infer ckpt.pt data/test_other.tsv --decoder kenlm --lm lm.arpa --lexicon lexicon.txt \\
         --lm-weight 1.5 --word-score -1
@@ -18,10 +19,11 @@ writes ``tune-lm.md`` (WER per pair: LM weights by rows, word scores by columns)
 """
 
 import argparse
+import contextlib
 import json
 from pathlib import Path
 
-from ..inference.decoding import ViterbiDecoder
+from ..inference.decoding import ParallelDecoder, ViterbiDecoder
 from ..inference.lm_tuning import best_point, decode_grid, edges_reached, to_markdown
 from ..inference.reports import write_tables
 from ..inference.settings import NBEST
@@ -58,7 +60,11 @@ def main(args) -> int:
     infer.apply_settings(model, decoder, args, "tune-lm")
     utterances, greedy = transcribe(model, args.manifest, ViterbiDecoder(decoder.tgt_dict), args.labels, normalize,
                                     infer.batching(args), inputs, keep_emissions=True)
-    points = decode_grid(utterances, decoder, args.lm_weight, args.word_score, log=lambda line: print(line, flush=True))
+    workers = (ParallelDecoder(args.decode_workers, "kenlm", decoder.tgt_dict, args.lexicon, args.lm, decoder.options)
+               if args.decode_workers > 1 else contextlib.nullcontext())
+    with workers as parallel:
+        points = decode_grid(utterances, decoder, args.lm_weight, args.word_score,
+                             log=lambda line: print(line, flush=True), parallel=parallel)
     best, table = best_point(points), to_markdown(points)
     print(f"\n{table}\ntranscribed {greedy.utterances_transcribed} of {greedy.utterances_in_manifest} utterances "
           f"({greedy.words} words); greedy WER {100 * greedy.wer:.2f}%\n"

@@ -8,7 +8,7 @@ is ``<s>`` (index 0) and whose word boundary is ``|``, and return the words.
 import copy
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 
@@ -167,6 +167,7 @@ def build_decoder(kind: str, tgt_dict, lexicon=None, lm=None, options: BeamOptio
 
 
 _WORKER_DECODER = None  # the decoder of a ParallelDecoder's worker process
+_WORKER_RETUNED = None  # (options, that decoder under them): the latest options a task named
 
 
 def _start_worker(kind, tgt_dict, lexicon, lm, options) -> None:
@@ -175,8 +176,14 @@ def _start_worker(kind, tgt_dict, lexicon, lm, options) -> None:
     _WORKER_DECODER = build_decoder(kind, tgt_dict, lexicon, lm, options)
 
 
-def _decode_in_worker(emissions) -> Tuple[List[str], List[int]]:
-    return _WORKER_DECODER.hypothesis(torch.from_numpy(emissions))
+def _decode_in_worker(emissions, options: Optional[BeamOptions] = None) -> Tuple[List[str], List[int]]:
+    global _WORKER_RETUNED
+    decoder = _WORKER_DECODER
+    if options is not None:  # a grid's tasks come pair by pair: the beam search is rebuilt at each new pair
+        if _WORKER_RETUNED is None or _WORKER_RETUNED[0] != options:
+            _WORKER_RETUNED = (options, decoder.with_options(options))
+        decoder = _WORKER_RETUNED[1]
+    return decoder.hypothesis(torch.from_numpy(emissions))
 
 
 class ParallelDecoder(Decoder):
@@ -194,9 +201,10 @@ class ParallelDecoder(Decoder):
         self.pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                                         initializer=_start_worker, initargs=(kind, tgt_dict, lexicon, lm, options))
 
-    def submit(self, emissions: torch.Tensor):
-        """A future of ``hypothesis(emissions)``."""
-        return self.pool.submit(_decode_in_worker, emissions.float().contiguous().numpy())
+    def submit(self, emissions: torch.Tensor, options: Optional[BeamOptions] = None):
+        """A future of ``hypothesis(emissions)``; with ``options``, of the workers' kenlm decoder
+        under them (``KenLMLexiconDecoder.with_options``: ``sew tune-lm``'s grid)."""
+        return self.pool.submit(_decode_in_worker, emissions.float().contiguous().numpy(), options)
 
     def hypothesis(self, emissions: torch.Tensor) -> Tuple[List[str], List[int]]:
         return self.submit(emissions).result()

@@ -4,14 +4,15 @@ The two trade the acoustic model against the language model, and their best valu
 the papers' 2 / -1 suit a model fine-tuned on LibriSpeech with its 4-gram, not another model or LM.
 wav2vec 2.0 chose them per model on dev-other; this does it by a grid. The model runs once over the
 manifest and every (weight, score) pair decodes the kept (T, V) log-probabilities again with the same
-KenLM model and lexicon trie, so a grid costs one forward and one beam search per pair.
+KenLM model and lexicon trie, so a grid costs one forward and one beam search per pair (in several
+processes at once with ``--decode-workers``).
 """
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Callable, List, Sequence
+from typing import Callable, List, Optional, Sequence
 
-from .decoding import KenLMLexiconDecoder
+from .decoding import KenLMLexiconDecoder, ParallelDecoder
 from .transcribe import Utterance, word_error_counts
 
 
@@ -27,28 +28,41 @@ class GridPoint:
 
 
 def decode_grid(utterances: List[Utterance], decoder: KenLMLexiconDecoder, lm_weights: Sequence[float],
-                word_scores: Sequence[float], log: Callable[[str], None] = print) -> List[GridPoint]:
+                word_scores: Sequence[float], log: Callable[[str], None] = print,
+                parallel: Optional[ParallelDecoder] = None) -> List[GridPoint]:
     """WER of ``utterances`` (each with its references and kept ``emissions``) decoded at every
     (LM weight, word score) pair, in grid order; the best marked: fewest word errors, then fewest
-    letter errors, then the first in grid order."""
+    letter errors, then the first in grid order. With ``parallel`` (a ``ParallelDecoder`` of
+    ``decoder``'s lexicon and LM) its workers decode every pair's utterances, all pairs queued at
+    once; each utterance is decoded whole by one worker under its pair's options, so the points
+    are the serial ones."""
     missing = [u.id for u in utterances if u.emissions is None or u.ref is None]
     if missing:
         raise ValueError(f"{len(missing)} utterances without kept emissions or references (the first: {missing[0]}): "
                          "transcribe with keep_emissions=True and a label file")
     if not any(u.ref for u in utterances):
         raise ValueError("the references hold no words: every pair would score 0% WER")
+    pairs = [dataclasses.replace(decoder.options, lm_weight=w, word_score=s) for w in lm_weights for s in word_scores]
+    if parallel is None:
+        words = (_decoded(decoder.with_options(options), utterances) for options in pairs)
+    else:
+        queued = [[parallel.submit(u.emissions, options) for u in utterances] for options in pairs]
+        words = ([future.result()[0] for future in futures] for futures in queued)
     points = []
-    for weight in lm_weights:
-        for score in word_scores:
-            tuned = decoder.with_options(dataclasses.replace(decoder.options, lm_weight=weight, word_score=score))
-            decoded = [dataclasses.replace(u, hyp=tuned.decode(u.emissions)) for u in utterances]
-            we, words, le, letters = word_error_counts(decoded)
-            points.append(GridPoint(weight, score, we / max(words, 1), le / max(letters, 1), we, words))
-            log(f"LM weight {weight:g}, word score {score:g}: WER {100 * points[-1].wer:.2f}%")
+    for options, hyps in zip(pairs, words):
+        decoded = [dataclasses.replace(u, hyp=hyp) for u, hyp in zip(utterances, hyps)]
+        we, n_words, le, letters = word_error_counts(decoded)
+        points.append(GridPoint(options.lm_weight, options.word_score, we / max(n_words, 1), le / max(letters, 1),
+                                we, n_words))
+        log(f"LM weight {options.lm_weight:g}, word score {options.word_score:g}: WER {100 * points[-1].wer:.2f}%")
     # every pair is scored against the same references, so fewer letter errors is a lower letter error rate
     best = min(points, key=lambda p: (p.word_errors, p.uer))  # min keeps the first of equals
     best.best = True
     return points
+
+
+def _decoded(decoder: KenLMLexiconDecoder, utterances: List[Utterance]) -> List[List[str]]:
+    return [decoder.decode(u.emissions) for u in utterances]
 
 
 def best_point(points: List[GridPoint]) -> GridPoint:

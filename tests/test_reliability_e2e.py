@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TINY_PRETRAINING, hydra_train, hydra_train_command, pretraining_corpus
+from conftest import TINY_PRETRAINING, TINY_W2V2_PRETRAINING, hydra_train, hydra_train_command, pretraining_corpus
 
 from sew_plugin.checkpoint import load_checkpoint
 from sew_plugin.data.checkpoints import read_weights, verify_checkpoint
@@ -107,6 +107,19 @@ def test_two_workers_equal_one_worker_accumulating_two_batches(tmp_path, corpus,
     diff = max_parameter_difference(tmp_path / "accumulated/ckpt/checkpoint_last.pt",
                                     tmp_path / "parallel/ckpt/checkpoint_last.pt")
     assert diff <= TOLERANCE
+
+
+def test_fairseqs_wav2vec2_pretraining_repeats_under_its_seed(tmp_path, corpus):
+    """Two runs of the baseline, fairseq's own wav2vec 2.0, with one seed: the same losses and parameters
+    (its masks came from OS entropy before the plugin's task seeded them: losses differed from the first update)."""
+    runs = []
+    for name in ("first", "second"):
+        run = hydra_train(tmp_path / name, "pretraining", "w2v2_base",
+                          [f"task.data={corpus}", *TINY_W2V2_PRETRAINING, "optimization.max_update=3"], threads=THREADS)
+        assert run.returncode == 0, run.stderr[-4000:]
+        runs.append(train_logs(run.stdout))
+    assert len(runs[0]) == 3 and [r["loss"] for r in runs[0]] == [r["loss"] for r in runs[1]]
+    assert max_parameter_difference(tmp_path / "first/ckpt/checkpoint_last.pt", tmp_path / "second/ckpt/checkpoint_last.pt") == 0
 
 
 RESUME = ["distributed_training.distributed_world_size=1", "optimization.update_freq=[1]", "optimization.max_update=30",

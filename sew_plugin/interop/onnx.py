@@ -345,8 +345,10 @@ def max_abs_diff(model, sess, seconds: Sequence[float], seed: int = 1) -> float:
 
 
 def metadata_of(model, task=None, cfg=None, point: Optional[str] = None) -> Dict[str, str]:
+    from ..modules.masking import class_name
+
     point = point or getattr(getattr(model, "cfg", None), "operating_point", None)  # else fixed in fine-tuning
-    meta = {"producer": "sew_plugin export-onnx", "model": type(model.w2v_encoder.w2v_model).__name__,
+    meta = {"producer": "sew_plugin export-onnx", "model": class_name(model.w2v_encoder.w2v_model),
             "operating_point": point or "", "inputs": "source (B, S) float32; padding_mask (B, S) bool, True = padding",
             "outputs": "logits (B, T, V) float32; lengths (B,) int64 valid frames"}
     meta["frame_ms"] = f"{model.frame_period_ms() if hasattr(model, 'frame_period_ms') else 20.0:g}"

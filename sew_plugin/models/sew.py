@@ -30,7 +30,7 @@ from ..modules.frame_mask import exact_frame_mask_forward, install_exact_frame_m
 from ..data.audio import SAMPLE_RATE
 from ..modules.feature_extractor import GroupedConvFeatureExtractor, output_frames, parse_conv_layers, total_stride, wfe_c
 from ..modules.masked_group_norm import mask_feature_norm, valid_samples
-from ..modules.masking import seeded_mask_indices
+from ..modules.masking import SeededMasks
 from ..modules.predictor_head import MLPPredictorHead
 from ..modules.squeezed_encoder import SqueezedTransformerEncoder
 from .cif_forward import compressed_forward
@@ -211,7 +211,7 @@ def _without_extractor_and_encoder(cfg: SEWConfig) -> SEWConfig:
     return dataclasses.replace(cfg, **shell)
 
 
-class SEWModel(Wav2Vec2Model):
+class SEWModel(SeededMasks, Wav2Vec2Model):
     """wav2vec 2.0 with WFE-C, a squeezed context network and optional MLP predictor heads.
 
     ``forward`` is fairseq's ``Wav2Vec2Model.forward``: (B, S) waveform and (B, S) padding mask in,
@@ -254,24 +254,6 @@ class SEWModel(Wav2Vec2Model):
             if self.cif is None:
                 return exact_frame_mask_forward(self, super().forward, source, padding_mask, *args, **kwargs)
             return compressed_forward(self, source, padding_mask, *args, **kwargs)
-
-    def apply_mask(self, x, padding_mask, mask_indices=None, mask_channel_indices=None):
-        """fairseq's time and channel masking, with positions drawn through ``seeded_mask_indices``
-        (fairseq's own ``mask_channel_before: true`` channel masks are left to fairseq)."""
-        B, T, C = x.shape
-        if self.mask_prob > 0 and mask_indices is None:
-            mask_indices = torch.from_numpy(seeded_mask_indices(
-                (B, T), padding_mask, self.mask_prob, self.mask_length, mask_type=self.mask_selection,
-                mask_other=self.mask_other, min_masks=2, no_overlap=self.no_mask_overlap,
-                min_space=self.mask_min_space, require_same_masks=self.cfg.require_same_masks,
-                mask_dropout=self.cfg.mask_dropout)).to(x.device)
-        if self.mask_channel_prob > 0 and not self.mask_channel_before and mask_channel_indices is None:
-            mask_channel_indices = torch.from_numpy(seeded_mask_indices(
-                (B, C), None, self.mask_channel_prob, self.mask_channel_length,
-                mask_type=self.mask_channel_selection, mask_other=self.mask_channel_other,
-                no_overlap=self.no_mask_channel_overlap, min_space=self.mask_channel_min_space,
-            )).to(x.device).unsqueeze(1).expand(-1, T, -1)
-        return super().apply_mask(x, padding_mask, mask_indices, mask_channel_indices)
 
     def output_lengths(self, samples: torch.Tensor) -> torch.Tensor:
         """(B,) waveform samples -> (B,) 20 ms frames of the feature extractor (0 below its receptive field)."""

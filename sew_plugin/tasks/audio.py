@@ -59,6 +59,7 @@ from ..data.errors import DataError, DataErrors, read_lines
 from ..data.manifest import Manifest, check_manifest, row_count_error
 from ..data.segments import read_segments, to_frames
 from ..modules.feature_extractor import ConvLayers, conv_layers_of, output_frames, parse_conv_layers, total_stride
+from ..modules.masking import seed_masks
 
 logger = logging.getLogger(__name__)
 
@@ -381,9 +382,11 @@ class SewAudioPretrainingTask(CheckedAudioTaskMixin, AudioPretrainingTask):
         super().__init__(cfg)
 
     def build_model(self, model_cfg, from_checkpoint=False):
-        """fairseq's; with ``task.segments``, a model without CIF (which has no use for, and no
-        forward argument for, ``cif_boundaries``) is refused by key."""
+        """fairseq's, its masks seeded (``seed_masks``: fairseq's own wav2vec 2.0 drew them from OS
+        entropy); with ``task.segments``, a model without CIF (which has no use for, and no forward
+        argument for, ``cif_boundaries``) is refused by key."""
         model = super().build_model(model_cfg, from_checkpoint)
+        seed_masks(model)
         record_feature_layers(model_cfg, model)
         self.frame_layers = extractor_layers(model)
         segments = getattr(self.cfg, "segments", None)
@@ -406,10 +409,12 @@ class SewAudioFinetuningTask(CheckedAudioTaskMixin, AudioFinetuningTask):
         self.optimizer_checked = False  # check_lr_scales runs at the first update
 
     def build_model(self, model_cfg, from_checkpoint=False):
-        """fairseq's; splits loaded from now on (fairseq-hydra-train loads them all after building the
-        model) count their labels against the CTC frames this model emits (``SEWCtc.ctc_frames``:
-        input downsampling and ``ctc_frames_per_step`` change them), not 20 ms frames."""
+        """fairseq's, its masks seeded (``seed_masks``); splits loaded from now on (fairseq-hydra-train
+        loads them all after building the model) count their labels against the CTC frames this model
+        emits (``SEWCtc.ctc_frames``: input downsampling and ``ctc_frames_per_step`` change them), not
+        20 ms frames."""
         model = super().build_model(model_cfg, from_checkpoint)
+        seed_masks(model)
         self.frame_layers = extractor_layers(model)
         self.model_ctc_frames = getattr(model, "ctc_frames", None)
         self.model_frame_period_ms = getattr(model, "frame_period_ms", None)

@@ -74,6 +74,16 @@ def test_the_grid_in_worker_processes_is_the_serial_grid(tgt_dict, files):  # no
     assert [line.split(":")[0] for line in logged] == [f"LM weight {w:g}, word score {s:g}" for w in grid[0] for s in grid[1]]
 
 
+def test_an_error_while_a_grid_is_queued_does_not_wait_for_the_queue(tgt_dict, files):  # noqa: F811
+    lexicon, lm = files
+    frames = emissions(tgt_dict, LEANS_TO_CAB)
+    with pytest.raises(KeyboardInterrupt):
+        with ParallelDecoder(1, "kenlm", tgt_dict, lexicon, lm, BeamOptions(beam=10)) as parallel:
+            queued = [parallel.submit(frames, BeamOptions(beam=10, lm_weight=w)) for w in range(40)]
+            raise KeyboardInterrupt  # Ctrl-C while the grid is queued
+    assert sum(f.cancelled() for f in queued) >= 30  # left undecoded (a worker takes at most two at a time)
+
+
 def test_a_best_pair_on_the_grids_edge_is_said():
     def grid(best):
         return [GridPoint(w, s, 0.1, 0.1, 1, 10, best=(w, s) == best) for w in (0.0, 1.0, 2.0) for s in (-1.0, 0.0, 1.0)]
@@ -143,12 +153,17 @@ def test_sew_tune_lm_writes_the_grid_and_its_best_as_sew_infer_decodes_them(data
     assert best["greedy_wer"] == pytest.approx(greedy.wer)
 
 
-def test_sew_tune_lm_with_decode_workers_writes_the_serial_grid(data, tmp_path, capsys):
+def test_sew_tune_lm_with_decode_workers_writes_the_serial_grid(data, tmp_path, capsys, monkeypatch):
     common = [str(data / "ckpt.pt"), str(data / "valid.tsv"), "--lm", str(data / "lm.arpa"), "--lexicon",
               str(data / "lexicon.txt"), "--lm-weight", "0", "4", "--word-score", "-4", "0", "4"]
+    submitted, submit = [], ParallelDecoder.submit
+    monkeypatch.setattr(ParallelDecoder, "submit", lambda self, e, options=None: submitted.append(options) or submit(self, e, options))
     for workers in (1, 2):
         assert sew_main(["tune-lm", *common, "--decode-workers", str(workers), "--out", str(tmp_path / f"w{workers}")]) == 0
     capsys.readouterr()
+    # the two-worker run handed every utterance of every pair to the workers, under that pair's options
+    assert len(submitted) == 6 * 6 and {(o.lm_weight, o.word_score) for o in submitted} == {
+        (w, s) for w in (0.0, 4.0) for s in (-4.0, 0.0, 4.0)}
     for name in ("tune-lm.csv", "tune-lm.md", "best.json"):
         assert (tmp_path / "w2" / name).read_text() == (tmp_path / "w1" / name).read_text(), name
     assert len({row.split(",")[4] for row in (tmp_path / "w1" / "tune-lm.csv").read_text().splitlines()[1:]}) > 1

@@ -3,12 +3,13 @@ whether the CPUs a run uses are alike (issue 22).
 
 Why: on a shared virtual machine a vCPU's AMX (bf16, int8) throughput depends on what else runs
 on the physical core behind it, and the two vCPUs of the 2-core Xeon in README differed by up to
-2.8x in bf16 at the same moment. oneDNN splits a product evenly between threads, so a product on
+3.0x in bf16 in the same round. oneDNN splits a product evenly between threads, so a product on
 all CPUs runs at the pace of the slowest one, and a bf16 forward's speed-up over fp32 follows that
 CPU's AMX rate rather than the machine's best.
 
-Each round times, for every CPU in turn, one thread pinned to it (``os.sched_setaffinity``), then
-all CPUs with one thread each; each a ``GemmReference`` slot (2048^3 products, ``--peak``'s: int8
+Each round times, for every CPU in turn, one thread with the process pinned to it
+(``os.sched_setaffinity``), then the process on all CPUs with as many threads (where the threads
+run is left to the system); each a ``GemmReference`` slot (2048^3 products, ``--peak``'s: int8
 is an ``Int8Linear`` layer). Linux only.
 
     .venv/bin/python examples/benchmarks/cpu_rates.py --rounds 5

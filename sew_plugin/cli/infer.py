@@ -133,9 +133,9 @@ def add_decoder_arguments(p, tuning: bool = False) -> None:
     p.add_argument("--beam-threshold", type=float, default=BeamOptions.beam_threshold,
                    help="--decoder kenlm: drop hypotheses scoring this far below the best")
     p.add_argument("--decode-workers", type=at_least(1), default=1,
-                   help=("processes running the beam searches of every pair's utterances at once (the grid is the "
-                         "serial one)" if tuning else "--decoder kenlm: processes running the beam search on several "
-                         "utterances at once (the results are the serial ones)"))
+                   help=("processes running the grid's beam searches at once, each with its own copy of the LM "
+                         "(the results are those of one process)" if tuning else "--decoder kenlm: processes running "
+                         "the beam search on several utterances at once (the results are the serial ones)"))
     p.add_argument("--device", type=device, default="cpu", help="cpu or cuda")
     p.add_argument("--dtype", default="fp32", choices=list(DTYPES),
                    help="number format of the model, converted once at load: bf16 (CPUs with AVX512-BF16 or AMX, "

@@ -212,12 +212,13 @@ class ParallelDecoder(Decoder):
     def hypotheses(self, batch: List[torch.Tensor]) -> List[Tuple[List[str], List[int]]]:
         return [f.result() for f in [self.submit(e) for e in batch]]
 
-    def close(self) -> None:
-        self.pool.shutdown()
+    def close(self, cancel: bool = False) -> None:
+        """End the processes after the queued utterances (``cancel``: after the running ones only)."""
+        self.pool.shutdown(cancel_futures=cancel)
 
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc):
-        self.close()
+    def __exit__(self, error_type, *exc):
+        self.close(cancel=error_type is not None)  # an error or Ctrl-C does not wait for the rest of a queue
         return False

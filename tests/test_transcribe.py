@@ -228,13 +228,23 @@ def test_recordings_in_any_format_rate_and_channels_become_16k_mono(tmp_path, fm
     assert abs(peak - 440) <= 2  # the tone survives resampling
 
 
-@pytest.mark.parametrize("content, message", [(b"RIFF\x00\x00garbage", "cannot be decoded"), (None, "holds no audio")])
-def test_a_recording_that_gives_no_audio_is_refused_by_name(tmp_path, content, message):
-    path = tmp_path / "bad.wav"
-    if content is None:
-        sf.write(path, np.zeros(0, np.float32), 16000)
-    else:
+@pytest.mark.parametrize("content, message", [
+    (b"RIFF\x00\x00garbage", "cannot be decoded"), ("empty", "holds no audio"),
+    ("cut", "truncated: the WAV header declares 57600 bytes of samples, the file holds 28800"),
+    ("cut", "truncated: the AIFF header declares"), ("whole", None)])
+def test_a_recording_that_gives_no_audio_or_not_all_of_it_is_refused_by_name(tmp_path, content, message):
+    path = tmp_path / ("bad.aiff" if message and "AIFF" in message else "bad.wav")
+    if isinstance(content, bytes):
         path.write_bytes(content)
+    else:  # 1.8 s of a tone, its samples cut to half (a copy cut short) where "cut"
+        samples = np.sin(np.arange(28800 if content != "empty" else 0) / 10).astype(np.float32) * 0.3
+        sf.write(path, samples, 16000, subtype="PCM_16")
+        if content == "cut":
+            data = path.read_bytes()
+            path.write_bytes(data[: len(data) - 28800])
+    if message is None:  # a whole file gives every sample
+        assert len(load_recording(path).samples) == 28800
+        return
     with pytest.raises(DataError, match=f"{path}: {message}"):
         load_recording(path)
 
@@ -247,12 +257,14 @@ def test_folders_are_searched_for_every_audio_format_in_a_fixed_order(tmp_path):
     (tmp_path / ".hidden").mkdir()
     (tmp_path / ".hidden" / "4.wav").write_bytes(b"")
     (tmp_path / "b" / "._2.flac").write_bytes(b"")
-    found, again, hidden = find_recordings([tmp_path / "a", tmp_path])
+    (tmp_path / "c" / "talk.M4A").write_bytes(b"")
+    found, again, hidden, other = find_recordings([tmp_path / "a", tmp_path])
     assert [p.relative_to(tmp_path).as_posix() for p in found] == ["a/1.wav", "b/2.flac", "c/3.mp3"]
+    assert [p.relative_to(tmp_path).as_posix() for p in other] == ["c/talk.M4A", "notes.txt"]  # left out, counted
     assert again == [(tmp_path / "a" / "1.wav", tmp_path / "a" / "1.wav"), (tmp_path / "again.wav", tmp_path / "a" / "1.wav")]
     assert sorted(p.relative_to(tmp_path).as_posix() for p in hidden) == [".hidden", "b/._2.flac"]
     # named as a source, a hidden file or folder is transcribed, not left out
-    found, _, hidden = find_recordings([tmp_path, tmp_path / ".hidden", tmp_path / "b" / "._2.flac"])
+    found, _, hidden, _ = find_recordings([tmp_path, tmp_path / ".hidden", tmp_path / "b" / "._2.flac"])
     assert {".hidden/4.wav", "b/._2.flac"} <= {p.relative_to(tmp_path).as_posix() for p in found} and hidden == []
 
 
@@ -265,6 +277,28 @@ def checkpoint(tmp_path_factory):
     torch.manual_seed(5)
     write_checkpoint(ctc_model("sew"), folder / "ckpt.pt", folder)
     return folder / "ckpt.pt"
+
+
+def test_a_data_folder_the_checkpoint_would_not_read_is_refused_by_name(tmp_path, checkpoint):
+    with pytest.raises(DataError, match=f"{tmp_path / 'none'}: not a folder"):
+        Transcriber.from_checkpoint(checkpoint, data=tmp_path / "none")
+    (tmp_path / "other").mkdir()  # this checkpoint reads its dictionary from the data folder: another size
+    (tmp_path / "other" / "dict.ltr.txt").write_text("A 1\nB 1\nC 1\n")
+    with pytest.raises(DataError, match=f"{tmp_path / 'other'}: its dictionary gives the CTC head 7 outputs, "
+                       f"{checkpoint}'s has 11"):
+        Transcriber.from_checkpoint(checkpoint, data=tmp_path / "other")
+    sf.write(tmp_path / "a.wav", speechlike(1.0), 16000)
+    refused = sew_here("transcribe", checkpoint, tmp_path / "a.wav", "--data", tmp_path / "other", expect=2)
+    assert "its dictionary gives the CTC head 7 outputs" in refused.stderr
+    from sew_plugin.inference.settings import check_dictionary  # a checkpoint that carries its own dictionary
+    carried = Transcriber.from_checkpoint(checkpoint).decoder.tgt_dict
+    with pytest.raises(DataError, match=f"{tmp_path / 'other' / 'dict.ltr.txt'}: its symbols differ from the "
+                       f"dictionary {checkpoint} decodes with \\(7 vs 11 symbols, the first difference at index 4\\)"):
+        check_dictionary(tmp_path / "other" / "dict.ltr.txt", carried, checkpoint)
+    (tmp_path / "same").mkdir()  # the same symbols (other counts) are taken
+    (tmp_path / "same" / "dict.ltr.txt").write_text("".join(f"{c} 7\n" for c in LETTERS))
+    assert Transcriber.from_checkpoint(checkpoint, data=tmp_path / "same").transcribe(
+        speechlike(1.0), sample_rate=16000).seconds == pytest.approx(1.0)
 
 
 def test_the_python_api_transcribes_arrays_and_files_alike(tmp_path, checkpoint):
@@ -337,6 +371,26 @@ def test_sew_transcribe_writes_every_format_refuses_bad_files_and_shards_cover_e
     assert sum(line.startswith(str(audio / "calls")) for line in counted.stdout.splitlines()) == 3
 
 
+@pytest.mark.slow
+def test_sew_transcribe_never_mixes_two_runs_in_one_folder_and_prints_files_of_one_name(tmp_path, checkpoint):
+    for seed, folder in enumerate(("spk1", "spk2")):
+        (tmp_path / folder).mkdir()
+        sf.write(tmp_path / folder / "001.wav", speechlike(1.5, seed=seed), 16000)
+    printed = sew_here("transcribe", checkpoint, tmp_path / "spk1", tmp_path / "spk2")  # no files: names may repeat
+    assert "transcribed 2 of 2 files" in printed.stderr
+    assert [line.split(": ")[0] for line in printed.stdout.splitlines()] == [
+        str(tmp_path / "spk1" / "001.wav"), str(tmp_path / "spk2" / "001.wav")]
+    refused = sew_here("transcribe", checkpoint, tmp_path / "spk1", tmp_path / "spk2", "--out", tmp_path / "o", expect=2)
+    assert "would be written to the same files as" in refused.stderr and "different --out folders" in refused.stderr
+
+    out = tmp_path / "out"
+    sew_here("transcribe", checkpoint, tmp_path / "spk1", "--out", out, "--format", "json", "srt")
+    refused = sew_here("transcribe", checkpoint, tmp_path / "spk1", "--out", out, "--format", "txt", expect=2)
+    assert f"{out / '001.json'}, {out / '001.srt'} already exist" in refused.stderr  # a rerun in another format
+    sew_here("transcribe", checkpoint, tmp_path / "spk1", "--out", out, "--format", "txt", "--overwrite")
+    assert sorted(p.name for p in out.iterdir()) == ["001.txt"]  # the earlier run's formats are gone with it
+
+
 def test_sew_transcribe_refuses_a_missing_input_and_a_bad_shard_before_loading(tmp_path):
     refused = sew_script("transcribe", tmp_path / "none.pt", tmp_path / "nothing.wav", expect=2)
     assert f"{tmp_path / 'nothing.wav'}: not found" in refused.stderr
@@ -385,8 +439,10 @@ def test_sew_transcribe_refuses_options_the_model_cannot_run_once_and_notes_dupl
     (tmp_path / ".Trash").mkdir()
     sf.write(tmp_path / ".Trash" / "b.wav", speechlike(1.0), 16000)
     (tmp_path / "._a.wav").write_bytes(b"AppleDouble")
+    (tmp_path / "notes.txt").write_text("not audio")
     done = sew_here("transcribe", checkpoint, tmp_path)
     assert "transcribed 1 of 1 files" in done.stderr
+    assert "1 other files left out for their extension (.txt; recordings are .wav, .flac" in done.stderr
     assert f"2 hidden files or folders left out, as fairseq's glob: {tmp_path / '.Trash'}, {tmp_path / '._a.wav'}" \
         in done.stderr
 

@@ -10,8 +10,9 @@ Folders are searched recursively; DIR/<path under the folder>.<format> is writte
 (``--window``, ``--context``). Each word's confidence is the mean posterior of its letters over
 their frames. ``--num-shards N --shard-id K`` (fairseq's names) take every N-th file from the K-th
 of the sorted list: N runs, on any machines, cover every file once and write what one run writes.
-A file that cannot be decoded, is empty or holds NaN/inf stops the run naming it; ``--skip-bad``
-lists it, counts it and goes on. ``--decode-workers N`` (``--decoder kenlm``) runs the beam search
+A file that cannot be decoded, is cut short, is empty or holds NaN/inf stops the run naming it;
+``--skip-bad`` lists it, counts it and goes on. Without ``--out`` each recording is a ``path: text``
+line on standard output. ``--decode-workers N`` (``--decoder kenlm``) runs the beam search
 in N processes while the model goes on to the next recordings; the files are those of one process.
 """
 
@@ -38,8 +39,9 @@ def add_arguments(p) -> None:
                    "standard output)")
     p.add_argument("--format", nargs="+", choices=list(FORMATS),
                    help="files written per recording with --out (default: txt json)")
-    p.add_argument("--data", type=Path, help="folder holding the checkpoint's dict.ltr.txt (default: the folder it "
-                   "was fine-tuned from)")
+    p.add_argument("--data", type=Path, help="folder holding the checkpoint's dict.ltr.txt, for a checkpoint that "
+                   "does not carry its dictionary (default: the folder it was fine-tuned from); a dictionary unlike "
+                   "the checkpoint's is refused")
     add_decoder_arguments(p)
     add_setting_arguments(p)
     p.add_argument("--window", type=at_least(1.0, float), default=20.0, help="seconds of audio per forward")
@@ -47,26 +49,29 @@ def add_arguments(p) -> None:
                    help="seconds by which consecutive windows overlap on each side of their boundary")
     p.add_argument("--batch-size", type=at_least(1), default=4, help="windows per forward")
     p.add_argument("--skip-bad", action="store_true", help="list and count files that give no audio, and go on")
-    p.add_argument("--overwrite", action="store_true", help="replace transcripts of an earlier run in --out")
+    p.add_argument("--overwrite", action="store_true", help="replace transcripts of an earlier run in --out (its "
+                   "files of a recording in formats this run does not write are removed)")
     p.add_argument("--num-shards", type=at_least(1), default=1, help="split the files among this many runs")
     p.add_argument("--shard-id", type=at_least(0), default=0, help="which of the --num-shards runs this is")
 
 
-def output_names(sources: List[Path], files: List[Path]) -> Dict[Path, Path]:
+def output_names(sources: List[Path], files: List[Path], unique: bool = True) -> Dict[Path, Path]:
     """Each file's output path without extension: its path under the folder it was found in, or
-    its name for a file given by name; two files with one name are refused before any work."""
+    its name for a file given by name; with ``unique`` (``--out``), two files with one name are
+    refused before any work."""
     names, taken = {}, {}
     for path in files:
         folder = next((s for s in sources if s.is_dir() and path.is_relative_to(s)), None)
         name = path.relative_to(folder).with_suffix("") if folder else Path(path.stem)
-        if name in taken:
-            raise DataError(path, f"would be written to the same files as {taken[name]} ({name}.*)")
+        if unique and name in taken:
+            raise DataError(path, f"would be written to the same files as {taken[name]} ({name}.*): rename one, "
+                            "or transcribe them into different --out folders")
         names[path], taken[name] = name, path
     return names
 
 
 def main(args) -> int:
-    from ..data.recordings import find_recordings, load_recording
+    from ..data.recordings import EXTENSIONS, find_recordings, load_recording
     from ..inference.windows import Windowing
 
     if args.shard_id >= args.num_shards:
@@ -77,13 +82,16 @@ def main(args) -> int:
     formats = args.format or ["txt", "json"]
     with refusing("transcribe"):
         windowing = Windowing(args.window, args.context, args.batch_size)
-    found, again, hidden = find_recordings(args.audio)
-    names = output_names(list(args.audio), found)  # over every shard's files: no two shards write one name
+    found, again, hidden, other = find_recordings(args.audio)
+    # over every shard's files: no two shards write one name
+    names = output_names(list(args.audio), found, unique=args.out is not None)
     files = found[args.shard_id :: args.num_shards]
-    outputs = {f: [args.out / f"{names[f]}.{fmt}" for fmt in formats] for f in files} if args.out else {}
+    # every format's file of each recording: an earlier run's in another format is a rerun too, and
+    # with --overwrite the formats not written again are removed, so no folder mixes two runs
+    outputs = {f: {fmt: args.out / f"{names[f]}.{fmt}" for fmt in FORMATS} for f in files} if args.out else {}
     if args.out:
-        check_outputs("transcribe", args.out, [p.relative_to(args.out) for paths in outputs.values() for p in paths],
-                      args.overwrite)
+        check_outputs("transcribe", args.out, [p.relative_to(args.out) for paths in outputs.values()
+                                               for p in paths.values()], args.overwrite)
 
     # fairseq's import (2-4 s), after every check of the options and files above
     from ..inference.transcriber import Transcriber, describe
@@ -105,9 +113,12 @@ def main(args) -> int:
         resampled += recording.sample_rate != 16000
         audio_s += transcript.seconds
         if args.out:
-            for fmt, dest in zip(formats, outputs[path]):
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                dest.write_text(FORMATS[fmt](transcript), encoding="utf-8")
+            for fmt, dest in outputs[path].items():
+                if fmt in formats:
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    dest.write_text(FORMATS[fmt](transcript), encoding="utf-8")
+                else:  # an earlier run's, in a format this run does not write (--overwrite)
+                    dest.unlink(missing_ok=True)
         else:
             print(f"{path}: {transcript.text}")
 
@@ -139,6 +150,10 @@ def main(args) -> int:
     if hidden:  # in every shard's summary, as the files found again
         notes.append(f"{len(hidden)} hidden files or folders left out, as fairseq's glob: "
                      f"{', '.join(map(str, hidden[:3]))}{', ...' if len(hidden) > 3 else ''}")
+    if other:  # a folder's .m4a, .txt, ...: counted, so that nothing is left out unsaid
+        kinds = sorted({p.suffix.lower() or p.name for p in other})
+        notes.append(f"{len(other)} other files left out for their extension ({', '.join(kinds[:5])}"
+                     f"{', ...' if len(kinds) > 5 else ''}; recordings are {', '.join(EXTENSIONS)})")
     rtf = f"real-time factor {elapsed / audio_s:.4f}" if audio_s else "no audio transcribed"
     print(f"{shard}transcribed {done} of {len(files)} files ({audio_s:.1f} s of audio), skipped "
           f"{len(skipped)}{'; ' + '; '.join(notes) if notes else ''}; {elapsed:.2f} s, {rtf}",

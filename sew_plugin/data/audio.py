@@ -170,12 +170,18 @@ def audio_frames(path: Path, sample_rate: int = SAMPLE_RATE, min_samples: int = 
     if info.frames < min_samples:
         raise DataError(path, f"only {info.frames} samples, shorter than the feature extractor's receptive field "
                         f"({min_samples} samples): it gives no output frame")
+    check_complete(path)
+    return info.frames
+
+
+def check_complete(path: Path) -> None:
+    """Refuse (``DataError`` naming the file) a file that ends before the samples its header
+    declares, which libsndfile would read as a shorter recording without a word."""
     shortfall = _declared_shortfall(path)
     if shortfall is not None:
         container, declared, present = shortfall
         raise DataError(path, f"truncated: the {container} header declares {declared} bytes of samples, "
                         f"the file holds {present}")
-    return info.frames
 
 
 def check_samples(path: Path, wav, frames: int):

@@ -4,18 +4,19 @@ OGG/Vorbis, Opus, MP3, AIFF, ...), at any sample rate, mono or not, made the mod
 Unlike a training manifest, nothing here is refused for its rate or channel count: several
 channels are averaged (mixed down) and other rates are resampled with soxr, the resampler of the
 field (its "HQ" quality: a passband to 0.91 of Nyquist, 20-bit stop-band rejection). What cannot
-make audio is refused by name: unreadable or corrupt, empty, or holding NaN or infinite samples.
+make audio is refused by name: unreadable or corrupt, cut short (a WAV, AIFF, CAF, AU or NIST file
+that ends before the samples its header declares), empty, or holding NaN or infinite samples.
 """
 
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
+from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import soundfile as sf
 
-from .audio import SAMPLE_RATE, check_samples
+from .audio import SAMPLE_RATE, check_complete, check_samples
 from .errors import DataError, DataErrors
 from .manifest import files_below
 
@@ -38,15 +39,25 @@ class Recording:
         return len(self.samples) / SAMPLE_RATE
 
 
-def find_recordings(sources: Sequence[Path]) -> Tuple[List[Path], List[Tuple[Path, Path]], List[Path]]:
+class Search(NamedTuple):
+    """What ``find_recordings`` found, and what it left out."""
+
+    found: List[Path]  # the files to transcribe, each once, in a fixed order
+    again: List[Tuple[Path, Path]]  # (path, the same file's first path) of each file found again
+    hidden: List[Path]  # hidden recordings and folders of searched folders
+    other: List[Path]  # searched folders' files without an audio extension (EXTENSIONS)
+
+
+def find_recordings(sources: Sequence[Path]) -> Search:
     """The files to transcribe, in a fixed order (each source in turn, a folder's files sorted by
     path and found through links to folders), each once; the (path, the same file's first path)
-    of each file found again (given twice, or through a link); and the hidden recordings and
+    of each file found again (given twice, or through a link); the hidden recordings and
     folders left out of searched folders (names that begin with a dot, as fairseq's glob leaves
-    them: macOS's ``._`` copies, ``.Trash``), but for those given as sources or holding one. A
-    link to nothing is kept: reading it names it. A source that does not exist, or a folder
-    without recordings, raises ``DataErrors``."""
-    found, problems, seen, again, hidden = [], [], {}, [], {}
+    them: macOS's ``._`` copies, ``.Trash``), but for those given as sources or holding one; and
+    the searched folders' other files, left out for their extension (``.m4a``, ``.txt``). A link
+    to nothing is kept: reading it names it. A source that does not exist, or a folder without
+    recordings, raises ``DataErrors``."""
+    found, problems, seen, again, hidden, other = [], [], {}, [], {}, []
     for source in map(Path, sources):
         if source.is_dir():
             files = []
@@ -54,6 +65,7 @@ def find_recordings(sources: Sequence[Path]) -> Tuple[List[Path], List[Tuple[Pat
                 present, dangling, left_out = files_below(source, ext)
                 files += present + dangling  # a link to nothing is named when it is read
                 hidden.update(dict.fromkeys(left_out))  # each hidden folder is listed for every extension
+            other += [path for path in files_below(source, "").files if not path.name.lower().endswith(EXTENSIONS)]
             if not files:
                 problems.append(DataError(source, f"no recordings in this folder ({', '.join(EXTENSIONS)})"))
         elif source.is_file():
@@ -71,7 +83,8 @@ def find_recordings(sources: Sequence[Path]) -> Tuple[List[Path], List[Tuple[Pat
     if problems:
         raise DataErrors("inputs", problems)
     given = [Path(os.path.realpath(source)) for source in sources]
-    return found, again, [path for path in hidden if not _given_or_holds_one(path, given)]
+    return Search(found, again, [path for path in hidden if not _given_or_holds_one(path, given)],
+                  sorted(dict.fromkeys(other)))
 
 
 def _given_or_holds_one(path: Path, given: List[Path]) -> bool:
@@ -122,7 +135,12 @@ def load_recording(path: Path) -> Recording:
     if not path.is_file():
         raise DataError(path, "not found (a link to nothing?)" if path.is_symlink() else "not found")
     try:
+        check_complete(path)  # libsndfile reads a file cut short as a shorter recording
         wav, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    except OSError as err:
+        raise DataError(path, f"cannot be read ({err})") from None
+    except DataError:
+        raise
     except Exception as err:  # soundfile raises several types for corrupt or unknown files
         raise DataError(path, f"cannot be decoded ({err})") from None
     return make_recording(wav, rate, path)

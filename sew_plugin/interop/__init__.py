@@ -1,5 +1,6 @@
 """Conversions between this plugin's checkpoints and other implementations, and what the exporters share."""
 
+import re
 from pathlib import Path
 from typing import Optional
 
@@ -36,6 +37,13 @@ def load_with_data(checkpoint: Path, data: Optional[Path] = None):
 
     try:
         return load_checkpoint(checkpoint, {"data": str(data)} if data else None)
+    except RuntimeError as err:  # the output layer sized by the data folder's dictionary, not the checkpoint's
+        head = re.search(r"size mismatch for [\w.]*proj\.weight: copying a param with shape torch\.Size\(\[(\d+), "
+                         r"\d+\]\) from checkpoint, the shape in current model is torch\.Size\(\[(\d+),", str(err))
+        if data is None or head is None:
+            raise
+        raise DataError(data, f"its dictionary gives the CTC head {head[2]} outputs, {checkpoint}'s has {head[1]}: "
+                        "give the folder the checkpoint was fine-tuned from (its dict.ltr.txt), or none") from None
     except (DataError, FileNotFoundError) as err:
         found = err.path if isinstance(err, DataError) else err.filename
         missing = Path(found) if found is not None else None

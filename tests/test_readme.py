@@ -57,12 +57,14 @@ def test_readme_training_command_composes_its_config(args, tmp_path):
 
 def test_readme_python_snippets_run(tmp_path, monkeypatch):
     """Each ```python block runs, in a folder with what the snippets name: a fine-tuned checkpoint
-    (ckpt.pt), its dictionary (data/dict.ltr.txt) and a 40 s stereo 44.1 kHz recording (talk.flac)."""
+    (ckpt.pt), its dictionary (data/dict.ltr.txt), a 40 s stereo 44.1 kHz recording (talk.flac), and
+    a lexicon and bigram LM of words of the checkpoint's letters (lexicon.txt, lm.arpa)."""
     import numpy as np
     import soundfile as sf
     import torch
 
     from helpers import LETTERS, ctc_model, write_checkpoint
+    from test_decoding import write_arpa, write_lexicon
 
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "dict.ltr.txt").write_text("".join(f"{c} 1\n" for c in LETTERS))
@@ -70,8 +72,12 @@ def test_readme_python_snippets_run(tmp_path, monkeypatch):
     write_checkpoint(ctc_model("sew"), tmp_path / "ckpt.pt", tmp_path / "data")
     noise = np.random.default_rng(0).uniform(-0.2, 0.2, (44100 * 40, 2)).astype(np.float32)
     sf.write(tmp_path / "talk.flac", noise, 44100)
+    words = ["EAST", "NOTE", "SEA", "TOAST", "ONE"]
+    write_lexicon(tmp_path / "lexicon.txt", words)
+    write_arpa(tmp_path / "lm.arpa", {w: -0.7 for w in words}, [("SEA", "TOAST", -0.3)])
     monkeypatch.chdir(tmp_path)
     blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
     assert len(blocks) >= 2
     for block in blocks:
         exec(compile(block, "README.md", "exec"), {})
+    assert (tmp_path / "talk.srt").read_text().startswith("1\n00:00:")  # the srt the snippet writes

@@ -13,7 +13,7 @@ import torch
 from fairseq.data import Dictionary
 
 from sew_plugin.data.errors import DataError
-from sew_plugin.data.recordings import find_recordings, load_recording
+from sew_plugin.data.recordings import find_recordings, load_recording, make_recording
 from sew_plugin.inference.alignment import Word, align_words
 from sew_plugin.inference.decoding import ViterbiDecoder
 from sew_plugin.inference.formats import FORMATS
@@ -277,6 +277,25 @@ def checkpoint(tmp_path_factory):
     torch.manual_seed(5)
     write_checkpoint(ctc_model("sew"), folder / "ckpt.pt", folder)
     return folder / "ckpt.pt"
+
+
+def test_a_long_recording_reports_its_progress_after_each_batch_of_windows(checkpoint):
+    transcriber = Transcriber.from_checkpoint(checkpoint, windowing=Windowing(5, 1, batch_size=2))
+    shares = []
+    transcript = transcriber.start(make_recording(speechlike(23.0), 16000), "talk", shares.append)()
+    assert transcript.windows == len(shares) * 2 - (transcript.windows % 2)  # one call per batch of two windows
+    assert len(shares) >= 3 and shares == sorted(shares) and shares[-1] == 1.0 and 0 < shares[0] < 0.5
+
+
+def test_the_python_api_refuses_a_device_this_torch_cannot_use(checkpoint):
+    from sew_plugin.inference.devices import check_device
+
+    assert check_device("cpu") == torch.device("cpu")
+    with pytest.raises(ValueError, match="must be cpu, cuda or cuda:N, got 'tpu'"):
+        Transcriber.from_checkpoint(checkpoint, device="tpu")
+    if not torch.cuda.is_available():  # a CPU-only torch: said, not PyTorch's AssertionError from deep inside
+        with pytest.raises(ValueError, match="cuda: this torch .* sees no CUDA device"):
+            Transcriber.from_checkpoint(checkpoint, device="cuda")
 
 
 def test_a_data_folder_the_checkpoint_would_not_read_is_refused_by_name(tmp_path, checkpoint):

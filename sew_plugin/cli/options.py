@@ -32,17 +32,12 @@ def finite(text: str) -> float:
 
 def device(text: str) -> str:
     """argparse type: a torch device this torch can use (cpu, cuda, cuda:N)."""
-    import torch
+    from ..inference.devices import check_device
 
     try:
-        parsed = torch.device(text)
-    except RuntimeError:
-        raise argparse.ArgumentTypeError(f"must be cpu, cuda or cuda:N, got {text!r}") from None
-    if parsed.type == "cuda" and not torch.cuda.is_available():
-        raise argparse.ArgumentTypeError(f"{text}: this torch ({torch.__version__}) sees no CUDA device; on a GPU "
-                                         "machine install a CUDA build of torch (README: Install)")
-    if parsed.type not in ("cpu", "cuda"):
-        raise argparse.ArgumentTypeError(f"must be cpu, cuda or cuda:N, got {text!r}")
+        check_device(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
     return text
 
 

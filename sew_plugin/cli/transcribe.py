@@ -124,12 +124,19 @@ def main(args) -> int:
 
     start = time.perf_counter()
     with decoding_workers(args, decoder) as decoding, \
-            tqdm(total=sum(seconds.values()), unit="s", desc="transcribing", disable=None, leave=False) as progress:
+            tqdm(total=sum(seconds.values()), unit="s", unit_scale=True, desc="transcribing", disable=None,
+                 leave=False) as progress:
         transcriber = serial.with_decoder(decoding)
         for path in files:
+            shown = [0.0]  # seconds of this file on the bar: it moves after each batch of windows
+
+            def advance(share, path=path, shown=shown) -> None:
+                progress.update(seconds[path] * share - shown[0])
+                shown[0] = seconds[path] * share
+
             try:
                 recording = load_recording(path)
-                pending.append((path, recording, transcriber.start(recording, names[path].as_posix())))
+                pending.append((path, recording, transcriber.start(recording, names[path].as_posix(), advance)))
             except DataError as err:  # the file's fault; what is the model's or the options' was refused above
                 if not args.skip_bad:
                     while pending:  # what was transcribed before it is written
@@ -137,7 +144,7 @@ def main(args) -> int:
                     raise
                 skipped.append(err)
                 print(f"skipped {err}", file=sys.stderr)
-            progress.update(seconds[path])
+            progress.update(seconds[path] - shown[0])
             while len(pending) > args.decode_workers - 1:
                 finish(*pending.popleft())
         while pending:

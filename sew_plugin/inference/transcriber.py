@@ -131,16 +131,18 @@ class Transcriber:
     def transcribe_recording(self, recording: Recording, name: Optional[str] = None) -> Transcript:
         return self.start(recording, name)()
 
-    def start(self, recording: Recording, name: Optional[str] = None) -> Callable[[], Transcript]:
+    def start(self, recording: Recording, name: Optional[str] = None,
+              progress: Optional[Callable[[float], None]] = None) -> Callable[[], Transcript]:
         """Run the model on ``recording`` now and hand its decoding to the decoder's workers when it
         has them (``decoding.ParallelDecoder``): the returned call waits for it and gives the
-        transcript, so the next recording's forward runs while this one is decoded."""
+        transcript, so the next recording's forward runs while this one is decoded. ``progress``:
+        called with the share of the recording run so far, after each batch of windows."""
         least = max(MIN_SAMPLES, getattr(self.model, "min_source_samples", 0))  # input downsampling needs more
         if len(recording.samples) < least:
             raise DataError(recording.path or "the samples", f"{len(recording.samples)} samples at 16 kHz, fewer "
                             f"than the {least} this model needs for one output frame")
         out = forward_windows(self.model, torch.from_numpy(recording.samples), self.windowing, self.device,
-                              self.normalize)
+                              self.normalize, progress)
         if hasattr(self.decoder, "submit"):
             decoding = self.decoder.submit(out.lprobs)
         else:

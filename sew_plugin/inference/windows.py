@@ -17,7 +17,7 @@ is what the context is for.
 
 import contextlib
 from dataclasses import dataclass
-from typing import List, Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -110,9 +110,10 @@ def kept_frames(offsets: List[int], counts: List[int]) -> List[Tuple[int, int]]:
 
 @torch.no_grad()
 def forward_windows(model, wav: torch.Tensor, windowing: Windowing = Windowing(), device: str = "cpu",
-                    normalize: bool = False) -> Stitched:
+                    normalize: bool = False, progress: Optional[Callable[[float], None]] = None) -> Stitched:
     """The stitched CTC log-probabilities of the (S,) 16 kHz waveform ``wav`` (see the module's
-    docstring). ``normalize``: layer-normalise the whole waveform first, as a checkpoint's task did."""
+    docstring). ``normalize``: layer-normalise the whole waveform first, as a checkpoint's task did;
+    ``progress`` is called after each batch of windows with the share of ``wav`` run so far."""
     # fairseq comes in with it: imported here, `sew transcribe` checks its options and files first
     from ..modules.masked_group_norm import given_statistics, recording_statistics
 
@@ -143,6 +144,8 @@ def forward_windows(model, wav: torch.Tensor, windowing: Windowing = Windowing()
             counts.append(frames[row])
         if "exit_layer" in out:
             exits += out["exit_layer"].tolist()
+        if progress is not None:
+            progress(batch[-1][1] / wav.numel())
     spans = kept_frames(offsets, counts)
     lprobs = torch.cat([piece[lo - offset : hi - offset] for piece, offset, (lo, hi) in zip(pieces, offsets, spans)])
     return Stitched(lprobs, 1000 * frame / SAMPLE_RATE, len(ranges), exits or None)

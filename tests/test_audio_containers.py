@@ -15,6 +15,7 @@ import pytest
 import soundfile as sf
 
 from sew_plugin.data.audio import audio_frames
+from sew_plugin.data.recordings import load_recording
 from sew_plugin.data.errors import DataError
 
 SEW = str(Path(sys.executable).with_name("sew"))
@@ -81,14 +82,17 @@ def test_a_file_cut_short_is_refused_and_the_whole_one_passes(tmp_path, fmt, sub
     assert f"the {container} header declares" in message, message
 
 
-@pytest.mark.parametrize("fmt, offset, order", [("WAV", 40, "little"), ("AU", 8, "big")])
-def test_an_unknown_data_size_is_not_truncation(tmp_path, fmt, offset, order):
-    """0xFFFFFFFF: the placeholder of a file written as a stream; libsndfile reads to the end."""
+@pytest.mark.parametrize("fmt, offset, order, size", [("WAV", 40, "little", 0xFFFFFFFF), ("AU", 8, "big", 0xFFFFFFFF),
+                                                      ("WAV", 40, "little", 0x7FFFF000), ("WAV", 40, "little", 0x7FFFFFFF)])
+def test_an_unknown_data_size_is_not_truncation(tmp_path, fmt, offset, order, size):
+    """The placeholders of a file written as a stream (ffmpeg's 0xFFFFFFFF, sox's 0x7FFFF000 to a
+    pipe, arecord's 0x7FFFFFFF); libsndfile reads to the end, and so does sew transcribe."""
     path = _write(tmp_path / "streamed.wav", fmt, "PCM_16")
     data = bytearray(path.read_bytes())
-    data[offset:offset + 4] = (0xFFFFFFFF).to_bytes(4, order)
+    data[offset:offset + 4] = size.to_bytes(4, order)
     path.write_bytes(bytes(data))
     assert audio_frames(path) == FRAMES
+    assert len(load_recording(path).samples) == FRAMES
 
 
 def test_sew_manifest_refuses_a_cut_rf64_named_wav(tmp_path):

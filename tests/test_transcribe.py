@@ -304,16 +304,28 @@ def test_a_data_folder_the_checkpoint_would_not_read_is_refused_by_name(tmp_path
     (tmp_path / "other").mkdir()  # this checkpoint reads its dictionary from the data folder: another size
     (tmp_path / "other" / "dict.ltr.txt").write_text("A 1\nB 1\nC 1\n")
     with pytest.raises(DataError, match=f"{tmp_path / 'other'}: its dictionary gives the CTC head 7 outputs, "
-                       f"{checkpoint}'s has 11"):
+                       f"{checkpoint}'s has 11: pass --data"):
         Transcriber.from_checkpoint(checkpoint, data=tmp_path / "other")
     sf.write(tmp_path / "a.wav", speechlike(1.0), 16000)
     refused = sew_here("transcribe", checkpoint, tmp_path / "a.wav", "--data", tmp_path / "other", expect=2)
     assert "its dictionary gives the CTC head 7 outputs" in refused.stderr
-    from sew_plugin.inference.settings import check_dictionary  # a checkpoint that carries its own dictionary
-    carried = Transcriber.from_checkpoint(checkpoint).decoder.tgt_dict
-    with pytest.raises(DataError, match=f"{tmp_path / 'other' / 'dict.ltr.txt'}: its symbols differ from the "
-                       f"dictionary {checkpoint} decodes with \\(7 vs 11 symbols, the first difference at index 4\\)"):
-        check_dictionary(tmp_path / "other" / "dict.ltr.txt", carried, checkpoint)
+    # a checkpoint that carries its own dictionary (fairseq's task state): a named folder's must be it
+    from fairseq.data import Dictionary
+
+    from sew_plugin.inference.settings import load_for_inference
+
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    state["task_state"] = {"target_dictionary": Dictionary.load(str(checkpoint.parent / "dict.ltr.txt"))}
+    carrying = tmp_path / "carrying.pt"
+    torch.save(state, carrying)
+    (tmp_path / "reordered").mkdir()  # the same size, another order: the output layer loads, the letters are wrong
+    (tmp_path / "reordered" / "dict.ltr.txt").write_text("".join(f"{c} 1\n" for c in reversed(LETTERS)))
+    with pytest.raises(DataError, match=f"{tmp_path / 'reordered' / 'dict.ltr.txt'}: its symbols differ from the "
+                       f"dictionary {carrying} decodes with \\(11 vs 11 symbols, the first difference at index 4\\)"):
+        Transcriber.from_checkpoint(carrying, data=tmp_path / "reordered")
+    # a folder only implied (sew infer's: the manifest's) is not checked: the carried dictionary decodes
+    _, task, _ = load_for_inference(carrying, tmp_path / "reordered", data_named=False)
+    assert task.target_dictionary.symbols[4:] == LETTERS
     (tmp_path / "same").mkdir()  # the same symbols (other counts) are taken
     (tmp_path / "same" / "dict.ltr.txt").write_text("".join(f"{c} 7\n" for c in LETTERS))
     assert Transcriber.from_checkpoint(checkpoint, data=tmp_path / "same").transcribe(
@@ -391,7 +403,7 @@ def test_sew_transcribe_writes_every_format_refuses_bad_files_and_shards_cover_e
 
 
 @pytest.mark.slow
-def test_sew_transcribe_never_mixes_two_runs_in_one_folder_and_prints_files_of_one_name(tmp_path, checkpoint):
+def test_sew_transcribe_says_what_an_earlier_run_left_and_prints_files_of_one_name(tmp_path, checkpoint):
     for seed, folder in enumerate(("spk1", "spk2")):
         (tmp_path / folder).mkdir()
         sf.write(tmp_path / folder / "001.wav", speechlike(1.5, seed=seed), 16000)
@@ -404,10 +416,13 @@ def test_sew_transcribe_never_mixes_two_runs_in_one_folder_and_prints_files_of_o
 
     out = tmp_path / "out"
     sew_here("transcribe", checkpoint, tmp_path / "spk1", "--out", out, "--format", "json", "srt")
-    refused = sew_here("transcribe", checkpoint, tmp_path / "spk1", "--out", out, "--format", "txt", expect=2)
-    assert f"{out / '001.json'}, {out / '001.srt'} already exist" in refused.stderr  # a rerun in another format
-    sew_here("transcribe", checkpoint, tmp_path / "spk1", "--out", out, "--format", "txt", "--overwrite")
-    assert sorted(p.name for p in out.iterdir()) == ["001.txt"]  # the earlier run's formats are gone with it
+    refused = sew_here("transcribe", checkpoint, tmp_path / "spk1", "--out", out, "--format", "txt", "json", expect=2)
+    assert f"{out / '001.json'} already exists" in refused.stderr
+    # another format beside an earlier run's (or the user's own files) is written, and what it left is said
+    again = sew_here("transcribe", checkpoint, tmp_path / "spk1", "--out", out, "--format", "txt")
+    assert f"2 files of these recordings in other formats were there before and are left as they were: " \
+           f"{out / '001.json'}, {out / '001.srt'}" in again.stdout
+    assert sorted(p.name for p in out.iterdir()) == ["001.json", "001.srt", "001.txt"]  # nothing removed
 
 
 def test_sew_transcribe_refuses_a_missing_input_and_a_bad_shard_before_loading(tmp_path):

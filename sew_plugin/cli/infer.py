@@ -181,13 +181,13 @@ def beam_options(args) -> BeamOptions:
                        unk_score=args.unk_score, sil_score=args.sil_score)
 
 
-def load(args, command: str = "infer", data=None):
+def load(args, command: str = "infer", data=None, named: bool = False):
     """The model, decoder and normalisation of ``args.checkpoint``, its dictionary from ``data``
-    (the folder of ``dict.ltr.txt``; None: the folder it was fine-tuned from); misuse stops with the
-    command's error."""
+    (the folder of ``dict.ltr.txt``: the manifest's, or ``named`` by the user's ``--data``; None:
+    the folder it was fine-tuned from); misuse stops with the command's error."""
     with refusing(command):
         model, task, normalize = load_for_inference(args.checkpoint, data, args.device, args.threads, command,
-                                                    args.dtype)
+                                                    args.dtype, data_named=named)
     decoder = build_decoder(args.decoder, task.target_dictionary, args.lexicon, args.lm, beam_options(args))
     return model, decoder, normalize
 

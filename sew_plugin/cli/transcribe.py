@@ -40,8 +40,8 @@ def add_arguments(p) -> None:
     p.add_argument("--format", nargs="+", choices=list(FORMATS),
                    help="files written per recording with --out (default: txt json)")
     p.add_argument("--data", type=Path, help="folder holding the checkpoint's dict.ltr.txt, for a checkpoint that "
-                   "does not carry its dictionary (default: the folder it was fine-tuned from); a dictionary unlike "
-                   "the checkpoint's is refused")
+                   "does not carry its dictionary (default: the folder it was fine-tuned from); refused where its "
+                   "dictionary differs from one the checkpoint carries, or has another size than its output layer")
     add_decoder_arguments(p)
     add_setting_arguments(p)
     p.add_argument("--window", type=at_least(1.0, float), default=20.0, help="seconds of audio per forward")
@@ -49,8 +49,7 @@ def add_arguments(p) -> None:
                    help="seconds by which consecutive windows overlap on each side of their boundary")
     p.add_argument("--batch-size", type=at_least(1), default=4, help="windows per forward")
     p.add_argument("--skip-bad", action="store_true", help="list and count files that give no audio, and go on")
-    p.add_argument("--overwrite", action="store_true", help="replace transcripts of an earlier run in --out (its "
-                   "files of a recording in formats this run does not write are removed)")
+    p.add_argument("--overwrite", action="store_true", help="replace transcripts of an earlier run in --out")
     p.add_argument("--num-shards", type=at_least(1), default=1, help="split the files among this many runs")
     p.add_argument("--shard-id", type=at_least(0), default=0, help="which of the --num-shards runs this is")
 
@@ -86,17 +85,19 @@ def main(args) -> int:
     # over every shard's files: no two shards write one name
     names = output_names(list(args.audio), found, unique=args.out is not None)
     files = found[args.shard_id :: args.num_shards]
-    # every format's file of each recording: an earlier run's in another format is a rerun too, and
-    # with --overwrite the formats not written again are removed, so no folder mixes two runs
-    outputs = {f: {fmt: args.out / f"{names[f]}.{fmt}" for fmt in FORMATS} for f in files} if args.out else {}
+    outputs = {f: [args.out / f"{names[f]}.{fmt}" for fmt in formats] for f in files} if args.out else {}
     if args.out:
-        check_outputs("transcribe", args.out, [p.relative_to(args.out) for paths in outputs.values()
-                                               for p in paths.values()], args.overwrite)
+        check_outputs("transcribe", args.out, [p.relative_to(args.out) for paths in outputs.values() for p in paths],
+                      args.overwrite)
+    # files of these recordings in the formats this run does not write (an earlier run's, or the
+    # user's own): left alone, and said in the summary, since they may not match the new transcripts
+    beside = [args.out / f"{names[f]}.{fmt}" for f in files for fmt in FORMATS if fmt not in formats
+              if (args.out / f"{names[f]}.{fmt}").exists()] if args.out else []
 
     # fairseq's import (2-4 s), after every check of the options and files above
     from ..inference.transcriber import Transcriber, describe
 
-    model, decoder, normalize = load(args, "transcribe", args.data)
+    model, decoder, normalize = load(args, "transcribe", args.data, named=True)
     apply_settings(model, decoder, args, "transcribe")
     settings = describe(args.checkpoint, args.decoder, args.lm, args.lexicon, beam_options(args), args.operating_point,
                         args.cif_lambda, args.exit_policy, args.threshold, args.exit_layer, args.dtype)
@@ -113,12 +114,9 @@ def main(args) -> int:
         resampled += recording.sample_rate != 16000
         audio_s += transcript.seconds
         if args.out:
-            for fmt, dest in outputs[path].items():
-                if fmt in formats:
-                    dest.parent.mkdir(parents=True, exist_ok=True)
-                    dest.write_text(FORMATS[fmt](transcript), encoding="utf-8")
-                else:  # an earlier run's, in a format this run does not write (--overwrite)
-                    dest.unlink(missing_ok=True)
+            for fmt, dest in zip(formats, outputs[path]):
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                dest.write_text(FORMATS[fmt](transcript), encoding="utf-8")
         else:
             print(f"{path}: {transcript.text}")
 
@@ -157,6 +155,9 @@ def main(args) -> int:
     if hidden:  # in every shard's summary, as the files found again
         notes.append(f"{len(hidden)} hidden files or folders left out, as fairseq's glob: "
                      f"{', '.join(map(str, hidden[:3]))}{', ...' if len(hidden) > 3 else ''}")
+    if beside:
+        notes.append(f"{len(beside)} files of these recordings in other formats were there before and are left "
+                     f"as they were: {', '.join(map(str, beside[:3]))}{', ...' if len(beside) > 3 else ''}")
     if other:  # a folder's .m4a, .txt, ...: counted, so that nothing is left out unsaid
         kinds = sorted({p.suffix.lower() or p.name for p in other})
         notes.append(f"{len(other)} other files left out for their extension ({', '.join(kinds[:5])}"

@@ -32,6 +32,9 @@ _W64_DATA = bytes.fromhex("64617461f3acd3118cd100c04f8edb8a")  # 61746164-ACF3-1
 # The 32-bit size a stream writer leaves (RF64: the size is in ds64). The other placeholder, 0,
 # never exceeds the bytes present.
 _UNKNOWN = 0xFFFFFFFF
+# A WAV's data sizes that say the same: ffmpeg's and RF64's above, sox's to a pipe, arecord's.
+# libsndfile reads such a file to its end.
+_RIFF_UNKNOWN = (_UNKNOWN, 0x7FFFF000, 0x7FFFFFFF)
 
 
 def _chunks(f, pos: int, end: int, id_size=4, size_size=4, order="little", size_has_header=False, align=2):
@@ -55,8 +58,8 @@ def _riff(f, size: int, order="little"):
             f.seek(start + 8)
             ds64_data = int.from_bytes(f.read(8), "little")
         elif chunk == b"data":
-            if length == _UNKNOWN:
-                length = ds64_data
+            if length in _RIFF_UNKNOWN:
+                length = ds64_data  # None outside RF64: the size is not known, the file is read to its end
             return None if length is None else (length, size - start)
     return None
 

@@ -12,17 +12,17 @@ from typing import Optional
 
 import torch
 
-from ..data.errors import DataError
 from ..modules.early_exit import NBEST, make_policy
 from .devices import check_device
 from .precision import refuse_int8_off_cpu, set_precision
 
 
 def load_for_inference(checkpoint: Path, data: Path, device: str = "cpu", threads: int = 0, command: str = "infer",
-                       dtype: str = "fp32"):
+                       dtype: str = "fp32", data_named: bool = True):
     """``(model, task, normalize)``: the CTC model of ``checkpoint`` in eval mode on ``device`` in
-    ``dtype`` (``precision.DTYPES``), its task (with the target dictionary of ``data``, the folder
-    of the manifest to transcribe), and whether the checkpoint's task normalised the audio. A
+    ``dtype`` (``precision.DTYPES``), its task (with the target dictionary of ``data``: a folder the
+    user named, or with ``data_named=False`` one implied, the manifest's; ``interop.load_with_data``
+    checks them), and whether the checkpoint's task normalised the audio. A
     checkpoint without a CTC head (pre-trained) is refused (``ValueError`` naming the file): its
     task has no target dictionary to decode with; ``command`` names who asks."""
     from ..checkpoint import require_ctc
@@ -36,11 +36,7 @@ def load_for_inference(checkpoint: Path, data: Path, device: str = "cpu", thread
     refuse_int8_off_cpu(dtype, device)
     if threads:
         torch.set_num_threads(threads)
-    if data is not None and not Path(data).is_dir():
-        raise DataError(data, "not a folder (the data folder holds the checkpoint's dict.ltr.txt)")
-    model, cfg, task = load_with_data(checkpoint, data)  # a missing dictionary: a DataError naming it
-    if data is not None:
-        check_dictionary(Path(data) / f"dict.{cfg.task.get('labels') or 'ltr'}.txt", task.target_dictionary, checkpoint)
+    model, cfg, task = load_with_data(checkpoint, data, data_named)  # a bad dictionary: a DataError naming it
     try:
         require_ctc(model, command)
     except ValueError as err:
@@ -48,26 +44,6 @@ def load_for_inference(checkpoint: Path, data: Path, device: str = "cpu", thread
     keep_layer_results(model, False)  # only the last layer feeds the CTC head
     set_precision(model.to(device), dtype)
     return model, task, bool(cfg.task.get("normalize", False))
-
-
-def check_dictionary(path: Path, dictionary, checkpoint: Path) -> None:
-    """A data folder's dictionary, where it has one, refused (``DataError`` naming it) when its
-    symbols differ from those of the ``dictionary`` the model decodes with: a checkpoint that carries
-    its own dictionary never reads the folder's, which would otherwise be ignored without a word."""
-    if dictionary is None or not path.is_file():
-        return
-    from fairseq.data import Dictionary
-
-    try:
-        symbols = Dictionary.load(str(path)).symbols
-    except (ValueError, RuntimeError) as err:
-        raise DataError(path, f"not a fairseq dictionary ({err})") from None
-    if symbols != dictionary.symbols:
-        first = next((i for i, (a, b) in enumerate(zip(symbols, dictionary.symbols)) if a != b),
-                     min(len(symbols), len(dictionary.symbols)))
-        raise DataError(path, f"its symbols differ from the dictionary {checkpoint} decodes with ({len(symbols)} vs "
-                        f"{len(dictionary.symbols)} symbols, the first difference at index {first}): the checkpoint's "
-                        "is what its output layer was trained with; give the folder it was fine-tuned from, or none")
 
 
 def set_operating_point(model, point: Optional[str]) -> None:

@@ -91,8 +91,8 @@ def main(args) -> int:
                       args.overwrite)
     # files of these recordings in the formats this run does not write (an earlier run's, or the
     # user's own): left alone, and said in the summary, since they may not match the new transcripts
-    beside = [args.out / f"{names[f]}.{fmt}" for f in files for fmt in FORMATS if fmt not in formats
-              if (args.out / f"{names[f]}.{fmt}").exists()] if args.out else []
+    others = [args.out / f"{names[f]}.{fmt}" for f in files for fmt in FORMATS if fmt not in formats] if args.out else []
+    beside = [path for path in others if path.exists()]
 
     # fairseq's import (2-4 s), after every check of the options and files above
     from ..inference.transcriber import Transcriber, describe

@@ -20,6 +20,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
+from .devices import check_device
 from .precision import DTYPES, parameter_count, refuse_int8_off_cpu, set_precision
 
 
@@ -438,9 +439,10 @@ def run(models: List[str], seconds: List[float], batch_sizes: List[int], device:
     if baseline not in models:
         log(f"adding the baseline row {baseline} (--baseline)")
         models = models + [baseline]
-    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {device}: this torch ({torch.__version__}) sees no CUDA device; "
-                         "on a GPU machine install a CUDA build of torch (README: Install)")
+    try:
+        check_device(device)
+    except ValueError as err:
+        raise ValueError(f"--device {err}") from None
     built: Dict[str, Prepared] = {}
     for name in models:
         log(f"building {name}")

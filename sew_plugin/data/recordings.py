@@ -60,12 +60,12 @@ def find_recordings(sources: Sequence[Path]) -> Search:
     found, problems, seen, again, hidden, other = [], [], {}, [], {}, []
     for source in map(Path, sources):
         if source.is_dir():
-            files = []
-            for ext in EXTENSIONS:
-                present, dangling, left_out = files_below(source, ext)
-                files += present + dangling  # a link to nothing is named when it is read
-                hidden.update(dict.fromkeys(left_out))  # each hidden folder is listed for every extension
-            other += [path for path in files_below(source, "").files if not path.name.lower().endswith(EXTENSIONS)]
+            below = files_below(source, "")  # one walk of the folder: every name ends with ""
+            # a link to nothing is kept: it is named when it is read
+            files = [path for path in below.files + below.dangling if path.name.lower().endswith(EXTENSIONS)]
+            other += [path for path in below.files if not path.name.lower().endswith(EXTENSIONS)]
+            for ext in EXTENSIONS:  # hidden folders and recordings, listed extension by extension
+                hidden.update(dict.fromkeys(p for p in below.hidden if p.is_dir() or p.name.lower().endswith(ext)))
             if not files:
                 problems.append(DataError(source, f"no recordings in this folder ({', '.join(EXTENSIONS)})"))
         elif source.is_file():

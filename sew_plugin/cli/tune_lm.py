@@ -19,7 +19,6 @@ writes ``tune-lm.md`` (WER per pair: LM weights by rows, word scores by columns)
 """
 
 import argparse
-import contextlib
 import json
 from pathlib import Path
 
@@ -60,11 +59,10 @@ def main(args) -> int:
     infer.apply_settings(model, decoder, args, "tune-lm")
     utterances, greedy = transcribe(model, args.manifest, ViterbiDecoder(decoder.tgt_dict), args.labels, normalize,
                                     infer.batching(args), inputs, keep_emissions=True)
-    workers = (ParallelDecoder(args.decode_workers, "kenlm", decoder.tgt_dict, args.lexicon, args.lm, decoder.options)
-               if args.decode_workers > 1 else contextlib.nullcontext())
-    with workers as parallel:
+    with infer.decoding_workers(first, decoder) as decoding:  # the decoder itself with one worker
         points = decode_grid(utterances, decoder, args.lm_weight, args.word_score,
-                             log=lambda line: print(line, flush=True), parallel=parallel)
+                             log=lambda line: print(line, flush=True),
+                             parallel=decoding if isinstance(decoding, ParallelDecoder) else None)
     best, table = best_point(points), to_markdown(points)
     print(f"\n{table}\ntranscribed {greedy.utterances_transcribed} of {greedy.utterances_in_manifest} utterances "
           f"({greedy.words} words); greedy WER {100 * greedy.wer:.2f}%\n"

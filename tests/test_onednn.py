@@ -169,6 +169,72 @@ def test_packed_linear_copies_and_falls_back_where_the_kernels_do_not_apply():
         assert torch.equal(fp32(x.float()), F.linear(x.float(), fp32.weight, fp32.bias))
 
 
+def stacked_layers(seed: int = 3):
+    """Three bf16 (64 -> 48) ``nn.Linear`` layers and a (2, 37, 64) input."""
+    g = torch.Generator().manual_seed(seed)
+    layers = [torch.nn.Linear(64, 48).to(torch.bfloat16) for _ in range(3)]
+    return layers, torch.randn(2, 37, 64, generator=g).bfloat16()
+
+
+@needs_onednn
+def test_stacked_linear_computes_each_product_and_stacks_again_when_a_weight_changes():
+    import copy
+
+    layers, x = stacked_layers()
+    stacked = onednn.StackedLinear()
+    with torch.no_grad(), FusedCalls() as calls:
+        got = stacked.product(layers, x)
+        stacked.product(layers, x)
+    assert calls.names == ["mkldnn::_reorder_linear_weight"] + ["mkldnn::_linear_pointwise:none"] * 2  # stacked once
+
+    def check(result):
+        for layer, part in zip(layers, result.split(48, -1)):  # fp32 arithmetic up to bf16 roundings, as PackedLinear
+            exact = F.linear(x.float(), layer.weight.float(), layer.bias.float())
+            scale = F.linear(x.float().abs(), layer.weight.float().abs(), layer.bias.float().abs())
+            assert ((part.float() - exact).abs() <= scale * 2**-7).all()
+
+    assert got.shape == (2, 37, 144)
+    check(got)
+    with torch.no_grad():
+        layers[1].weight.mul_(-2)  # in place, as load_state_dict writes: stacked again
+        again = stacked.product(layers, x)
+        assert not torch.equal(again, got)
+        check(again)
+        assert torch.equal(copy.deepcopy(stacked).product(layers, x), again)  # a copy stacks its own
+
+
+@needs_onednn
+def test_stacked_linear_applies_to_bf16_inference_products_that_fit_its_bound(monkeypatch):
+    layers, x = stacked_layers()
+    stacked = onednn.StackedLinear()
+    with torch.no_grad():
+        assert stacked.product(layers, x) is not None
+        assert stacked.product(layers, x.float()) is None  # fp32 input
+        assert stacked.product([torch.nn.Linear(64, 48).float()] * 3, x.float()) is None  # fp32 layers
+        assert stacked.product(layers[:2] + [torch.nn.Linear(64, 48, bias=False).bfloat16()], x) is None
+        monkeypatch.setattr(onednn.StackedLinear, "MAX_BYTES", 2 * 37 * 144 * 2 - 1)  # one byte short
+        assert stacked.product(layers, x) is None
+    assert stacked.product(layers, x) is None  # autograd: the layers' own products
+
+
+@needs_onednn
+def test_sew_d_projects_its_attention_inputs_as_one_product_in_bf16(monkeypatch):
+    model = tiny_sew_d().eval()
+    set_precision(model, "bf16")
+    source, _ = waveform_batch([6000])
+    layers = len(model.encoder.encoder.layer)
+    with torch.no_grad():
+        model(source, mask=False, features_only=True)  # the position tables, projected once
+        with FusedCalls() as stacked:
+            got = model(source, mask=False, features_only=True)["x"].float()
+        monkeypatch.setattr(onednn.StackedLinear, "MAX_BYTES", 0)  # each projection on its own
+        with FusedCalls() as alone:
+            separate = model(source, mask=False, features_only=True)["x"].float()
+    products = [calls.names.count("mkldnn::_linear_pointwise:none") for calls in (stacked, alone)]
+    assert products[1] - products[0] == 2 * layers  # three products per layer became one
+    assert (got - separate).abs().max() <= 2**-7 * separate.abs().max()
+
+
 @pytest.mark.parametrize("dtype", ["bf16", "fp16", "fp32", "int8"])
 def test_only_bf16_packs_the_linear_layers(dtype):
     model = tiny_sew_d().eval()

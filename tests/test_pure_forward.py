@@ -12,7 +12,7 @@ from conftest import waveform_batch
 from helpers import ctc_model
 
 # memoization whose contents are a function of the weights and the length, kept across forwards by design
-CACHES = {"_positions", "_table", "_tables"}
+CACHES = {"_positions", "_table", "_tables", "_stacked"}
 # nn.Module's own dicts: parameters and buffers are compared as tensors below, submodules by name
 TORCH_CONTAINERS = {"_parameters", "_buffers", "_modules"}
 KINDS = [("sew", {}), ("sew_d", {}), ("st_sew", {"operating_point": "2,2,1"}), ("st_sew", {}), ("wav2vec2", {}),

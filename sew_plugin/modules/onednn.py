@@ -11,6 +11,16 @@
   layouts (at 749 rows, one output in 10,000 differed by one bf16 rounding).
   The plain weight stays the parameter (state dicts, other devices, autograd and traces use it), so
   a bf16 model holds its linear weights twice: as much memory as its fp32 weights took.
+- **Stacked projections** (``StackedLinear``): products that share their input (SEW-D's query, key
+  and value projections) as one product with their weights' rows stacked and packed. oneDNN ran
+  a 512 -> 512 bf16 product on one of two threads at some row counts (95 us at 249 rows with one
+  thread or two), and the 512 -> 1536 one on both (146 vs 298 us). On the same Xeon the three
+  projections and their split into heads took 261-268 vs 469-472 us at 249 rows (10 s), 454-456
+  vs 802-813 at 498, 626-635 vs 716-719 at 749; SEW-D-mid's whole bf16 forward ran 1.074x /
+  1.058x / 1.005x as fast at 10 / 20 / 30 s, batch 1 (``examples/benchmarks/stacked_projections.py``).
+  From 1494 rows on the separate products measured faster (the stacked output outgrows the 2 MB
+  L2 cache before it is split): ``StackedLinear.MAX_BYTES``. Each output is the separate product's
+  (bit-identical in those runs).
 - **Fused GELU** (``linear_gelu``, ``conv2d_gelu``): in bf16, PyTorch's GELU is a pass of its own
   over a product's output (to fp32, erf, back to bf16). oneDNN applies the same exact (erf) GELU to
   the product's fp32 sums before rounding them, once (``_linear_pointwise`` and
@@ -101,6 +111,39 @@ class PackedLinear(nn.Linear):
         """Copies and pickles go without the packed weight (mkldnn tensors have no storage to copy):
         it is packed again at the copy's first product."""
         return {**self.__dict__, "_packed": None, "_packed_of": None}
+
+
+class StackedLinear:
+    """``linears`` (``nn.Linear`` layers of one input width, with biases) as one bf16 product, their
+    weights' rows stacked and packed in oneDNN's layout. It holds no parameters: its owner keeps the
+    layers (their names, state dicts and autograd stay theirs) and calls ``product`` where
+    ``applies``; the stacked copy is made at the first product and again whenever a weight changed
+    (``weights_key``, as ``PackedLinear``)."""
+
+    MAX_BYTES = 4 << 20  # the stacked output beyond which separate products ran faster (see above)
+
+    def __init__(self):
+        self._stacked = None  # (weights key, packed weight, stacked bias)
+
+    def product(self, linears, x: torch.Tensor):
+        """The (..., sum of out) product of ``x`` with every layer at once, or None where it does not
+        apply: not bf16 layers of ``x``'s format on oneDNN (``applies``), or an output over ``MAX_BYTES``."""
+        out = sum(linear.out_features for linear in linears)
+        if not (applies(x) and x[..., :1].numel() * out * x.element_size() <= self.MAX_BYTES
+                and all(isinstance(m, nn.Linear) and m.weight.dtype == x.dtype and m.bias is not None
+                        and m.in_features == x.size(-1) for m in linears)):
+            return None
+        key = weights_key(*(t for m in linears for t in (m.weight, m.bias)))
+        if self._stacked is None or self._stacked[0] != key:
+            with torch.no_grad():
+                weight = torch.ops.mkldnn._reorder_linear_weight(torch.cat([m.weight.detach() for m in linears]))
+                self._stacked = (key, weight, torch.cat([m.bias.detach() for m in linears]))
+        _, weight, bias = self._stacked
+        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "none")
+
+    def __getstate__(self):
+        """Copies and pickles go without the stacked copy (an mkldnn tensor has no storage to copy)."""
+        return {"_stacked": None}
 
 
 def pack_linear_layers(module: nn.Module) -> int:

@@ -60,10 +60,10 @@ def test_autograd_and_fp16_keep_pytorchs_gathers():
     assert not position_bias.applies(products.requires_grad_())
 
 
-def bf16_inputs(length, dim, seed, groups=3, heads=2):
+def bf16_inputs(length, dim, seed, groups=3, heads=2, max_position=512):
     """Q, K, V, the two (H, d, rows) tables and a padding of ``groups`` utterances: a whole one, one
     padded from half its length, one with no frames (where present), all bf16."""
-    positions = RelativePositions(length, 256, 512, torch.device("cpu"))
+    positions = RelativePositions(length, 256, max_position, torch.device("cpu"))
     g = torch.Generator().manual_seed(seed)
     q, k, v = (torch.randn(groups, heads, length, dim, generator=g).bfloat16() for _ in range(3))
     tables = [torch.randn(heads, dim, positions.rows, generator=g).bfloat16() for _ in range(2)]
@@ -82,10 +82,16 @@ def probabilities_in_fp32(q, k, tables, positions, padding):
     return biased.masked_fill(padding[:, None, None, :], torch.finfo(torch.float32).min).softmax(-1)
 
 
-@pytest.mark.parametrize("length", [1, 2, 33, 129, 200])  # one frame; tile edges; log buckets
-def test_bf16_probabilities_are_fp32_arithmetics_rounded_once(length):
+# one frame; tile edges; log buckets; whole tiles of 32 queries with keys left over. With max_position
+# 256 the log buckets grow by two rows between neighbouring distances: the kernel reads its tables
+# row by row there, and 32 neighbours' rows at once (AVX-512) where each step is one row at most
+@pytest.mark.parametrize("length, max_position", [(1, 512), (2, 512), (33, 512), (129, 512), (200, 512),
+                                                  (200, 256), (97, 512)])
+def test_bf16_probabilities_are_fp32_arithmetics_rounded_once(length, max_position):
     # V the identity (d = L): the output is the probabilities themselves, exactly
-    positions, q, k, _, tables, padding = bf16_inputs(length, length, seed=length)
+    positions, q, k, _, tables, padding = bf16_inputs(length, length, seed=length, max_position=max_position)
+    if max_position == 256:
+        assert (positions.rows_of.diff().abs() == 2).any()
     identity = torch.eye(length).bfloat16().expand(3, 2, length, length).contiguous()
     probabilities = position_bias.attention(q, k, identity, *tables, positions.rows_of, padding).float()
     expected = probabilities_in_fp32(q, k, tables, positions, padding)

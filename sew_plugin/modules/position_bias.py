@@ -8,7 +8,8 @@ per distance and walks tiles whose table rows stay in the L1 cache; its result i
 (``position_bias``). In bf16 the gathers, their sum, the scores and the softmax wrote and read
 (L, L) tensors about ten times, and bf16 attention ran barely faster than fp32's; the kernel adds
 both terms to the scores and takes their softmax in one pass (``attention``), in fp32 arithmetic
-rounded once (closer to fp32 than PyTorch's bf16 steps). In fp32 that fused form was slower than
+rounded once (closer to fp32 than PyTorch's bf16 steps); with AVX-512 it reads 32 table entries at
+once instead of gathering them (``position_bias.c``). In fp32 that fused form was slower than
 the bias and PyTorch's fused attention (0.85x at 30 s), so fp32 keeps the bias kernel.
 
 It is compiled the first time it is needed (``kernels``); without it SEW-D gathers with PyTorch

@@ -1,7 +1,7 @@
 """oneDNN's bf16 inference kernels on the CPU (``modules.onednn``): linear weights packed once
 (``PackedLinear``, the plain product's results), products with their GELU fused (within one bf16
-rounding of fp32 arithmetic), used in bf16 only (``sew bench`` counts their MACs like the plain
-products': test_bench)."""
+rounding of fp32 arithmetic), used in bf16 only but for the packed weights of SEW-D's transformer in
+fp32 (``sew bench`` counts their MACs like the plain products': test_bench)."""
 
 import pytest
 import torch
@@ -90,6 +90,10 @@ def test_sew_d_fuses_in_bf16_only_and_stays_close_to_fp32(dtype):
         else:
             assert "aten::addmm" in calls.names and not any(n.startswith("mkldnn::") for n in calls.names)
         assert (got - want).abs().max() < 0.05 * want.abs().max()
+    elif ONEDNN:  # the transformer's products on packed fp32 weights, unfused: fp32 rounding apart
+        assert calls.names.count("mkldnn::_linear_pointwise:none") >= 6 * layers
+        assert not any(n.endswith(":gelu") or n == "mkldnn::_convolution_pointwise" for n in calls.names)
+        assert (got - want).abs().max() <= 1e-5 * want.abs().max()
     else:
         assert set(calls.names) == {"aten::addmm"} and torch.equal(got, want)
 
@@ -165,8 +169,10 @@ def test_packed_linear_copies_and_falls_back_where_the_kernels_do_not_apply():
         packed(x).float().sum().backward()
     assert calls.names == ["aten::addmm"] and plain.weight.grad is not None
     fp32 = onednn.PackedLinear(torch.nn.Linear(16, 8))
-    with torch.no_grad():
-        assert torch.equal(fp32(x.float()), F.linear(x.float(), fp32.weight, fp32.bias))
+    with torch.no_grad(), FusedCalls() as calls:  # an fp32 weight multiplies fp32 input packed too
+        got = fp32(x.float())
+    assert calls.names[-1] == ("mkldnn::_linear_pointwise:none" if ONEDNN else "aten::addmm")
+    assert torch.allclose(got, F.linear(x.float(), fp32.weight, fp32.bias), rtol=1e-5, atol=1e-6)
 
 
 def stacked_layers(seed: int = 3):
@@ -236,16 +242,21 @@ def test_sew_d_projects_its_attention_inputs_as_one_product_in_bf16(monkeypatch)
 
 
 @pytest.mark.parametrize("dtype", ["bf16", "fp16", "fp32", "int8"])
-def test_only_bf16_packs_the_linear_layers(dtype):
+def test_bf16_packs_every_linear_layer_and_fp32_those_of_sew_ds_transformer(dtype):
     model = tiny_sew_d().eval()
     names = list(model.state_dict())
     set_precision(model, dtype)
     packed = [m for m in model.modules() if isinstance(m, onednn.PackedLinear)]
     if dtype == "bf16" and ONEDNN:
         assert len(packed) == sum(isinstance(m, torch.nn.Linear) for m in model.modules()) > 0
-        assert all(m._packed is None for m in packed)  # packed at their first product, not before
+    elif dtype == "fp32" and ONEDNN:
+        encoder = model.encoder.encoder
+        assert packed and all(any(m is p for p in encoder.modules()) for m in packed)
+        assert len(packed) == sum(isinstance(m, torch.nn.Linear) for m in encoder.modules())
+        assert not isinstance(model.final_proj, onednn.PackedLinear)  # outside the transformer: as it was
     else:
         assert packed == []
+    assert all(m._packed is None for m in packed)  # packed at their first product, not before
     assert not any(m.training for m in model.modules())
     if dtype != "int8":  # int8 stores its own buffers
         assert list(model.state_dict()) == names

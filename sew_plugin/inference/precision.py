@@ -7,6 +7,11 @@ passing what they always passed, the fp32 waveform: this plugin's feature extrac
 uncast (below), and a model without one gets a forward pre-hook that casts the floating-point
 inputs to the model's format.
 
+- **fp32**: the model as it is, but for SEW-D's transformer on the CPUs ``modules.onednn`` was
+  measured on: its linear layers become ``PackedLinear`` (oneDNN's fp32 product on a weight packed
+  once, and the bias added inside it instead of copied into the output first), at the cost of a
+  second copy of those weights (about 300 MB for SEW-D-mid). The outputs differ from PyTorch's
+  products by fp32 rounding (7e-6 in SEW-D-mid's features).
 - **bf16 / fp16**: every parameter and buffer in that format. The steps that need fp32 get it
   without a change here: LayerNorm and the GroupNorm front end compute their statistics in fp32
   (PyTorch's kernels accumulate half-precision input in fp32; fairseq's ``Fp32GroupNorm`` and
@@ -50,6 +55,7 @@ import torch
 from torch import nn
 
 from ..modules import onednn
+from ..modules.deberta_encoder import DebertaEncoder
 from ..modules.int8_linear import Int8Conv1d, Int8Linear
 
 DTYPES: Dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16,
@@ -169,6 +175,8 @@ def set_precision(model: nn.Module, dtype: str = "fp32") -> nn.Module:
     if getattr(model, "inference_dtype", "fp32") != "fp32":
         raise ValueError(f"the model already runs in {model.inference_dtype}")
     if dtype == "fp32":
+        for encoder in (m for m in model.modules() if isinstance(m, DebertaEncoder)):
+            onednn.pack_linear_layers(encoder, torch.float32)
         return model
     if model.training:
         raise ValueError(f"{dtype} is for inference: put the model in eval mode first")

@@ -1,4 +1,5 @@
-"""oneDNN's bf16 inference kernels on the CPU: linear weights packed once, GELUs fused into products.
+"""oneDNN's inference kernels on the CPU: linear weights packed once (bf16, and fp32 in SEW-D's
+transformer), query, key and value projected as one product and GELUs fused into products (bf16).
 
 - **Packed weights** (``PackedLinear``): PyTorch's bf16 ``F.linear`` hands oneDNN the weight as
   stored, (out, in), and oneDNN reorders it into the blocked layout its AMX / AVX-512 kernels read,
@@ -11,13 +12,18 @@
   layouts (at 749 rows, one output in 10,000 differed by one bf16 rounding).
   The plain weight stays the parameter (state dicts, other devices, autograd and traces use it), so
   a bf16 model holds its linear weights twice: as much memory as its fp32 weights took.
+  In fp32 (SEW-D's transformer, ``inference.precision``) the packed product also adds the bias
+  inside, where PyTorch's product first copied it into the output: at 249 rows one SEW-D-mid
+  layer's products took 4.15 vs 4.74 ms, and the whole fp32 forward ran 1.043x / 1.006x / 0.994x /
+  1.022x as fast at 10 s batch 1 / 10 s batch 8 / 30 s batch 1 / 30 s batch 8
+  (``examples/benchmarks/onednn_changes.py fp32-packing``), its features within 7e-6 of PyTorch's.
 - **Stacked projections** (``StackedLinear``): products that share their input (SEW-D's query, key
   and value projections) as one product with their weights' rows stacked and packed. oneDNN ran
   a 512 -> 512 bf16 product on one of two threads at some row counts (95 us at 249 rows with one
   thread or two), and the 512 -> 1536 one on both (146 vs 298 us). On the same Xeon the three
   projections and their split into heads took 261-268 vs 469-472 us at 249 rows (10 s), 454-456
   vs 802-813 at 498, 626-635 vs 716-719 at 749; SEW-D-mid's whole bf16 forward ran 1.074x /
-  1.058x / 1.005x as fast at 10 / 20 / 30 s, batch 1 (``examples/benchmarks/stacked_projections.py``).
+  1.058x / 1.005x as fast at 10 / 20 / 30 s, batch 1 (``examples/benchmarks/onednn_changes.py stacked``).
   From 1494 rows on the separate products measured faster (the stacked output outgrows the 2 MB
   L2 cache before it is split): ``StackedLinear.MAX_BYTES``. Each output is the separate product's
   (bit-identical in those runs).
@@ -35,8 +41,8 @@
   The results differ from the separate GELU's by at most one bf16 rounding (the GELU sees the
   unrounded sum).
 
-In fp32 the fused kernels ran no faster, so fp32 keeps PyTorch's products and its separate,
-bit-identical GELU.
+In fp32 the fused GELU ran no faster, so fp32 keeps its separate GELU, in place on the product
+(the packed one in SEW-D's transformer, PyTorch's elsewhere).
 """
 
 import functools
@@ -58,6 +64,13 @@ def available() -> bool:
             and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()))
 
 
+def packs(x: torch.Tensor) -> bool:
+    """Whether ``PackedLinear`` multiplies ``x`` with its packed weight: bf16 or fp32 on the CPU,
+    otherwise as ``applies``."""
+    return (x.dtype in (torch.bfloat16, torch.float32) and x.device.type == "cpu" and not torch.is_grad_enabled()
+            and not (torch.jit.is_tracing() or torch.compiler.is_compiling()) and available())
+
+
 def applies(x: torch.Tensor) -> bool:
     """Whether a product of ``x`` runs on these kernels (packed weight, fused GELU): bf16 on the CPU,
     no autograd, trace or torch.compile (the kernels are inference-only), and ``available()``."""
@@ -67,7 +80,7 @@ def applies(x: torch.Tensor) -> bool:
 
 class PackedLinear(nn.Linear):
     """An ``nn.Linear`` (the same parameters, shared) that multiplies with its weight in oneDNN's
-    layout where ``applies``: (..., in) -> (..., out), as ``nn.Linear`` computes it.
+    layout where ``packs``: (..., in) -> (..., out), as ``nn.Linear`` computes it.
 
     The weight is packed at the first such product and again whenever it has changed since: another
     tensor, a write that bumps its version counter (``load_state_dict``, an optimizer step, any
@@ -83,10 +96,9 @@ class PackedLinear(nn.Linear):
         self.repack()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight = onednn_weight(self, x)
-        if weight is None:
+        if not (self.weight.dtype == x.dtype and x.size(-1) == self.in_features and packs(x)):
             return super().forward(x)  # and nn.Linear's error for a wrong input size
-        return torch.ops.mkldnn._linear_pointwise(x, weight, self.bias, "none", [], "none")
+        return torch.ops.mkldnn._linear_pointwise(x, self.packed_weight(), self.bias, "none", [], "none")
 
     def packed_weight(self) -> torch.Tensor:
         """The weight in oneDNN's layout (an mkldnn tensor of shape (out, in)), packed anew if the
@@ -146,9 +158,10 @@ class StackedLinear:
         return {"_stacked": None}
 
 
-def pack_linear_layers(module: nn.Module) -> int:
-    """Replace ``module``'s bf16 CPU ``nn.Linear`` layers by ``PackedLinear`` ones sharing their
-    parameters, in place, where oneDNN computes bf16 (``available``); the number replaced. A layer
+def pack_linear_layers(module: nn.Module, dtype: torch.dtype = torch.bfloat16) -> int:
+    """Replace ``module``'s CPU ``nn.Linear`` layers of weights in ``dtype`` (bf16 or fp32) by
+    ``PackedLinear`` ones sharing their parameters, in place, where oneDNN computes bf16
+    (``available``: the CPUs these kernels were measured on); the number replaced. A layer
     registered in several places becomes one ``PackedLinear``. Layers that are never called as
     modules (fairseq's attention hands its projections' weights to PyTorch's attention function:
     SEW's and wav2vec 2.0's) never pack, and hold no second copy."""
@@ -157,7 +170,7 @@ def pack_linear_layers(module: nn.Module) -> int:
     swapped = {}
     for parent in list(module.modules()):
         for name, child in list(parent._modules.items()):
-            if type(child) is nn.Linear and child.weight.dtype == torch.bfloat16 and child.weight.device.type == "cpu":
+            if type(child) is nn.Linear and child.weight.dtype == dtype and child.weight.device.type == "cpu":
                 if id(child) not in swapped:
                     swapped[id(child)] = PackedLinear(child)
                 setattr(parent, name, swapped[id(child)])

@@ -190,8 +190,10 @@ static inline void transpose_words(__m512i r[16]) {
         r[4 * k + 3] = _mm512_unpackhi_epi64(t[4 * k + 1], t[4 * k + 3]);
     }
     for (int m = 0; m < 4; m++) { /* the lanes: lane k of column 4l + m is lane l of r[4k + m] */
-        const __m512i a = _mm512_shuffle_i32x4(r[m], r[4 + m], 0x44), b = _mm512_shuffle_i32x4(r[m], r[4 + m], 0xEE);
-        const __m512i c = _mm512_shuffle_i32x4(r[8 + m], r[12 + m], 0x44), d = _mm512_shuffle_i32x4(r[8 + m], r[12 + m], 0xEE);
+        const __m512i a = _mm512_shuffle_i32x4(r[m], r[4 + m], 0x44);
+        const __m512i b = _mm512_shuffle_i32x4(r[m], r[4 + m], 0xEE);
+        const __m512i c = _mm512_shuffle_i32x4(r[8 + m], r[12 + m], 0x44);
+        const __m512i d = _mm512_shuffle_i32x4(r[8 + m], r[12 + m], 0xEE);
         t[m] = _mm512_shuffle_i32x4(a, c, 0x88);
         t[4 + m] = _mm512_shuffle_i32x4(a, c, 0xDD);
         t[8 + m] = _mm512_shuffle_i32x4(b, d, 0x88);
@@ -286,7 +288,8 @@ void position_softmax_bf16(uint16_t *restrict scores, const uint16_t *restrict c
                     float *restrict sum_i = sums + (i - i0) * L;
                     int64_t j = j0;
 #ifdef WINDOWS
-                    if (forward) j = add_content_to_position(sum_i, scores_i, c2p_i, forward + L - 1 - i + j0, rows, j0, j1);
+                    if (forward)
+                        j = add_content_to_position(sum_i, scores_i, c2p_i, forward + L - 1 - i + j0, rows, j0, j1);
 #endif
                     if (whole) {
 #pragma omp simd
@@ -307,7 +310,8 @@ void position_softmax_bf16(uint16_t *restrict scores, const uint16_t *restrict c
                         float *restrict sum_i = sums + (i - i0) * L;
                         const int64_t stop = j0 + (j1 - j0) / 32 * 32;
 #pragma omp simd
-                        for (int64_t j = j0; j < stop; j++) sum_i[j] += bf16_at(p2c_gh, (int32_t)j * (int32_t)rows + row[j]);
+                        for (int64_t j = j0; j < stop; j++)
+                            sum_i[j] += bf16_at(p2c_gh, (int32_t)j * (int32_t)rows + row[j]);
                     }
 #endif
                 if (padded)

@@ -175,6 +175,20 @@ def test_packed_linear_copies_and_falls_back_where_the_kernels_do_not_apply():
     assert torch.allclose(got, F.linear(x.float(), fp32.weight, fp32.bias), rtol=1e-5, atol=1e-6)
 
 
+@needs_onednn
+def test_fp32_packed_products_leave_autocast_its_format_and_inference_tensors_alone():
+    model = torch.nn.Sequential(torch.nn.Linear(16, 8))
+    onednn.pack_linear_layers(model, torch.float32)
+    x = torch.randn(5, 16)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert model(x).dtype == torch.bfloat16  # autocast's product, as the plain layer's
+    with torch.no_grad():
+        assert model(x).dtype == torch.float32 and model[0]._packed is not None
+    with torch.inference_mode():
+        made_here = torch.nn.Sequential(torch.nn.Linear(16, 8))
+    assert onednn.pack_linear_layers(made_here, torch.float32) == 0  # would be packed at every product
+
+
 def stacked_layers(seed: int = 3):
     """Three bf16 (64 -> 48) ``nn.Linear`` layers and a (2, 37, 64) input."""
     g = torch.Generator().manual_seed(seed)
@@ -207,20 +221,26 @@ def test_stacked_linear_computes_each_product_and_stacks_again_when_a_weight_cha
         assert not torch.equal(again, got)
         check(again)
         assert torch.equal(copy.deepcopy(stacked).product(layers, x), again)  # a copy stacks its own
+        layers[2].bias = torch.nn.Parameter(torch.randn(48).bfloat16())  # another tensor: stacked again
+        check(stacked.product(layers, x))
 
 
 @needs_onednn
 def test_stacked_linear_applies_to_bf16_inference_products_that_fit_its_bound(monkeypatch):
     layers, x = stacked_layers()
     stacked = onednn.StackedLinear()
+    assert stacked.product(layers, x) is None  # autograd: the layers' own products
     with torch.no_grad():
         assert stacked.product(layers, x) is not None
         assert stacked.product(layers, x.float()) is None  # fp32 input
         assert stacked.product([torch.nn.Linear(64, 48).float()] * 3, x.float()) is None  # fp32 layers
         assert stacked.product(layers[:2] + [torch.nn.Linear(64, 48, bias=False).bfloat16()], x) is None
+        hook = layers[0].register_forward_hook(lambda *args: None)  # a hook must see its layer's product
+        assert stacked.product(layers, x) is None
+        hook.remove()
+        assert stacked.product(layers, x) is not None
         monkeypatch.setattr(onednn.StackedLinear, "MAX_BYTES", 2 * 37 * 144 * 2 - 1)  # one byte short
         assert stacked.product(layers, x) is None
-    assert stacked.product(layers, x) is None  # autograd: the layers' own products
 
 
 @needs_onednn

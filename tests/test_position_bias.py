@@ -103,6 +103,43 @@ def test_bf16_probabilities_are_fp32_arithmetics_rounded_once(length, max_positi
     assert torch.allclose(probabilities[2], torch.full_like(probabilities[2], 1 / length), rtol=2**-8)  # no frames
 
 
+@pytest.fixture
+def windows_off():
+    """A function that turns the kernel's AVX-512 table windows off (``position_softmax_windows``) until
+    the test ends: the tables gathered, as on CPUs without AVX-512."""
+    import ctypes
+
+    flag = ctypes.c_int.in_dll(position_bias.library(), "position_softmax_windows")
+    yield lambda: setattr(flag, "value", 0)
+    flag.value = 1
+
+
+@pytest.mark.parametrize("length", [1, 31, 33, 97, 200, 600])  # partial tiles and key blocks; log buckets
+def test_bf16_probabilities_read_in_windows_equal_the_gathered_ones_bit_for_bit(length, windows_off):
+    positions, q, k, v, tables, padding = bf16_inputs(length, 64, seed=length)
+    windows = position_bias.attention(q, k, v, *tables, positions.rows_of, padding)
+    windows_off()
+    gathered = position_bias.attention(q, k, v, *tables, positions.rows_of, padding)
+    assert torch.equal(windows, gathered)
+
+
+def test_rows_that_rise_between_distances_are_gathered():
+    # rows_of 0, 1, 0, 1, ...: steps of one row, but not falling; a window from the last of 32
+    # neighbours' rows would read the wrong entries (every step must fall by zero or one row)
+    length = 64
+    positions, q, k, _, tables, padding = bf16_inputs(length, length, seed=5)
+    rows_of = (torch.arange(2 * length - 1) % 2).to(torch.int32)
+    identity = torch.eye(length).bfloat16().expand(3, 2, length, length).contiguous()
+    got = position_bias.attention(q, k, identity, *tables, rows_of, padding).float()
+    i = torch.arange(length)
+    index = rows_of.long()[length - 1 - i[:, None] + i[None, :]].expand(3, 2, length, length)
+    c2p, p2c = (torch.matmul(x, t).float() for x, t in ((q, tables[0]), (k, tables[1])))
+    biased = torch.matmul(q, k.transpose(-1, -2)).float() + c2p.gather(-1, index) \
+        + p2c.gather(-1, index.transpose(-1, -2)).transpose(-1, -2)
+    want = biased.masked_fill(padding[:, None, None, :], torch.finfo(torch.float32).min).softmax(-1)
+    assert ((got - want).abs() <= want * 2**-8 + 1e-30).all()
+
+
 def test_bf16_attention_of_a_long_utterance_and_extreme_scores():
     # 600 frames (log buckets and clamped ends), and scores spread over +-200: most probabilities
     # underflow to exactly 0, none is NaN, each row sums to 1 within bf16 rounding

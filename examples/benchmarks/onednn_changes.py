@@ -28,6 +28,7 @@ from sew_plugin.modules import onednn
 from sew_plugin.modules.disentangled_attention import DisentangledSelfAttention
 
 CHANGES = {"stacked": "sew_d_mid:bf16", "fp32-packing": "sew_d_mid"}
+BOUND, PACKS = onednn.StackedLinear.MAX_BYTES, onednn.packs  # as the package sets them
 
 
 def switch(change: str, on: bool) -> None:
@@ -37,8 +38,6 @@ def switch(change: str, on: bool) -> None:
     else:
         onednn.packs = PACKS if on else (lambda x: x.dtype == torch.bfloat16 and PACKS(x))
 
-
-BOUND, PACKS = onednn.StackedLinear.MAX_BYTES, onednn.packs
 
 
 def main() -> None:

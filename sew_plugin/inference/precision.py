@@ -7,11 +7,12 @@ passing what they always passed, the fp32 waveform: this plugin's feature extrac
 uncast (below), and a model without one gets a forward pre-hook that casts the floating-point
 inputs to the model's format.
 
-- **fp32**: the model as it is, but for SEW-D's transformer on the CPUs ``modules.onednn`` was
-  measured on: its linear layers become ``PackedLinear`` (oneDNN's fp32 product on a weight packed
-  once, and the bias added inside it instead of copied into the output first), at the cost of a
-  second copy of those weights (about 300 MB for SEW-D-mid). The outputs differ from PyTorch's
-  products by fp32 rounding (7e-6 in SEW-D-mid's features).
+- **fp32**: the model as it is, but for SEW-D's transformer on CPUs with AVX-512 (``onednn.available``;
+  measured on the AMX Xeon only): its linear layers become ``PackedLinear`` (oneDNN's fp32 product
+  on a weight packed once, the bias added inside it instead of copied into the output first), at
+  the cost of a second copy of those weights (about 300 MB for SEW-D-mid), for 0.99-1.04x the
+  forward's speed (1.04x at 10 s, batch 1). The outputs differ from PyTorch's products by fp32
+  rounding (7e-6 in SEW-D-mid's features).
 - **bf16 / fp16**: every parameter and buffer in that format. The steps that need fp32 get it
   without a change here: LayerNorm and the GroupNorm front end compute their statistics in fp32
   (PyTorch's kernels accumulate half-precision input in fp32; fairseq's ``Fp32GroupNorm`` and
@@ -169,7 +170,8 @@ def quantize_extractor(model: nn.Module) -> int:
 
 def set_precision(model: nn.Module, dtype: str = "fp32") -> nn.Module:
     """Convert ``model`` (in eval mode, on its device) to run in ``dtype`` (a key of ``DTYPES``), in
-    place, and return it. Calling it twice, or on a model already converted, is refused."""
+    place, and return it. Converting a model already in bf16, fp16 or int8 is refused; fp32 may be
+    asked again (nothing more changes)."""
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; one of {', '.join(DTYPES)}")
     if getattr(model, "inference_dtype", "fp32") != "fp32":

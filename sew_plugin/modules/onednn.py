@@ -24,9 +24,11 @@ transformer), query, key and value projected as one product and GELUs fused into
   projections and their split into heads took 261-268 vs 469-472 us at 249 rows (10 s), 454-456
   vs 802-813 at 498, 626-635 vs 716-719 at 749; SEW-D-mid's whole bf16 forward ran 1.074x /
   1.058x / 1.005x as fast at 10 / 20 / 30 s, batch 1 (``examples/benchmarks/onednn_changes.py stacked``).
-  From 1494 rows on the separate products measured faster (the stacked output outgrows the 2 MB
-  L2 cache before it is split): ``StackedLinear.MAX_BYTES``. Each output is the separate product's
-  (bit-identical in those runs).
+  At 1494 rows the separate products measured faster (1114-1135 vs 1224-1248 us; the stacked
+  output, 4.6 MB, is split into heads from beyond the 2 MB L2 cache): ``StackedLinear.MAX_BYTES``.
+  Each output is the separate product's (bit-identical in those runs). A bf16 SEW-D then holds its
+  query and key weights three times (the parameter, ``PackedLinear``'s copy, which projects the
+  position tables, and the stacked one) and its value weights twice or three times.
 - **Fused GELU** (``linear_gelu``, ``conv2d_gelu``): in bf16, PyTorch's GELU is a pass of its own
   over a product's output (to fp32, erf, back to bf16). oneDNN applies the same exact (erf) GELU to
   the product's fp32 sums before rounding them, once (``_linear_pointwise`` and
@@ -65,15 +67,17 @@ def available() -> bool:
 
 
 def packs(x: torch.Tensor) -> bool:
-    """Whether ``PackedLinear`` multiplies ``x`` with its packed weight: bf16 or fp32 on the CPU,
-    otherwise as ``applies``."""
-    return (x.dtype in (torch.bfloat16, torch.float32) and x.device.type == "cpu" and not torch.is_grad_enabled()
-            and not (torch.jit.is_tracing() or torch.compiler.is_compiling()) and available())
+    """Whether ``PackedLinear`` multiplies ``x`` with its packed weight: bf16, or fp32 outside
+    autocast (which would have the product in its own format), on the CPU, otherwise as ``applies``."""
+    fp32 = x.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
+    return (fp32 or x.dtype == torch.bfloat16) and x.device.type == "cpu" and not torch.is_grad_enabled() \
+        and not (torch.jit.is_tracing() or torch.compiler.is_compiling()) and available()
 
 
 def applies(x: torch.Tensor) -> bool:
-    """Whether a product of ``x`` runs on these kernels (packed weight, fused GELU): bf16 on the CPU,
-    no autograd, trace or torch.compile (the kernels are inference-only), and ``available()``."""
+    """Whether a product of ``x`` runs on the bf16 kernels (packed weight, stacked projections, fused
+    GELU): bf16 on the CPU, no autograd, trace or torch.compile (the kernels are inference-only),
+    and ``available()``."""
     return (x.dtype == torch.bfloat16 and x.device.type == "cpu" and not torch.is_grad_enabled()
             and not (torch.jit.is_tracing() or torch.compiler.is_compiling()) and available())
 
@@ -126,42 +130,51 @@ class PackedLinear(nn.Linear):
 
 
 class StackedLinear:
-    """``linears`` (``nn.Linear`` layers of one input width, with biases) as one bf16 product, their
-    weights' rows stacked and packed in oneDNN's layout. It holds no parameters: its owner keeps the
-    layers (their names, state dicts and autograd stay theirs) and calls ``product`` where
-    ``applies``; the stacked copy is made at the first product and again whenever a weight changed
-    (``weights_key``, as ``PackedLinear``)."""
+    """``linears`` (plain ``nn.Linear`` or ``PackedLinear`` layers of one input width, with biases and
+    no hooks) as one bf16 product, their weights' rows stacked and packed in oneDNN's layout. It
+    holds no parameters: its owner keeps the layers (their names, state dicts and autograd stay
+    theirs) and calls ``product`` where ``applies``; the stacked copy is made at the first product
+    and again whenever a weight changed (other tensors, or a write that bumps a version counter:
+    ``weights_key``, as ``PackedLinear``)."""
 
-    MAX_BYTES = 4 << 20  # the stacked output beyond which separate products ran faster (see above)
+    # the stacked (rows, 3 x 512) bf16 output up to which one product measured faster: 1245 rows
+    # (3.7 MB) were, 1494 rows (4.6 MB) were not (see above)
+    MAX_BYTES = 4 << 20
 
     def __init__(self):
-        self._stacked = None  # (weights key, packed weight, stacked bias)
+        self._copy = None  # (the layers' tensors, their weights key, packed weight, stacked bias)
 
     def product(self, linears, x: torch.Tensor):
         """The (..., sum of out) product of ``x`` with every layer at once, or None where it does not
-        apply: not bf16 layers of ``x``'s format on oneDNN (``applies``), or an output over ``MAX_BYTES``."""
-        out = sum(linear.out_features for linear in linears)
-        if not (applies(x) and x[..., :1].numel() * out * x.element_size() <= self.MAX_BYTES
-                and all(isinstance(m, nn.Linear) and m.weight.dtype == x.dtype and m.bias is not None
-                        and m.in_features == x.size(-1) for m in linears)):
+        apply: not bf16 layers of ``x``'s format on oneDNN (``applies``), a layer with hooks (they
+        would not run) or of another class, or an output over ``MAX_BYTES``."""
+        if not (applies(x) and all(type(m) in (nn.Linear, PackedLinear) and m.weight.dtype == x.dtype
+                                   and m.bias is not None and m.in_features == x.size(-1)
+                                   and not (m._forward_hooks or m._forward_pre_hooks) for m in linears)):
             return None
-        key = weights_key(*(t for m in linears for t in (m.weight, m.bias)))
-        if self._stacked is None or self._stacked[0] != key:
+        if x[..., :1].numel() * sum(m.out_features for m in linears) * x.element_size() > self.MAX_BYTES:
+            return None
+        tensors = tuple(t for m in linears for t in (m.weight, m.bias))
+        key = weights_key(*tensors)
+        # the tensors themselves held and compared: a tensor made later cannot take a freed one's address
+        if self._copy is None or self._copy[1] != key or any(a is not b for a, b in zip(self._copy[0], tensors)):
             with torch.no_grad():
                 weight = torch.ops.mkldnn._reorder_linear_weight(torch.cat([m.weight.detach() for m in linears]))
-                self._stacked = (key, weight, torch.cat([m.bias.detach() for m in linears]))
-        _, weight, bias = self._stacked
+                self._copy = (tensors, key, weight, torch.cat([m.bias.detach() for m in linears]))
+        _, _, weight, bias = self._copy
         return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "none")
 
     def __getstate__(self):
         """Copies and pickles go without the stacked copy (an mkldnn tensor has no storage to copy)."""
-        return {"_stacked": None}
+        return {"_copy": None}
 
 
 def pack_linear_layers(module: nn.Module, dtype: torch.dtype = torch.bfloat16) -> int:
     """Replace ``module``'s CPU ``nn.Linear`` layers of weights in ``dtype`` (bf16 or fp32) by
     ``PackedLinear`` ones sharing their parameters, in place, where oneDNN computes bf16
-    (``available``: the CPUs these kernels were measured on); the number replaced. A layer
+    (``available``: CPUs with AVX-512); the number replaced. fp32 layers whose weights are inference
+    tensors (made under ``torch.inference_mode``: no version counter, so they would be packed again
+    at every product) stay as they are; bf16 ones are packed even so. A layer
     registered in several places becomes one ``PackedLinear``. Layers that are never called as
     modules (fairseq's attention hands its projections' weights to PyTorch's attention function:
     SEW's and wav2vec 2.0's) never pack, and hold no second copy."""
@@ -170,7 +183,8 @@ def pack_linear_layers(module: nn.Module, dtype: torch.dtype = torch.bfloat16) -
     swapped = {}
     for parent in list(module.modules()):
         for name, child in list(parent._modules.items()):
-            if type(child) is nn.Linear and child.weight.dtype == dtype and child.weight.device.type == "cpu":
+            if type(child) is nn.Linear and child.weight.dtype == dtype and child.weight.device.type == "cpu" \
+                    and not (dtype == torch.float32 and child.weight.is_inference()):
                 if id(child) not in swapped:
                     swapped[id(child)] = PackedLinear(child)
                 setattr(parent, name, swapped[id(child)])

@@ -145,18 +145,24 @@ static inline float exp_nonpositive(float x) {
 
 const int position_softmax_queries = QUERIES; /* rows of `work` per thread: QUERIES x L floats */
 
+/* 0 turns the AVX-512 path's windows off (the tables gathered, as on other CPUs): for tests and
+ * comparisons */
+int position_softmax_windows = 1;
+
 #if defined(__AVX512F__) && defined(__AVX512BW__)
 #include <immintrin.h>
 #define WINDOWS 1
 
-/* Whether every step between neighbouring distances' rows is at most one row (log buckets grow by
- * less than one bucket per frame where max_position - 1 exceeds about e * buckets / 2, as in SEW-D's 256 / 512):
- * then 32 neighbours' rows lie in a window of 32 rows, which the AVX-512 path below reads at once. */
+/* Whether rows_of falls by zero or one row at each step (the row of a distance grows with it, and
+ * log buckets by less than one bucket per frame where max_position - 1 exceeds about e * buckets / 2,
+ * as in SEW-D's 256 / 512): then the rows of 32 neighbouring distances lie in a window of 32 rows that
+ * starts at the smallest distance's, which the AVX-512 path below reads at once. */
 static int steps_of_one(const int32_t *rows_of, int64_t L) {
     for (int64_t k = 1; k < 2 * L - 1; k++)
-        if (rows_of[k] - rows_of[k - 1] > 1 || rows_of[k - 1] - rows_of[k] > 1) return 0;
+        if (rows_of[k - 1] - rows_of[k] < 0 || rows_of[k - 1] - rows_of[k] > 1) return 0;
     return 1;
 }
+
 
 /* The 32 bf16 values table[index[0..31]] where the indices lie in [index_min, index_min + 31] and
  * table has `rows` readable values: one masked load of the window and one permutation, where a
@@ -253,7 +259,8 @@ void position_softmax_bf16(uint16_t *restrict scores, const uint16_t *restrict c
     const int64_t L = length;
 #ifdef WINDOWS
     /* rows_of as 16-bit window indices, forward and reversed (rows < 2^15: the table has 2 * buckets) */
-    int16_t *forward = steps_of_one(rows_of, L) && rows < 32768 ? malloc(2 * (2 * L - 1) * sizeof(int16_t)) : 0;
+    int16_t *forward = position_softmax_windows && L > 0 && rows < 32768 && steps_of_one(rows_of, L)
+                           ? malloc(2 * (2 * L - 1) * sizeof(int16_t)) : 0;
     int16_t *backward = forward ? forward + 2 * L - 1 : 0;
     for (int64_t k = 0; forward && k < 2 * L - 1; k++) {
         forward[k] = (int16_t)rows_of[k];

@@ -126,9 +126,11 @@ def main(args) -> int:
     machine = (f"{torch.get_num_threads()} threads, torch {torch.__version__}, device {args.device}, {args.dtype}"
                f"{' (rows without a format suffix)' if named else ''}")
     if any(name.startswith("sew_d") for name in (*args.models, args.baseline)):
-        from ..modules import position_bias
+        from ..modules import onednn, position_bias
 
         machine += f"; SEW-D's position bias: {position_bias.status()}"
+        machine += ("; SEW-D's linear weights: packed once in oneDNN's layout (bf16 rows; fp32 rows: its transformer's)"
+                    if onednn.available() else "; SEW-D's linear weights: PyTorch's products (oneDNN has no bf16 here)")
     if "int8" in (args.dtype, *(row_format(name, args.dtype)[1] for name in args.models)):
         from ..modules import int8_linear
 

@@ -223,6 +223,8 @@ def test_stacked_linear_computes_each_product_and_stacks_again_when_a_weight_cha
         assert torch.equal(copy.deepcopy(stacked).product(layers, x), again)  # a copy stacks its own
         layers[2].bias = torch.nn.Parameter(torch.randn(48).bfloat16())  # another tensor: stacked again
         check(stacked.product(layers, x))
+        layers[0].weight.data = layers[0].weight.data * 3  # a storage swapped in (no version bump)
+        check(stacked.product(layers, x))
 
 
 @needs_onednn

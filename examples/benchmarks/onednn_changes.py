@@ -39,7 +39,6 @@ def switch(change: str, on: bool) -> None:
         onednn.packs = PACKS if on else (lambda x: x.dtype == torch.bfloat16 and PACKS(x))
 
 
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("change", choices=list(CHANGES))

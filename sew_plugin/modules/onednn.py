@@ -66,20 +66,37 @@ def available() -> bool:
             and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()))
 
 
-def packs(x: torch.Tensor) -> bool:
-    """Whether ``PackedLinear`` multiplies ``x`` with its packed weight: bf16, or fp32 outside
-    autocast (which would have the product in its own format), on the CPU, otherwise as ``applies``."""
-    fp32 = x.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
-    return (fp32 or x.dtype == torch.bfloat16) and x.device.type == "cpu" and not torch.is_grad_enabled() \
-        and not (torch.jit.is_tracing() or torch.compiler.is_compiling()) and available()
+def _inference_on_cpu(x: torch.Tensor) -> bool:
+    """``x`` on the CPU with no autograd, trace or torch.compile (the kernels are inference-only),
+    and ``available()``."""
+    return (x.device.type == "cpu" and not torch.is_grad_enabled()
+            and not (torch.jit.is_tracing() or torch.compiler.is_compiling()) and available())
 
 
 def applies(x: torch.Tensor) -> bool:
     """Whether a product of ``x`` runs on the bf16 kernels (packed weight, stacked projections, fused
-    GELU): bf16 on the CPU, no autograd, trace or torch.compile (the kernels are inference-only),
-    and ``available()``."""
-    return (x.dtype == torch.bfloat16 and x.device.type == "cpu" and not torch.is_grad_enabled()
-            and not (torch.jit.is_tracing() or torch.compiler.is_compiling()) and available())
+    GELU): bf16, and ``_inference_on_cpu``."""
+    return x.dtype == torch.bfloat16 and _inference_on_cpu(x)
+
+
+def packs(x: torch.Tensor) -> bool:
+    """Whether ``PackedLinear`` multiplies ``x`` with its packed weight: where ``applies``, or fp32
+    outside autocast (which would have the product in its own format) on the CPU."""
+    fp32 = x.dtype == torch.float32 and not torch.is_autocast_enabled("cpu") and _inference_on_cpu(x)
+    return fp32 or applies(x)
+
+
+def _snapshot(tensors) -> tuple:
+    """What a copy made from ``tensors`` (a packed weight) is valid for: the tensors, their storages
+    (held, so that a storage swapped in later cannot take a freed one's address) and their
+    ``weights_key`` (version counters)."""
+    return tuple(tensors), tuple(t.detach() for t in tensors), weights_key(*tensors)
+
+
+def _unchanged(snapshot, tensors) -> bool:
+    """Whether ``tensors`` are still those of ``snapshot`` (``_snapshot``), unwritten since."""
+    return (snapshot is not None and len(snapshot[0]) == len(tensors)
+            and all(a is b for a, b in zip(snapshot[0], tensors)) and snapshot[2] == weights_key(*tensors))
 
 
 class PackedLinear(nn.Linear):
@@ -107,12 +124,10 @@ class PackedLinear(nn.Linear):
     def packed_weight(self) -> torch.Tensor:
         """The weight in oneDNN's layout (an mkldnn tensor of shape (out, in)), packed anew if the
         weight changed since it was last packed."""
-        weight, key = self.weight, weights_key(self.weight)
-        if self._packed_of is None or self._packed_of[0] is not weight or self._packed_of[2] != key:
+        if not _unchanged(self._packed_of, (self.weight,)):
             with torch.no_grad():
-                self._packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach())
-            # the packed tensor's storage, held: a storage swapped in later cannot reuse its address
-            self._packed_of = (weight, weight.detach(), key)
+                self._packed = torch.ops.mkldnn._reorder_linear_weight(self.weight.detach())
+            self._packed_of = _snapshot((self.weight,))
         return self._packed
 
     def repack(self) -> None:
@@ -134,15 +149,15 @@ class StackedLinear:
     no hooks) as one bf16 product, their weights' rows stacked and packed in oneDNN's layout. It
     holds no parameters: its owner keeps the layers (their names, state dicts and autograd stay
     theirs) and calls ``product`` where ``applies``; the stacked copy is made at the first product
-    and again whenever a weight changed (other tensors, or a write that bumps a version counter:
-    ``weights_key``, as ``PackedLinear``)."""
+    and again whenever a weight changed (other tensors, another storage, or a write that bumps a
+    version counter: ``_unchanged``, as ``PackedLinear``)."""
 
     # the stacked (rows, 3 x 512) bf16 output up to which one product measured faster: 1245 rows
     # (3.7 MB) were, 1494 rows (4.6 MB) were not (see above)
     MAX_BYTES = 4 << 20
 
     def __init__(self):
-        self._copy = None  # (the layers' tensors, their weights key, packed weight, stacked bias)
+        self._copy = None  # (``_snapshot`` of the layers' tensors, packed weight, stacked bias)
 
     def product(self, linears, x: torch.Tensor):
         """The (..., sum of out) product of ``x`` with every layer at once, or None where it does not
@@ -155,13 +170,11 @@ class StackedLinear:
         if x[..., :1].numel() * sum(m.out_features for m in linears) * x.element_size() > self.MAX_BYTES:
             return None
         tensors = tuple(t for m in linears for t in (m.weight, m.bias))
-        key = weights_key(*tensors)
-        # the tensors themselves held and compared: a tensor made later cannot take a freed one's address
-        if self._copy is None or self._copy[1] != key or any(a is not b for a, b in zip(self._copy[0], tensors)):
+        if self._copy is None or not _unchanged(self._copy[0], tensors):
             with torch.no_grad():
                 weight = torch.ops.mkldnn._reorder_linear_weight(torch.cat([m.weight.detach() for m in linears]))
-                self._copy = (tensors, key, weight, torch.cat([m.bias.detach() for m in linears]))
-        _, _, weight, bias = self._copy
+                self._copy = (_snapshot(tensors), weight, torch.cat([m.bias.detach() for m in linears]))
+        _, weight, bias = self._copy
         return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "none")
 
     def __getstate__(self):
